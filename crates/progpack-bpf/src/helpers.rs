@@ -1,0 +1,42 @@
+//! The helper registry: `u32` id -> host function of five `u64` arguments.
+//!
+//! Helpers are `extern "C"` so that JIT code can call them directly with the System V calling
+//! convention (arguments in rdi, rsi, rdx, rcx, r8; result in rax).
+
+use std::collections::BTreeMap;
+
+/// A helper function: five arguments (r1..r5), one result (r0).
+pub type HelperFn = extern "C" fn(u64, u64, u64, u64, u64) -> u64;
+
+/// Id of the conformance suite's "unwind" helper: returns its first argument; when that is 0
+/// the program stops (as in rbpf's `examples/rbpf_plugin.rs`).
+pub const UNWIND_HELPER_ID: u32 = 5;
+
+/// Maps helper ids to functions.
+#[derive(Clone, Debug, Default)]
+pub struct Helpers {
+    map: BTreeMap<u32, HelperFn>,
+}
+
+impl Helpers {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers (or replaces) helper `id`.
+    pub fn register(&mut self, id: u32, f: HelperFn) -> &mut Self {
+        self.map.insert(id, f);
+        self
+    }
+
+    /// Looks up helper `id`.
+    pub fn get(&self, id: u32) -> Option<HelperFn> {
+        self.map.get(&id).copied()
+    }
+
+    /// Iterates over the registered helpers in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, HelperFn)> + '_ {
+        self.map.iter().map(|(k, v)| (*k, *v))
+    }
+}

@@ -1,5 +1,8 @@
 //! progpack-bpf: a userspace eBPF (RFC 9669) VM whose x86-64 JIT loads programs into progpack.
 #![deny(unsafe_code)]
 
+pub mod error;
 pub mod helpers;
 pub mod insn;
+
+pub use error::RunError;

@@ -53,3 +53,21 @@ pub enum RunError {
         pc: usize,
     },
 }
+
+/// Every error of this crate: loading (assembly, checking) or running a program.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The program text did not assemble.
+    #[error(transparent)]
+    Asm(#[from] crate::asm::AsmError),
+    /// The program was rejected by the checker.
+    #[error(transparent)]
+    Check(#[from] crate::check::CheckError),
+    /// The program failed at run time.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

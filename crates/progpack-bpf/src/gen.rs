@@ -451,8 +451,8 @@ pub fn generate(rng: &mut Rng, cfg: GenConfig) -> Generated {
     }
     let end = body.len(); // index of the epilogue's first instruction
                           // Forward jump targets: anywhere after the jump, up to the epilogue.
-    for i in first..end {
-        if let Item::Jump(_, t) = &mut body[i] {
+    for (i, it) in body.iter_mut().enumerate().take(end).skip(first) {
+        if let Item::Jump(_, t) = it {
             *t = i + 1 + g.rng.below((end - i) as u64) as usize;
         }
     }

@@ -82,7 +82,9 @@ fuzz_target!(|data: &[u8]| {
             rbpf_subset: false,
         };
         let g = generate(&mut rng, cfg);
-        let prog = vm().load_slots(&g.slots).expect("generated programs are valid");
+        let prog = vm()
+            .load_slots(&g.slots)
+            .expect("generated programs are valid");
         run_engines(&prog, &g.mem);
     }
 });

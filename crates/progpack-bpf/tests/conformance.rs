@@ -90,6 +90,10 @@ fn error_files_fail_with_the_expected_error() {
             .and_then(|s| vm.load_slots(&s))
             .and_then(|p| interp_engine(&p, &mut case.mem.clone()));
         let msg = got.expect_err(&f.display().to_string()).to_string();
-        assert!(msg.contains(&want), "{}: `{msg}` lacks `{want}`", f.display());
+        assert!(
+            msg.contains(&want),
+            "{}: `{msg}` lacks `{want}`",
+            f.display()
+        );
     }
 }

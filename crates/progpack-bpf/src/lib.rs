@@ -3,3 +3,4 @@
 
 pub mod helpers;
 pub mod insn;
+pub mod jit;

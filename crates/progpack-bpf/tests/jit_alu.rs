@@ -218,7 +218,14 @@ fn byte_swaps_match_the_reference() {
 
 #[test]
 fn lddw_and_mov_immediates() {
-    for v in [0u64, 1, u32::MAX as u64, 0x8000_0000, u64::MAX, 0x1234_5678_9abc_def0] {
+    for v in [
+        0u64,
+        1,
+        u32::MAX as u64,
+        0x8000_0000,
+        u64::MAX,
+        0x1234_5678_9abc_def0,
+    ] {
         for dst in 0..10u8 {
             let mut init = [0x5555u64; 10];
             init[dst as usize] = v;

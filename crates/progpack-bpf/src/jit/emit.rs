@@ -450,7 +450,10 @@ impl<'a> Cx<'a> {
             return Err(JitError::JumpOutOfRange { pc, target: t });
         }
         if !self.starts[t as usize] {
-            return Err(JitError::JumpIntoLddw { pc, target: t as usize });
+            return Err(JitError::JumpIntoLddw {
+                pc,
+                target: t as usize,
+            });
         }
         Ok(self.pc_label(t as usize))
     }

@@ -24,7 +24,6 @@ mod x86;
 
 use x86::AbsCallSite;
 
-
 use std::mem::MaybeUninit;
 
 use crate::helpers::Helpers;

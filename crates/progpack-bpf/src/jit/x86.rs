@@ -448,7 +448,14 @@ impl Asm {
 
     /// `op dst, [base + disp]` (64-bit; the `reg, r/m` direction).
     pub(crate) fn alu_rm(&mut self, op: Alu, dst: R, base: R, disp: i32) {
-        self.op_rm(W::B64, &[op.rm_reg_opcode() + 2], dst.num(), base, disp, false);
+        self.op_rm(
+            W::B64,
+            &[op.rm_reg_opcode() + 2],
+            dst.num(),
+            base,
+            disp,
+            false,
+        );
     }
 
     /// `test a, b`.
@@ -545,7 +552,14 @@ impl Asm {
     /// `lock op [base + disp], src` for add/or/and/xor.
     pub(crate) fn lock_alu_mr(&mut self, w64: bool, op: Alu, base: R, disp: i32, src: R) {
         self.b(0xf0);
-        self.op_rm(width(w64), &[op.rm_reg_opcode()], src.num(), base, disp, false);
+        self.op_rm(
+            width(w64),
+            &[op.rm_reg_opcode()],
+            src.num(),
+            base,
+            disp,
+            false,
+        );
     }
 
     /// `lock xadd [base + disp], src`.

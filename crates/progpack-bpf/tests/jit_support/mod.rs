@@ -56,7 +56,10 @@ impl Mapped {
         // SAFETY: the mapping is `len >= code.len()` writable bytes we own.
         unsafe {
             std::ptr::copy_nonoverlapping(code.bytes().as_ptr(), ptr as *mut u8, code.len());
-            assert_eq!(libc::mprotect(ptr, len, libc::PROT_READ | libc::PROT_EXEC), 0);
+            assert_eq!(
+                libc::mprotect(ptr, len, libc::PROT_READ | libc::PROT_EXEC),
+                0
+            );
         }
         Mapped { ptr, len }
     }
@@ -208,4 +211,167 @@ impl Rng {
             }
         }
     }
+}
+
+/// A random valid program of about `len` instructions: every opcode class, registers r0-r9
+/// (r10 as a base), memory accesses mostly in range of a `mem_len`-byte region or the stack,
+/// jumps forward or backward (run it with a budget), local calls into small functions, calls
+/// to helpers 1 and 5 and `callx`. The last instruction is `exit`.
+pub fn random_program(rng: &mut Rng, len: usize, mem_len: usize) -> Vec<Insn> {
+    let mut p: Vec<Insn> = Vec::new();
+    // A small function at the end: `r0 = r1 + 1; exit`, called with `call local`.
+    let body_len = len.max(4);
+    let mut jumps = Vec::new();
+    while p.len() < body_len {
+        let r = |rng: &mut Rng| rng.below(10) as u8;
+        let k = rng.below(100);
+        let dst = r(rng);
+        let src = r(rng);
+        match k {
+            0..=34 => {
+                const OPS: [u8; 13] = [
+                    ALU_ADD, ALU_SUB, ALU_MUL, ALU_DIV, ALU_OR, ALU_AND, ALU_LSH, ALU_RSH, ALU_NEG,
+                    ALU_MOD, ALU_XOR, ALU_MOV, ALU_ARSH,
+                ];
+                let op = OPS[rng.below(13) as usize];
+                let cls = if rng.below(2) == 0 {
+                    CLS_ALU
+                } else {
+                    CLS_ALU64
+                };
+                let x = op != ALU_NEG && rng.below(2) == 0;
+                let off = match op {
+                    ALU_DIV | ALU_MOD => rng.below(2) as i16,
+                    ALU_MOV if x => {
+                        [0, 8, 16, 32][rng.below(if cls == CLS_ALU64 { 4 } else { 3 }) as usize]
+                    }
+                    _ => 0,
+                };
+                let imm = rng.value() as i32;
+                p.push(Insn::new(
+                    cls | op | if x { SRC_X } else { SRC_K },
+                    dst,
+                    if x { src } else { 0 },
+                    off,
+                    if x { 0 } else { imm },
+                ));
+            }
+            35..=39 => {
+                let (opc, bits) = [
+                    (CLS_ALU | ALU_END | SRC_K, 16),
+                    (CLS_ALU | ALU_END | SRC_X, 32),
+                    (CLS_ALU64 | ALU_END | SRC_K, 64),
+                ][rng.below(3) as usize];
+                p.push(Insn::new(opc, dst, 0, 0, bits));
+            }
+            40..=43 => p.extend(lddw(dst, rng.value())),
+            44..=63 => {
+                let (sz, n) =
+                    [(SIZE_B, 1), (SIZE_H, 2), (SIZE_W, 4), (SIZE_DW, 8)][rng.below(4) as usize];
+                let on_stack = rng.below(2) == 0;
+                let (base, off) = if on_stack {
+                    (10u8, -(1 + rng.below(520) as i16))
+                } else {
+                    (1u8, rng.below(mem_len as u64 + 4) as i16 - 2)
+                };
+                let _ = n;
+                match rng.below(5) {
+                    0 => p.push(ldx(sz, dst, base, off)),
+                    1 if sz != SIZE_DW => p.push(ldxsx(sz, dst, base, off)),
+                    2 => p.push(st(sz, base, off, rng.value() as i32)),
+                    3 if sz == SIZE_W || sz == SIZE_DW => {
+                        const A: [i32; 10] = [
+                            ATOMIC_ADD,
+                            ATOMIC_OR,
+                            ATOMIC_AND,
+                            ATOMIC_XOR,
+                            ATOMIC_ADD | ATOMIC_FETCH,
+                            ATOMIC_OR | ATOMIC_FETCH,
+                            ATOMIC_AND | ATOMIC_FETCH,
+                            ATOMIC_XOR | ATOMIC_FETCH,
+                            ATOMIC_XCHG,
+                            ATOMIC_CMPXCHG,
+                        ];
+                        // Keep r1 (the memory pointer) intact: no fetch into it.
+                        let s = if src == 1 { 2 } else { src };
+                        p.push(atomic(sz, A[rng.below(10) as usize], base, s, off));
+                    }
+                    _ => p.push(stx(sz, base, src, off)),
+                }
+            }
+            64..=83 => {
+                const J: [u8; 11] = [
+                    JMP_JEQ, JMP_JNE, JMP_JGT, JMP_JGE, JMP_JLT, JMP_JLE, JMP_JSET, JMP_JSGT,
+                    JMP_JSGE, JMP_JSLT, JMP_JSLE,
+                ];
+                let cls = if rng.below(2) == 0 {
+                    CLS_JMP
+                } else {
+                    CLS_JMP32
+                };
+                let op = J[rng.below(11) as usize];
+                jumps.push(p.len());
+                if rng.below(2) == 0 {
+                    p.push(jcc_x(cls, op, dst, src, 0));
+                } else {
+                    p.push(jcc_k(cls, op, dst, rng.value() as i32, 0));
+                }
+            }
+            84..=86 => {
+                jumps.push(p.len());
+                p.push(ja(0));
+            }
+            87..=90 => {
+                p.push(mov64(1, rng.below(3) as i32)); // unwind only on 0
+                p.push(call(if rng.below(2) == 0 { 1 } else { 5 }));
+            }
+            91..=92 => {
+                p.push(mov64(src, [1, 5, 7][rng.below(3) as usize]));
+                p.push(callx(src));
+            }
+            93..=95 => {
+                jumps.push(p.len());
+                p.push(call_local(0));
+            }
+            // Restore r1 to the memory pointer now and then.
+            _ => p.push(alu64_x(ALU_MOV, 1, 1)),
+        }
+    }
+    p.push(exit());
+    let func = p.len();
+    p.push(alu64_x(ALU_MOV, 0, 1));
+    p.push(alu64_k(ALU_ADD, 0, 1));
+    p.push(exit());
+    // Resolve jumps to instruction starts of the main body (or the function for calls).
+    let starts: Vec<usize> = {
+        let mut v = Vec::new();
+        let mut pc = 0;
+        while pc < func {
+            v.push(pc);
+            pc += if p[pc].opc == LD_DW_IMM { 2 } else { 1 };
+        }
+        v
+    };
+    for j in jumps {
+        if p[j].opc == CALL {
+            p[j].imm = func as i32 - j as i32 - 1;
+        } else {
+            let t = starts[rng.below(starts.len() as u64) as usize];
+            p[j].off = (t as i64 - j as i64 - 1) as i16;
+        }
+    }
+    p
+}
+
+/// Helpers for random programs: 1 = a pure mix of the arguments, 5 = unwind, 7 = identity.
+pub fn random_helpers() -> Helpers {
+    extern "C" fn mix(a: u64, b: u64, c: u64, d: u64, e: u64) -> u64 {
+        a ^ b.rotate_left(7) ^ c.rotate_left(13) ^ d.rotate_left(29) ^ e.rotate_left(41)
+    }
+    extern "C" fn first(a: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+        a
+    }
+    let mut h = Helpers::new();
+    h.register(1, mix).register(5, first).register(7, first);
+    h
 }

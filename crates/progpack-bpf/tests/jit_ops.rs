@@ -339,7 +339,8 @@ fn helpers() -> Helpers {
     let mut h = Helpers::new();
     h.register(1, mix)
         .register(UNWIND_ID, unwind)
-        .register(0x8000_0001, mix);
+        .register(0x8000_0001, mix)
+        .set_unwind(Some(UNWIND_ID));
     h
 }
 const UNWIND_ID: u32 = progpack_bpf::helpers::UNWIND_HELPER_ID;
@@ -364,7 +365,7 @@ fn helper_calls_pass_arguments_and_keep_r1_to_r5() {
     ];
     assert_eq!(run(&p, &helpers(), &mut []), Ok(15_054_321));
     // Both call forms: near (rel32) and absolute.
-    let mut code = progpack_bpf::jit::compile(
+    let code = progpack_bpf::jit::compile(
         &p,
         &helpers(),
         progpack_bpf::jit::CompileOptions {
@@ -375,7 +376,7 @@ fn helper_calls_pass_arguments_and_keep_r1_to_r5() {
     .unwrap();
     assert!(!code.needs_link());
     assert_eq!(
-        Mapped::new(&mut code, false).run(&mut [], 0),
+        Mapped::new(code, false, false).run(&mut [], 0),
         Ok(15_054_321)
     );
 }

@@ -34,7 +34,7 @@ use std::mem::offset_of;
 
 use super::x86::{Alu, Asm, Cond, Label, Shift, R, W};
 use super::JitError;
-use crate::helpers::{Helpers, UNWIND_HELPER_ID};
+use crate::helpers::Helpers;
 use crate::insn::*;
 
 /// Bytes of stack the program can address: one 512-byte frame per call depth.
@@ -799,7 +799,7 @@ impl<'a> Cx<'a> {
         for r in ARGS.iter().rev() {
             self.a.pop(*r);
         }
-        if id == UNWIND_HELPER_ID {
+        if self.helpers.unwind() == Some(id) {
             let l = match self.unwind {
                 Some(l) => l,
                 None => {

@@ -9,8 +9,8 @@
 //! the emitted code against the memory region and the stack region, a violation returns the
 //! faulting pc to the caller; division by zero gives 0, modulo by zero leaves the dividend;
 //! `call local` gets a fresh 512-byte frame and preserves r6-r9; at most
-//! [`MAX_CALL_DEPTH`](crate::insn::MAX_CALL_DEPTH) frames are live. Helper 5 ("unwind") stops
-//! the program with r0 = 0 when it returns 0.
+//! [`MAX_CALL_DEPTH`](crate::insn::MAX_CALL_DEPTH) frames are live; the registry's unwind
+//! helper ([`Helpers::set_unwind`]) stops the program with r0 = 0 when it returns 0.
 //!
 //! Instruction limit: by default the JIT code does not count instructions, so a program that
 //! loops forever runs forever. With [`CompileOptions::budget`] every basic block subtracts its
@@ -20,7 +20,10 @@
 //! block, the JIT reports the budget and the interpreter the access.)
 
 mod emit;
+mod program;
 mod x86;
+
+pub use program::{JitOptions, JitProgram};
 
 use x86::AbsCallSite;
 
@@ -29,8 +32,9 @@ use std::mem::MaybeUninit;
 use crate::helpers::Helpers;
 use crate::insn::{Insn, STACK_FRAME_SIZE};
 
-/// Why a program could not be compiled.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a program could not be compiled or placed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JitError {
     /// The program has no instructions.
     #[error("empty program")]
@@ -98,6 +102,9 @@ pub enum JitError {
     /// A bug in the JIT, reported rather than panicking.
     #[error("internal JIT error: {0}")]
     Internal(&'static str),
+    /// The allocator could not place the code.
+    #[error("placing JIT code: {0}")]
+    Alloc(#[from] progpack::Error),
 }
 
 /// How [`compile`] generates code.
@@ -261,19 +268,11 @@ impl Fault {
 }
 
 /// The JIT code's entry point: `extern "C" fn(ctx) -> r0`.
-pub type EntryFn = unsafe extern "C" fn(*mut u8) -> u64;
+pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
 
-/// Runs JIT code at `entry` over `mem` with a fresh zeroed stack.
-///
-/// `budget` is the number of instructions the run may execute when the code was compiled
-/// with [`CompileOptions::budget`] (ignored otherwise).
-///
-/// # Safety
-/// `entry` must be the start of code produced by [`compile`] (and [`JitCode::link`]ed for
-/// that address), placed in executable memory that stays mapped for the call, compiled with
-/// helpers that are sound to call with any arguments.
-#[allow(unsafe_code)]
-pub unsafe fn run_code(entry: EntryFn, mem: &mut [u8], budget: u64) -> Result<u64, Fault> {
+/// Runs JIT code at `entry` over `mem` with a fresh stack; `budget` is the instruction limit
+/// if the code counts instructions.
+fn run_entry(entry: EntryFn, mem: &mut [u8], budget: u64) -> Result<u64, Fault> {
     // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters it,
     // and never reads a frame that is not live.
     let mut stack = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
@@ -284,11 +283,9 @@ pub unsafe fn run_code(entry: EntryFn, mem: &mut [u8], budget: u64) -> Result<u6
         stack.as_mut_ptr() as u64,
         budget,
     );
-    // SAFETY: per this function's contract `entry` is JIT code; it reads and writes only
-    // `ctx`, the memory region and the stack region (every access is bounds-checked against
-    // the regions `ctx` describes, both borrowed mutably here for the whole call), calls only
-    // registered helpers, and returns with the callee-saved registers restored.
-    let r0 = unsafe { entry(&mut ctx as *mut emit::Ctx as *mut u8) };
+    // The code reads and writes only `ctx`, `mem` and `stack` (all borrowed mutably for the
+    // call; every access is checked against the regions `ctx` describes).
+    let r0 = entry(&mut ctx);
     if ctx.fault != 0 {
         return Err(Fault::decode(ctx.fault, ctx.fault_extra));
     }

@@ -1,94 +1,53 @@
-//! Shared support for the JIT tests: placing JIT code in executable memory without the
-//! allocator (plain mmap + mprotect), and building raw instructions.
-#![allow(dead_code, unsafe_code)]
+//! Shared support for the JIT tests: allocators to place code with, and raw instruction
+//! builders.
+#![allow(dead_code)]
 
+use std::sync::OnceLock;
+
+use progpack::{Allocator, CodeRange, Config};
 use progpack_bpf::helpers::Helpers;
 use progpack_bpf::insn::*;
-use progpack_bpf::jit::{compile, run_code, CompileOptions, EntryFn, Fault, JitCode};
+use progpack_bpf::jit::{compile, CompileOptions, Fault, JitCode, JitProgram};
 
-/// JIT code copied into its own read+execute mapping.
-pub struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
+/// An allocator whose packs are within rel32 reach of this binary (helpers via `call rel32`).
+pub fn near_alloc() -> &'static Allocator {
+    static A: OnceLock<Allocator> = OnceLock::new();
+    A.get_or_init(|| {
+        Allocator::new(Config::default().code_range(CodeRange::near_this_binary()))
+            .expect("allocator with a code range")
+    })
 }
+
+/// An allocator without a code range (helpers via `mov rax, imm64; call rax`).
+pub fn far_alloc() -> &'static Allocator {
+    static A: OnceLock<Allocator> = OnceLock::new();
+    A.get_or_init(|| Allocator::new(Config::default()).expect("allocator"))
+}
+
+/// JIT code placed in a pack.
+pub struct Mapped(pub JitProgram);
 
 impl Mapped {
-    /// Maps `code`, linking it for the address it lands at; `near` asks for an address within
-    /// rel32 reach of this binary (so helper calls use `call rel32`).
-    pub fn new(code: &mut JitCode, near: bool) -> Mapped {
-        let len = code.len().div_ceil(4096) * 4096;
-        let mut ptr = libc::MAP_FAILED;
-        if near {
-            let anchor = Mapped::new as *const () as usize;
-            for k in 1..64usize {
-                let hint = ((anchor + (k << 24)) & !0xfff) as *mut libc::c_void;
-                // SAFETY: a fresh anonymous mapping at a free address (NOREPLACE).
-                ptr = unsafe {
-                    libc::mmap(
-                        hint,
-                        len,
-                        libc::PROT_READ | libc::PROT_WRITE,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                        -1,
-                        0,
-                    )
-                };
-                if ptr != libc::MAP_FAILED {
-                    break;
-                }
-            }
-            assert_ne!(ptr, libc::MAP_FAILED, "no free address near the binary");
-        } else {
-            // SAFETY: a fresh anonymous mapping anywhere.
-            ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(ptr, libc::MAP_FAILED);
-        }
-        code.link(ptr as u64).expect("helpers in reach");
-        // SAFETY: the mapping is `len >= code.len()` writable bytes we own.
-        unsafe {
-            std::ptr::copy_nonoverlapping(code.bytes().as_ptr(), ptr as *mut u8, code.len());
-            assert_eq!(
-                libc::mprotect(ptr, len, libc::PROT_READ | libc::PROT_EXEC),
-                0
-            );
-        }
-        Mapped { ptr, len }
+    /// Places compiled code with the near (`near`) or the far allocator.
+    pub fn new(code: JitCode, near: bool, counted: bool) -> Mapped {
+        let alloc = if near { near_alloc() } else { far_alloc() };
+        Mapped(JitProgram::place(alloc, code, counted).expect("placed"))
     }
 
-    /// Runs the code over `mem`.
+    /// Runs the code over `mem` with instruction budget `budget` (if compiled with one).
     pub fn run(&self, mem: &mut [u8], budget: u64) -> Result<u64, Fault> {
-        // SAFETY: the mapping holds linked JIT code and lives as long as `self`.
-        unsafe {
-            let f: EntryFn = std::mem::transmute(self.ptr);
-            run_code(f, mem, budget)
-        }
+        self.0.run_fault(mem, budget)
     }
 }
 
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: our own mapping, no longer used.
-        unsafe { libc::munmap(self.ptr, self.len) };
-    }
-}
-
-/// Compiles (rel32 helper calls) and maps near the binary, falling back to absolute calls.
+/// Compiles (rel32 helper calls) and places near the binary.
 pub fn jit(insns: &[Insn], helpers: &Helpers) -> Mapped {
     jit_with(insns, helpers, false)
 }
 
 /// As [`jit`], with the instruction budget compiled in if `budget`.
 pub fn jit_with(insns: &[Insn], helpers: &Helpers, budget: bool) -> Mapped {
-    let mut code = compile(
+    let code = compile(
         insns,
         helpers,
         CompileOptions {
@@ -97,10 +56,10 @@ pub fn jit_with(insns: &[Insn], helpers: &Helpers, budget: bool) -> Mapped {
         },
     )
     .expect("compiles");
-    Mapped::new(&mut code, true)
+    Mapped::new(code, true, budget)
 }
 
-/// Compiles, maps and runs.
+/// Compiles, places and runs.
 pub fn run(insns: &[Insn], helpers: &Helpers, mem: &mut [u8]) -> Result<u64, Fault> {
     jit(insns, helpers).run(mem, 0)
 }
@@ -372,6 +331,9 @@ pub fn random_helpers() -> Helpers {
         a
     }
     let mut h = Helpers::new();
-    h.register(1, mix).register(5, first).register(7, first);
+    h.register(1, mix)
+        .register(5, first)
+        .register(7, first)
+        .set_unwind(Some(5));
     h
 }

@@ -23,7 +23,7 @@ mod emit;
 mod program;
 mod x86;
 
-pub use program::{JitOptions, JitProgram};
+pub use program::{shared_allocator, JitOptions, JitProgram};
 
 use x86::AbsCallSite;
 
@@ -105,6 +105,9 @@ pub enum JitError {
     /// The allocator could not place the code.
     #[error("placing JIT code: {0}")]
     Alloc(#[from] progpack::Error),
+    /// The program was not JIT-compiled (see [`crate::Vm::enable_jit`]).
+    #[error("the program was not JIT-compiled")]
+    NotCompiled,
 }
 
 /// How [`compile`] generates code.

@@ -7,7 +7,9 @@
 //! ±2 GiB of every byte of the range; otherwise helpers are called through `mov rax, imm64;
 //! call rax` and the code is position independent.
 
-use progpack::{Allocator, Program};
+use std::sync::Mutex;
+
+use progpack::{Allocator, CodeRange, Config, Program};
 
 use super::{compile, run_entry, CompileOptions, EntryFn, Fault, JitCode, JitError};
 use crate::error::RunError;
@@ -128,6 +130,25 @@ impl JitProgram {
     pub fn program(&self) -> &Program {
         &self.prog
     }
+}
+
+/// A process-wide allocator for JIT code whose packs lie within rel32 reach of this binary
+/// (so helpers defined in it are reached with `call rel32`), created on first use. For
+/// callers without an allocator of their own (the conformance engine, the plugin).
+pub fn shared_allocator() -> Result<Allocator, JitError> {
+    static SHARED: Mutex<Option<Allocator>> = Mutex::new(None);
+    let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = g.as_ref() {
+        return Ok(a.clone());
+    }
+    let near = Allocator::new(Config::default().code_range(CodeRange::near_this_binary()));
+    // Without room near the binary, an allocator anywhere (helpers via absolute calls).
+    let a = match near {
+        Ok(a) => a,
+        Err(_) => Allocator::new(Config::default())?,
+    };
+    *g = Some(a.clone());
+    Ok(a)
 }
 
 /// The interpreter's error for a JIT fault.

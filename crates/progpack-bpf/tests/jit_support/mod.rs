@@ -206,7 +206,7 @@ pub fn random_program(rng: &mut Rng, len: usize, mem_len: usize) -> Vec<Insn> {
                     }
                     _ => 0,
                 };
-                let imm = rng.value() as i32;
+                let imm = if op == ALU_NEG { 0 } else { rng.value() as i32 };
                 p.push(Insn::new(
                     cls | op | if x { SRC_X } else { SRC_K },
                     dst,

@@ -250,6 +250,14 @@ pub fn interp_engine(prog: &BpfProgram, mem: &mut [u8]) -> crate::Result<u64> {
     Ok(prog.run_interp(mem)?)
 }
 
+/// The JIT as an [`Engine`]: compiles the program into the process-wide
+/// [`shared_allocator`](crate::jit::shared_allocator), then runs it.
+pub fn jit_engine(prog: &BpfProgram, mem: &mut [u8]) -> crate::Result<u64> {
+    let alloc = crate::jit::shared_allocator()?;
+    let jit = crate::JitProgram::new(&alloc, prog.slots(), prog.helpers(), Default::default())?;
+    Ok(jit.run_limited(mem, prog.run_options().instruction_limit)?)
+}
+
 /// The VM conformance files expect: helper 5 is the unwind helper.
 pub fn conformance_vm() -> Vm {
     Vm::new(Helpers::conformance())

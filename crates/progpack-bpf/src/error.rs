@@ -67,6 +67,9 @@ pub enum Error {
     /// The program failed at run time.
     #[error(transparent)]
     Run(#[from] RunError),
+    /// The JIT could not compile or place the program.
+    #[error(transparent)]
+    Jit(#[from] crate::jit::JitError),
 }
 
 /// Result with this crate's [`Error`].

@@ -30,6 +30,7 @@ pub mod gen;
 pub mod helpers;
 pub mod insn;
 pub mod interp;
+pub mod jit;
 
 use std::sync::Arc;
 
@@ -37,6 +38,7 @@ pub use check::{CheckError, Checked};
 pub use error::{Error, Result, RunError};
 pub use helpers::{HelperFn, Helpers};
 pub use interp::RunOptions;
+pub use jit::{JitOptions, JitProgram};
 
 use insn::Insn;
 
@@ -45,6 +47,7 @@ use insn::Insn;
 pub struct Vm {
     helpers: Arc<Helpers>,
     options: RunOptions,
+    jit: Option<(progpack::Allocator, JitOptions)>,
 }
 
 impl Vm {
@@ -53,7 +56,14 @@ impl Vm {
         Vm {
             helpers: Arc::new(helpers),
             options: RunOptions::default(),
+            jit: None,
         }
+    }
+
+    /// JIT-compiles programs loaded from now on into `alloc` (see [`BpfProgram::run_jit`]).
+    pub fn enable_jit(&mut self, alloc: progpack::Allocator, options: JitOptions) -> &mut Self {
+        self.jit = Some((alloc, options));
+        self
     }
 
     /// The helper registry.
@@ -81,10 +91,20 @@ impl Vm {
     /// Loads a program from raw slots.
     pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
         let checked = check::check(slots, &self.helpers)?;
+        let jit = match &self.jit {
+            Some((alloc, o)) => Some(Arc::new(JitProgram::new(
+                alloc,
+                &checked.slots,
+                &self.helpers,
+                *o,
+            )?)),
+            None => None,
+        };
         Ok(BpfProgram {
             checked,
             helpers: Arc::clone(&self.helpers),
             options: self.options,
+            jit,
         })
     }
 
@@ -101,6 +121,7 @@ pub struct BpfProgram {
     checked: Checked,
     helpers: Arc<Helpers>,
     options: RunOptions,
+    jit: Option<Arc<JitProgram>>,
 }
 
 impl BpfProgram {
@@ -112,6 +133,26 @@ impl BpfProgram {
     /// Like [`run_interp`](Self::run_interp) with other run settings.
     pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
         interp::run(&self.checked, &self.helpers, mem, options)
+    }
+
+    /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
+    /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
+    /// [`jit_compile`](Self::jit_compile).
+    pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        Ok(jit.run_limited(mem, self.options.instruction_limit)?)
+    }
+
+    /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
+    pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
+        let j = JitProgram::new(alloc, &self.checked.slots, &self.helpers, options)?;
+        self.jit = Some(Arc::new(j));
+        Ok(())
+    }
+
+    /// The JIT code, if compiled.
+    pub fn jit(&self) -> Option<&JitProgram> {
+        self.jit.as_deref()
     }
 
     /// The checked program: raw slots, decoded instructions, function entries.

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use progpack_bpf::asm::{assemble, disassemble};
 use progpack_bpf::conformance::{
-    collect_files, conformance_vm, interp_engine, run_file, Engine, TestCase,
+    collect_files, conformance_vm, interp_engine, jit_engine, run_file, Engine, TestCase,
 };
 
 fn data_dir() -> PathBuf {
@@ -42,8 +42,10 @@ fn all_files_pass_in_the_interpreter() {
     run_all("interp", &interp_engine);
 }
 
-// The JIT engine is added here as one more line, e.g.:
-// #[test] fn all_files_pass_in_the_jit() { run_all("jit", &jit_engine); }
+#[test]
+fn all_files_pass_in_the_jit() {
+    run_all("jit", &jit_engine);
+}
 
 #[test]
 fn asm_and_raw_sections_agree() {

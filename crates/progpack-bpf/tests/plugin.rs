@@ -68,3 +68,25 @@ fn plugin_reports_errors_with_a_failing_status() {
     let (code, out) = plugin_text("950000000000000000", "0");
     assert_eq!(code, 2, "{out}");
 }
+
+#[test]
+fn plugin_runs_the_jit_with_the_jit_option() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance");
+    for f in collect_files(&[dir]).unwrap() {
+        let case = TestCase::parse(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        let program = encode_slots(&case.slots().unwrap());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_progpack-bpf-plugin"))
+            .arg(upstream_hex(&case.mem))
+            .arg("--jit")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn plugin");
+        writeln!(child.stdin.take().unwrap(), "{}", upstream_hex(&program)).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}: {text}", f.display());
+        let r0 = u64::from_str_radix(text.trim(), 16).unwrap();
+        assert_eq!(Some(r0), case.result, "{}", f.display());
+    }
+}

@@ -7,7 +7,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use progpack_bpf::conformance::{collect_files, conformance_vm, interp_engine, run_file, Engine};
+use progpack_bpf::conformance::{
+    collect_files, conformance_vm, interp_engine, jit_engine, run_file, Engine,
+};
 
 /// Which engine(s) to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,11 +37,8 @@ pub struct ConformanceArgs {
 pub fn run(args: &ConformanceArgs) -> ExitCode {
     let engines: Vec<(&str, Engine<'_>)> = match args.engine {
         EngineChoice::Interp => vec![("interp", &interp_engine)],
-        EngineChoice::Jit | EngineChoice::Both => {
-            // TODO(jit): add ("jit", &jit_engine) here once the JIT engine exists.
-            eprintln!("error: the JIT engine is not available yet (use --engine interp)");
-            return ExitCode::from(2);
-        }
+        EngineChoice::Jit => vec![("jit", &jit_engine)],
+        EngineChoice::Both => vec![("interp", &interp_engine), ("jit", &jit_engine)],
     };
     let files = match collect_files(&args.paths) {
         Ok(f) if !f.is_empty() => f,

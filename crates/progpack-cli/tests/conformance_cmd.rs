@@ -23,6 +23,16 @@ fn vendored_suite_passes_on_the_interpreter() {
 }
 
 #[test]
+fn vendored_suite_passes_on_the_jit_and_on_both() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../progpack-bpf/tests/conformance");
+    for engine in ["jit", "both"] {
+        let (code, out) = progpack(&["conformance", "--engine", engine, dir.to_str().unwrap()]);
+        assert_eq!(code, 0, "{engine}: {out}");
+        assert_eq!(out.lines().last(), Some("225 passed, 0 failed"), "{engine}");
+    }
+}
+
+#[test]
 fn failures_are_listed_and_fail_the_command() {
     let tmp = std::env::temp_dir().join(format!("progpack-conf-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();

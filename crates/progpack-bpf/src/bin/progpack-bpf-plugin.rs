@@ -12,7 +12,7 @@
 use std::io::Read;
 use std::process::ExitCode;
 
-use progpack_bpf::conformance::conformance_vm;
+use progpack_bpf::conformance::{conformance_vm, interp_engine, jit_engine};
 
 fn unhex(text: &str) -> Result<Vec<u8>, String> {
     let digits: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
@@ -75,12 +75,9 @@ fn main() -> ExitCode {
         (Err(e), _) => return usage_error(&format!("program: {e}")),
         (_, Err(e)) => return usage_error(&format!("memory: {e}")),
     };
-    if jit {
-        // TODO(jit): run `prog.run_jit(&mut mem)` once the JIT engine exists.
-        return usage_error("the JIT engine is not available in this build");
-    }
     let vm = conformance_vm();
-    match vm.load(&code).and_then(|p| Ok(p.run_interp(&mut mem)?)) {
+    let engine = if jit { jit_engine } else { interp_engine };
+    match vm.load(&code).and_then(|p| engine(&p, &mut mem)) {
         Ok(r0) => {
             println!("{r0:x}");
             ExitCode::SUCCESS

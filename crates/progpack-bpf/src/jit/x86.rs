@@ -4,8 +4,8 @@
 //! Invariants:
 //! - Labels are plain indices handed out in emission order; a compile runs the same emission
 //!   code twice, so label ids, jump sites and helper-call sites line up between the passes.
-//! - Pass 1 emits every label jump as rel32 and records where each jump ends and where its
-//!   target ended up. A jump whose pass-1 displacement fits in a signed byte is emitted as rel8
+//! - Pass 1 only measures (counts bytes, stores none), taking every label jump as rel32, and
+//!   records where each jump ends and where its target ended up. A jump whose pass-1 displacement fits in a signed byte is emitted as rel8
 //!   in pass 2. Making jumps shorter never makes any displacement larger (code between a jump
 //!   and its target only shrinks), so a rel8 decision from pass 1 stays valid in pass 2.
 //! - Pass 2 writes placeholder displacements and patches them all at the end from its own
@@ -163,8 +163,12 @@ const UNBOUND: u32 = u32::MAX;
 
 /// The code buffer with its labels and jump bookkeeping.
 pub(crate) struct Asm {
-    /// The code emitted so far.
+    /// The code emitted so far (empty in a measuring pass).
     pub buf: Vec<u8>,
+    /// Bytes emitted so far.
+    len: u32,
+    /// Pass 1 only measures: it counts bytes without storing them.
+    measure: bool,
     labels: Vec<u32>,
     sites: Vec<Site>,
     /// Per jump site (in emission order): emit rel8? Empty during pass 1.
@@ -176,41 +180,43 @@ pub(crate) struct Asm {
 }
 
 impl Asm {
-    /// A fresh assembler for pass 1 (every label jump emitted as rel32).
-    pub(crate) fn new(capacity: usize, rel_calls: bool) -> Asm {
+    /// A fresh assembler for pass 1 (measuring only; every label jump taken as rel32).
+    pub(crate) fn new(slots: usize, rel_calls: bool) -> Asm {
         Asm {
-            buf: Vec::with_capacity(capacity),
-            labels: Vec::new(),
-            sites: Vec::new(),
+            // Typical code is 10-30 bytes per slot; a few labels and jumps per slot.
+            buf: Vec::new(),
+            len: 0,
+            measure: true,
+            labels: Vec::with_capacity(slots * 3 + 8),
+            sites: Vec::with_capacity(slots * 2 + 8),
             short: Vec::new(),
             calls: Vec::new(),
             rel_calls,
         }
     }
 
-    /// After pass 1: an assembler for pass 2 that uses rel8 where pass 1 proved it fits.
-    pub(crate) fn second_pass(&self) -> Asm {
-        let short = self
-            .sites
-            .iter()
-            .map(|s| {
-                let target = self.labels[s.label.0 as usize];
-                target != UNBOUND && i8::try_from(target as i64 - s.end as i64).is_ok()
-            })
-            .collect();
-        Asm {
-            buf: Vec::with_capacity(self.buf.len()),
-            labels: Vec::with_capacity(self.labels.len()),
-            sites: Vec::with_capacity(self.sites.len()),
-            short,
-            calls: Vec::new(),
-            rel_calls: self.rel_calls,
-        }
+    /// After pass 1: the assembler for pass 2, which uses rel8 where pass 1 proved it fits.
+    /// Reuses pass 1's buffers. Returns it with the number of pass-1 jump sites.
+    pub(crate) fn second_pass(mut self) -> (Asm, usize) {
+        let labels = &self.labels;
+        self.short.clear();
+        self.short.extend(self.sites.iter().map(|s| {
+            let target = labels[s.label.0 as usize];
+            target != UNBOUND && i8::try_from(target as i64 - s.end as i64).is_ok()
+        }));
+        let n = self.sites.len();
+        self.buf = Vec::with_capacity(self.len as usize);
+        self.len = 0;
+        self.measure = false;
+        self.labels.clear();
+        self.sites.clear();
+        self.calls.clear();
+        (self, n)
     }
 
     /// Current offset.
     pub(crate) fn pos(&self) -> u32 {
-        self.buf.len() as u32
+        self.len
     }
 
     /// A new, unbound label.
@@ -270,11 +276,24 @@ impl Asm {
 
     // ---- raw bytes ----
 
+    // Byte at a time, through `push` (no `memcpy` calls for tiny slices): the buffer is
+    // sized up front, so `push` never reallocates in the common case.
+    #[inline(always)]
     fn b(&mut self, x: u8) {
-        self.buf.push(x);
+        if !self.measure {
+            self.buf.push(x);
+        }
+        self.len += 1;
     }
+    #[inline(always)]
+    fn bytes<const N: usize>(&mut self, x: [u8; N]) {
+        for v in x {
+            self.b(v);
+        }
+    }
+    #[inline(always)]
     fn d32(&mut self, x: i32) {
-        self.buf.extend_from_slice(&x.to_le_bytes());
+        self.bytes(x.to_le_bytes());
     }
 
     /// Emits REX if any bit is set or `force` (for spl/bpl/sil/dil as byte registers).
@@ -293,7 +312,9 @@ impl Asm {
         }
         let force = byte_regs && (rm.byte_needs_rex() || (4..8).contains(&reg));
         self.rex(w == W::B64, reg >> 3, 0, rm.hi(), force);
-        self.buf.extend_from_slice(opc);
+        for &o in opc {
+            self.b(o);
+        }
         self.b(0xc0 | ((reg & 7) << 3) | rm.low());
     }
 
@@ -304,7 +325,9 @@ impl Asm {
         }
         let force = byte_reg && (4..8).contains(&reg);
         self.rex(w == W::B64, reg >> 3, 0, base.hi(), force);
-        self.buf.extend_from_slice(opc);
+        for &o in opc {
+            self.b(o);
+        }
         let r = (reg & 7) << 3;
         // mod 00 with base rbp/r13 means rip-relative: those always take a displacement.
         let md = if disp == 0 && base.low() != 5 {
@@ -346,7 +369,7 @@ impl Asm {
         } else {
             self.rex(true, 0, 0, dst.hi(), false);
             self.b(0xb8 + dst.low());
-            self.buf.extend_from_slice(&imm.to_le_bytes());
+            self.bytes(imm.to_le_bytes());
         }
     }
 
@@ -409,7 +432,7 @@ impl Asm {
             }
             W::B16 => {
                 self.op_rm(W::B16, &[0xc7], 0, base, disp, false);
-                self.buf.extend_from_slice(&(imm as u16).to_le_bytes());
+                self.bytes((imm as u16).to_le_bytes());
             }
             _ => {
                 self.op_rm(size, &[0xc7], 0, base, disp, false);
@@ -523,7 +546,7 @@ impl Asm {
 
     /// `pxor xmm0, xmm0`.
     pub(crate) fn pxor_xmm0(&mut self) {
-        self.buf.extend_from_slice(&[0x66, 0x0f, 0xef, 0xc0]);
+        self.bytes([0x66, 0x0f, 0xef, 0xc0]);
     }
 
     /// `movups [base + disp], xmm0`.
@@ -647,7 +670,7 @@ impl Asm {
         } else {
             self.rex(true, 0, 0, 0, false);
             self.b(0xb8);
-            self.buf.extend_from_slice(&target.to_le_bytes());
+            self.bytes(target.to_le_bytes());
             self.b(0xff);
             self.b(0xd0); // call rax: FF /2, mod 11, rm 000
         }

@@ -5,7 +5,8 @@
 //! - [`decode`]: raw slots -> typed instructions ([`decode::Instr`]);
 //! - [`check`]: the static checker; a program that passes may be run by any engine;
 //! - [`interp`]: the interpreter, which also defines the execution model the JIT follows;
-//! - [`conformance`]: the `.data` test format of bpf_conformance and a runner for it.
+//! - [`conformance`]: the `.data` test format of bpf_conformance and a runner for it;
+//! - [`gen`]: random valid programs for differential tests between engines.
 //!
 //! [`Vm`] ties them together: it owns the helper registry, and loads any number of programs,
 //! each an independent value that can be run many times and dropped.
@@ -25,6 +26,7 @@ pub mod check;
 pub mod conformance;
 pub mod decode;
 pub mod error;
+pub mod gen;
 pub mod helpers;
 pub mod insn;
 pub mod interp;

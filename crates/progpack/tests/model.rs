@@ -19,6 +19,7 @@ enum Op {
     DropProgram(usize),
     Batch { n: usize, len: usize },
     FinalizeAll,
+    FreeAll(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -29,6 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => any::<usize>().prop_map(Op::DropProgram),
         1 => (1usize..40, 6usize..200).prop_map(|(n, len)| Op::Batch { n, len }),
         1 => Just(Op::FinalizeAll),
+        1 => (0u8..3).prop_map(Op::FreeAll),
     ]
 }
 
@@ -140,6 +142,19 @@ fn run(ops: Vec<Op>, backend: BackendChoice) {
                         std::mem::take(&mut m.drafts).into_iter().unzip();
                     m.programs
                         .extend(vals.into_iter().zip(alloc.finalize_all(drafts).unwrap()));
+                }
+                Op::FreeAll(k) => {
+                    // Free every third program (by position) in one call.
+                    let (mut keep, mut free) = (Vec::new(), Vec::new());
+                    for (i, vp) in std::mem::take(&mut m.programs).into_iter().enumerate() {
+                        if i % 3 == k as usize {
+                            free.push(vp.1)
+                        } else {
+                            keep.push(vp)
+                        }
+                    }
+                    m.programs = keep;
+                    alloc.free_all(free);
                 }
                 _ => {}
             }

@@ -2,6 +2,8 @@
 //! calls every one and checks its result, prints what the allocator did, and runs the same
 //! load with one `mmap` + `mprotect` per function for comparison.
 
+#![allow(unsafe_code)] // calls the functions it generates
+
 use crate::baseline::PageProgram;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -9,7 +11,7 @@ use progpack::{Allocator, Config, Program};
 use std::time::{Duration, Instant};
 
 /// Options of `progpack demo`.
-#[derive(clap::Args)]
+#[derive(Debug, clap::Args)]
 pub struct Args {
     /// How many functions to load.
     #[arg(long, default_value_t = 100_000)]

@@ -1,7 +1,8 @@
-//! `progpack`: the command-line front door of progpack.
+//! `progpack`: the command-line tool of the progpack workspace.
 //!
-//! - `progpack demo`: load 100,000 JIT functions into packs and compare with `mmap` + `mprotect`.
+//! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
+#![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
@@ -11,15 +12,15 @@ mod baseline;
 mod conformance;
 mod demo;
 
-/// Packed, huge-page-backed, W^X executable memory for JIT compilers.
-#[derive(Parser)]
+/// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
+#[derive(Debug, Parser)]
 #[command(name = "progpack", version, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Subcommand)]
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Load many generated functions into packs, run them all, and compare with mmap+mprotect.
     Demo(demo::Args),
@@ -27,9 +28,20 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Prints an error with its causes and turns it into a failing exit status.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Demo(args) => demo::run(args).map(|()| ExitCode::SUCCESS),
-        Command::Conformance(args) => Ok(conformance::run(&args)),
+        Command::Demo(args) => report(demo::run(args)),
+        Command::Conformance(args) => conformance::run(&args),
     }
 }

@@ -194,7 +194,11 @@ impl Allocator {
             }
             // One fill for the run; if it fails, each program's own drop tries again (and
             // quarantines its chunks if that fails too).
-            if !programs[i].is_dedicated() && m.fill_traps(off, end - off).is_ok() {
+            let filled = || {
+                m.fill_traps(off, end - off)
+                    .and_then(|()| arch::sync_icache(m.base() + off, end - off))
+            };
+            if !programs[i].is_dedicated() && filled().is_ok() {
                 for p in &mut programs[i..j] {
                     p.alloc.dirty = false;
                 }

@@ -143,6 +143,13 @@ impl BpfProgram {
         Ok(jit.run_limited(mem, self.options.instruction_limit)?)
     }
 
+    /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
+    /// when the JIT code counts instructions, see [`JitOptions`]).
+    pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        Ok(jit.run_limited(mem, options.instruction_limit)?)
+    }
+
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
         let j = JitProgram::new(alloc, &self.checked.slots, &self.helpers, options)?;

@@ -70,3 +70,29 @@ fn vm_without_jit_reports_it() {
     p.jit_compile(&alloc, JitOptions::default()).unwrap();
     assert_eq!(p.run_jit(&mut []).unwrap(), 1);
 }
+
+#[test]
+fn run_options_set_the_jit_instruction_limit() {
+    let alloc = progpack_bpf::jit::shared_allocator().unwrap();
+    let mut vm = Vm::new(Helpers::new());
+    vm.enable_jit(alloc, JitOptions::default());
+    let p = vm
+        .load_asm("mov %r0, 0\nl:\nadd %r0, 1\njlt %r0, 100, l\nexit")
+        .unwrap();
+    // 1 + 2 * 100 + 1 instructions.
+    let limit = |n| progpack_bpf::RunOptions {
+        instruction_limit: n,
+    };
+    assert_eq!(p.run_jit_with(&mut [], &limit(202)).unwrap(), 100);
+    let err = p.run_jit_with(&mut [], &limit(201)).unwrap_err();
+    assert!(matches!(
+        err,
+        progpack_bpf::Error::Run(progpack_bpf::RunError::InstructionLimit { limit: 201 })
+    ));
+    assert_eq!(
+        p.run_interp_with(&mut [], &limit(201))
+            .unwrap_err()
+            .to_string(),
+        err.to_string()
+    );
+}

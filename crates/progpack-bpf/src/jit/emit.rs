@@ -8,14 +8,17 @@
 //! | x86  | rax | rdi | rsi | rdx | rcx | r8 | rbx | r13 | r14 | r15 | rbp | r12 | r9, r10, r11  |
 //!
 //! Layout of the emitted code: prologue (`call` into the body, then the epilogue), the fault
-//! exit, the body (one label per instruction slot), then out-of-line fault stubs.
+//! exit, the body (one label per instruction slot), then the out-of-line stubs (the second
+//! half of bounds checks, fault words) and the frame-zeroing subroutine of local calls.
 //!
 //! Invariants the emitted code keeps:
 //! - Every load, store and atomic goes through [`Cx::mem_operand`]: the access `[a, a+n)` is
 //!   allowed iff it lies in the memory region or in the live frames `[r10 - 512, top)`, the
 //!   interpreter's rule. The check is skipped for `r10 + off` inside the current frame, which
-//!   is in range by construction. A failed check jumps to a stub that loads a fault word
-//!   (`pc | kind << 24`) into r10, the address being in r11, then to the fault exit.
+//!   is in range by construction. The likelier region (the stack for r10-based addresses, else
+//!   memory) is checked inline; an address outside it goes to a stub that checks the other
+//!   region and either comes back or loads a fault word (`pc | kind << 24`) into r10, the
+//!   address being in r11, and goes to the fault exit.
 //! - The eBPF stack is not the native stack: return addresses and saved registers are out of
 //!   the program's reach. r10 is the top of the current 512-byte frame inside the stack region;
 //!   a `call local` first checks that one more frame fits (this is the call depth limit), then

@@ -155,9 +155,10 @@ pub fn compile(
             budget: opts.budget,
         },
     )?;
+    let (code, calls) = asm.into_code();
     Ok(JitCode {
-        code: asm.buf,
-        calls: asm.calls,
+        code,
+        calls,
         pc_offsets,
     })
 }

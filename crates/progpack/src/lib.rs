@@ -1,1 +1,219 @@
+//! # progpack: packed, huge-page-backed, W^X executable memory for JIT compilers
+//!
+//! The Linux kernel gives its BPF JIT executable memory through `bpf_prog_pack`: many small
+//! programs share 2 MiB read+execute regions ("packs") carved into 64-byte chunks, which cuts
+//! iTLB misses and direct-map fragmentation; code is emitted into a writable buffer and placed
+//! with one text copy; free space is filled with trap instructions. progpack does the same in
+//! user space.
+//!
+//! ## Why packing
+//! A JIT that maps one page per function (`mmap` + `mprotect`) spends a system call or two per
+//! function, one VMA per function (Linux allows 65530 by default), and one iTLB entry per
+//! function when it runs. Packs put thousands of functions in one huge page: one mapping, one
+//! TLB entry, and loading costs a copy.
+//!
+//! ## Why W^X without a writable alias
+//! Memory that is writable and executable at once lets any memory-corruption bug become code
+//! execution. progpack never maps a page writable and executable. With the default `procmem`
+//! backend there is not even a writable *alias*: code reaches the pack through `pwrite` on
+//! `/proc/self/mem`, which the kernel carries out through its own mapping. The `dualmap`
+//! backend (a `memfd` mapped twice) is the fallback where `/proc/self/mem` is forbidden. See
+//! [`backend`] for both, and [`BackendChoice`] to pick one.
+//!
+//! ## What `exec_addr()` means for a code generator
+//! A [`Draft`] is a writable heap buffer that is never executable, plus chunks reserved in a
+//! pack. Emit into [`Draft::image_mut`] but compute every absolute address, and every
+//! `rel32` jump or call target, against [`Draft::exec_addr`]: that is where the first byte
+//! will run after [`Draft::finalize`]. With dynasm, iced-x86 or Cranelift, assemble "at base
+//! `exec_addr()`" and copy the bytes in. To `call rel32` into the host, ask for a
+//! [`CodeRange`] near the host's text.
+//!
+//! ## Safe and unsafe
+//! Allocating, writing and finalizing are safe: the worst a wrong image can do is be wrong
+//! code. Running code is `unsafe` ([`Program::as_fn`]): the compiler cannot check machine code.
+//! Implementing a [`Backend`] is `unsafe`: the allocator trusts it to map and write exactly
+//! what it says.
+//!
+//! ## Example
+//! ```
+//! use progpack::{Allocator, Config};
+//!
+//! let alloc = Allocator::new(Config::default())?;
+//! let mut draft = alloc.draft(6, 1)?;
+//! // x86-64: mov eax, 42; ret  (aarch64 would emit its own encoding here)
+//! # #[cfg(target_arch = "x86_64")]
+//! draft.image_mut().copy_from_slice(&[0xb8, 42, 0, 0, 0, 0xc3]);
+//! let program = draft.finalize()?;
+//! # #[cfg(target_arch = "x86_64")]
+//! # {
+//! // SAFETY: the bytes above are a complete function with this signature.
+//! let f = unsafe { program.as_fn::<extern "C" fn() -> u32>() };
+//! assert_eq!(f(), 42);
+//! # }
+//! drop(program); // its chunks are trap-filled, then freed
+//! # Ok::<(), progpack::Error>(())
+//! ```
+#![deny(unsafe_code)]
+#![deny(missing_docs)]
 
+mod allocation;
+mod allocator;
+pub mod arch;
+pub mod backend;
+mod batch;
+mod bitmap;
+mod code_range;
+mod config;
+mod draft;
+mod error;
+mod pack;
+mod program;
+mod region;
+mod stats;
+
+pub use backend::{Backend, Caps, Mapping, Placement};
+pub use batch::{Batch, SlotMut};
+pub use config::{BackendChoice, CodeRange, Config};
+pub use draft::Draft;
+pub use error::{Errno, Error, Result};
+pub use program::Program;
+pub use stats::{huge_bytes_in, HugePages, PackSnapshot, Snapshot, Stats};
+
+use allocator::Inner;
+use std::sync::Arc;
+
+/// Executable memory for JIT code, in packs. Cheap to clone (a shared handle); `Send + Sync`.
+///
+/// Every mapping it makes is returned when the allocator (all clones) and every draft, batch
+/// and program made from it are gone.
+#[derive(Clone, Debug)]
+pub struct Allocator {
+    inner: Arc<Inner>,
+}
+
+impl Allocator {
+    /// Creates an allocator; checks the configuration and picks (probes) the backend. Maps
+    /// nothing yet, except the code range reservation if one is configured.
+    pub fn new(config: Config) -> Result<Allocator> {
+        Ok(Allocator {
+            inner: Arc::new(Inner::new(config)?),
+        })
+    }
+
+    /// Reserves room for an image of `len` bytes whose first byte is aligned to `align` (a
+    /// power of two, at most the chunk size). Requests larger than a pack get a mapping of
+    /// their own.
+    pub fn draft(&self, len: usize, align: usize) -> Result<Draft> {
+        let placed = self.inner.allocate(len, align)?;
+        Draft::new(placed.alloc, placed.offset, len)
+    }
+
+    /// Starts a batch: drafts laid out contiguously and finalized with one write per run.
+    pub fn batch(&self) -> Batch {
+        Batch::new(self.inner.clone())
+    }
+
+    /// Finalizes many drafts, coalescing drafts that lie next to each other in one pack into a
+    /// single backend write (their images are copied into one buffer). Returns the programs in
+    /// the order given. All or nothing: on error every draft's chunks are trap-filled and freed.
+    pub fn finalize_all(&self, drafts: Vec<Draft>) -> Result<Vec<Program>> {
+        let mut order: Vec<usize> = (0..drafts.len()).collect();
+        order.sort_by_key(|&i| drafts[i].alloc.base());
+        let mut drafts: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
+        let mut runs: Vec<Vec<usize>> = Vec::new();
+        for &i in &order {
+            let d = drafts[i].as_ref().expect("each index once");
+            let contiguous = runs.last().and_then(|r| r.last()).is_some_and(|&j| {
+                let prev = drafts[j].as_ref().expect("each index once");
+                let (pm, poff) = prev.alloc.mapping();
+                let (m, off) = d.alloc.mapping();
+                pm.base() == m.base() && poff + prev.buf.len() == off
+            });
+            if contiguous {
+                runs.last_mut().expect("checked").push(i);
+            } else {
+                runs.push(vec![i]);
+            }
+        }
+        for run in &runs {
+            for &i in run {
+                drafts[i].as_mut().expect("each index once").alloc.dirty = true;
+            }
+            let first = drafts[run[0]].as_ref().expect("each index once");
+            let (m, off) = first.alloc.mapping();
+            if run.len() == 1 {
+                m.write(off, &first.buf)?;
+                arch::sync_icache(m.base() + off, first.buf.len())?;
+                continue;
+            }
+            let total: usize = run
+                .iter()
+                .map(|&i| drafts[i].as_ref().expect("each index once").buf.len())
+                .sum();
+            let mut joined = draft::trap_buffer(0)?;
+            joined
+                .try_reserve_exact(total)
+                .map_err(|_| Error::OutOfMemory(total))?;
+            for &i in run {
+                joined.extend_from_slice(&drafts[i].as_ref().expect("each index once").buf);
+            }
+            m.write(off, &joined)?;
+            arch::sync_icache(m.base() + off, total)?;
+        }
+        Ok(drafts
+            .into_iter()
+            .map(|d| {
+                let d = d.expect("each index once");
+                let addr = d.exec_addr();
+                Program::new(d.alloc, addr, d.len)
+            })
+            .collect())
+    }
+
+    /// Counters (no system calls).
+    pub fn stats(&self) -> Stats {
+        stats::stats(&self.inner)
+    }
+
+    /// Per-pack occupancy, with huge-page backing per pack where `/proc/self/smaps` tells.
+    pub fn snapshot(&self) -> Snapshot {
+        stats::snapshot(&self.inner)
+    }
+
+    /// How many bytes of the packs the kernel backs with huge pages (reads `/proc/self/smaps`).
+    pub fn huge_pages(&self) -> std::io::Result<HugePages> {
+        stats::huge_pages(&self.inner)
+    }
+
+    /// Name of the backend in use.
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend.name()
+    }
+
+    /// What the backend can do.
+    pub fn backend_caps(&self) -> Caps {
+        self.inner.backend.caps()
+    }
+
+    /// Which backend was picked and why (one line per backend probed).
+    pub fn backend_report(&self) -> &str {
+        &self.inner.backend_report
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// The code range reservation (base, size), if one is configured.
+    pub fn code_range(&self) -> Option<(usize, usize)> {
+        self.inner.space.as_ref().map(|s| (s.base(), s.size()))
+    }
+
+    /// Checks every invariant that can be checked from inside: per pack, free counts match the
+    /// bitmap and every free chunk holds only traps. Returns what is wrong. Costs a read of
+    /// every free chunk: for tests and debugging.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.inner.packs().iter().try_for_each(|p| p.check())
+    }
+}

@@ -1,0 +1,157 @@
+//! The `dualmap` backend: a `memfd` mapped twice, read+execute where code runs and read+write at
+//! another address where code is written.
+//!
+//! With a persistent alias a write is a `memcpy` (about 5 ns for 256 bytes here); the price is a
+//! writable view of the code at a (kernel-chosen) address for as long as the pack lives. In
+//! per-write mode the alias exists only during each write (a `mmap` + `munmap` per write,
+//! about 6 µs). Neither view is ever writable and executable.
+//!
+//! The file is shared memory, so after `fork()` parent and child would share the code: the
+//! alias is marked `MADV_DONTFORK`, and a child that tries to write gets [`Error::Forked`].
+//! Huge pages need shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is
+//! off by default; packs are then backed by small pages.
+//!
+//! # References
+//! - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+//! - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html) `MAP_SHARED`
+
+use super::{check_range, sys, Backend, Caps, Mapping, Placement};
+use crate::error::{Error, Result};
+use rustix::fd::OwnedFd;
+
+/// Writes code through a second, writable view of a `memfd`. See the [module docs](self).
+#[derive(Debug, Clone, Copy)]
+pub struct DualMap {
+    per_write: bool,
+}
+
+impl DualMap {
+    /// Keeps the writable alias mapped for the life of each pack (fast writes).
+    pub fn persistent() -> Self {
+        DualMap { per_write: false }
+    }
+
+    /// Maps the writable alias only around each write (slower, no lasting alias).
+    pub fn per_write() -> Self {
+        DualMap { per_write: true }
+    }
+}
+
+// SAFETY: the executable view is read+execute from creation; the file is trap-filled through
+// the alias before the executable view exists; writes are bounds-checked.
+unsafe impl Backend for DualMap {
+    fn name(&self) -> &'static str {
+        if self.per_write {
+            "dualmap-per-write"
+        } else {
+            "dualmap"
+        }
+    }
+
+    fn caps(&self) -> Caps {
+        Caps {
+            huge_pages: false,
+            writable_alias: !self.per_write,
+            syscall_per_write: self.per_write,
+        }
+    }
+
+    fn map(&self, len: usize, placement: Placement) -> Result<Box<dyn Mapping>> {
+        let fd = sys::memfd("progpack", len)?;
+        let alias = sys::map_shared(&fd, None, len, 0, sys::View::Write)?;
+        sys::fill_traps_direct(alias, len);
+        let kept_alias = if self.per_write {
+            sys::unmap(alias, len)?;
+            None
+        } else {
+            if let Err(e) = sys::advise_dontfork(alias, len) {
+                let _ = sys::unmap(alias, len);
+                return Err(e);
+            }
+            Some(alias)
+        };
+        let base = match placement.reserve(len).and_then(|at| {
+            sys::map_shared(&fd, Some(at), len, 0, sys::View::Exec).inspect_err(|_| {
+                let _ = placement.release(at, len);
+            })
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                if let Some(a) = kept_alias {
+                    let _ = sys::unmap(a, len);
+                }
+                return Err(e);
+            }
+        };
+        Ok(Box::new(DualMapping {
+            base,
+            len,
+            placement,
+            fd,
+            alias: kept_alias,
+            generation: sys::process_generation(),
+            name: self.name(),
+        }))
+    }
+}
+
+#[derive(Debug)]
+struct DualMapping {
+    base: usize,
+    len: usize,
+    placement: Placement,
+    fd: OwnedFd,
+    alias: Option<usize>,
+    generation: u64,
+    name: &'static str,
+}
+
+impl DualMapping {
+    /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
+    fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
+        check_range(offset, len, self.len)?;
+        if sys::process_generation() != self.generation {
+            return Err(Error::Forked { backend: self.name });
+        }
+        if let Some(alias) = self.alias {
+            f(alias + offset);
+            return Ok(());
+        }
+        let page = sys::page_size();
+        let start = offset / page * page;
+        let end = (offset + len).next_multiple_of(page);
+        let view = sys::map_shared(&self.fd, None, end - start, start as u64, sys::View::Write)?;
+        f(view + (offset - start));
+        sys::unmap(view, end - start)
+    }
+}
+
+// SAFETY: the executable view is read+execute for the mapping's life; writes go through the
+// separate writable view, inside the range (checked), and a forked child may not write.
+unsafe impl Mapping for DualMapping {
+    fn base(&self) -> usize {
+        self.base
+    }
+    fn len(&self) -> usize {
+        self.len
+    }
+    fn backend_name(&self) -> &'static str {
+        self.name
+    }
+    fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+    }
+    fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
+        self.with_alias(offset, len, |at| sys::fill_traps_direct(at, len))
+    }
+}
+
+impl Drop for DualMapping {
+    fn drop(&mut self) {
+        if let Some(alias) = self.alias {
+            let _ = sys::unmap(alias, self.len);
+        }
+        let released = self.placement.release(self.base, self.len);
+        debug_assert!(released.is_ok(), "releasing a pack failed: {released:?}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The only place that calls the operating system: thin, typed wrappers over `rustix`.
+//!
+//! Contract of every function here: addresses and lengths are page-aligned unless said
+//! otherwise, lengths are non-zero, and failures come back as [`Error::Os`] naming the call.
+//! Nothing here ever asks for `PROT_WRITE` and `PROT_EXEC` together: the only protections used
+//! are none, read+write (anonymous memory before it is made executable, or a non-executable
+//! alias) and read+execute.
+//!
+//! Porting progpack to another OS means rewriting this file and the backends that call it.
+#![allow(unsafe_code)]
+
+use crate::error::{Error, Result};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Once;
+
+/// The system page size.
+pub fn page_size() -> usize {
+    rustix::param::page_size()
+}
+
+fn ptr(addr: usize) -> *mut c_void {
+    addr as *mut c_void
+}
+
+/// Reserves `len` bytes of address space aligned to `align` (a power of two, at least a
+/// page): `mmap(NULL, len + align, PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)`, then
+/// the unaligned head and tail are unmapped. Returns the aligned start.
+///
+/// # References
+/// - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html)
+pub fn reserve_aligned(len: usize, align: usize) -> Result<usize> {
+    let over = len
+        .checked_add(align.saturating_sub(page_size()))
+        .ok_or(Error::TooLarge {
+            len,
+            max: usize::MAX,
+        })?;
+    // SAFETY: a fresh anonymous PROT_NONE mapping at an address the kernel chooses cannot
+    // alias any Rust object.
+    let raw = unsafe {
+        mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            over,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE,
+        )
+    }
+    .map_err(|e| Error::os("mmap (reserve)", e))? as usize;
+    let start = raw.next_multiple_of(align);
+    let head = start - raw;
+    let tail = over - head - len;
+    if head > 0 {
+        unmap(raw, head)?;
+    }
+    if tail > 0 {
+        unmap(start + len, tail)?;
+    }
+    Ok(start)
+}
+
+/// Tries to reserve exactly `addr..addr + len` (PROT_NONE) without replacing anything:
+/// `MAP_FIXED_NOREPLACE`. `Ok(false)` if something is already mapped there.
+pub fn reserve_exact(addr: usize, len: usize) -> Result<bool> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping, so no Rust object is
+    // affected; on success the range is ours.
+    let got = unsafe {
+        mm::mmap_anonymous(
+            ptr(addr),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED_NOREPLACE,
+        )
+    };
+    match got {
+        Ok(p) if p as usize == addr => Ok(true),
+        // A kernel older than 4.17 treats the flag as a hint: give back what it chose.
+        Ok(p) => unmap(p as usize, len).map(|_| false),
+        Err(rustix::io::Errno::EXIST) => Ok(false),
+        Err(e) => Err(Error::os("mmap (reserve near)", e)),
+    }
+}
+
+/// Turns `addr..addr + len`, which the caller owns, back into a PROT_NONE reservation:
+/// `mmap(addr, len, PROT_NONE, MAP_FIXED|MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)`.
+pub fn rereserve(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the range (a pack or dedicated mapping being released, inside the
+    // allocator's code-range reservation), and nothing refers to it any more.
+    unsafe {
+        mm::mmap_anonymous(
+            ptr(addr),
+            len,
+            ProtFlags::empty(),
+            MapFlags::PRIVATE | MapFlags::NORESERVE | MapFlags::FIXED,
+        )
+    }
+    .map(|_| ())
+    .map_err(|e| Error::os("mmap (re-reserve)", e))
+}
+
+/// Replaces the caller's reservation `addr..addr + len` with private anonymous read+write
+/// memory (`MAP_FIXED`). It is never executable while writable.
+pub fn map_anon_rw_fixed(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the reservation being replaced; no Rust object lives there.
+    unsafe {
+        mm::mmap_anonymous(
+            ptr(addr),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE | MapFlags::FIXED,
+        )
+    }
+    .map(|_| ())
+    .map_err(|e| Error::os("mmap (anonymous pack)", e))
+}
+
+/// Protection of a shared file view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// Read and execute: where code runs.
+    Exec,
+    /// Read and write: the alias code is written through.
+    Write,
+}
+
+impl View {
+    fn prot(self) -> ProtFlags {
+        match self {
+            View::Exec => ProtFlags::READ | ProtFlags::EXEC,
+            View::Write => ProtFlags::READ | ProtFlags::WRITE,
+        }
+    }
+}
+
+/// Maps `len` bytes of `fd` from `offset` as a shared view: at `addr` with `MAP_FIXED` (over
+/// the caller's reservation) or, when `addr` is `None`, wherever the kernel chooses.
+pub fn map_shared(
+    fd: impl AsFd,
+    addr: Option<usize>,
+    len: usize,
+    offset: u64,
+    view: View,
+) -> Result<usize> {
+    let (hint, fixed) = match addr {
+        Some(a) => (ptr(a), MapFlags::FIXED),
+        None => (std::ptr::null_mut(), MapFlags::empty()),
+    };
+    // SAFETY: with MAP_FIXED the caller owns the reservation being replaced; otherwise the kernel
+    // picks a fresh range. Either way no Rust object is aliased.
+    unsafe { mm::mmap(hint, len, view.prot(), MapFlags::SHARED | fixed, fd, offset) }
+        .map(|p| p as usize)
+        .map_err(|e| Error::os("mmap (memfd view)", e))
+}
+
+/// `mprotect(addr, len, PROT_READ|PROT_EXEC)` on memory the caller owns.
+pub fn protect_rx(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the range and holds no Rust reference that writes to it.
+    unsafe { mm::mprotect(ptr(addr), len, MprotectFlags::READ | MprotectFlags::EXEC) }
+        .map_err(|e| Error::os("mprotect (read+exec)", e))
+}
+
+/// `madvise(addr, len, MADV_HUGEPAGE)`: ask for transparent huge pages. Advisory.
+pub fn advise_hugepage(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: MADV_HUGEPAGE changes only how the kernel backs the range, never its contents.
+    unsafe { mm::madvise(ptr(addr), len, mm::Advice::LinuxHugepage) }
+        .map_err(|e| Error::os("madvise (MADV_HUGEPAGE)", e))
+}
+
+/// `munmap(addr, len)` on a range the caller owns and no longer uses.
+pub fn unmap(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the range and nothing refers to it any more.
+    unsafe { mm::munmap(ptr(addr), len) }.map_err(|e| Error::os("munmap", e))
+}
+
+/// Fills `addr..addr + len` of memory that is currently mapped read+write and owned by the
+/// caller with the trap pattern.
+pub fn fill_traps_direct(addr: usize, len: usize) {
+    // SAFETY: the caller owns this read+write range exclusively (a pack or alias not yet
+    // published, or an alias only progpack writes through); no Rust reference points into it.
+    let bytes = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
+    crate::arch::fill_traps(bytes);
+}
+
+/// Copies `src` to `addr`, memory currently mapped read+write and owned by the caller.
+pub fn copy_direct(addr: usize, src: &[u8]) {
+    // SAFETY: the caller owns the destination range exclusively (checked against the mapping's
+    // bounds); `src` is a separate heap buffer, so the ranges cannot overlap.
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) }
+}
+
+/// Reads `len` bytes at `addr` as a slice.
+///
+/// # Safety
+/// `addr..addr + len` must stay mapped and readable for the lifetime `'a`, and must not be
+/// written through a Rust reference during it.
+pub unsafe fn slice<'a>(addr: usize, len: usize) -> &'a [u8] {
+    // SAFETY: guaranteed by the caller.
+    unsafe { std::slice::from_raw_parts(addr as *const u8, len) }
+}
+
+/// `memfd_create(name, MFD_CLOEXEC)` then `ftruncate(len)`.
+///
+/// # References
+/// - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+pub fn memfd(name: &str, len: usize) -> Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(name, rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| Error::os("memfd_create", e))?;
+    rustix::fs::ftruncate(&fd, len as u64).map_err(|e| Error::os("ftruncate (memfd)", e))?;
+    Ok(fd)
+}
+
+/// `open("/proc/self/mem", O_RDWR|O_CLOEXEC)`.
+///
+/// # References
+/// - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
+pub fn open_proc_mem() -> Result<OwnedFd> {
+    rustix::fs::open(
+        "/proc/self/mem",
+        rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| Error::os("open /proc/self/mem", e))
+}
+
+/// Writes all of `buf` at file offset `offset` with `pwrite`, retrying short writes;
+/// [`Error::ShortWrite`] if the file stops accepting bytes.
+pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64) -> Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        match rustix::io::pwrite(&fd, &buf[done..], offset + done as u64) {
+            Ok(0) => {
+                return Err(Error::ShortWrite {
+                    wanted: buf.len(),
+                    written: done,
+                })
+            }
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) if done > 0 => {
+                let _ = e;
+                return Err(Error::ShortWrite {
+                    wanted: buf.len(),
+                    written: done,
+                });
+            }
+            Err(e) => return Err(Error::os("pwrite /proc/self/mem", e)),
+        }
+    }
+    Ok(())
+}
+
+/// Writes `len` bytes of the trap pattern at `offset` of `fd`, with as few `pwritev` calls as
+/// possible (every iovec points at one static buffer of traps).
+pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
+    const BUF: usize = 64 * 1024;
+    const IOVS: usize = 32;
+    static TRAPS: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+    let traps = TRAPS.get_or_init(|| {
+        let mut b = vec![0u8; BUF + crate::arch::TRAP.len()].into_boxed_slice();
+        crate::arch::fill_traps(&mut b);
+        b
+    });
+    let mut done = 0usize;
+    while done < len {
+        // Offsets are chunk-aligned, so the pattern's phase is the progress so far; BUF is a
+        // multiple of the pattern length, so every iovec of one call starts at the same phase.
+        let phase = done % crate::arch::TRAP.len();
+        let mut iov = Vec::with_capacity(IOVS);
+        let mut batch = 0;
+        while iov.len() < IOVS && done + batch < len {
+            let take = BUF.min(len - done - batch);
+            iov.push(std::io::IoSlice::new(&traps[phase..phase + take]));
+            batch += take;
+        }
+        match rustix::io::pwritev(&fd, &iov, offset + done as u64) {
+            Ok(0) => {
+                return Err(Error::ShortWrite {
+                    wanted: len,
+                    written: done,
+                })
+            }
+            Ok(n) => done += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(Error::os("pwritev (trap fill)", e)),
+        }
+    }
+    Ok(())
+}
+
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+static ATFORK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    // Only an atomic increment: async-signal-safe, as a fork handler must be.
+    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A number that changes in a `fork()` child: backends remember it at creation and compare
+/// it before every write. The first call registers a `pthread_atfork` child handler that
+/// increments a counter; if registration fails, the process id serves instead (one system call
+/// per check).
+///
+/// # References
+/// - [pthread_atfork(3)](https://man7.org/linux/man-pages/man3/pthread_atfork.3.html)
+pub fn process_generation() -> u64 {
+    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    ATFORK.call_once(|| {
+        // SAFETY: registers a handler that only increments an atomic; it is valid for the whole
+        // life of the process (a static function).
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        REGISTERED.store(rc == 0, Ordering::SeqCst);
+    });
+    if REGISTERED.load(Ordering::Relaxed) {
+        FORK_GENERATION.load(Ordering::SeqCst)
+    } else {
+        (1 << 32) | u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32)
+    }
+}
+
+/// `madvise(addr, len, MADV_DONTFORK)`: a `fork()` child does not inherit the range.
+pub fn advise_dontfork(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: MADV_DONTFORK changes only what a future child inherits, never this process's view.
+    unsafe { mm::madvise(ptr(addr), len, mm::Advice::LinuxDontFork) }
+        .map_err(|e| Error::os("madvise (MADV_DONTFORK)", e))
+}
+
+/// True if transparent huge pages can back anonymous memory we `madvise` (`always` or
+/// `madvise` in `/sys/kernel/mm/transparent_hugepage/enabled`).
+pub fn thp_for_madvised_anon() -> bool {
+    std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .map(|s| s.contains("[always]") || s.contains("[madvise]"))
+        .unwrap_or(false)
+}
+
+/// Names an anonymous range in `/proc/self/maps` (`[anon:NAME]`) with
+/// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME)`. Distinct names also keep neighbouring packs in
+/// distinct VMAs, so `/proc/self/smaps` reports huge pages per pack. Advisory: kernels without
+/// `CONFIG_ANON_VMA_NAME` answer `EINVAL`.
+pub fn name_anon(addr: usize, len: usize, name: &str) -> Result<()> {
+    let name =
+        std::ffi::CString::new(name).map_err(|_| Error::BadConfig("VMA name with NUL".into()))?;
+    // SAFETY: the range is mapped readable (read+write, just created by the caller) and the
+    // slice is only used for its address and length by the call below.
+    let region = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+    rustix::process::set_virtual_memory_region_name(region, Some(&name))
+        .map_err(|e| Error::os("prctl (PR_SET_VMA_ANON_NAME)", e))
+}

@@ -1,0 +1,264 @@
+//! Allocator configuration: sizes, backend, reserve, code range. Checked once in
+//! [`Config::validate`]; everything downstream may rely on the checked values.
+
+use crate::backend::{Backend, DualMap, ProcMem};
+use crate::error::{Error, Result};
+use std::fmt;
+use std::sync::Arc;
+
+/// Which text poke backend the allocator uses.
+#[derive(Clone, Default)]
+pub enum BackendChoice {
+    /// Probe and pick the best that works ([`crate::backend::detect`]): procmem, then dualmap.
+    #[default]
+    Detect,
+    /// `/proc/self/mem` writes; fails if they are forbidden here.
+    ProcMem,
+    /// memfd with a persistent writable alias.
+    DualMap,
+    /// memfd with a writable alias mapped only around each write.
+    DualMapPerWrite,
+    /// A backend of your own (or a test double).
+    Custom(Arc<dyn Backend>),
+}
+
+impl fmt::Debug for BackendChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendChoice::Detect => f.write_str("Detect"),
+            BackendChoice::ProcMem => f.write_str("ProcMem"),
+            BackendChoice::DualMap => f.write_str("DualMap"),
+            BackendChoice::DualMapPerWrite => f.write_str("DualMapPerWrite"),
+            BackendChoice::Custom(b) => write!(f, "Custom({})", b.name()),
+        }
+    }
+}
+
+impl BackendChoice {
+    /// Resolves the choice into a backend and a line saying what was picked and why.
+    pub(crate) fn resolve(&self) -> Result<(Arc<dyn Backend>, String)> {
+        Ok(match self {
+            BackendChoice::Detect => {
+                let d = crate::backend::detect()?;
+                (d.backend, d.report)
+            }
+            BackendChoice::ProcMem => {
+                let b = ProcMem::new()?;
+                crate::backend::probe(&b)?;
+                (Arc::new(b), "procmem: requested".into())
+            }
+            BackendChoice::DualMap => {
+                (Arc::new(DualMap::persistent()), "dualmap: requested".into())
+            }
+            BackendChoice::DualMapPerWrite => (
+                Arc::new(DualMap::per_write()),
+                "dualmap-per-write: requested".into(),
+            ),
+            BackendChoice::Custom(b) => (b.clone(), format!("{}: custom backend", b.name())),
+        })
+    }
+}
+
+/// Where all code must lie: within ±2 GiB of `near`, so that code can reach it with
+/// `call rel32` / `jmp rel32` (for example host functions in the executable's text).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CodeRange {
+    /// The address code must be able to reach.
+    pub near: usize,
+    /// Address space to reserve for packs and dedicated mappings.
+    pub size: usize,
+}
+
+impl CodeRange {
+    /// Default reservation: 256 MiB (128 packs of 2 MiB).
+    pub const DEFAULT_SIZE: usize = 256 << 20;
+
+    /// A range of [`Self::DEFAULT_SIZE`] bytes near `near`.
+    pub fn near(near: usize) -> Self {
+        CodeRange {
+            near,
+            size: Self::DEFAULT_SIZE,
+        }
+    }
+
+    /// A range near the text of the running executable (the address of a function in it).
+    pub fn near_this_binary() -> Self {
+        Self::near(Self::near_this_binary as fn() -> Self as usize)
+    }
+
+    /// Sets the size of the reservation.
+    pub fn size(mut self, size: usize) -> Self {
+        self.size = size;
+        self
+    }
+}
+
+/// Allocator configuration. Build with [`Config::default`] and the setters.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) pack_size: usize,
+    pub(crate) chunk_size: usize,
+    pub(crate) backend: BackendChoice,
+    pub(crate) reserve_packs: usize,
+    pub(crate) code_range: Option<CodeRange>,
+    pub(crate) randomize: bool,
+    pub(crate) shards: usize,
+    pub(crate) max_len: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pack_size: 2 << 20,
+            chunk_size: 64,
+            backend: BackendChoice::Detect,
+            reserve_packs: 1,
+            code_range: None,
+            randomize: true,
+            shards: std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(16),
+            max_len: 1 << 30,
+        }
+    }
+}
+
+impl Config {
+    /// Pack size in bytes (power of two, a multiple of the page size; default 2 MiB).
+    pub fn pack_size(mut self, bytes: usize) -> Self {
+        self.pack_size = bytes;
+        self
+    }
+    /// Chunk size in bytes (power of two, at least 16, at most the pack size; default 64).
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = bytes;
+        self
+    }
+    /// Text poke backend (default: [`BackendChoice::Detect`]).
+    pub fn backend(mut self, backend: BackendChoice) -> Self {
+        self.backend = backend;
+        self
+    }
+    /// Empty packs kept mapped for reuse instead of released (default 1).
+    pub fn reserve_packs(mut self, packs: usize) -> Self {
+        self.reserve_packs = packs;
+        self
+    }
+    /// Keep all code within ±2 GiB of an address (default: anywhere).
+    pub fn code_range(mut self, range: CodeRange) -> Self {
+        self.code_range = Some(range);
+        self
+    }
+    /// Start each image at a random offset inside its first chunk's slack, as the kernel does
+    /// against JIT spraying (default true). Off: images start on a chunk boundary and no
+    /// extra slack is added, which packs tiny programs denser.
+    pub fn randomize(mut self, on: bool) -> Self {
+        self.randomize = on;
+        self
+    }
+    /// Independent pack lists, each with its own lock; threads spread over them (default: the
+    /// number of CPUs, at most 16).
+    pub fn shards(mut self, shards: usize) -> Self {
+        self.shards = shards;
+        self
+    }
+    /// Largest program accepted, in bytes (default 1 GiB).
+    pub fn max_len(mut self, bytes: usize) -> Self {
+        self.max_len = bytes;
+        self
+    }
+
+    /// The pack size.
+    pub fn get_pack_size(&self) -> usize {
+        self.pack_size
+    }
+    /// The chunk size.
+    pub fn get_chunk_size(&self) -> usize {
+        self.chunk_size
+    }
+    /// The code range, if any.
+    pub fn get_code_range(&self) -> Option<CodeRange> {
+        self.code_range
+    }
+
+    /// Extra bytes added before rounding up, for the random start (the kernel adds 16).
+    pub(crate) fn slack(&self) -> usize {
+        if self.randomize {
+            16.min(self.chunk_size)
+        } else {
+            0
+        }
+    }
+
+    /// Checks every field; the allocator calls this once.
+    pub fn validate(&self) -> Result<()> {
+        let page = crate::backend::sys::page_size();
+        let bad = |s: String| Err(Error::BadConfig(s));
+        if !self.chunk_size.is_power_of_two() || self.chunk_size < 16 {
+            return bad(format!(
+                "chunk size {} must be a power of two of at least 16",
+                self.chunk_size
+            ));
+        }
+        if !self.chunk_size.is_multiple_of(crate::arch::TRAP.len()) {
+            return bad("chunk size must be a multiple of the trap instruction".into());
+        }
+        if !self.pack_size.is_power_of_two() || self.pack_size < page {
+            return bad(format!(
+                "pack size {} must be a power of two of at least the page size {page}",
+                self.pack_size
+            ));
+        }
+        if self.chunk_size > self.pack_size {
+            return bad(format!(
+                "chunk size {} is larger than the pack size {}",
+                self.chunk_size, self.pack_size
+            ));
+        }
+        if self.pack_size / self.chunk_size > u32::MAX as usize {
+            return bad("too many chunks per pack".into());
+        }
+        if self.shards == 0 || self.shards > 1024 {
+            return bad(format!("shards {} must be between 1 and 1024", self.shards));
+        }
+        if self.max_len == 0 {
+            return bad("max_len must be at least 1".into());
+        }
+        if let Some(r) = self.code_range {
+            if r.size < self.pack_size || r.size > (1 << 30) {
+                return bad(format!(
+                    "code range size {} must be between the pack size and 1 GiB",
+                    r.size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn bad_sizes_are_typed_errors() {
+        for c in [
+            Config::default().chunk_size(0),
+            Config::default().chunk_size(48),
+            Config::default().chunk_size(8),
+            Config::default().pack_size(3 << 20),
+            Config::default().pack_size(1024),
+            Config::default().pack_size(4096).chunk_size(8192),
+            Config::default().shards(0),
+            Config::default().max_len(0),
+            Config::default().code_range(CodeRange::near(0).size(4096)),
+        ] {
+            assert!(matches!(c.validate(), Err(Error::BadConfig(_))), "{c:?}");
+        }
+    }
+}

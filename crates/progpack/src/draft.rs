@@ -1,0 +1,93 @@
+//! A draft: chunks reserved in a pack plus a writable heap image that is never executable.
+//!
+//! The JIT emits into [`Draft::image_mut`] but computes every jump and call target against
+//! [`Draft::exec_addr`], where the code will run. [`Draft::finalize`] places the image with one
+//! backend write and returns a [`Program`]. Dropping a draft that was never finalized returns
+//! its chunks (they were never written, so they are still traps).
+
+use crate::allocation::Allocation;
+use crate::error::{Error, Result};
+use crate::program::Program;
+use std::fmt;
+
+/// A program being written. See the [module docs](self).
+pub struct Draft {
+    pub(crate) alloc: Allocation,
+    /// The whole span (chunk multiple), trap-filled, laid out as it will be in the pack.
+    pub(crate) buf: Vec<u8>,
+    /// Where the image starts inside `buf`.
+    pub(crate) offset: usize,
+    /// Image length.
+    pub(crate) len: usize,
+}
+
+impl fmt::Debug for Draft {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Draft")
+            .field("exec_addr", &format_args!("{:#x}", self.exec_addr()))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+/// A heap buffer of `len` trap bytes, or [`Error::OutOfMemory`].
+pub(crate) fn trap_buffer(len: usize) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    buf.try_reserve_exact(len)
+        .map_err(|_| Error::OutOfMemory(len))?;
+    buf.resize(len, 0);
+    crate::arch::fill_traps(&mut buf);
+    Ok(buf)
+}
+
+impl Draft {
+    pub(crate) fn new(alloc: Allocation, offset: usize, len: usize) -> Result<Draft> {
+        let buf = trap_buffer(alloc.span())?;
+        Ok(Draft {
+            alloc,
+            buf,
+            offset,
+            len,
+        })
+    }
+
+    /// The address the first byte of the image will have once finalized: the base for every
+    /// jump and call target the JIT computes.
+    pub fn exec_addr(&self) -> usize {
+        self.alloc.base() + self.offset
+    }
+
+    /// The image, `len()` bytes, initially all trap instructions.
+    pub fn image(&self) -> &[u8] {
+        &self.buf[self.offset..self.offset + self.len]
+    }
+
+    /// The writable image, `len()` bytes, initially all trap instructions. It is ordinary heap
+    /// memory: it is never executable.
+    pub fn image_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.offset..self.offset + self.len]
+    }
+
+    /// Image length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: a draft has at least one byte.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Places the image where [`exec_addr`](Self::exec_addr) says with one backend write of the
+    /// whole chunk range, makes it visible to instruction fetch, and frees the buffer.
+    ///
+    /// If the backend fails, the chunks are trap-filled and freed and the error says why.
+    pub fn finalize(mut self) -> Result<Program> {
+        let (addr, len) = (self.exec_addr(), self.len);
+        self.alloc.dirty = true;
+        let (m, off) = self.alloc.mapping();
+        m.write(off, &self.buf)?;
+        crate::arch::sync_icache(self.alloc.base(), self.buf.len())?;
+        Ok(Program::new(self.alloc, addr, len))
+    }
+}

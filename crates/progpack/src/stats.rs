@@ -1,0 +1,249 @@
+//! Statistics: counters (cheap, no I/O), a per-pack occupancy snapshot, and how much of the
+//! packs the kernel backs with huge pages (read from `/proc/self/smaps`).
+
+use crate::allocator::Inner;
+use std::sync::atomic::Ordering;
+
+/// Counters of an allocator at one moment (no system calls).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stats {
+    /// Backend in use.
+    pub backend: &'static str,
+    /// Pack size in bytes.
+    pub pack_size: usize,
+    /// Chunk size in bytes.
+    pub chunk_size: usize,
+    /// Packs currently mapped.
+    pub packs: usize,
+    /// Of those, empty packs kept in reserve.
+    pub reserve_packs: usize,
+    /// Dedicated mappings (programs larger than a pack).
+    pub dedicated_mappings: usize,
+    /// Bytes in dedicated mappings.
+    pub dedicated_bytes: usize,
+    /// Live finalized programs.
+    pub programs: usize,
+    /// Live allocations: programs plus unfinalized drafts and batch slots.
+    pub allocations: usize,
+    /// Chunks in use in packs.
+    pub chunks_used: usize,
+    /// Free chunks in packs.
+    pub chunks_free: usize,
+    /// Chunks never reused because trap-filling them failed.
+    pub chunks_quarantined: usize,
+    /// Bytes asked for by live allocations.
+    pub bytes_requested: usize,
+    /// Bytes of executable memory mapped (packs and dedicated mappings).
+    pub bytes_mapped: usize,
+    /// Packs mapped over the allocator's life.
+    pub packs_mapped_total: usize,
+    /// Packs released over the allocator's life.
+    pub packs_released_total: usize,
+}
+
+impl Stats {
+    /// Bytes mapped per byte requested (1.0 is perfect; `f64::INFINITY` if nothing is live).
+    pub fn density(&self) -> f64 {
+        if self.bytes_requested == 0 {
+            f64::INFINITY
+        } else {
+            self.bytes_mapped as f64 / self.bytes_requested as f64
+        }
+    }
+}
+
+/// Occupancy of one pack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackSnapshot {
+    /// Base address.
+    pub base: usize,
+    /// Per chunk: in use?
+    pub used: Vec<bool>,
+    /// Bytes of this pack backed by huge pages, if `/proc/self/smaps` could tell.
+    pub huge_bytes: Option<usize>,
+}
+
+impl PackSnapshot {
+    /// Chunks in use.
+    pub fn used_chunks(&self) -> usize {
+        self.used.iter().filter(|u| **u).count()
+    }
+
+    /// Free chunks that lie between used chunks (fragmentation), as opposed to the free tail.
+    pub fn hole_chunks(&self) -> usize {
+        let last_used = self.used.iter().rposition(|u| *u).map_or(0, |i| i + 1);
+        self.used[..last_used].iter().filter(|u| !**u).count()
+    }
+}
+
+/// Occupancy of every pack, for pictures ([`crate::Allocator::snapshot`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Backend in use.
+    pub backend: &'static str,
+    /// Pack size in bytes.
+    pub pack_size: usize,
+    /// Chunk size in bytes.
+    pub chunk_size: usize,
+    /// The packs, in shard order.
+    pub packs: Vec<PackSnapshot>,
+    /// Dedicated mappings (not drawn as packs).
+    pub dedicated_mappings: usize,
+}
+
+/// Huge-page coverage of the packs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HugePages {
+    /// Bytes of packs backed by huge pages.
+    pub backed: usize,
+    /// Bytes of packs in all.
+    pub total: usize,
+}
+
+impl HugePages {
+    /// Fraction backed, 0.0 to 1.0 (0.0 when there are no packs).
+    pub fn ratio(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.backed as f64 / self.total as f64
+        }
+    }
+}
+
+pub(crate) fn stats(inner: &Inner) -> Stats {
+    let c = &inner.stats;
+    let (mut packs, mut used, mut free) = (0, 0, 0);
+    for p in inner.packs() {
+        packs += 1;
+        let st = p.lock();
+        used += st.bitmap.count_ones();
+        free += st.bitmap.count_zeros();
+    }
+    let dedicated_bytes = c.dedicated_bytes.load(Ordering::Relaxed);
+    Stats {
+        backend: inner.backend.name(),
+        pack_size: inner.config.pack_size,
+        chunk_size: inner.config.chunk_size,
+        packs,
+        reserve_packs: inner.kept_empty.load(Ordering::Relaxed),
+        dedicated_mappings: c.dedicated.load(Ordering::Relaxed),
+        dedicated_bytes,
+        programs: c.programs.load(Ordering::Relaxed),
+        allocations: c.live.load(Ordering::Relaxed),
+        chunks_used: used,
+        chunks_free: free,
+        chunks_quarantined: c.quarantined.load(Ordering::Relaxed),
+        bytes_requested: c.requested.load(Ordering::Relaxed),
+        bytes_mapped: packs * inner.config.pack_size + dedicated_bytes,
+        packs_mapped_total: c.packs_mapped.load(Ordering::Relaxed),
+        packs_released_total: c.packs_released.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
+    let packs = inner.packs();
+    let ranges: Vec<(usize, usize)> = packs
+        .iter()
+        .map(|p| (p.base(), inner.config.pack_size))
+        .collect();
+    let huge = huge_bytes_in(&ranges);
+    Snapshot {
+        backend: inner.backend.name(),
+        pack_size: inner.config.pack_size,
+        chunk_size: inner.config.chunk_size,
+        packs: packs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let st = p.lock();
+                PackSnapshot {
+                    base: p.base(),
+                    used: (0..st.bitmap.len()).map(|c| st.bitmap.get(c)).collect(),
+                    huge_bytes: huge.as_ref().ok().map(|h| h[i]),
+                }
+            })
+            .collect(),
+        dedicated_mappings: inner.stats.dedicated.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn huge_pages(inner: &Inner) -> std::io::Result<HugePages> {
+    let ranges: Vec<(usize, usize)> = inner
+        .packs()
+        .iter()
+        .map(|p| (p.base(), inner.config.pack_size))
+        .collect();
+    let per = huge_bytes_in(&ranges)?;
+    Ok(HugePages {
+        backed: per.iter().sum(),
+        total: ranges.iter().map(|r| r.1).sum(),
+    })
+}
+
+/// For each `(base, len)` range, the bytes of huge pages in the VMAs of `/proc/self/smaps` that
+/// lie inside it (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
+pub fn huge_bytes_in(ranges: &[(usize, usize)]) -> std::io::Result<Vec<usize>> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps")?;
+    Ok(huge_bytes_from_smaps(&smaps, ranges))
+}
+
+fn huge_bytes_from_smaps(smaps: &str, ranges: &[(usize, usize)]) -> Vec<usize> {
+    let mut out = vec![0usize; ranges.len()];
+    let mut current: Option<usize> = None; // index of the range containing the current VMA
+    for line in smaps.lines() {
+        if let Some((start, end)) = vma_header(line) {
+            current = ranges.iter().position(|&(b, l)| start >= b && end <= b + l);
+            continue;
+        }
+        let Some(i) = current else { continue };
+        let mut parts = line.split_whitespace();
+        let key = parts.next().unwrap_or("");
+        if matches!(key, "AnonHugePages:" | "ShmemPmdMapped:" | "FilePmdMapped:") {
+            let kb: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            out[i] += kb * 1024;
+        }
+    }
+    out
+}
+
+/// Parses `start-end perms ...` of an smaps/maps VMA line.
+fn vma_header(line: &str) -> Option<(usize, usize)> {
+    let range = line.split_whitespace().next()?;
+    let (a, b) = range.split_once('-')?;
+    Some((
+        usize::from_str_radix(a, 16).ok()?,
+        usize::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smaps_attribution() {
+        let smaps = "\
+7f0000000000-7f0000200000 r-xp 00000000 00:00 0   [anon:progpack:0]
+Size:               2048 kB
+AnonHugePages:      2048 kB
+7f0000200000-7f0000400000 r-xp 00000000 00:00 0   [anon:progpack:1]
+AnonHugePages:         0 kB
+7f0000400000-7f0000600000 rw-p 00000000 00:00 0
+AnonHugePages:      2048 kB
+";
+        let r = [(0x7f00_0000_0000, 2 << 20), (0x7f00_0020_0000, 2 << 20)];
+        assert_eq!(huge_bytes_from_smaps(smaps, &r), vec![2 << 20, 0]);
+    }
+
+    #[test]
+    fn holes_are_free_chunks_before_the_last_used_one() {
+        let p = PackSnapshot {
+            base: 0,
+            used: vec![true, false, false, true, false, false],
+            huge_bytes: None,
+        };
+        assert_eq!(p.used_chunks(), 2);
+        assert_eq!(p.hole_chunks(), 2);
+    }
+}

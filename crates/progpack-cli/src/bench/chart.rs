@@ -125,6 +125,7 @@ where
     let (w, _) = area.dim_in_pixel();
     let bar_max = w as i32 - LABEL_W - 150;
     let max = group.iter().map(|r| r.value).fold(0.0f64, f64::max);
+    // Negative values (a count that went down) get no bar, only their number.
     let reference = reference_for(&first.bench);
     for (i, row) in group.iter().enumerate() {
         let y = TITLE_H as i32 + i as i32 * ROW_H as i32;
@@ -135,7 +136,7 @@ where
         };
         area.draw(&Text::new(row.system.clone(), (10, y + 4), style))?;
         let len = if max > 0.0 {
-            ((row.value / max) * bar_max as f64).round() as i32
+            ((row.value.max(0.0) / max) * bar_max as f64).round() as i32
         } else {
             0
         };

@@ -18,7 +18,7 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
     let replaces = scale.churn_replaces;
     let lens = Sizes::Mix.generate(live, SEED ^ 0xc0ffee);
     let mut reader = ProcReader::with_capacity(64 << 20);
-    for &kind in kinds {
+    for &kind in kinds.iter().filter(|k| k.runs_in("churn")) {
         if kind.batched() {
             continue; // replacing one program at a time: a batch of one is procmem one-by-one
         }

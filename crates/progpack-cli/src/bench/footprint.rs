@@ -20,7 +20,7 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
     for sizes in [Sizes::Fixed(64), Sizes::Mix] {
         let lens = sizes.generate(n, SEED ^ 0xf00d);
         let label = sizes.label();
-        for &kind in kinds {
+        for &kind in kinds.iter().filter(|k| k.runs_in("footprint")) {
             if kind.batched() {
                 continue; // same placement as one-by-one procmem
             }

@@ -47,6 +47,12 @@ pub struct BenchArgs {
     /// Run only these workloads (load, dispatch, footprint, churn, threads, ebpf).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
+    /// Run only these systems (e.g. progpack-procmem,mmap+mprotect); for profiling.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub systems: Vec<String>,
+    /// Override N of the load workload (e.g. a small N under callgrind).
+    #[arg(long, value_name = "N")]
+    pub load_n: Option<usize>,
 }
 
 /// The sizes of one run.
@@ -104,6 +110,10 @@ impl Scale {
     }
 }
 
+/// Timed repetitions of load, dispatch and threads runs; the fastest is reported (the
+/// machine is shared, and the minimum is the least disturbed run).
+pub const REPEAT: usize = 3;
+
 /// Programs per `load_many` call: systems with a batch API make this many programs
 /// executable at once; the others load them one by one. The first call of each program
 /// follows its batch.
@@ -157,6 +167,13 @@ pub fn find_overlap(ranges: &[(usize, usize)]) -> Option<String> {
         })
 }
 
+/// The first three fields of `/proc/loadavg` (other processes competing for the cores).
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 /// Runs the suite.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let scale = if args.quick {
@@ -164,10 +181,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Scale::full()
     };
-    let kinds = Kind::all();
+    let mut scale = scale;
+    if let Some(n) = args.load_n {
+        scale.load_n = vec![n];
+    }
+    let kinds: Vec<Kind> = Kind::all()
+        .into_iter()
+        .filter(|k| args.systems.is_empty() || args.systems.iter().any(|s| s == k.name()))
+        .collect();
     let wants = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
     let mut report = Report::default();
     let started = std::time::Instant::now();
+    let load_before = loadavg();
     type Workload = fn(&Scale, &[Kind], &mut Report);
     let workloads: [(&str, Workload); 5] = [
         ("load", load::run),
@@ -187,6 +212,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ebpf::run(&scale, &mut report);
     }
     eprintln!("== done in {:.1} s", started.elapsed().as_secs_f64());
+    report.note(
+        "all",
+        "machine",
+        format!(
+            "{} cores; load average (1/5/15 min) {} at start, {} at end; run took {:.0} s",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load_before,
+            loadavg(),
+            started.elapsed().as_secs_f64()
+        ),
+    );
 
     let goals = goals::evaluate(&report);
     println!("{}", report.to_table());

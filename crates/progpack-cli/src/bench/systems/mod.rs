@@ -15,6 +15,9 @@ pub enum Kind {
     ProgpackBatch,
     /// progpack, dualmap backend, one by one.
     ProgpackDualmap,
+    /// progpack, procmem backend, one by one, start offset not randomized (no 16-byte
+    /// slack): shows what the kernel's anti-spraying slack costs in density.
+    ProgpackNoRandom,
     /// One `mmap` + write + `mprotect` per program.
     Mmap,
     /// `jit-allocator`, read+write+execute blocks.
@@ -30,6 +33,7 @@ impl Kind {
             Kind::ProgpackProcmem,
             Kind::ProgpackBatch,
             Kind::ProgpackDualmap,
+            Kind::ProgpackNoRandom,
             Kind::Mmap,
             Kind::JitRwx,
             Kind::JitDual,
@@ -42,9 +46,31 @@ impl Kind {
         self == Kind::ProgpackBatch
     }
 
+    /// Whether this system takes part in `workload`. The non-randomized progpack variant
+    /// only runs where placement density matters (dispatch, footprint).
+    pub fn runs_in(self, workload: &str) -> bool {
+        match self {
+            Kind::ProgpackNoRandom => matches!(workload, "dispatch" | "footprint"),
+            _ => true,
+        }
+    }
+
+    /// Name in the `system` column (what `make().name()` returns).
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::ProgpackProcmem => progpack::NAME_PROCMEM,
+            Kind::ProgpackBatch => progpack::NAME_BATCH,
+            Kind::ProgpackDualmap => progpack::NAME_DUALMAP,
+            Kind::ProgpackNoRandom => progpack::NAME_NORANDOM,
+            Kind::Mmap => mmap::NAME,
+            Kind::JitRwx => jitalloc::NAME_RWX,
+            Kind::JitDual => jitalloc::NAME_DUAL,
+        }
+    }
+
     /// A fresh instance.
     pub fn make(self) -> Result<Box<dyn System>, SysError> {
-        use ::progpack::BackendChoice;
+        use ::progpack::{BackendChoice, Config};
         Ok(match self {
             Kind::ProgpackProcmem => Box::new(progpack::Progpack::new(
                 progpack::NAME_PROCMEM,
@@ -59,6 +85,13 @@ impl Kind {
             Kind::ProgpackDualmap => Box::new(progpack::Progpack::new(
                 progpack::NAME_DUALMAP,
                 BackendChoice::DualMap,
+                false,
+            )?),
+            Kind::ProgpackNoRandom => Box::new(progpack::Progpack::with_config(
+                progpack::NAME_NORANDOM,
+                Config::default()
+                    .backend(BackendChoice::ProcMem)
+                    .randomize(false),
                 false,
             )?),
             Kind::Mmap => Box::new(mmap::MmapPerProgram::new()),

@@ -15,6 +15,8 @@ pub const NAME_PROCMEM: &str = "progpack-procmem";
 pub const NAME_BATCH: &str = "progpack-procmem-batch";
 /// dualmap, one by one.
 pub const NAME_DUALMAP: &str = "progpack-dualmap";
+/// procmem, one by one, `randomize(false)`.
+pub const NAME_NORANDOM: &str = "progpack-procmem-norandom";
 
 /// Entry alignment asked of progpack.
 const ALIGN: usize = 16;
@@ -38,10 +40,19 @@ impl Progpack {
         backend: BackendChoice,
         batched: bool,
     ) -> Result<Self, SysError> {
+        Self::with_config(name, Config::default().backend(backend), batched)
+    }
+
+    /// A fresh allocator with `config`; `batched` loads through `Batch`.
+    pub fn with_config(
+        name: &'static str,
+        config: Config,
+        batched: bool,
+    ) -> Result<Self, SysError> {
         Ok(Self {
             name,
             batched,
-            alloc: Allocator::new(Config::default().backend(backend)).map_err(err)?,
+            alloc: Allocator::new(config).map_err(err)?,
             progs: Slab::default(),
         })
     }

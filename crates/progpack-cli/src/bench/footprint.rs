@@ -36,6 +36,7 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
                 }
             };
             let mut ids: Vec<Id> = Vec::with_capacity(n);
+            sys.reserve(n);
             let before = match reader.snapshot() {
                 Ok(s) => s,
                 Err(e) => {

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 fn load_once(kind: Kind, lens: &[usize]) -> Result<Duration, String> {
     let mut sys = kind.make().map_err(|e| format!("cannot start: {e}"))?;
     let mut ids = Vec::with_capacity(lens.len());
+    sys.reserve(lens.len());
     let start = Instant::now();
     let result: Result<(), SysError> = load_and_call(sys.as_mut(), lens, &mut ids);
     let elapsed = start.elapsed();
@@ -34,6 +35,9 @@ fn load_once(kind: Kind, lens: &[usize]) -> Result<Duration, String> {
 pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
     for &n in &scale.load_n {
         for sizes in [Sizes::Fixed(64), Sizes::Mix] {
+            if !scale.load_sizes.contains(&sizes.label()) {
+                continue;
+            }
             let lens = sizes.generate(n, SEED ^ n as u64);
             for &kind in kinds.iter().filter(|k| k.runs_in("load")) {
                 let mut best: Option<Duration> = None;

@@ -53,6 +53,9 @@ pub struct BenchArgs {
     /// Override N of the load workload (e.g. a small N under callgrind).
     #[arg(long, value_name = "N")]
     pub load_n: Option<usize>,
+    /// Only this size in the load workload: `64` or `mix` (e.g. under callgrind).
+    #[arg(long, value_name = "SIZE")]
+    pub load_size: Option<String>,
 }
 
 /// The sizes of one run.
@@ -60,6 +63,8 @@ pub struct BenchArgs {
 pub struct Scale {
     /// Programs per load run.
     pub load_n: Vec<usize>,
+    /// Size labels of the load workload (`64`, `mix`).
+    pub load_sizes: Vec<String>,
     /// Programs per dispatch run.
     pub dispatch_n: Vec<usize>,
     /// Calls per timed dispatch pass.
@@ -83,6 +88,7 @@ impl Scale {
     pub fn full() -> Self {
         Self {
             load_n: vec![10_000, 100_000],
+            load_sizes: vec!["64".into(), "mix".into()],
             dispatch_n: vec![1_000, 10_000, 100_000],
             dispatch_calls: 2_000_000,
             footprint_n: 1_000_000,
@@ -98,6 +104,7 @@ impl Scale {
     pub fn quick() -> Self {
         Self {
             load_n: vec![2_000, 10_000],
+            load_sizes: vec!["64".into(), "mix".into()],
             dispatch_n: vec![1_000, 10_000],
             dispatch_calls: 200_000,
             footprint_n: 80_000,
@@ -121,7 +128,11 @@ pub const BATCH: usize = 1024;
 
 /// Loads `lens.len()` generated programs into `sys` (program `i` returns `ret_value(i)`),
 /// calling each once after its batch is loaded and checking the result. Ids go to `ids`.
+///
+/// Never inlined: it is exactly the timed region of the load workload, so
+/// `valgrind --tool=callgrind --toggle-collect='*load_and_call*'` counts just that.
 #[allow(unsafe_code)]
+#[inline(never)]
 pub fn load_and_call(
     sys: &mut dyn System,
     lens: &[usize],
@@ -184,6 +195,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut scale = scale;
     if let Some(n) = args.load_n {
         scale.load_n = vec![n];
+    }
+    if let Some(size) = &args.load_size {
+        scale.load_sizes = vec![size.clone()];
     }
     let kinds: Vec<Kind> = Kind::all()
         .into_iter()

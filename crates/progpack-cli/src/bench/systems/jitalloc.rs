@@ -79,6 +79,10 @@ impl System for JitAlloc {
         Ok(self.progs.insert(rx as usize))
     }
 
+    fn reserve(&mut self, n: usize) {
+        self.progs.reserve(n);
+    }
+
     fn addr(&self, id: Id) -> usize {
         *self.progs.get(id)
     }

@@ -79,6 +79,10 @@ impl System for MmapPerProgram {
         Ok(self.maps.insert(region))
     }
 
+    fn reserve(&mut self, n: usize) {
+        self.maps.reserve(n);
+    }
+
     fn addr(&self, id: Id) -> usize {
         self.maps.get(id).addr
     }

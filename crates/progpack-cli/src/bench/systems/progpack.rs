@@ -93,6 +93,10 @@ impl System for Progpack {
         Ok(())
     }
 
+    fn reserve(&mut self, n: usize) {
+        self.progs.reserve(n);
+    }
+
     fn addr(&self, id: Id) -> usize {
         self.progs.get(id).addr()
     }

@@ -1,11 +1,19 @@
-//! The `progpack` command-line tool.
+//! `progpack`: the command-line tool of the progpack workspace.
+//!
+//! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
+//! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
 #![deny(unsafe_code)]
 
-mod bench;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// progpack: packed, huge-page-backed, W^X executable memory for JIT compilers.
+mod baseline;
+mod bench;
+mod conformance;
+mod demo;
+
+/// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
 #[derive(Debug, Parser)]
 #[command(name = "progpack", version, about)]
 struct Cli {
@@ -15,12 +23,29 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Benchmarks progpack side by side with the alternatives (see BENCHMARKS.md).
+    /// Load many generated functions into packs, run them all, and compare with mmap+mprotect.
+    Demo(demo::Args),
+    /// Run bpf_conformance `.data` files (or directories of them) on the eBPF VM.
+    Conformance(conformance::ConformanceArgs),
+    /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints an error with its causes and turns it into a failing exit status.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Bench(args) => bench::run(args),
+        Command::Demo(args) => report(demo::run(args)),
+        Command::Conformance(args) => conformance::run(&args),
+        Command::Bench(args) => report(bench::run(args)),
     }
 }

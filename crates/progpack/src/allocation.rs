@@ -95,8 +95,14 @@ impl Drop for Allocation {
                 if self.dirty {
                     // Traps first ("text invalidate"), bits cleared after: a chunk is never
                     // free while it still holds code.
+                    // Then the instruction cache, so no core can still fetch the old code
+                    // (a no-op on x86-64; on aarch64 the alias path needs it).
                     let (m, off) = (pack.region.mapping(), first * pack.chunk_size);
-                    if m.fill_traps(off, chunks * pack.chunk_size).is_err() {
+                    let bytes = chunks * pack.chunk_size;
+                    let filled = m
+                        .fill_traps(off, bytes)
+                        .and_then(|()| crate::arch::sync_icache(m.base() + off, bytes));
+                    if filled.is_err() {
                         inner
                             .stats
                             .quarantined

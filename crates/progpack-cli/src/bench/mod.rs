@@ -47,7 +47,7 @@ pub struct BenchArgs {
     /// Run only these workloads (load, dispatch, footprint, churn, threads, ebpf).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
-    /// Run only these systems (e.g. progpack-procmem,mmap+mprotect); for profiling.
+    /// Run only these systems or eBPF engines (e.g. progpack-procmem,mmap+mprotect,rbpf-jit).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub systems: Vec<String>,
     /// Override N of the load workload (e.g. a small N under callgrind).
@@ -223,7 +223,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if wants("ebpf") {
         eprintln!("== ebpf");
-        ebpf::run(&scale, &mut report);
+        ebpf::run(&scale, &args.systems, &mut report);
     }
     eprintln!("== done in {:.1} s", started.elapsed().as_secs_f64());
     report.note(

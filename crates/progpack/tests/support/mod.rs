@@ -157,13 +157,37 @@ pub const CHILD_DEADLINE: Duration = Duration::from_secs(120);
 /// allocator, and `malloc` is fork-safe in glibc), and should not print: it reports through its
 /// return value.
 pub fn run_in_child(f: impl FnOnce() -> Result<(), String>) -> ChildOutcome {
+    // SAFETY: fork has no memory-safety preconditions; see `run_forked`.
+    run_forked(|| unsafe { libc::fork() }, f)
+}
+
+/// Like [`run_in_child`], but the child is made by a raw `clone(SIGCHLD)` system call, as some
+/// sandboxes and runtimes do: the C library's `fork()` wrapper and its `pthread_atfork`
+/// handlers do not run.
+pub fn run_in_raw_clone_child(f: impl FnOnce() -> Result<(), String>) -> ChildOutcome {
+    run_forked(
+        || {
+            // SAFETY: clone with only SIGCHLD and no new stack is fork() without the C
+            // library's bookkeeping; the child only runs `f` and leaves with `_exit`.
+            let pid = unsafe {
+                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
+            };
+            pid as libc::pid_t
+        },
+        f,
+    )
+}
+
+fn run_forked(
+    fork: impl FnOnce() -> libc::pid_t,
+    f: impl FnOnce() -> Result<(), String>,
+) -> ChildOutcome {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
     assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
-    // SAFETY: fork has no memory-safety preconditions; the child below only runs `f` and
-    // leaves with `_exit`, never returning into the test harness.
-    let pid = unsafe { libc::fork() };
+    // The child below only runs `f` and leaves with `_exit`, never returning into the harness.
+    let pid = fork();
     assert!(pid >= 0, "fork: {}", std::io::Error::last_os_error());
     if pid == 0 {
         // Child.

@@ -44,10 +44,13 @@ impl MapEntry {
     pub fn is_wx(&self) -> bool {
         self.writable() && self.executable()
     }
-    /// True if the mapping was made by progpack's backends (a named anonymous pack or a memfd
-    /// view). Code-range reservations are anonymous `PROT_NONE` and are not recognisable.
+    /// True if the mapping looks like one of progpack's: a memfd view (`/memfd:progpack`), a
+    /// named anonymous pack (`[anon:progpack:N]`), or any anonymous executable mapping (packs
+    /// are unnamed where the kernel lacks `CONFIG_ANON_VMA_NAME`, and then neighbouring packs
+    /// merge into one VMA). Code-range reservations (anonymous `PROT_NONE`) are not recognised.
     pub fn is_progpack(&self) -> bool {
         self.path.contains("progpack")
+            || (self.executable() && self.inode == 0 && self.path.is_empty())
     }
 }
 

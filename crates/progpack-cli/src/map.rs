@@ -63,7 +63,8 @@ impl Kind {
     /// Every kind, in legend order.
     pub const ALL: [Kind; 5] = [Kind::Full, Kind::Mostly, Kind::Some, Kind::Hole, Kind::Tail];
 
-    /// Character of the text map.
+    /// Character of the text map for this kind (partly used cells print their density
+    /// instead: see [`Cell::symbol`]).
     pub fn symbol(self) -> char {
         match self {
             Kind::Full => '#',
@@ -90,6 +91,18 @@ impl Cell {
     /// Chunks in the cell.
     pub fn chunks(&self) -> usize {
         self.used + self.hole + self.tail
+    }
+
+    /// Character of the text map: `#` all used, `1` to `9` tenths used (rounded down, at least
+    /// 1), `_` hole, `.` free tail.
+    pub fn symbol(&self) -> char {
+        match self.kind() {
+            Kind::Mostly | Kind::Some => {
+                let tenths = (10 * self.used / self.chunks()).clamp(1, 9);
+                char::from(b'0' + tenths as u8)
+            }
+            k => k.symbol(),
+        }
     }
 
     /// How the cell is drawn. An empty cell (no chunks) counts as free tail.
@@ -421,32 +434,37 @@ pub fn run(args: &MapArgs) -> anyhow::Result<()> {
         title: Some(title.clone()),
         max_packs: args.max_packs,
     };
+    let mut out = String::new();
     if let Some(path) = &args.png {
         write_png(&snap, path, &picture)?;
-        println!("wrote {}", path.display());
+        out += &format!("wrote {}\n", path.display());
     }
     if let Some(path) = &args.svg {
         write_svg(&snap, path, &picture)?;
-        println!("wrote {}", path.display());
+        out += &format!("wrote {}\n", path.display());
     }
     if args.text || (args.png.is_none() && args.svg.is_none()) {
-        println!("{title}");
-        print!(
-            "{}",
-            render_text(
-                &snap,
-                &TextOptions {
-                    width: args.width.max(1)
-                }
-            )
+        out += &format!("{title}\n");
+        out += &render_text(
+            &snap,
+            &TextOptions {
+                width: args.width.max(1),
+            },
         );
     } else {
-        println!(
-            "{title}: {} packs, {:.1}% of chunks used, {:.1}% holes",
+        out += &format!(
+            "{title}: {} packs, {:.1}% of chunks used, {:.1}% holes\n",
             totals.packs,
             100.0 * totals.used_ratio(),
             100.0 * totals.hole_ratio()
         );
+    }
+    // A closed pipe (`progpack map | head`) is not an error worth a panic.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), out.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(e).context("writing to stdout")
+        }
+        _ => {}
     }
     drop(programs);
     Ok(())
@@ -519,6 +537,13 @@ mod tests {
         assert_eq!(k(1, 2, 0), Kind::Some);
         assert_eq!(k(2, 2, 0), Kind::Mostly);
         assert_eq!(k(0, 0, 0), Kind::Tail);
+        let sym = |used, hole, tail| Cell { used, hole, tail }.symbol();
+        assert_eq!(sym(1, 999, 0), '1', "any use shows");
+        assert_eq!(sym(999, 1, 0), '9', "not full never shows as full");
+        assert_eq!(sym(5, 5, 0), '5');
+        assert_eq!(sym(3, 0, 0), '#');
+        assert_eq!(sym(0, 3, 0), '_');
+        assert_eq!(sym(0, 0, 3), '.');
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! ```text
 //! progpack map: backend procmem, 2 pack(s) of 2 MiB, chunks of 64 B; 1 char = 512 chunks = 32 KiB
 //! pack base            map                                                                 used  holes  huge
-//!    0 0x7f2a34200000 |####++#+:+_:##+#######+++###+#+#:...............................|  52.1%   4.3%  2 MiB huge
+//!    0 0x7f2a34200000 |##99#87_6##9#######88##9#9#7.....................................|  52.1%   4.3%  2 MiB huge
 //! ```
 
 use super::{bytes, cells, huge_label, Kind, Totals};
@@ -48,7 +48,7 @@ pub fn render_text(snap: &Snapshot, opts: &TextOptions) -> String {
         "map"
     );
     for (i, p) in snap.packs.iter().enumerate() {
-        let line: String = cells(p, group).iter().map(|c| c.kind().symbol()).collect();
+        let line: String = cells(p, group).iter().map(|c| c.symbol()).collect();
         let n = p.used.len().max(1) as f64;
         let _ = writeln!(
             out,
@@ -62,11 +62,16 @@ pub fn render_text(snap: &Snapshot, opts: &TextOptions) -> String {
     if snap.packs.is_empty() {
         let _ = writeln!(out, "   (no packs)");
     }
-    let legend: Vec<String> = Kind::ALL
-        .iter()
-        .map(|k| format!("{} {}", k.symbol(), k.describe()))
-        .collect();
-    let _ = writeln!(out, "legend: {}", legend.join("  "));
+    let _ = writeln!(
+        out,
+        "legend: {} {}  1-9 tenths used  {} {}  {} {}",
+        Kind::Full.symbol(),
+        Kind::Full.describe(),
+        Kind::Hole.symbol(),
+        Kind::Hole.describe(),
+        Kind::Tail.symbol(),
+        Kind::Tail.describe()
+    );
     let t = Totals::of(snap);
     let huge = match t.huge_bytes {
         Some(h) => format!("{} of {} huge-page backed", bytes(h), bytes(t.pack_bytes)),
@@ -136,9 +141,10 @@ mod tests {
         assert!(lines[3].contains("no huge pages"), "{}", lines[3]);
         assert!(lines[4].contains("100.0%   0.0%  huge ?"), "{}", lines[4]);
         assert!(t.contains("total: 3 pack(s), 14/30 chunks used (46.7%), 3 hole chunks (10.0%), huge pages unknown, 1 dedicated mapping(s)"), "{t}");
-        for k in Kind::ALL {
+        for k in [Kind::Full, Kind::Hole, Kind::Tail] {
             assert!(t.contains(&format!("{} {}", k.symbol(), k.describe())));
         }
+        assert!(t.contains("1-9 tenths used"));
         assert!(t.ends_with('\n'));
     }
 
@@ -147,7 +153,7 @@ mod tests {
         // 12 chunks in 4 characters: 3 chunks per character.
         let s = snap(vec![pack("111110100000", Some(768))], 12);
         let t = render_text(&s, &TextOptions { width: 4 });
-        assert_eq!(maps(&t), ["#+:."]);
+        assert_eq!(maps(&t), ["#63."]);
         assert!(t.contains("1 char = 3 chunks = 192 B"), "{t}");
         assert!(t.contains("768 B of 768 B huge-page backed"), "{t}");
     }
@@ -165,7 +171,7 @@ mod tests {
             let group = 1000usize.div_ceil(width);
             assert_eq!(m[0].chars().count(), 1000usize.div_ceil(group));
             assert!(m[0].chars().count() <= width);
-            assert!(m[0].chars().all(|c| "#+:_.".contains(c)), "{}", m[0]);
+            assert!(m[0].chars().all(|c| "#123456789_.".contains(c)), "{}", m[0]);
             // both pack lines have the same layout
             let l: Vec<&str> = t.lines().filter(|l| l.contains('|')).collect();
             assert_eq!(l[0].find('|'), l[1].find('|'));

@@ -77,6 +77,9 @@ impl PackSnapshot {
 }
 
 /// Occupancy of every pack, for pictures ([`crate::Allocator::snapshot`]).
+///
+/// The `progpack-cli` crate renders it: `progpack_cli::map::render_text` (a terminal map),
+/// `render_svg`, `write_png` and `write_svg`; `progpack map` does so for a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// Backend in use.

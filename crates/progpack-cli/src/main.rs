@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod baseline;
 mod bench;
 mod conformance;
 mod demo;

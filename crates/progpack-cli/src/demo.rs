@@ -199,7 +199,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// 4. The eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
+/// Step 4, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
 /// batch; one of them run over synthetic packets by the JIT and by the interpreter.
 fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgram>> {
     println!();
@@ -248,7 +248,7 @@ fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgra
     Ok(filters)
 }
 
-/// 5. What the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
+/// Step 5: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
 fn map(alloc: &Allocator, live: usize) {
     let opts = progpack_cli::map::TextOptions { width: 64 };
     println!("\nthe packs now, with {live} filters loaded and every third one unloaded:");

@@ -95,7 +95,6 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-
 mod allocation;
 mod allocator;
 pub mod arch;

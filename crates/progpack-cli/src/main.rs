@@ -1,10 +1,21 @@
-//! `progpack`: the command-line tool. Each subcommand lives in its own module of the
-//! `progpack_cli` library or of this binary.
+//! `progpack`: the command-line tool of the progpack workspace.
+//!
+//! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
+//! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
+//! - `progpack map`: draw the packs of a workload (PNG, SVG, terminal map); the renderers are
+//!   the library module `progpack_cli::map`, usable on any allocator's snapshot.
 #![deny(unsafe_code)]
+
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Packed, huge-page-backed, W^X executable memory for JIT compilers: tools.
+mod baseline;
+mod bench;
+mod conformance;
+mod demo;
+
+/// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
 #[derive(Debug, Parser)]
 #[command(name = "progpack", version, about)]
 struct Cli {
@@ -14,13 +25,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Load many generated functions into packs, run them all, and compare with mmap+mprotect.
+    Demo(demo::Args),
+    /// Run bpf_conformance `.data` files (or directories of them) on the eBPF VM.
+    Conformance(conformance::ConformanceArgs),
+    /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
     /// Run a workload and draw its packs: used, free and hole chunks, huge pages (PNG, SVG or
     /// a terminal map).
     Map(progpack_cli::map::MapArgs),
 }
 
-fn main() -> anyhow::Result<()> {
+/// Prints an error with its causes and turns it into a failing exit status.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Map(args) => progpack_cli::map::run(&args),
+        Command::Demo(args) => report(demo::run(args)),
+        Command::Conformance(args) => conformance::run(&args),
+        Command::Bench(args) => report(bench::run(args)),
+        Command::Map(args) => report(progpack_cli::map::run(&args)),
     }
 }

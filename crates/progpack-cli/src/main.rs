@@ -1,16 +1,16 @@
-//! `progpack`: the command-line tool of the progpack workspace.
+//! `progpack`: the command-line tool of the progpack workspace. Each subcommand lives in its
+//! own module of this binary, or of the `progpack_cli` library when other programs can use it.
 //!
 //! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
-//! - `progpack map`: draw the packs of a workload (PNG, SVG, terminal map); the renderers are
-//!   the library module `progpack_cli::map`, usable on any allocator's snapshot.
+//! - `progpack bench`: progpack side by side with the alternatives.
+//! - `progpack map`: a picture of the packs of a workload.
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod baseline;
 mod bench;
 mod conformance;
 mod demo;

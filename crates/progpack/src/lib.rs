@@ -257,6 +257,12 @@ impl Allocator {
         stats::snapshot(&self.inner)
     }
 
+    /// Per-pack occupancy like [`Self::snapshot`], without reading `/proc/self/smaps`
+    /// (`huge_bytes` is `None`): cheap enough to call after every operation in tests.
+    pub fn occupancy(&self) -> Snapshot {
+        stats::occupancy(&self.inner)
+    }
+
     /// How many bytes of the packs the kernel backs with huge pages (reads `/proc/self/smaps`).
     pub fn huge_pages(&self) -> std::io::Result<HugePages> {
         stats::huge_pages(&self.inner)

@@ -149,12 +149,25 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
 }
 
 pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, true)
+}
+
+/// Like [`snapshot`], but without reading `/proc/self/smaps` (`huge_bytes` is `None`).
+pub(crate) fn occupancy(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, false)
+}
+
+fn snapshot_with(inner: &Inner, with_huge: bool) -> Snapshot {
     let packs = inner.packs();
     let ranges: Vec<(usize, usize)> = packs
         .iter()
         .map(|p| (p.base(), inner.config.pack_size))
         .collect();
-    let huge = huge_bytes_in(&ranges);
+    let huge = if with_huge {
+        huge_bytes_in(&ranges)
+    } else {
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
     Snapshot {
         backend: inner.backend.name(),
         pack_size: inner.config.pack_size,

@@ -105,6 +105,7 @@ unsafe impl Backend for DualMap {
             fd,
             alias: kept_alias,
             generation: sys::process_generation(),
+            owner: sys::process_identity(),
             name: self.name(),
         }))
     }
@@ -118,6 +119,8 @@ struct DualMapping {
     fd: OwnedFd,
     alias: Option<usize>,
     generation: u64,
+    /// [`sys::process_identity`] at creation.
+    owner: u64,
     name: &'static str,
 }
 
@@ -125,7 +128,15 @@ impl DualMapping {
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
         check_range(offset, len, self.len)?;
-        if sys::process_generation() != self.generation {
+        let forked = match self.alias {
+            // MADV_DONTFORK: no child has the persistent alias, however it was made; a child of
+            // fork() is refused here, a child of a raw clone() faults on the missing alias.
+            Some(_) => sys::process_generation() != self.generation,
+            // A fresh view would write the file the parent shares: check the process id too,
+            // since a raw clone() runs no pthread_atfork handler.
+            None => sys::process_identity() != self.owner,
+        };
+        if forked {
             return Err(Error::Forked { backend: self.name });
         }
         if let Some(alias) = self.alias {

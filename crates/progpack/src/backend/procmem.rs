@@ -7,7 +7,8 @@
 //! address is ever writable and executable, and no writable alias exists.
 //!
 //! After `fork()` the inherited descriptor would still name the parent's memory, so the child
-//! opens its own (see [`sys::process_generation`]).
+//! opens its own (see [`sys::process_identity`]: the process id is checked too, so a child made
+//! by a raw `clone` system call, which runs no `pthread_atfork` handler, is caught as well).
 //!
 //! # References
 //! - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
@@ -50,7 +51,7 @@ struct ProcMemFile {
 
 impl ProcMemFile {
     fn with_fd<R>(&self, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> Result<R>) -> Result<R> {
-        let now = sys::process_generation();
+        let now = sys::process_identity();
         if now == self.generation {
             return f(self.fd.as_fd());
         }
@@ -67,7 +68,7 @@ impl ProcMem {
     /// Opens `/proc/self/mem` for writing. Fails if the system forbids it
     /// (`proc_mem.force_override=never`, some sandboxes); [`super::detect`] then falls back.
     pub fn new() -> Result<Self> {
-        let generation = sys::process_generation();
+        let generation = sys::process_identity();
         let fd = sys::open_proc_mem()?;
         Ok(ProcMem {
             file: Arc::new(ProcMemFile {

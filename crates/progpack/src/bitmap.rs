@@ -150,6 +150,33 @@ impl Bitmap {
         ok
     }
 
+    /// Length of the run of clear bits containing `start..start + n` (which must be clear),
+    /// found a word at a time in both directions.
+    pub fn clear_run_around(&self, start: usize, n: usize) -> usize {
+        let mut left = start;
+        while left > 0 {
+            let i = left - 1;
+            let below = self.words[i / WORD] & low_bits(i % WORD + 1);
+            if below == 0 {
+                left -= i % WORD + 1;
+            } else {
+                left = i / WORD * WORD + (WORD - 1 - below.leading_zeros() as usize) + 1;
+                break;
+            }
+        }
+        let mut right = start + n;
+        while right < self.len {
+            let above = self.words[right / WORD] >> (right % WORD);
+            if above == 0 {
+                right += WORD - right % WORD;
+            } else {
+                right += above.trailing_zeros() as usize;
+                break;
+            }
+        }
+        right.min(self.len) - left
+    }
+
     /// Calls `f(word, mask)` for each word that bits `start..start + n` touch.
     fn for_each_word(&self, start: usize, n: usize, mut f: impl FnMut(u64, u64)) {
         let mut i = start;
@@ -171,6 +198,15 @@ impl Bitmap {
             f(&mut self.words[i / WORD], mask(bit, take));
             i += take;
         }
+    }
+}
+
+/// The low `k` bits set (`1 <= k <= 64`).
+fn low_bits(k: usize) -> u64 {
+    if k == WORD {
+        !0
+    } else {
+        (1u64 << k) - 1
     }
 }
 
@@ -270,6 +306,16 @@ mod tests {
                 }
                 for n in 1..=70 {
                     assert_eq!(b.find_clear_run(n), naive(&model, n), "len {len} n {n}");
+                }
+                for i in (0..len).filter(|&i| !model[i]) {
+                    let (mut l, mut r) = (i, i + 1);
+                    while l > 0 && !model[l - 1] {
+                        l -= 1;
+                    }
+                    while r < len && !model[r] {
+                        r += 1;
+                    }
+                    assert_eq!(b.clear_run_around(i, 1), r - l, "len {len} at {i}");
                 }
                 assert_eq!(b.count_ones(), model.iter().filter(|x| **x).count());
             }

@@ -3,7 +3,10 @@
 //! Invariants (checked by [`Pack::check`]):
 //! - a bit is set iff its chunk belongs to a live draft, batch slot or program;
 //! - every clear chunk holds only trap instructions;
-//! - `free` equals the number of clear bits (it is read without the lock to skip full packs);
+//! - `longest` is at least the length of the longest run of clear bits (an upper bound that
+//!   failed searches lower and frees raise), so a search that cannot succeed is skipped;
+//! - `fits` equals `min(clear bits, longest)`: read without the lock to skip full or too
+//!   fragmented packs;
 //! - the pack is read+execute for its whole life and never writable at any user-space address
 //!   (procmem), or writable only through a separate non-executable alias (dualmap).
 
@@ -19,8 +22,9 @@ pub(crate) struct Pack {
     /// Index of the shard whose list holds this pack.
     pub(crate) shard: usize,
     pub(crate) chunk_size: usize,
-    /// Mirror of the number of clear bits, for lock-free skipping of full packs.
-    free: AtomicUsize,
+    /// Mirror of `min(clear bits, longest)`: the largest request that might fit, for lock-free
+    /// skipping of full or fragmented packs.
+    fits: AtomicUsize,
     state: Mutex<PackState>,
 }
 
@@ -37,6 +41,8 @@ pub(crate) struct PackState {
     pub(crate) allocations: usize,
     /// Bytes requested by those allocations.
     pub(crate) requested: usize,
+    /// Upper bound on the longest run of clear chunks (asmjit's "largest unused area").
+    pub(crate) longest: usize,
 }
 
 impl Pack {
@@ -47,13 +53,14 @@ impl Pack {
             region,
             shard,
             chunk_size,
-            free: AtomicUsize::new(chunks),
+            fits: AtomicUsize::new(chunks),
             state: Mutex::new(PackState {
                 bitmap: Bitmap::new(chunks),
                 listed: true,
                 kept_empty: false,
                 allocations: 0,
                 requested: 0,
+                longest: chunks,
             }),
         }
     }
@@ -64,19 +71,30 @@ impl Pack {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Clear chunks, read without the lock (may be stale by the time it is used).
-    pub(crate) fn free_hint(&self) -> usize {
-        self.free.load(Ordering::Relaxed)
+    /// The largest request that might fit, read without the lock (may be stale by the time
+    /// it is used; the search under the lock decides).
+    pub(crate) fn fits_hint(&self) -> usize {
+        self.fits.load(Ordering::Relaxed)
+    }
+
+    fn publish(&self, st: &PackState) {
+        self.fits
+            .store(st.bitmap.count_zeros().min(st.longest), Ordering::Relaxed);
     }
 
     /// Takes the first run of `n` clear chunks for an allocation of `requested` bytes.
     /// `reserve` is the allocator's count of kept empty packs, decremented if this pack was one.
     pub(crate) fn take(&self, n: usize, requested: usize, reserve: &AtomicUsize) -> Option<usize> {
-        if self.free_hint() < n {
+        if self.fits_hint() < n {
             return None;
         }
         let mut st = self.lock();
-        let first = st.bitmap.find_clear_run(n)?;
+        let Some(first) = st.bitmap.find_clear_run(n) else {
+            // No run of n: the longest is shorter, so skip this pack until a free merges one.
+            st.longest = st.longest.min(n - 1);
+            self.publish(&st);
+            return None;
+        };
         self.mark_taken(&mut st, first, n, requested, reserve);
         Some(first)
     }
@@ -108,7 +126,7 @@ impl Pack {
         st.bitmap.set_range(first, n);
         st.allocations += 1;
         st.requested += requested;
-        self.free.store(st.bitmap.count_zeros(), Ordering::Relaxed);
+        self.publish(st);
         if st.kept_empty {
             st.kept_empty = false;
             reserve.fetch_sub(1, Ordering::Relaxed);
@@ -121,7 +139,10 @@ impl Pack {
         st.bitmap.clear_range(first, n);
         st.allocations -= 1;
         st.requested -= requested;
-        self.free.store(st.bitmap.count_zeros(), Ordering::Relaxed);
+        // The freed run, merged with its clear neighbours, may be the new longest.
+        let run = st.bitmap.clear_run_around(first, n);
+        st.longest = st.longest.max(run);
+        self.publish(&st);
         st.bitmap.count_ones() == 0
     }
 
@@ -141,8 +162,21 @@ impl Pack {
     /// Checks the invariants at the top of this file; returns what is wrong.
     pub(crate) fn check(&self) -> Result<(), String> {
         let st = self.lock();
-        if self.free_hint() != st.bitmap.count_zeros() {
-            return Err(format!("pack {:#x}: free count out of date", self.base()));
+        if self.fits_hint() != st.bitmap.count_zeros().min(st.longest) {
+            return Err(format!("pack {:#x}: fits hint out of date", self.base()));
+        }
+        let actual = (0..st.bitmap.len())
+            .fold((0, 0), |(best, run), i| {
+                let run = if st.bitmap.get(i) { 0 } else { run + 1 };
+                (best.max(run), run)
+            })
+            .0;
+        if st.longest < actual {
+            return Err(format!(
+                "pack {:#x}: longest-run bound {} below the real {actual}",
+                self.base(),
+                st.longest
+            ));
         }
         for i in 0..st.bitmap.len() {
             if st.bitmap.get(i) {

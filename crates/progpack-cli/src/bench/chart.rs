@@ -26,7 +26,7 @@ const COLUMNS: usize = 3;
 const PANEL_W: u32 = 640;
 const ROW_H: u32 = 26;
 const TITLE_H: u32 = 34;
-const LABEL_W: i32 = 200;
+const LABEL_W: i32 = 225;
 
 fn register_font() -> Result<(), String> {
     static ONCE: Once = Once::new();

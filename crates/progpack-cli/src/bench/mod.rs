@@ -197,10 +197,17 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         Scale::full()
     };
     if let Some(path) = &args.from_json {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let rows: Vec<report::Row> =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        return write_outputs(&args, &Report { rows, notes: Vec::new() });
+        return write_outputs(
+            &args,
+            &Report {
+                rows,
+                notes: Vec::new(),
+            },
+        );
     }
     let mut scale = scale;
     if let Some(n) = args.load_n {

@@ -108,6 +108,39 @@ impl Vm {
         })
     }
 
+    /// Loads many programs (bytecode, as [`load`](Self::load)). With the JIT enabled they are
+    /// compiled and placed as one batch: one backend write per run of chunks instead of one
+    /// per program. All or nothing: the first program that fails fails the call.
+    pub fn load_many(&self, codes: &[&[u8]]) -> Result<Vec<BpfProgram>> {
+        let mut checked = Vec::with_capacity(codes.len());
+        for code in codes {
+            let slots =
+                insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+            checked.push(check::check(&slots, &self.helpers)?);
+        }
+        let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
+            Some((alloc, o)) => {
+                let slots = checked.iter().map(|c| &c.slots[..]);
+                JitProgram::new_batch(alloc, slots, &self.helpers, *o)
+                    .map_err(|(_, e)| e)?
+                    .into_iter()
+                    .map(|j| Some(Arc::new(j)))
+                    .collect()
+            }
+            None => checked.iter().map(|_| None).collect(),
+        };
+        Ok(checked
+            .into_iter()
+            .zip(jits)
+            .map(|(checked, jit)| BpfProgram {
+                checked,
+                helpers: Arc::clone(&self.helpers),
+                options: self.options,
+                jit,
+            })
+            .collect())
+    }
+
     /// Assembles and loads a program ([`asm`] syntax).
     pub fn load_asm(&self, text: &str) -> Result<BpfProgram> {
         self.load_slots(&asm::assemble(text)?)
@@ -141,6 +174,13 @@ impl BpfProgram {
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
         let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
         Ok(jit.run_limited(mem, self.options.instruction_limit)?)
+    }
+
+    /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
+    /// when the JIT code counts instructions, see [`JitOptions`]).
+    pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        Ok(jit.run_limited(mem, options.instruction_limit)?)
     }
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).

@@ -4,7 +4,8 @@
 //! instructions rbpf 0.4 lacks (or gets differently from the RFC) are still run on our
 //! engines, and counted per feature as skipped for rbpf.
 //!
-//! Engines are closures in `ENGINES`-style lists below: the JIT is added as one more entry.
+//! Our engines (interpreter and JIT) are closures in a list below; every program must give
+//! the same outcome on each.
 
 use progpack_bpf::gen::{generate, mix_helper, Features, GenConfig, Rng, MIX_HELPER_ID};
 use progpack_bpf::{Helpers, Vm};
@@ -76,8 +77,10 @@ impl Stats {
 fn interpreter_agrees_with_rbpf() {
     let mut helpers = Helpers::new();
     helpers.register(MIX_HELPER_ID, mix_helper);
-    let vm = Vm::new(helpers);
-    // Our engines. The JIT is added here as ("jit", &|p, m| p.run_jit(m)...).
+    let mut vm = Vm::new(helpers);
+    let alloc = progpack_bpf::jit::shared_allocator().expect("JIT allocator");
+    vm.enable_jit(alloc, progpack_bpf::JitOptions::default());
+    // Our engines.
     type Ours<'a> = (
         &'a str,
         &'a dyn Fn(&progpack_bpf::BpfProgram, &mut [u8]) -> Outcome,
@@ -87,7 +90,12 @@ fn interpreter_agrees_with_rbpf() {
             .map(|r0| (r0, m.to_vec()))
             .map_err(|e| e.to_string())
     };
-    let engines: [Ours<'_>; 1] = [("interp", &interp)];
+    let jit = |p: &progpack_bpf::BpfProgram, m: &mut [u8]| -> Outcome {
+        p.run_jit(m)
+            .map(|r0| (r0, m.to_vec()))
+            .map_err(|e| e.to_string())
+    };
+    let engines: [Ours<'_>; 2] = [("interp", &interp), ("jit", &jit)];
 
     let mut rng = Rng::new(0x5eed_2024);
     let mut stats = Stats::default();

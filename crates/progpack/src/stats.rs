@@ -77,6 +77,9 @@ impl PackSnapshot {
 }
 
 /// Occupancy of every pack, for pictures ([`crate::Allocator::snapshot`]).
+///
+/// The `progpack-cli` crate renders it: `progpack_cli::map::render_text` (a terminal map),
+/// `render_svg`, `write_png` and `write_svg`; `progpack map` does so for a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// Backend in use.
@@ -114,11 +117,15 @@ impl HugePages {
 pub(crate) fn stats(inner: &Inner) -> Stats {
     let c = &inner.stats;
     let (mut packs, mut used, mut free) = (0, 0, 0);
+    let mut allocations = c.dedicated.load(Ordering::Relaxed);
+    let mut requested = c.dedicated_requested.load(Ordering::Relaxed);
     for p in inner.packs() {
         packs += 1;
         let st = p.lock();
         used += st.bitmap.count_ones();
         free += st.bitmap.count_zeros();
+        allocations += st.allocations;
+        requested += st.requested;
     }
     let dedicated_bytes = c.dedicated_bytes.load(Ordering::Relaxed);
     Stats {
@@ -130,11 +137,11 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
         dedicated_mappings: c.dedicated.load(Ordering::Relaxed),
         dedicated_bytes,
         programs: c.programs.load(Ordering::Relaxed),
-        allocations: c.live.load(Ordering::Relaxed),
+        allocations,
         chunks_used: used,
         chunks_free: free,
         chunks_quarantined: c.quarantined.load(Ordering::Relaxed),
-        bytes_requested: c.requested.load(Ordering::Relaxed),
+        bytes_requested: requested,
         bytes_mapped: packs * inner.config.pack_size + dedicated_bytes,
         packs_mapped_total: c.packs_mapped.load(Ordering::Relaxed),
         packs_released_total: c.packs_released.load(Ordering::Relaxed),
@@ -142,12 +149,25 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
 }
 
 pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, true)
+}
+
+/// Like [`snapshot`], but without reading `/proc/self/smaps` (`huge_bytes` is `None`).
+pub(crate) fn occupancy(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, false)
+}
+
+fn snapshot_with(inner: &Inner, with_huge: bool) -> Snapshot {
     let packs = inner.packs();
     let ranges: Vec<(usize, usize)> = packs
         .iter()
         .map(|p| (p.base(), inner.config.pack_size))
         .collect();
-    let huge = huge_bytes_in(&ranges);
+    let huge = if with_huge {
+        huge_bytes_in(&ranges)
+    } else {
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
     Snapshot {
         backend: inner.backend.name(),
         pack_size: inner.config.pack_size,

@@ -8,14 +8,17 @@
 //! | x86  | rax | rdi | rsi | rdx | rcx | r8 | rbx | r13 | r14 | r15 | rbp | r12 | r9, r10, r11  |
 //!
 //! Layout of the emitted code: prologue (`call` into the body, then the epilogue), the fault
-//! exit, the body (one label per instruction slot), then out-of-line fault stubs.
+//! exit, the body (one label per instruction slot), then the out-of-line stubs (the second
+//! half of bounds checks, fault words) and the frame-zeroing subroutine of local calls.
 //!
 //! Invariants the emitted code keeps:
 //! - Every load, store and atomic goes through [`Cx::mem_operand`]: the access `[a, a+n)` is
 //!   allowed iff it lies in the memory region or in the live frames `[r10 - 512, top)`, the
 //!   interpreter's rule. The check is skipped for `r10 + off` inside the current frame, which
-//!   is in range by construction. A failed check jumps to a stub that loads a fault word
-//!   (`pc | kind << 24`) into r10, the address being in r11, then to the fault exit.
+//!   is in range by construction. The likelier region (the stack for r10-based addresses, else
+//!   memory) is checked inline; an address outside it goes to a stub that checks the other
+//!   region and either comes back or loads a fault word (`pc | kind << 24`) into r10, the
+//!   address being in r11, and goes to the fault exit.
 //! - The eBPF stack is not the native stack: return addresses and saved registers are out of
 //!   the program's reach. r10 is the top of the current 512-byte frame inside the stack region;
 //!   a `call local` first checks that one more frame fits (this is the call depth limit), then
@@ -153,6 +156,29 @@ pub(crate) struct Options {
     pub budget: bool,
 }
 
+/// Which region an access check tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Region {
+    Mem,
+    Stack,
+}
+
+/// Out-of-line code after the body.
+#[derive(Clone, Copy, Debug)]
+enum Stub {
+    /// Raise fault `word`.
+    Fault { at: Label, word: u32 },
+    /// An access failed the inline check of its first region: check the other `region`,
+    /// go back to `ok` if the access lies there, else raise fault `word`.
+    Access {
+        at: Label,
+        region: Region,
+        log: usize,
+        ok: Label,
+        word: u32,
+    },
+}
+
 /// Translation state for one pass.
 struct Cx<'a> {
     a: Asm,
@@ -164,8 +190,8 @@ struct Cx<'a> {
     pcs: Label,
     fault: Label,
     unwind: Option<Label>,
-    /// Out-of-line stubs: (label, fault word).
-    stubs: Vec<(Label, u32)>,
+    /// Out-of-line code, emitted after the body.
+    stubs: Vec<Stub>,
     /// With the budget on: instructions charged on entering slot `pc` (0: not a block start).
     charges: &'a [u32],
     /// The shared frame-zeroing subroutine, once a local call needs it.
@@ -197,10 +223,10 @@ pub(crate) fn translate(
         helpers,
         charges: &charges,
     };
-    let pass1 = Cx::run(Asm::new(insns.len() * 12 + 128, rel_calls), &env)?;
-    let pass2 = Cx::run(pass1.second_pass(), &env)?;
-    let mut a = pass2;
-    if a.jump_sites() != pass1.jump_sites() {
+    let pass1 = Cx::run(Asm::new(insns.len(), rel_calls), &env)?;
+    let (pass2, sites1) = pass1.second_pass();
+    let mut a = Cx::run(pass2, &env)?;
+    if a.jump_sites() != sites1 {
         return Err(JitError::Internal("passes disagree"));
     }
     a.patch_jumps().map_err(JitError::Internal)?;
@@ -350,10 +376,29 @@ impl<'a> Cx<'a> {
             self.fault_here(self.insns.len(), FAULT_END);
         }
         let stubs = std::mem::take(&mut self.stubs);
-        for (l, word) in stubs {
-            self.a.bind(l);
-            self.a.mov_imm32(R::R10, word);
-            self.a.jmp(self.fault);
+        for stub in stubs {
+            match stub {
+                Stub::Fault { at, word } => {
+                    self.a.bind(at);
+                    self.a.mov_imm32(R::R10, word);
+                    self.a.jmp(self.fault);
+                }
+                Stub::Access {
+                    at,
+                    region,
+                    log,
+                    ok,
+                    word,
+                } => {
+                    self.a.bind(at);
+                    let bad = self.a.label();
+                    self.region_check(region, log, bad);
+                    self.a.jcc(Cond::Be, ok);
+                    self.a.bind(bad);
+                    self.a.mov_imm32(R::R10, word);
+                    self.a.jmp(self.fault);
+                }
+            }
         }
         if let Some(l) = self.unwind {
             self.a.bind(l);
@@ -387,9 +432,34 @@ impl<'a> Cx<'a> {
 
     /// A new out-of-line stub raising `kind` at `pc`.
     fn stub(&mut self, pc: usize, kind: u32) -> Label {
-        let l = self.a.label();
-        self.stubs.push((l, word(pc, kind)));
-        l
+        let at = self.a.label();
+        self.stubs.push(Stub::Fault {
+            at,
+            word: word(pc, kind),
+        });
+        at
+    }
+
+    /// Tests whether the access at r11 of `1 << log` bytes lies in `region`: jumps to `bad`
+    /// if it starts below the region, else leaves the flags of `cmp r11, highest valid start`
+    /// (so `jbe` = inside, `ja` = outside). Clobbers r10.
+    fn region_check(&mut self, region: Region, log: usize, bad: Label) {
+        let a = &mut self.a;
+        match region {
+            Region::Stack => {
+                // Live frames: r10 - 512 <= a && a <= top - n.
+                a.lea(R::R10, MAP[10], -(STACK_FRAME_SIZE as i32));
+                a.alu_rr(true, Alu::Cmp, R::R11, R::R10);
+                a.jcc(Cond::B, bad);
+                a.cmp_rm(R::R11, CTX, disp(C_STACK_HI + 8 * log));
+            }
+            Region::Mem => {
+                // Memory: start <= a && a <= start + len - n.
+                a.cmp_rm(R::R11, CTX, disp(C_MEM_LO + 8 * log));
+                a.jcc(Cond::B, bad);
+                a.cmp_rm(R::R11, CTX, disp(C_MEM_HI + 8 * log));
+            }
+        }
     }
 
     fn body(&mut self) -> Result<(), JitError> {
@@ -839,49 +909,38 @@ impl<'a> Cx<'a> {
 
     /// Emits the bounds check for `[base + off]` of `size` bytes and returns the operand to
     /// access: `(rbp, off)` for an access inside the current frame, else `(r11, 0)` with
-    /// r11 = the address, checked to lie in the memory region or the live frames.
+    /// r11 = the address, checked to lie in the memory region or the live frames. The likely
+    /// region is checked inline, the other one out of line.
     fn mem_operand(&mut self, pc: usize, base: u8, off: i16, size: usize, kind: u32) -> (R, i32) {
         let off32 = off as i32;
         if base == FRAME_REG && off32 >= -(STACK_FRAME_SIZE as i32) && off32 + size as i32 <= 0 {
             return (MAP[10], off32);
         }
         let log = size.trailing_zeros() as usize;
-        let stub = self.stub(pc, kind | log as u32);
-        let a = &mut self.a;
         let b = MAP[base as usize];
         if off32 == 0 {
-            a.mov_rr(true, R::R11, b);
+            self.a.mov_rr(true, R::R11, b);
         } else {
-            a.lea(R::R11, b, off32);
+            self.a.lea(R::R11, b, off32);
         }
-        let ok = a.label();
-        let next = a.label();
-        // A frame-pointer-based access is most likely a stack access: test that region first.
-        let stack_first = base == FRAME_REG;
-        for k in 0..2 {
-            let last = k == 1;
-            // On failure: try the other region, or fault if this was the last one.
-            let fail = if last { stub } else { next };
-            if (k == 0) == stack_first {
-                // Live frames: r10 - 512 <= a && a <= top - n.
-                a.lea(R::R10, MAP[10], -(STACK_FRAME_SIZE as i32));
-                a.alu_rr(true, Alu::Cmp, R::R11, R::R10);
-                a.jcc(Cond::B, fail);
-                a.cmp_rm(R::R11, CTX, disp(C_STACK_HI + 8 * log));
-            } else {
-                // Memory: start <= a && a <= start + len - n.
-                a.cmp_rm(R::R11, CTX, disp(C_MEM_LO + 8 * log));
-                a.jcc(Cond::B, fail);
-                a.cmp_rm(R::R11, CTX, disp(C_MEM_HI + 8 * log));
-            }
-            if last {
-                a.jcc(Cond::A, stub);
-            } else {
-                a.jcc(Cond::Be, ok);
-                a.bind(next);
-            }
-        }
-        a.bind(ok);
+        // A frame-pointer-based access is most likely a stack access.
+        let (first, second) = if base == FRAME_REG {
+            (Region::Stack, Region::Mem)
+        } else {
+            (Region::Mem, Region::Stack)
+        };
+        let slow = self.a.label();
+        let ok = self.a.label();
+        self.stubs.push(Stub::Access {
+            at: slow,
+            region: second,
+            log,
+            ok,
+            word: word(pc, kind | log as u32),
+        });
+        self.region_check(first, log, slow);
+        self.a.jcc(Cond::A, slow);
+        self.a.bind(ok);
         (R::R11, 0)
     }
 

@@ -12,12 +12,20 @@
 //! [`MAX_CALL_DEPTH`](crate::insn::MAX_CALL_DEPTH) frames are live; the registry's unwind
 //! helper ([`Helpers::set_unwind`]) stops the program with r0 = 0 when it returns 0.
 //!
-//! Instruction limit: by default the JIT code does not count instructions, so a program that
-//! loops forever runs forever. With [`CompileOptions::budget`] every basic block subtracts its
-//! instruction count from the run's budget when entered (one `sub` to memory and a branch per
-//! block) and the run fails when the budget would go negative, which is when the interpreter
-//! hits the same limit. (If an access in a block faults and the budget also runs out in that
-//! block, the JIT reports the budget and the interpreter the access.)
+//! Instruction limit: [`JitProgram`] code counts instructions unless
+//! [`JitOptions::count_instructions`] is off ([`compile`]: [`CompileOptions::budget`]). Every
+//! basic block then subtracts its instruction count from the run's budget when entered (one
+//! `sub` to memory and a branch per block) and the run fails when the budget would go
+//! negative, which is when the interpreter hits the same limit. (If an access in a block faults
+//! and the budget also runs out in that block, the JIT reports the budget and the interpreter
+//! the access.) Without counting, a program that loops forever runs forever.
+//!
+//! Costs worth knowing: a helper call saves and restores r1-r5 around the call (the
+//! interpreter keeps them); `callx` compares its register with every registered helper id in
+//! turn (linear in the size of the registry); a `call local` zeroes the callee's 512-byte frame.
+//! Atomics use `lock`-prefixed instructions also on unaligned addresses, which the hardware
+//! allows but which a kernel with split-lock detection may slow down or signal when the access
+//! crosses a cache line.
 
 mod emit;
 mod program;
@@ -155,9 +163,10 @@ pub fn compile(
             budget: opts.budget,
         },
     )?;
+    let (code, calls) = asm.into_code();
     Ok(JitCode {
-        code: asm.buf,
-        calls: asm.calls,
+        code,
+        calls,
         pc_offsets,
     })
 }

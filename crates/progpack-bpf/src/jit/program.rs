@@ -77,6 +77,43 @@ impl JitProgram {
         })
     }
 
+    /// Compiles many programs and places them together with one progpack
+    /// [`Batch`](progpack::Batch): consecutive programs share chunks' runs, and the whole
+    /// batch costs one backend write per run of chunks (usually one per pack) instead of one
+    /// per program. All or nothing: the first program that fails fails the batch (its index is
+    /// in the error).
+    pub fn new_batch<'s>(
+        alloc: &Allocator,
+        programs: impl IntoIterator<Item = &'s [Insn]>,
+        helpers: &Helpers,
+        options: JitOptions,
+    ) -> Result<Vec<JitProgram>, (usize, JitError)> {
+        let opts = CompileOptions {
+            rel_calls: range_reaches_helpers(alloc, helpers),
+            budget: options.count_instructions,
+        };
+        let mut batch = alloc.batch();
+        for (i, slots) in programs.into_iter().enumerate() {
+            let mut code = compile(slots, helpers, opts).map_err(|e| (i, e))?;
+            let slot = batch
+                .push(code.len(), CODE_ALIGN)
+                .map_err(|e| (i, e.into()))?;
+            // A rel32 call out of reach means the code range broke its promise: an error
+            // rather than a recompilation, since the slot is already sized.
+            code.link(slot.exec_addr as u64).map_err(|e| (i, e))?;
+            slot.image.copy_from_slice(code.bytes());
+        }
+        let n = batch.len();
+        let progs = batch.finalize().map_err(|e| (n, e.into()))?;
+        Ok(progs
+            .into_iter()
+            .map(|prog| JitProgram {
+                prog,
+                counted: options.count_instructions,
+            })
+            .collect())
+    }
+
     /// Like [`new`](Self::new) for code that is already compiled (and so already checked by
     /// [`compile`]); links it for its place.
     pub fn place(

@@ -87,7 +87,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         (FONT, 20).into_font().style(FontStyle::Bold),
     ))?;
     header.draw(&Text::new(
-        "One run, one process, same inputs; times are noisy, compare bars within a panel.",
+        "Each panel comes from one run in one process on the same inputs; times are noisy, compare bars within a panel.",
         (12, 38),
         (FONT, 16),
     ))?;

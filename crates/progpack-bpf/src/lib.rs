@@ -21,6 +21,11 @@
 //! ```
 #![deny(unsafe_code)]
 
+/// The workspace README's examples (allocator and VM), compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod asm;
 pub mod check;
 pub mod conformance;

@@ -95,10 +95,6 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-#[doc = include_str!("../../../README.md")]
-#[cfg(doctest)]
-pub struct ReadmeDoctests;
-
 mod allocation;
 mod allocator;
 pub mod arch;

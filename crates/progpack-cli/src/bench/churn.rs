@@ -55,8 +55,10 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
             live_map.insert(sys.addr(id), len);
             addrs.push(sys.addr(id));
         }
+        let packs_before = sys.packs_mapped_total();
         let mut rng = Rng::new(SEED ^ 0xbeef);
         let mut elapsed = Duration::ZERO;
+        let mut freeing = Duration::ZERO;
         let mut samples = Vec::with_capacity(11);
         let step = replaces.div_ceil(10);
         let mut done = 0;
@@ -69,8 +71,11 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
                 let ret = ret_value(done + k);
                 let start = Instant::now();
                 sys.free(ids[victim]);
+                let freed = Instant::now();
                 let loaded = sys.load(len, &mut |buf| emit_function(buf, ret));
-                elapsed += start.elapsed();
+                let end = Instant::now();
+                elapsed += end - start;
+                freeing += freed - start;
                 live_map.remove(&addrs[victim]);
                 let id = match loaded {
                     Ok(id) => id,
@@ -115,6 +120,24 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
             elapsed.as_nanos() as f64 / replaces as f64,
             "ns/replace",
         );
+        report.push(
+            "churn",
+            name,
+            live,
+            "mix",
+            freeing.as_nanos() as f64 / replaces as f64,
+            "ns/replace, of which free",
+        );
+        if let (Some(before), Some(after)) = (packs_before, sys.packs_mapped_total()) {
+            report.push(
+                "churn",
+                name,
+                live,
+                "mix",
+                (after - before) as f64,
+                "packs newly mapped during churn",
+            );
+        }
         if let (Some(first), Some(last)) = (samples.first(), samples.last()) {
             let kib = |a: u64, b: u64| (b as f64 - a as f64) / 1024.0;
             report.push(

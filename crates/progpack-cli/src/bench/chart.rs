@@ -26,7 +26,7 @@ const COLUMNS: usize = 3;
 const PANEL_W: u32 = 640;
 const ROW_H: u32 = 26;
 const TITLE_H: u32 = 34;
-const LABEL_W: i32 = 200;
+const LABEL_W: i32 = 225;
 
 fn register_font() -> Result<(), String> {
     static ONCE: Once = Once::new();
@@ -87,7 +87,7 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
         (FONT, 20).into_font().style(FontStyle::Bold),
     ))?;
     header.draw(&Text::new(
-        "One run, one process, same inputs; times are noisy, compare bars within a panel.",
+        "Each panel comes from one run in one process on the same inputs; times are noisy, compare bars within a panel.",
         (12, 38),
         (FONT, 16),
     ))?;

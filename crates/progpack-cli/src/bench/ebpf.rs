@@ -10,7 +10,9 @@
 //!   `draft`/`finalize` into progpack, procmem backend), runs with `run_jit`; default
 //!   `JitOptions` (instruction counting on, so a run stops at its instruction limit like the
 //!   interpreter);
-//! - `progpack-bpf-jit-nocount`: the same with `count_instructions: false` (like rbpf's JIT,
+//! - `progpack-bpf-jit-batch` (load only): `Vm::load_many` over groups of [`BATCH`] programs:
+//!   compiled one by one, placed with one progpack `Batch` per group;
+//! - `progpack-bpf-jit-nocount`: the same as `progpack-bpf-jit` with `count_instructions: false` (like rbpf's JIT,
 //!   which has no instruction limit);
 //! - `progpack-bpf-jit-unplaced` (load only, a breakdown, not an engine): decode + check +
 //!   `jit::compile` with counting, without `draft`/`finalize`: the difference to
@@ -22,7 +24,7 @@
 
 use super::gen::{Rng, SEED};
 use super::report::Report;
-use super::{Scale, REPEAT};
+use super::{Scale, BATCH, REPEAT};
 use progpack_bpf::{Helpers, JitOptions, Vm};
 use std::time::Instant;
 
@@ -101,17 +103,24 @@ enum Engine {
     PpJit,
     PpJitNoCount,
     PpJitUnplaced,
+    PpJitBatch,
 }
 
 impl Engine {
-    const ALL: [Engine; 6] = [
+    const ALL: [Engine; 7] = [
         Engine::PpJit,
+        Engine::PpJitBatch,
         Engine::PpJitNoCount,
         Engine::PpJitUnplaced,
         Engine::PpInterp,
         Engine::RbpfJit,
         Engine::RbpfInterp,
     ];
+
+    /// Whether the engine takes part in the packet filter (the load-only entries do not).
+    fn runs_filter(&self) -> bool {
+        !matches!(self, Engine::PpJitUnplaced | Engine::PpJitBatch)
+    }
 
     fn name(self) -> &'static str {
         match self {
@@ -121,6 +130,7 @@ impl Engine {
             Engine::PpJit => "progpack-bpf-jit",
             Engine::PpJitNoCount => "progpack-bpf-jit-nocount",
             Engine::PpJitUnplaced => "progpack-bpf-jit-unplaced",
+            Engine::PpJitBatch => "progpack-bpf-jit-batch",
         }
     }
 
@@ -128,7 +138,7 @@ impl Engine {
     fn vm(self) -> Result<Vm, String> {
         let mut vm = Vm::new(Helpers::new());
         let count_instructions = match self {
-            Engine::PpJit => true,
+            Engine::PpJit | Engine::PpJitBatch => true,
             Engine::PpJitNoCount => false,
             _ => return Ok(vm), // interpreters, and the unplaced breakdown (compiles itself)
         };
@@ -173,6 +183,16 @@ fn load_all<'a>(
             let start = Instant::now();
             for p in progs {
                 loaded.push(vm.load(p).map_err(|e| e.to_string())?);
+            }
+            Ok((start.elapsed(), Box::new((vm, loaded))))
+        }
+        Engine::PpJitBatch => {
+            let vm = engine.vm()?;
+            let refs: Vec<&[u8]> = progs.iter().map(|p| &p[..]).collect();
+            let mut loaded = Vec::with_capacity(progs.len());
+            let start = Instant::now();
+            for group in refs.chunks(BATCH) {
+                loaded.extend(vm.load_many(group).map_err(|e| e.to_string())?);
             }
             Ok((start.elapsed(), Box::new((vm, loaded))))
         }
@@ -246,7 +266,9 @@ fn filter(engine: Engine, buf: &mut [u8], lens: &[u8]) -> Result<(f64, u64), Str
             let p = engine.vm()?.load(&prog).map_err(|e| e.to_string())?;
             time_filter(buf, lens, |mem| p.run_jit(mem).map_err(|e| e.to_string()))
         }
-        Engine::PpJitUnplaced => Err("not an engine (load breakdown only)".into()),
+        Engine::PpJitUnplaced | Engine::PpJitBatch => {
+            Err("load only (runs the same code as progpack-bpf-jit)".into())
+        }
     }
 }
 
@@ -287,7 +309,7 @@ pub fn run(scale: &Scale, only: &[String], report: &mut Report) {
     let (mut buf, lens, expected) = packets(packets_n, SEED ^ 0x9e7);
     for engine in Engine::ALL
         .into_iter()
-        .filter(|&e| e != Engine::PpJitUnplaced)
+        .filter(|e| e.runs_filter())
         .filter(wanted)
     {
         match filter(engine, &mut buf, &lens) {
@@ -330,10 +352,7 @@ mod tests {
     #[test]
     fn every_engine_agrees_with_the_count() {
         let (mut buf, lens, expected) = packets(500, 5);
-        for engine in Engine::ALL
-            .into_iter()
-            .filter(|&e| e != Engine::PpJitUnplaced)
-        {
+        for engine in Engine::ALL.into_iter().filter(|e| e.runs_filter()) {
             let (_, accepted) = filter(engine, &mut buf, &lens).unwrap();
             assert_eq!(accepted as usize, expected, "{}", engine.name());
         }

@@ -53,6 +53,10 @@ pub struct BenchArgs {
     /// Override N of the load workload (e.g. a small N under callgrind).
     #[arg(long, value_name = "N")]
     pub load_n: Option<usize>,
+    /// Run nothing: read rows from this JSON file (written by `--json`) and only write the
+    /// table, `--markdown` and `--png` from them (notes are not in the JSON).
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
     /// Only this size in the load workload: `64` or `mix` (e.g. under callgrind).
     #[arg(long, value_name = "SIZE")]
     pub load_size: Option<String>,
@@ -192,6 +196,19 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         Scale::full()
     };
+    if let Some(path) = &args.from_json {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let rows: Vec<report::Row> =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        return write_outputs(
+            &args,
+            &Report {
+                rows,
+                notes: Vec::new(),
+            },
+        );
+    }
     let mut scale = scale;
     if let Some(n) = args.load_n {
         scale.load_n = vec![n];
@@ -238,7 +255,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ),
     );
 
-    let goals = goals::evaluate(&report);
+    write_outputs(&args, &report)
+}
+
+/// Prints the table and goals, and writes the files asked for.
+fn write_outputs(args: &BenchArgs, report: &Report) -> anyhow::Result<()> {
+    let goals = goals::evaluate(report);
     println!("{}", report.to_table());
     println!("{}", goals::to_text(&goals));
     if let Some(path) = &args.json {
@@ -250,7 +272,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         std::fs::write(path, md).with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = &args.png {
-        chart::draw(&report, path).with_context(|| format!("drawing {}", path.display()))?;
+        chart::draw(report, path).with_context(|| format!("drawing {}", path.display()))?;
     }
     Ok(())
 }

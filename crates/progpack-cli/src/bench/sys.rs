@@ -74,6 +74,11 @@ pub trait System: Send {
     fn packs(&self) -> Option<usize> {
         None
     }
+
+    /// Packs mapped over the system's life (new ones, not reused), for systems that have them.
+    fn packs_mapped_total(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Calls a generated function (see `gen::emit_function`).

@@ -117,4 +117,8 @@ impl System for Progpack {
     fn packs(&self) -> Option<usize> {
         Some(self.alloc.stats().packs)
     }
+
+    fn packs_mapped_total(&self) -> Option<usize> {
+        Some(self.alloc.stats().packs_mapped_total)
+    }
 }

@@ -92,7 +92,8 @@ impl Regions {
             .ok_or(RunError::OutOfBounds { addr, len: n, pc })?;
         let mut b = [0u8; 8];
         // SAFETY: `translate` returned a pointer to `n <= 8` bytes inside the memory slice or
-        // the stack buffer, both live and exclusively ours for the whole run; `b` has 8 bytes.
+        // the live frames of the stack buffer, both exclusively ours for the whole run; live
+        // frames were zeroed on entry, so the bytes are initialised; `b` has 8 bytes.
         unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n) };
         Ok(u64::from_le_bytes(b))
     }
@@ -113,7 +114,8 @@ impl Regions {
         let off = (r10 - self.stack_addr) as usize - STACK_FRAME_SIZE;
         debug_assert!(off + STACK_FRAME_SIZE <= STACK_SIZE);
         // SAFETY: `r10` is the top of a frame inside the stack buffer (the caller keeps
-        // `1 <= depth+1 <= MAX_CALL_DEPTH`), so `[off, off + 512)` is inside it.
+        // `1 <= depth+1 <= MAX_CALL_DEPTH`), so `[off, off + 512)` is inside it; writing to
+        // uninitialised bytes through a raw pointer is allowed.
         unsafe { std::ptr::write_bytes(self.stack_ptr.add(off), 0, STACK_FRAME_SIZE) };
     }
 }
@@ -248,9 +250,11 @@ pub fn run(
     mem: &mut [u8],
     opts: &RunOptions,
 ) -> Result<u64, RunError> {
-    let mut stack = [0u8; STACK_SIZE];
+    // Frames are zeroed when entered and only live frames are reachable, so the rest of the
+    // stack is never read before it is written: no need to initialise it all.
+    let mut stack = std::mem::MaybeUninit::<[u8; STACK_SIZE]>::uninit();
     let mem_ptr = mem.as_mut_ptr();
-    let stack_ptr = stack.as_mut_ptr();
+    let stack_ptr = stack.as_mut_ptr().cast::<u8>();
     // From here on `mem` and `stack` are only touched through these pointers.
     let regions = Regions {
         mem_ptr,
@@ -260,6 +264,7 @@ pub fn run(
         stack_addr: stack_ptr.expose_provenance() as u64,
     };
     let top = regions.stack_addr + STACK_SIZE as u64;
+    regions.zero_frame(top);
 
     let code = &prog.instrs[..];
     let unwind = helpers.unwind();

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod baseline;
+mod bench;
 mod conformance;
 mod demo;
 
@@ -26,6 +27,8 @@ enum Command {
     Demo(demo::Args),
     /// Run bpf_conformance `.data` files (or directories of them) on the eBPF VM.
     Conformance(conformance::ConformanceArgs),
+    /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
 }
 
 /// Prints an error with its causes and turns it into a failing exit status.
@@ -43,5 +46,6 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Demo(args) => report(demo::run(args)),
         Command::Conformance(args) => conformance::run(&args),
+        Command::Bench(args) => report(bench::run(args)),
     }
 }

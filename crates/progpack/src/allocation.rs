@@ -73,15 +73,14 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         let inner = &self.inner;
-        inner.stats.live.fetch_sub(1, Ordering::Relaxed);
-        inner
-            .stats
-            .requested
-            .fetch_sub(self.requested, Ordering::Relaxed);
         match &self.place {
             Place::Dedicated(r) => {
                 // Unmapped (or re-reserved) when the region drops: no stale code can remain.
                 inner.stats.dedicated.fetch_sub(1, Ordering::Relaxed);
+                inner
+                    .stats
+                    .dedicated_requested
+                    .fetch_sub(self.requested, Ordering::Relaxed);
                 inner
                     .stats
                     .dedicated_bytes
@@ -107,10 +106,11 @@ impl Drop for Allocation {
                             .stats
                             .quarantined
                             .fetch_add(*chunks, Ordering::Relaxed);
+                        pack.forget(self.requested);
                         return;
                     }
                 }
-                if pack.give_back(*first, *chunks) {
+                if pack.give_back(*first, *chunks, self.requested) {
                     inner.pack_became_empty(pack);
                 }
             }

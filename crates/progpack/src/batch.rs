@@ -103,8 +103,7 @@ impl Batch {
                 .buf
                 .try_reserve(span)
                 .map_err(|_| Error::OutOfMemory(span))?;
-            segment.buf.resize(start + span, 0);
-            crate::arch::fill_traps(&mut segment.buf[start..]);
+            crate::arch::extend_traps(&mut segment.buf, span);
         }
         if let (Some((_, next)), Place::Packed { first, chunks, .. }) =
             (&mut segment.pack, &alloc.place)

@@ -114,11 +114,15 @@ impl HugePages {
 pub(crate) fn stats(inner: &Inner) -> Stats {
     let c = &inner.stats;
     let (mut packs, mut used, mut free) = (0, 0, 0);
+    let mut allocations = c.dedicated.load(Ordering::Relaxed);
+    let mut requested = c.dedicated_requested.load(Ordering::Relaxed);
     for p in inner.packs() {
         packs += 1;
         let st = p.lock();
         used += st.bitmap.count_ones();
         free += st.bitmap.count_zeros();
+        allocations += st.allocations;
+        requested += st.requested;
     }
     let dedicated_bytes = c.dedicated_bytes.load(Ordering::Relaxed);
     Stats {
@@ -130,11 +134,11 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
         dedicated_mappings: c.dedicated.load(Ordering::Relaxed),
         dedicated_bytes,
         programs: c.programs.load(Ordering::Relaxed),
-        allocations: c.live.load(Ordering::Relaxed),
+        allocations,
         chunks_used: used,
         chunks_free: free,
         chunks_quarantined: c.quarantined.load(Ordering::Relaxed),
-        bytes_requested: c.requested.load(Ordering::Relaxed),
+        bytes_requested: requested,
         bytes_mapped: packs * inner.config.pack_size + dedicated_bytes,
         packs_mapped_total: c.packs_mapped.load(Ordering::Relaxed),
         packs_released_total: c.packs_released.load(Ordering::Relaxed),

@@ -185,11 +185,28 @@ fn loads_and_stores_within_and_outside_memory() {
             }
         }
     }
-    // No memory at all, and wild addresses (the check must not wrap around).
-    assert!(matches!(
-        run(&[ldx(SIZE_B, 0, 1, 0), exit()], &Helpers::new(), &mut []),
-        Err(Fault::OutOfBounds { .. })
-    ));
+    // No memory at all (an empty slice's pointer is dangling, e.g. 1), or less than the
+    // access, at every offset near the pointer: the check must not wrap around.
+    for (sz, n) in sizes {
+        for len in 0..n {
+            for off in [-8i16, -1, 0, 1] {
+                let p = [ldx(sz, 0, 1, off), exit()];
+                let mut mem = vec![0u8; len];
+                assert!(
+                    matches!(
+                        run(&p, &Helpers::new(), &mut mem),
+                        Err(Fault::OutOfBounds { .. })
+                    ),
+                    "size {n} len {len} off {off}"
+                );
+                let p = [st(sz, 1, off, 1), mov64(0, 0), exit()];
+                assert!(matches!(
+                    run(&p, &Helpers::new(), &mut []),
+                    Err(Fault::OutOfBounds { .. })
+                ));
+            }
+        }
+    }
     for wild in [0u64, u64::MAX, u64::MAX - 3, 1 << 63] {
         let p = prog([&lddw(2, wild), &[ldx(SIZE_DW, 0, 2, 0), exit()]]);
         assert!(matches!(

@@ -54,9 +54,9 @@ pub(crate) struct Ctx {
     pub mem_start: u64,
     /// Length of the program memory region (r2).
     pub mem_len: u64,
-    /// For access size `1 << i`: lowest valid address in the memory region (`u64::MAX` if none).
-    pub mem_lo: [u64; 4],
-    /// For access size `1 << i`: highest valid address in the memory region (0 if none).
+    /// For access size `1 << i`: highest valid start address in the memory region,
+    /// `start + len - (1 << i)`; below `mem_start` (an empty range) when the region is
+    /// shorter than the access. (`mem_start` itself is the lowest.)
     pub mem_hi: [u64; 4],
     /// For access size `1 << i`: highest valid address in the stack region (`top - size`).
     pub stack_hi: [u64; 4],
@@ -76,28 +76,38 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// A context for a run over `mem_len` bytes at `mem_start` with the stack region of
-    /// [`STACK_SIZE`] bytes at `stack_start`.
-    pub(crate) fn new(mem_start: u64, mem_len: u64, stack_start: u64, budget: u64) -> Ctx {
-        let mut c = Ctx {
+    /// [`STACK_SIZE`] bytes at `stack_start`. Without `stack_window` no address is in the
+    /// stack region (for code that never reads r10, see [`Usage::stack`]).
+    #[inline]
+    pub(crate) fn new(
+        mem_start: u64,
+        mem_len: u64,
+        stack_start: u64,
+        stack_window: bool,
+        budget: u64,
+    ) -> Ctx {
+        // With len < n, `end - n` (saturating: an empty slice's dangling pointer may be 1) is
+        // below `mem_start`, which is never 0: no address passes `start <= a <= end - n`.
+        let end = mem_start + mem_len;
+        let top = stack_start + STACK_SIZE as u64;
+        let shi = |n: u64| if stack_window { top - n } else { 0 };
+        Ctx {
             mem_start,
             mem_len,
+            mem_hi: [
+                end.saturating_sub(1),
+                end.saturating_sub(2),
+                end.saturating_sub(4),
+                end.saturating_sub(8),
+            ],
+            stack_hi: [shi(1), shi(2), shi(4), shi(8)],
             stack_start,
-            stack_top: stack_start + STACK_SIZE as u64,
+            stack_top: top,
+            saved_rsp: 0,
+            fault: 0,
+            fault_extra: 0,
             budget,
-            ..Ctx::default()
-        };
-        for i in 0..4 {
-            let n = 1u64 << i;
-            if mem_len >= n {
-                c.mem_lo[i] = mem_start;
-                c.mem_hi[i] = mem_start + (mem_len - n);
-            } else {
-                c.mem_lo[i] = u64::MAX;
-                c.mem_hi[i] = 0;
-            }
-            c.stack_hi[i] = c.stack_top - n;
         }
-        c
     }
 }
 
@@ -106,7 +116,6 @@ fn disp(off: usize) -> i32 {
 }
 const C_MEM_START: usize = offset_of!(Ctx, mem_start);
 const C_MEM_LEN: usize = offset_of!(Ctx, mem_len);
-const C_MEM_LO: usize = offset_of!(Ctx, mem_lo);
 const C_MEM_HI: usize = offset_of!(Ctx, mem_hi);
 const C_STACK_HI: usize = offset_of!(Ctx, stack_hi);
 const C_STACK_START: usize = offset_of!(Ctx, stack_start);
@@ -146,8 +155,53 @@ const MAP: [R; 11] = [
 ];
 const CTX: R = R::R12;
 
-/// Registers a local call preserves for its caller (r6-r9 and r10).
-const CALLEE_SAVED: [R; 5] = [R::Rbx, R::R13, R::R14, R::R15, R::Rbp];
+/// Which registers a program mentions, and whether it can reach the stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Bit `r`: eBPF register `r` appears as an operand (explicitly, or implicitly: r0-r5 of
+    /// a helper call, r0 of `exit` and `cmpxchg`). A register never mentioned keeps its
+    /// initial value, so the prologue need not set it and no one needs to save it.
+    pub regs: u16,
+    /// Whether any instruction reads r10. If none does, no address the program computes can
+    /// be meant for the stack (it would have to be guessed), so the code gets no stack window
+    /// at all: nothing to zero, and any access outside the memory region is out of bounds.
+    pub stack: bool,
+}
+
+impl Usage {
+    fn of(insns: &[Insn], starts: &[bool]) -> Usage {
+        let mut regs = 1u16; // r0: the result
+        for (i, _) in insns.iter().zip(starts).filter(|(_, &s)| s) {
+            let (d, s) = (1u16 << (i.dst & 15), 1u16 << (i.src & 15));
+            let x = i.opc & SRC_X != 0;
+            regs |= match i.class() {
+                CLS_ALU | CLS_ALU64 => d | if x { s } else { 0 },
+                CLS_LD | CLS_ST => d,
+                CLS_LDX => d | s,
+                CLS_STX => d | s | 1,
+                _ => match i.opc {
+                    EXIT => 1,
+                    CALL => 0x3f,
+                    CALLX => d | 0x3f,
+                    _ => d | if x { s } else { 0 },
+                },
+            };
+        }
+        Usage {
+            regs: regs & 0x7ff,
+            stack: regs & (1 << FRAME_REG) != 0,
+        }
+    }
+
+    fn has(self, r: usize) -> bool {
+        self.regs & (1 << r) != 0
+    }
+
+    /// Host callee-saved registers holding r6-r9 that the program may change.
+    fn saved_r6_r9(self) -> impl Iterator<Item = R> {
+        (6..10).filter(move |&r| self.has(r)).map(|r| MAP[r])
+    }
+}
 
 /// Code generation options.
 #[derive(Clone, Copy, Debug, Default)]
@@ -196,6 +250,7 @@ struct Cx<'a> {
     charges: &'a [u32],
     /// The shared frame-zeroing subroutine, once a local call needs it.
     zero_frame: Option<Label>,
+    usage: Usage,
 }
 
 /// Translates a program in two passes; see [`super::x86`] for the jump sizing.
@@ -204,7 +259,7 @@ pub(crate) fn translate(
     helpers: &Helpers,
     rel_calls: bool,
     opts: Options,
-) -> Result<(Asm, Vec<Option<u32>>), JitError> {
+) -> Result<(Asm, Vec<Option<u32>>, Usage), JitError> {
     if insns.is_empty() {
         return Err(JitError::Empty);
     }
@@ -212,6 +267,7 @@ pub(crate) fn translate(
         return Err(JitError::TooLarge { slots: insns.len() });
     }
     let starts = slot_starts(insns)?;
+    let usage = Usage::of(insns, &starts);
     let charges = if opts.budget {
         block_charges(insns, &starts)
     } else {
@@ -222,6 +278,7 @@ pub(crate) fn translate(
         starts: &starts,
         helpers,
         charges: &charges,
+        usage,
     };
     let pass1 = Cx::run(Asm::new(insns.len(), rel_calls), &env)?;
     let (pass2, sites1) = pass1.second_pass();
@@ -234,7 +291,7 @@ pub(crate) fn translate(
     let pc_offsets = (0..insns.len())
         .map(|pc| a.offset_of(Asm::nth(Label::default(), pc)))
         .collect();
-    Ok((a, pc_offsets))
+    Ok((a, pc_offsets, usage))
 }
 
 /// What both passes translate.
@@ -243,6 +300,7 @@ struct Env<'a> {
     starts: &'a [bool],
     helpers: &'a Helpers,
     charges: &'a [u32],
+    usage: Usage,
 }
 
 /// For each slot that starts a basic block, the number of instructions in the block (an
@@ -317,6 +375,7 @@ impl<'a> Cx<'a> {
             stubs: Vec::new(),
             charges: env.charges,
             zero_frame: None,
+            usage: env.usage,
         };
         let insns = env.insns;
         cx.pcs = cx.a.labels(insns.len());
@@ -331,12 +390,29 @@ impl<'a> Cx<'a> {
         Asm::nth(self.pcs, pc)
     }
 
-    /// Entry: save callee-saved registers, set up r1, r2, r10 and the context, `call` the
-    /// body, then the epilogue; the fault exit follows.
+    /// Host callee-saved registers the code changes: those of r6-r9 in use, rbp (r10), r12
+    /// (context); plus whether an 8-byte pad keeps the body's native stack 16-byte aligned.
+    fn host_saved(&self) -> (Vec<R>, bool) {
+        let mut v: Vec<R> = self.usage.saved_r6_r9().collect();
+        v.push(R::Rbp);
+        v.push(R::R12);
+        // Entry rsp is 8 mod 16; after the pushes (and pad) it must be 8 mod 16 again, so
+        // that the `call` into the body leaves it 16-byte aligned.
+        let pad = v.len() % 2 == 1;
+        (v, pad)
+    }
+
+    /// Entry: save the host's callee-saved registers the code changes, set up r1, r2, r10,
+    /// the registers the program mentions, and the context, `call` the body, then the
+    /// epilogue; the fault exit follows.
     fn prologue(&mut self) {
+        let (saved, pad) = self.host_saved();
         let a = &mut self.a;
-        for r in [R::Rbx, R::Rbp, R::R12, R::R13, R::R14, R::R15] {
+        for &r in &saved {
             a.push(r);
+        }
+        if pad {
+            a.alu_ri(true, Alu::Sub, R::Rsp, 8);
         }
         a.mov_rr(true, CTX, R::Rdi);
         a.mov_mr(CTX, disp(C_SAVED_RSP), R::Rsp);
@@ -344,13 +420,18 @@ impl<'a> Cx<'a> {
         a.mov_rm(MAP[1], CTX, disp(C_MEM_START));
         a.mov_rm(MAP[2], CTX, disp(C_MEM_LEN));
         for r in [0, 3, 4, 5, 6, 7, 8, 9] {
-            a.mov_imm32(MAP[r], 0);
+            if self.usage.has(r) {
+                a.mov_imm32(MAP[r], 0);
+            }
         }
         let body = self.pc_label(0);
         self.a.call_label(body);
         let epilogue = self.a.label();
         self.a.bind(epilogue);
-        for r in [R::R15, R::R14, R::R13, R::R12, R::Rbp, R::Rbx] {
+        if pad {
+            self.a.alu_ri(true, Alu::Add, R::Rsp, 8);
+        }
+        for &r in saved.iter().rev() {
             self.a.pop(r);
         }
         self.a.ret();
@@ -455,7 +536,7 @@ impl<'a> Cx<'a> {
             }
             Region::Mem => {
                 // Memory: start <= a && a <= start + len - n.
-                a.cmp_rm(R::R11, CTX, disp(C_MEM_LO + 8 * log));
+                a.cmp_rm(R::R11, CTX, disp(C_MEM_START));
                 a.jcc(Cond::B, bad);
                 a.cmp_rm(R::R11, CTX, disp(C_MEM_HI + 8 * log));
             }
@@ -828,27 +909,37 @@ impl<'a> Cx<'a> {
             CALL_LOCAL => {
                 let t = self.target(pc, i.imm as i64)?;
                 let stub = self.stub(pc, FAULT_DEPTH);
-                let zero = match self.zero_frame {
+                // Without a stack window no frame can be read: nothing to zero.
+                let zero = self.usage.stack.then(|| match self.zero_frame {
                     Some(l) => l,
                     None => {
                         let l = self.a.label();
                         self.zero_frame = Some(l);
                         l
                     }
-                };
+                });
+                // Saved for the caller: r6-r9 in use and r10; an odd count of pushes keeps
+                // the callee's native stack 16-byte aligned (with the return address).
+                let mut saved: Vec<R> = self.usage.saved_r6_r9().collect();
+                saved.push(MAP[10]);
+                if saved.len() % 2 == 0 {
+                    saved.push(R::R11); // padding (scratch)
+                }
                 let a = &mut self.a;
                 // One more frame must fit below the current one.
                 a.lea(R::R11, MAP[10], -2 * STACK_FRAME_SIZE as i32);
                 a.alu_rm(Alu::Cmp, R::R11, CTX, disp(C_STACK_START));
                 a.jcc(Cond::B, stub);
-                for r in CALLEE_SAVED {
+                for &r in &saved {
                     a.push(r);
                 }
                 a.alu_ri(true, Alu::Sub, MAP[10], STACK_FRAME_SIZE as i32);
-                a.call_label(zero);
+                if let Some(zero) = zero {
+                    a.call_label(zero);
+                }
                 a.call_label(t);
-                for r in CALLEE_SAVED.iter().rev() {
-                    a.pop(*r);
+                for &r in saved.iter().rev() {
+                    a.pop(r);
                 }
                 Ok(())
             }

@@ -922,7 +922,7 @@ impl<'a> Cx<'a> {
                 // the callee's native stack 16-byte aligned (with the return address).
                 let mut saved: Vec<R> = self.usage.saved_r6_r9().collect();
                 saved.push(MAP[10]);
-                if saved.len() % 2 == 0 {
+                if saved.len().is_multiple_of(2) {
                     saved.push(R::R11); // padding (scratch)
                 }
                 let a = &mut self.a;

@@ -211,3 +211,32 @@ fn code_size_is_reasonable() {
     let code = compile(&p, &Helpers::new(), CompileOptions::default()).unwrap();
     assert!(code.len() < 100 * 5 + 120, "{} bytes", code.len());
 }
+
+#[test]
+#[ignore]
+fn print_filter() {
+    let p: Vec<Insn> = vec![
+        ldx(SIZE_H, 2, 1, 12),
+        jcc_k(CLS_JMP, JMP_JNE, 2, 8, 6),
+        ldx(SIZE_B, 3, 1, 23),
+        jcc_k(CLS_JMP, JMP_JNE, 3, 6, 4),
+        ldx(SIZE_H, 4, 1, 36),
+        jcc_k(CLS_JMP, JMP_JNE, 4, 0x5000, 2),
+        mov64(0, 1),
+        exit(),
+        mov64(0, 0),
+        exit(),
+    ];
+    for budget in [false, true] {
+        let code = compile(
+            &p,
+            &Helpers::new(),
+            CompileOptions {
+                rel_calls: true,
+                budget,
+            },
+        )
+        .unwrap();
+        println!("{} bytes\n{}", code.len(), listing(&code, 0));
+    }
+}

@@ -566,3 +566,49 @@ fn budget_counts_instructions_exactly() {
     assert_eq!(m.run(&mut [], 4), Ok(5));
     assert!(matches!(m.run(&mut [], 3), Err(Fault::Budget { .. })));
 }
+
+/// Returns the misalignment of a 16-byte-aligned local: nonzero if the helper was entered
+/// with a stack pointer that breaks the System V ABI (16-byte aligned before the call).
+extern "C" fn stack_misalignment(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    #[repr(align(16))]
+    struct A([u8; 16]);
+    let a = A([0; 16]);
+    (std::hint::black_box(&a) as *const A as usize % 16) as u64
+}
+
+#[test]
+fn helpers_see_an_aligned_stack_in_every_frame_layout() {
+    let mut h = Helpers::new();
+    h.register(3, stack_misalignment);
+    // Programs mentioning 0..=4 of r6-r9 (changing how many registers the prologue saves),
+    // with and without r10 and local calls; the helper runs in the entry frame and, where
+    // there are local calls, in a callee too.
+    for k in 0..=4u8 {
+        for stack in [false, true] {
+            for local in [false, true] {
+                let mut p: Vec<Insn> = (0..k).map(|i| mov64(6 + i, 1)).collect();
+                if stack {
+                    p.push(st(SIZE_DW, 10, -8, 0));
+                }
+                p.push(call(3));
+                p.push(alu64_x(ALU_MOV, 6, 0));
+                if local {
+                    p.push(call_local(2));
+                    p.push(alu64_x(ALU_ADD, 0, 6));
+                    p.push(exit());
+                    p.push(call(3));
+                    p.push(exit());
+                } else {
+                    p.push(alu64_x(ALU_MOV, 0, 6));
+                    p.push(exit());
+                }
+                assert_eq!(
+                    run(&p, &h, &mut []),
+                    Ok(0),
+                    "r6..r{} stack {stack} local {local}",
+                    5 + k
+                );
+            }
+        }
+    }
+}

@@ -166,12 +166,17 @@ pub(crate) struct Usage {
     /// be meant for the stack (it would have to be guessed), so the code gets no stack window
     /// at all: nothing to zero, and any access outside the memory region is out of bounds.
     pub stack: bool,
+    /// Whether the program has a `call local`. If not, every `exit` leaves the program: the
+    /// body is entered by falling through from the prologue and `exit` is the epilogue.
+    pub calls: bool,
 }
 
 impl Usage {
     fn of(insns: &[Insn], starts: &[bool]) -> Usage {
         let mut regs = 1u16; // r0: the result
+        let mut calls = false;
         for (i, _) in insns.iter().zip(starts).filter(|(_, &s)| s) {
+            calls |= i.opc == CALL && i.src == CALL_LOCAL;
             let (d, s) = (1u16 << (i.dst & 15), 1u16 << (i.src & 15));
             let x = i.opc & SRC_X != 0;
             regs |= match i.class() {
@@ -190,6 +195,7 @@ impl Usage {
         Usage {
             regs: regs & 0x7ff,
             stack: regs & (1 << FRAME_REG) != 0,
+            calls,
         }
     }
 
@@ -390,23 +396,45 @@ impl<'a> Cx<'a> {
         Asm::nth(self.pcs, pc)
     }
 
-    /// Host callee-saved registers the code changes: those of r6-r9 in use, rbp (r10), r12
-    /// (context); plus whether an 8-byte pad keeps the body's native stack 16-byte aligned.
+    /// Whether r10 (rbp) is needed at all: for the stack window or for local calls.
+    fn uses_rbp(&self) -> bool {
+        self.usage.stack || self.usage.calls
+    }
+
+    /// Host callee-saved registers the code changes (those of r6-r9 in use, rbp if r10 is
+    /// needed, r12 for the context), and whether an 8-byte pad keeps the native stack
+    /// 16-byte aligned in the body.
     fn host_saved(&self) -> (Vec<R>, bool) {
         let mut v: Vec<R> = self.usage.saved_r6_r9().collect();
-        v.push(R::Rbp);
+        if self.uses_rbp() {
+            v.push(R::Rbp);
+        }
         v.push(R::R12);
-        // Entry rsp is 8 mod 16; after the pushes (and pad) it must be 8 mod 16 again, so
-        // that the `call` into the body leaves it 16-byte aligned.
-        let pad = v.len() % 2 == 1;
+        // Entry rsp is 8 mod 16. Entered by `call`, the body needs 8 mod 16 after the pushes
+        // (an even count); entered by falling through, 0 mod 16 (an odd count).
+        let pad = (v.len() % 2 == 1) == self.usage.calls;
         (v, pad)
     }
 
+    /// Restores the host's registers and returns (rax holds the result).
+    fn epilogue(&mut self) {
+        let (saved, pad) = self.host_saved();
+        if pad {
+            self.a.alu_ri(true, Alu::Add, R::Rsp, 8);
+        }
+        for &r in saved.iter().rev() {
+            self.a.pop(r);
+        }
+        self.a.ret();
+    }
+
     /// Entry: save the host's callee-saved registers the code changes, set up r1, r2, r10,
-    /// the registers the program mentions, and the context, `call` the body, then the
-    /// epilogue; the fault exit follows.
+    /// the registers the program mentions, and the context. With local calls the body is
+    /// entered by `call` (so that `exit` is `ret` at every depth), followed by the epilogue
+    /// and the fault exit; without, the body follows and the fault exit comes at the end.
     fn prologue(&mut self) {
         let (saved, pad) = self.host_saved();
+        let rbp = self.uses_rbp();
         let a = &mut self.a;
         for &r in &saved {
             a.push(r);
@@ -416,7 +444,9 @@ impl<'a> Cx<'a> {
         }
         a.mov_rr(true, CTX, R::Rdi);
         a.mov_mr(CTX, disp(C_SAVED_RSP), R::Rsp);
-        a.mov_rm(MAP[10], CTX, disp(C_STACK_TOP));
+        if rbp {
+            a.mov_rm(MAP[10], CTX, disp(C_STACK_TOP));
+        }
         a.mov_rm(MAP[1], CTX, disp(C_MEM_START));
         a.mov_rm(MAP[2], CTX, disp(C_MEM_LEN));
         for r in [0, 3, 4, 5, 6, 7, 8, 9] {
@@ -424,18 +454,17 @@ impl<'a> Cx<'a> {
                 a.mov_imm32(MAP[r], 0);
             }
         }
-        let body = self.pc_label(0);
-        self.a.call_label(body);
-        let epilogue = self.a.label();
-        self.a.bind(epilogue);
-        if pad {
-            self.a.alu_ri(true, Alu::Add, R::Rsp, 8);
+        if self.usage.calls {
+            let body = self.pc_label(0);
+            self.a.call_label(body);
+            self.epilogue();
+            self.fault_exit();
         }
-        for &r in saved.iter().rev() {
-            self.a.pop(r);
-        }
-        self.a.ret();
-        // Fault exit: r10 = fault word (0 for unwind), r11 = detail.
+    }
+
+    /// Fault exit: r10 = fault word (0 for unwind), r11 = detail. Unwinds the native stack
+    /// to where the prologue left it and returns 0.
+    fn fault_exit(&mut self) {
         let fault = self.fault;
         let a = &mut self.a;
         a.bind(fault);
@@ -443,7 +472,7 @@ impl<'a> Cx<'a> {
         a.mov_mr(CTX, disp(C_FAULT), R::R10);
         a.mov_mr(CTX, disp(C_FAULT_EXTRA), R::R11);
         a.mov_imm32(R::Rax, 0);
-        a.jmp(epilogue);
+        self.epilogue();
     }
 
     /// Fall-off-the-end guard and the out-of-line stubs.
@@ -455,6 +484,9 @@ impl<'a> Cx<'a> {
         };
         if !ends {
             self.fault_here(self.insns.len(), FAULT_END);
+        }
+        if !self.usage.calls {
+            self.fault_exit();
         }
         let stubs = std::mem::take(&mut self.stubs);
         for stub in stubs {
@@ -856,7 +888,11 @@ impl<'a> Cx<'a> {
                 if x {
                     return Err(bad);
                 }
-                self.a.ret();
+                if self.usage.calls {
+                    self.a.ret();
+                } else {
+                    self.epilogue();
+                }
                 return Ok(());
             }
             _ => {}
@@ -1020,15 +1056,21 @@ impl<'a> Cx<'a> {
         } else {
             (Region::Mem, Region::Stack)
         };
+        let word = word(pc, kind | log as u32);
         let slow = self.a.label();
         let ok = self.a.label();
-        self.stubs.push(Stub::Access {
-            at: slow,
-            region: second,
-            log,
-            ok,
-            word: word(pc, kind | log as u32),
-        });
+        if self.usage.stack {
+            self.stubs.push(Stub::Access {
+                at: slow,
+                region: second,
+                log,
+                ok,
+                word,
+            });
+        } else {
+            // No stack window: outside memory is out of bounds.
+            self.stubs.push(Stub::Fault { at: slow, word });
+        }
         self.region_check(first, log, slow);
         self.a.jcc(Cond::A, slow);
         self.a.bind(ok);

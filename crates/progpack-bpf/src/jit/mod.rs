@@ -295,21 +295,39 @@ pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
 /// one); `budget` is the instruction limit if the code counts instructions.
 #[inline]
 fn run_entry(entry: EntryFn, mem: &mut [u8], stack: bool, budget: u64) -> Result<u64, Fault> {
-    let mut region = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
     if stack {
+        let mut region = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
         // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
         // it, and never reads a frame that is not live.
         region[emit::STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
+        call_entry(entry, mem, region.as_mut_ptr() as u64, true, budget)
+    } else {
+        // No window: the code never dereferences the stack region, so any address does for
+        // r10 arithmetic (local-call depth checks); one that cannot wrap around.
+        call_entry(entry, mem, NO_STACK, false, budget)
     }
+}
+
+/// Base of the (never dereferenced) stack region of code without a stack window.
+const NO_STACK: u64 = 1 << 20;
+
+#[inline(always)]
+fn call_entry(
+    entry: EntryFn,
+    mem: &mut [u8],
+    stack_start: u64,
+    stack: bool,
+    budget: u64,
+) -> Result<u64, Fault> {
     let mut ctx = emit::Ctx::new(
         mem.as_mut_ptr() as u64,
         mem.len() as u64,
-        region.as_mut_ptr() as u64,
+        stack_start,
         stack,
         budget,
     );
-    // The code reads and writes only `ctx`, `mem` and `region` (all borrowed mutably for the
-    // call; every access is checked against the regions `ctx` describes).
+    // The code reads and writes only `ctx`, `mem` and the stack region (all borrowed
+    // mutably for the call; every access is checked against the regions `ctx` describes).
     let r0 = entry(&mut ctx);
     if ctx.fault != 0 {
         return Err(Fault::decode(ctx.fault, ctx.fault_extra));

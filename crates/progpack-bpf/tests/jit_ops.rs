@@ -571,7 +571,7 @@ fn budget_counts_instructions_exactly() {
 /// with a stack pointer that breaks the System V ABI (16-byte aligned before the call).
 extern "C" fn stack_misalignment(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
     #[repr(align(16))]
-    struct A([u8; 16]);
+    struct A(#[allow(dead_code)] [u8; 16]);
     let a = A([0; 16]);
     (std::hint::black_box(&a) as *const A as usize % 16) as u64
 }

@@ -35,7 +35,9 @@
 
 use std::mem::offset_of;
 
-use super::x86::{Alu, Asm, Cond, Label, Shift, R, W};
+use std::cell::RefCell;
+
+use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Shift, R, W};
 use super::JitError;
 use crate::helpers::Helpers;
 use crate::insn::*;
@@ -155,6 +157,35 @@ const MAP: [R; 11] = [
 ];
 const CTX: R = R::R12;
 
+/// A short list of registers (at most six) without allocating.
+#[derive(Clone, Copy)]
+struct Regs {
+    r: [R; 6],
+    n: usize,
+}
+
+impl Default for Regs {
+    fn default() -> Self {
+        Regs {
+            r: [R::Rax; 6],
+            n: 0,
+        }
+    }
+}
+
+impl Regs {
+    fn push(&mut self, r: R) {
+        self.r[self.n] = r;
+        self.n += 1;
+    }
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn as_slice(&self) -> &[R] {
+        &self.r[..self.n]
+    }
+}
+
 /// Which registers a program mentions, and whether it can reach the stack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Usage {
@@ -259,45 +290,108 @@ struct Cx<'a> {
     usage: Usage,
 }
 
+/// A translated program.
+pub(crate) struct Translated {
+    pub code: Vec<u8>,
+    pub calls: Vec<AbsCallSite>,
+    /// Code offset of each slot (`x86::UNBOUND` for the second slot of `lddw`).
+    pub pc_offsets: Vec<u32>,
+    pub usage: Usage,
+}
+
+/// Per-compile working vectors, kept per thread between compiles so that a compile
+/// allocates little more than its output.
+#[derive(Default)]
+struct Scratch {
+    starts: Vec<bool>,
+    leader: Vec<bool>,
+    charges: Vec<u32>,
+    stubs: Vec<Stub>,
+    asm: AsmVecs,
+}
+
+impl Scratch {
+    /// Elements kept at most between compiles (a huge program's vectors are dropped).
+    const KEEP: usize = 1 << 16;
+
+    fn capacity(&self) -> usize {
+        self.starts.capacity()
+            + self.leader.capacity()
+            + self.charges.capacity()
+            + self.stubs.capacity()
+            + self.asm.capacity()
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+}
+
 /// Translates a program in two passes; see [`super::x86`] for the jump sizing.
 pub(crate) fn translate(
     insns: &[Insn],
     helpers: &Helpers,
     rel_calls: bool,
     opts: Options,
-) -> Result<(Asm, Vec<Option<u32>>, Usage), JitError> {
+) -> Result<Translated, JitError> {
+    // `take` leaves an empty scratch behind, so a nested compile (a helper compiling while
+    // this thread compiles? not possible today) would still work, just without reuse.
+    let mut scratch = SCRATCH.with(|s| s.take());
+    let r = translate_with(&mut scratch, insns, helpers, rel_calls, opts);
+    if scratch.capacity() <= Scratch::KEEP {
+        SCRATCH.with(|s| s.replace(scratch));
+    }
+    r
+}
+
+fn translate_with(
+    scratch: &mut Scratch,
+    insns: &[Insn],
+    helpers: &Helpers,
+    rel_calls: bool,
+    opts: Options,
+) -> Result<Translated, JitError> {
     if insns.is_empty() {
         return Err(JitError::Empty);
     }
     if insns.len() >= MAX_SLOTS {
         return Err(JitError::TooLarge { slots: insns.len() });
     }
-    let starts = slot_starts(insns)?;
-    let usage = Usage::of(insns, &starts);
-    let charges = if opts.budget {
-        block_charges(insns, &starts)
-    } else {
-        Vec::new()
-    };
+    slot_starts(insns, &mut scratch.starts)?;
+    let starts = &scratch.starts;
+    let usage = Usage::of(insns, starts);
+    scratch.charges.clear();
+    if opts.budget {
+        block_charges(insns, starts, &mut scratch.leader, &mut scratch.charges);
+    }
     let env = Env {
         insns,
-        starts: &starts,
+        starts,
         helpers,
-        charges: &charges,
+        charges: &scratch.charges,
         usage,
     };
-    let pass1 = Cx::run(Asm::new(insns.len(), rel_calls), &env)?;
+    let asm = Asm::new(rel_calls, std::mem::take(&mut scratch.asm));
+    let mut stubs = std::mem::take(&mut scratch.stubs);
+    stubs.clear();
+    let (pass1, stubs) = Cx::run(asm, &env, stubs)?;
     let (pass2, sites1) = pass1.second_pass();
-    let mut a = Cx::run(pass2, &env)?;
+    let (mut a, stubs) = Cx::run(pass2, &env, stubs)?;
+    scratch.stubs = stubs;
     if a.jump_sites() != sites1 {
         return Err(JitError::Internal("passes disagree"));
     }
     a.patch_jumps().map_err(JitError::Internal)?;
     // Cx::run creates the slot labels first, so slot `pc` has label number `pc`.
-    let pc_offsets = (0..insns.len())
-        .map(|pc| a.offset_of(Asm::nth(Label::default(), pc)))
-        .collect();
-    Ok((a, pc_offsets, usage))
+    let pc_offsets = a.label_offsets(insns.len());
+    let (code, calls, vecs) = a.into_code();
+    scratch.asm = vecs;
+    Ok(Translated {
+        code,
+        calls,
+        pc_offsets,
+        usage,
+    })
 }
 
 /// What both passes translate.
@@ -313,9 +407,10 @@ struct Env<'a> {
 /// `lddw` counts once, as in the interpreter); 0 elsewhere. Blocks start at 0, at every jump
 /// or local-call target and after every jump, call and exit, so a block, once entered, runs
 /// to its end unless an access faults.
-fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
+fn block_charges(insns: &[Insn], starts: &[bool], leader: &mut Vec<bool>, charges: &mut Vec<u32>) {
     let n = insns.len();
-    let mut leader = vec![false; n + 1];
+    leader.clear();
+    leader.resize(n + 1, false);
     leader[0] = true;
     for pc in (0..n).filter(|&pc| starts[pc]) {
         let i = insns[pc];
@@ -338,7 +433,8 @@ fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
             }
         }
     }
-    let mut charges = vec![0u32; n];
+    charges.clear();
+    charges.resize(n, 0);
     let mut current = 0;
     for pc in (0..n).filter(|&pc| starts[pc]) {
         if leader[pc] {
@@ -346,12 +442,12 @@ fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
         }
         charges[current] += 1;
     }
-    charges
 }
 
 /// Marks which slots begin an instruction; checks that every `lddw` has its second slot.
-fn slot_starts(insns: &[Insn]) -> Result<Vec<bool>, JitError> {
-    let mut starts = vec![false; insns.len()];
+fn slot_starts(insns: &[Insn], starts: &mut Vec<bool>) -> Result<(), JitError> {
+    starts.clear();
+    starts.resize(insns.len(), false);
     let mut pc = 0;
     while pc < insns.len() {
         starts[pc] = true;
@@ -365,11 +461,12 @@ fn slot_starts(insns: &[Insn]) -> Result<Vec<bool>, JitError> {
             pc += 1;
         }
     }
-    Ok(starts)
+    Ok(())
 }
 
 impl<'a> Cx<'a> {
-    fn run(a: Asm, env: &Env<'a>) -> Result<Asm, JitError> {
+    /// One pass; `stubs` is an empty vector to use (returned empty).
+    fn run(a: Asm, env: &Env<'a>, stubs: Vec<Stub>) -> Result<(Asm, Vec<Stub>), JitError> {
         let mut cx = Cx {
             a,
             insns: env.insns,
@@ -378,7 +475,7 @@ impl<'a> Cx<'a> {
             pcs: Label::default(),
             fault: Label::default(),
             unwind: None,
-            stubs: Vec::new(),
+            stubs,
             charges: env.charges,
             zero_frame: None,
             usage: env.usage,
@@ -389,7 +486,7 @@ impl<'a> Cx<'a> {
         cx.prologue();
         cx.body()?;
         cx.tail();
-        Ok(cx.a)
+        Ok((cx.a, cx.stubs))
     }
 
     fn pc_label(&self, pc: usize) -> Label {
@@ -404,8 +501,11 @@ impl<'a> Cx<'a> {
     /// Host callee-saved registers the code changes (those of r6-r9 in use, rbp if r10 is
     /// needed, r12 for the context), and whether an 8-byte pad keeps the native stack
     /// 16-byte aligned in the body.
-    fn host_saved(&self) -> (Vec<R>, bool) {
-        let mut v: Vec<R> = self.usage.saved_r6_r9().collect();
+    fn host_saved(&self) -> (Regs, bool) {
+        let mut v = Regs::default();
+        for r in self.usage.saved_r6_r9() {
+            v.push(r);
+        }
         if self.uses_rbp() {
             v.push(R::Rbp);
         }
@@ -422,7 +522,7 @@ impl<'a> Cx<'a> {
         if pad {
             self.a.alu_ri(true, Alu::Add, R::Rsp, 8);
         }
-        for &r in saved.iter().rev() {
+        for &r in saved.as_slice().iter().rev() {
             self.a.pop(r);
         }
         self.a.ret();
@@ -436,7 +536,7 @@ impl<'a> Cx<'a> {
         let (saved, pad) = self.host_saved();
         let rbp = self.uses_rbp();
         let a = &mut self.a;
-        for &r in &saved {
+        for &r in saved.as_slice() {
             a.push(r);
         }
         if pad {
@@ -488,9 +588,9 @@ impl<'a> Cx<'a> {
         if !self.usage.calls {
             self.fault_exit();
         }
-        let stubs = std::mem::take(&mut self.stubs);
-        for stub in stubs {
-            match stub {
+        // (Emitting a stub never adds one.)
+        for k in 0..self.stubs.len() {
+            match self.stubs[k] {
                 Stub::Fault { at, word } => {
                     self.a.bind(at);
                     self.a.mov_imm32(R::R10, word);
@@ -513,6 +613,7 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        self.stubs.clear();
         if let Some(l) = self.unwind {
             self.a.bind(l);
             self.a.mov_imm32(R::R10, 0);
@@ -956,7 +1057,10 @@ impl<'a> Cx<'a> {
                 });
                 // Saved for the caller: r6-r9 in use and r10; an odd count of pushes keeps
                 // the callee's native stack 16-byte aligned (with the return address).
-                let mut saved: Vec<R> = self.usage.saved_r6_r9().collect();
+                let mut saved = Regs::default();
+                for r in self.usage.saved_r6_r9() {
+                    saved.push(r);
+                }
                 saved.push(MAP[10]);
                 if saved.len().is_multiple_of(2) {
                     saved.push(R::R11); // padding (scratch)
@@ -966,7 +1070,7 @@ impl<'a> Cx<'a> {
                 a.lea(R::R11, MAP[10], -2 * STACK_FRAME_SIZE as i32);
                 a.alu_rm(Alu::Cmp, R::R11, CTX, disp(C_STACK_START));
                 a.jcc(Cond::B, stub);
-                for &r in &saved {
+                for &r in saved.as_slice() {
                     a.push(r);
                 }
                 a.alu_ri(true, Alu::Sub, MAP[10], STACK_FRAME_SIZE as i32);
@@ -974,7 +1078,7 @@ impl<'a> Cx<'a> {
                     a.call_label(zero);
                 }
                 a.call_label(t);
-                for &r in saved.iter().rev() {
+                for &r in saved.as_slice().iter().rev() {
                     a.pop(r);
                 }
                 Ok(())

@@ -143,7 +143,7 @@ impl Default for CompileOptions {
 pub struct JitCode {
     code: Vec<u8>,
     calls: Vec<AbsCallSite>,
-    pc_offsets: Vec<Option<u32>>,
+    pc_offsets: Vec<u32>,
     /// Whether the code reads r10 and so needs a stack window (see `emit::Usage`).
     stack: bool,
 }
@@ -157,7 +157,7 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
-    let (asm, pc_offsets, usage) = emit::translate(
+    let t = emit::translate(
         insns,
         helpers,
         opts.rel_calls,
@@ -165,12 +165,11 @@ pub fn compile(
             budget: opts.budget,
         },
     )?;
-    let (code, calls) = asm.into_code();
     Ok(JitCode {
-        code,
-        calls,
-        pc_offsets,
-        stack: usage.stack,
+        code: t.code,
+        calls: t.calls,
+        pc_offsets: t.pc_offsets,
+        stack: t.usage.stack,
     })
 }
 
@@ -192,7 +191,10 @@ impl JitCode {
 
     /// Offset of the code for instruction slot `pc` (`None` for the second slot of `lddw`).
     pub fn pc_offset(&self, pc: usize) -> Option<u32> {
-        self.pc_offsets.get(pc).copied().flatten()
+        self.pc_offsets
+            .get(pc)
+            .copied()
+            .filter(|&o| o != x86::UNBOUND)
     }
 
     /// Whether the program reads r10. Code that does not gets no stack region at run time:

@@ -4,10 +4,13 @@
 
 #![allow(unsafe_code)] // calls the functions it generates
 
-use crate::baseline::PageProgram;
+use crate::bench::ebpf::{filter_program, packets, STRIDE};
+use crate::bench::sys::System;
+use crate::bench::systems::mmap::MmapPerProgram;
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use progpack::{Allocator, Config, Program};
+use progpack_bpf::{Helpers, JitOptions, Vm};
 use std::time::{Duration, Instant};
 
 /// Options of `progpack demo`.
@@ -19,6 +22,9 @@ pub struct Args {
     /// Functions per batch (one backend write per contiguous run).
     #[arg(long, default_value_t = 1024)]
     batch: u32,
+    /// How many eBPF packet filters to load (at least 81: filter 80 is the one that runs).
+    #[arg(long, default_value_t = 10_000)]
+    filters: u16,
 }
 
 /// `f_i(x) = x * (2i + 1) + i`: `imul eax, edi, imm32; add eax, imm32; ret` (12 bytes).
@@ -122,7 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         st.chunks_used + st.chunks_free
     );
     println!(
-        "density    {:.2} bytes mapped per byte of code ({} KiB mapped for {} KiB of code)",
+        "density    {:.2} bytes mapped per byte of code ({} KiB mapped for {} KiB of 12-byte functions in 64-byte chunks)",
         st.density(),
         st.bytes_mapped >> 10,
         st.bytes_requested >> 10
@@ -134,12 +140,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     // 3. The same with one mmap + mprotect per function.
     let pb = bar(n, "loading with mmap+mprotect");
+    let mut pages = MmapPerProgram::new();
+    pages.reserve(n as usize);
     let t = Instant::now();
-    let mut pages = Vec::with_capacity(n as usize);
+    let mut ids = Vec::with_capacity(n as usize);
     let mut wall = None;
     for i in 0..n {
-        match PageProgram::load(&function(i)) {
-            Ok(p) => pages.push(p),
+        match pages.load(12, &mut |buf| buf.copy_from_slice(&function(i))) {
+            Ok(id) => ids.push(id),
             Err(e) => {
                 wall = Some((i, e));
                 break;
@@ -151,19 +159,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let base_load = t.elapsed();
     pb.finish_and_clear();
-    for (i, p) in pages.iter().enumerate() {
+    for (i, id) in ids.iter().enumerate() {
         // SAFETY: each page holds `function(i)`, made read+execute.
-        let f: JitFn = unsafe { std::mem::transmute::<usize, JitFn>(p.addr()) };
+        let f: JitFn = unsafe { std::mem::transmute::<usize, JitFn>(pages.addr(*id)) };
         if f(7) != expected(i as u32, 7) {
             bail!("mmap baseline program {i} is wrong");
         }
     }
-    let loaded = pages.len() as u32;
+    let loaded = ids.len() as u32;
     let base_per = per_op(base_load, loaded);
     println!(
-        "mmap       {loaded} functions in {:.1} ms: {base_per:.0} ns per function, {} KiB mapped",
+        "mmap       {loaded} functions in {:.1} ms: {base_per:.0} ns per function, one mapping and {} KiB each",
         base_load.as_secs_f64() * 1e3,
-        (loaded as usize * rustix::param::page_size()) >> 10
+        rustix::param::page_size() >> 10
     );
     if let Some((i, e)) = wall {
         println!("           stopped after {i} functions: {e} (vm.max_map_count?)");
@@ -176,8 +184,76 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop(progs);
     let st = alloc.stats();
     println!(
-        "freed      all programs: {} packs left (reserve), {} chunks used",
+        "freed      all programs: {} pack(s) left (the reserve), {} chunks used",
         st.packs, st.chunks_used
     );
+
+    let mut filters = ebpf(&alloc, args.filters)?;
+    // Unload every third filter, so the map shows the holes that frees leave.
+    let mut i = 0;
+    filters.retain(|_| {
+        i += 1;
+        i % 3 != 0
+    });
+    map(&alloc, filters.len());
     Ok(())
+}
+
+/// Step 4, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
+/// batch; one of them run over synthetic packets by the JIT and by the interpreter.
+fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgram>> {
+    println!();
+    let mut vm = Vm::new(Helpers::new());
+    vm.enable_jit(alloc.clone(), JitOptions::default());
+    // Filter i accepts IPv4 TCP packets to port i (port 80 is among them).
+    let codes: Vec<Vec<u8>> = (0..n.max(81)).map(filter_program).collect();
+    let refs: Vec<&[u8]> = codes.iter().map(Vec::as_slice).collect();
+    let t = Instant::now();
+    let filters = vm.load_many(&refs).context("loading the eBPF filters")?;
+    let load = t.elapsed();
+    println!(
+        "eBPF       {} packet filters decoded, checked, JIT-compiled and placed in {:.1} ms ({:.1} us each), in {} pack(s)",
+        filters.len(),
+        load.as_secs_f64() * 1e3,
+        load.as_secs_f64() * 1e6 / filters.len() as f64,
+        alloc.stats().packs
+    );
+    let (mut buf, lens, want) = packets(100_000, 7);
+    let port80 = &filters[80];
+    let mut run = |jit: bool| -> anyhow::Result<(usize, Duration)> {
+        let t = Instant::now();
+        let mut accepted = 0;
+        for (p, &len) in buf.chunks_exact_mut(STRIDE).zip(&lens) {
+            let mem = &mut p[..usize::from(len)];
+            let r0 = if jit {
+                port80.run_jit(mem)?
+            } else {
+                port80.run_interp(mem)?
+            };
+            accepted += r0 as usize;
+        }
+        Ok((accepted, t.elapsed()))
+    };
+    let (jit_ok, jit_t) = run(true)?;
+    let (int_ok, int_t) = run(false)?;
+    if jit_ok != want || int_ok != want {
+        bail!("filter accepted {jit_ok} (JIT) and {int_ok} (interpreter) packets, expected {want}");
+    }
+    println!(
+        "filter     port 80 over {} packets: JIT {:.1} ns, interpreter {:.1} ns per packet; both accept {want}, as expected",
+        lens.len(),
+        jit_t.as_nanos() as f64 / lens.len() as f64,
+        int_t.as_nanos() as f64 / lens.len() as f64
+    );
+    Ok(filters)
+}
+
+/// Step 5: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
+fn map(alloc: &Allocator, live: usize) {
+    let opts = progpack_cli::map::TextOptions { width: 64 };
+    println!("\nthe packs now, with {live} filters loaded and every third one unloaded:");
+    print!(
+        "{}",
+        progpack_cli::map::render_text(&alloc.snapshot(), &opts)
+    );
 }

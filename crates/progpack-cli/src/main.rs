@@ -1,14 +1,16 @@
-//! `progpack`: the command-line tool of the progpack workspace.
+//! `progpack`: the command-line tool of the progpack workspace. Each subcommand lives in its
+//! own module of this binary, or of the `progpack_cli` library when other programs can use it.
 //!
 //! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
+//! - `progpack bench`: progpack side by side with the alternatives.
+//! - `progpack map`: a picture of the packs of a workload.
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod baseline;
 mod bench;
 mod conformance;
 mod demo;
@@ -29,6 +31,9 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Run a workload and draw its packs: used, free and hole chunks, huge pages (PNG, SVG or
+    /// a terminal map).
+    Map(progpack_cli::map::MapArgs),
 }
 
 /// Prints an error with its causes and turns it into a failing exit status.
@@ -47,5 +52,6 @@ fn main() -> ExitCode {
         Command::Demo(args) => report(demo::run(args)),
         Command::Conformance(args) => conformance::run(&args),
         Command::Bench(args) => report(bench::run(args)),
+        Command::Map(args) => report(progpack_cli::map::run(&args)),
     }
 }

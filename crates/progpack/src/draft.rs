@@ -10,7 +10,27 @@ use crate::error::{Error, Result};
 use crate::program::Program;
 use std::fmt;
 
-/// A program being written. See the [module docs](self).
+/// A program being written: chunks reserved in a pack, plus a writable heap image that is never
+/// executable. Made by [`Allocator::draft`](crate::Allocator::draft).
+///
+/// Emit into [`image_mut`](Self::image_mut), but compute every jump and call target against
+/// [`exec_addr`](Self::exec_addr): that is where the first byte will run.
+/// [`finalize`](Self::finalize) places the image with one backend write and returns a
+/// [`Program`]. Dropping a draft that was never finalized returns its chunks (they were never
+/// written, so they still hold traps).
+///
+/// ```
+/// # use progpack::{Allocator, Config};
+/// let alloc = Allocator::new(Config::default())?;
+/// let mut draft = alloc.draft(6, 16)?;
+/// assert_eq!(draft.exec_addr() % 16, 0);
+/// assert!(progpack::arch::is_all_traps(draft.image()));
+/// # #[cfg(target_arch = "x86_64")]
+/// draft.image_mut().copy_from_slice(&[0xb8, 7, 0, 0, 0, 0xc3]); // mov eax, 7; ret
+/// let program = draft.finalize()?;
+/// assert_eq!(program.len(), 6);
+/// # Ok::<(), progpack::Error>(())
+/// ```
 pub struct Draft {
     pub(crate) alloc: Allocation,
     /// The whole span (chunk multiple), trap-filled, laid out as it will be in the pack.

@@ -20,6 +20,21 @@
 //! backend (a `memfd` mapped twice) is the fallback where `/proc/self/mem` is forbidden. See
 //! [`backend`] for both, and [`BackendChoice`] to pick one.
 //!
+//! ## Which backend, and when
+//! | choice | when | cost of a write | huge pages | writable alias |
+//! |---|---|---|---|---|
+//! | [`BackendChoice::Detect`] (default) | almost always: probes `procmem`, then `dualmap` | – | – | – |
+//! | [`BackendChoice::ProcMem`] | Linux with `/proc/self/mem` writes allowed (the usual case) | one `pwrite` (about 1 µs): batch many programs per write | yes (THP, `madvise` mode is enough) | none |
+//! | [`BackendChoice::DualMap`] | `/proc/self/mem` forbidden (`proc_mem.force_override=never`, some sandboxes) and loads are frequent | a `memcpy` (nanoseconds) | only with shmem THP enabled | yes, at an address the kernel chose, while the pack lives |
+//! | [`BackendChoice::DualMapPerWrite`] | `/proc/self/mem` forbidden and you want no lasting alias | `mmap` + `munmap` (about 6 µs) | only with shmem THP enabled | only during a write |
+//! | [`BackendChoice::Custom`] | other platforms (e.g. `MAP_JIT` on Apple silicon), tests | yours | yours | yours |
+//!
+//! [`Allocator::backend_report`] says which backend was picked and what each probe answered;
+//! [`Allocator::huge_pages`] and [`Snapshot`] say how much of the packs the kernel actually
+//! backs with huge pages. The trait's defaults answer [`Error::Unsupported`], like the kernel's
+//! weak `bpf_arch_text_copy`: a platform without a real backend fails loudly, never falls back
+//! to writable+executable memory.
+//!
 //! ## What `exec_addr()` means for a code generator
 //! A [`Draft`] is a writable heap buffer that is never executable, plus chunks reserved in a
 //! pack. Emit into [`Draft::image_mut`] but compute every absolute address, and every
@@ -27,6 +42,30 @@
 //! will run after [`Draft::finalize`]. With dynasm, iced-x86 or Cranelift, assemble "at base
 //! `exec_addr()`" and copy the bytes in. To `call rel32` into the host, ask for a
 //! [`CodeRange`] near the host's text.
+//!
+//! The length must be known before the draft exists. Assemblers whose encodings do not depend
+//! on the base address (dynasm, hand-written emitters, Cranelift's relocatable output) measure
+//! once; iced-x86's block encoder picks branch forms by distance, so measure at an address as
+//! near to the targets as the real one (the `iced` example shows how). Many programs at once go
+//! through a [`Batch`] or [`Allocator::finalize_all`]: one backend write per contiguous run.
+//!
+//! ## Examples with real code generators
+//! In `crates/progpack/examples/`, each asserting what it checks; run with
+//! `cargo run --release -p progpack --example NAME`:
+//! - `dynasm`: dynasm-rs `VecAssembler` at base `exec_addr()`; a loop with local labels, and
+//!   `call rel32` into another JIT function and into a host `extern "C"` function, reachable
+//!   thanks to [`CodeRange::near_this_binary`] (checked by decoding the `E8` calls);
+//! - `iced`: iced-x86 `CodeAssembler`, two thousand functions placed by one [`Batch`] in a
+//!   single backend write, called against a Rust oracle, half of them dropped;
+//! - `cranelift`: `cranelift-codegen` + `cranelift-frontend` functions whose relocations
+//!   (`X86CallPCRel4` to JIT code and the host, `Abs8`) are applied against `exec_addr()`, then
+//!   placed with [`Allocator::finalize_all`]: what a `cranelift-jit` user would replace its
+//!   per-module `mmap`/`mprotect` with, plus freeing single functions;
+//! - `many_small`: a regex character-class compiler JIT-ing ten thousand tiny predicates,
+//!   replacing a third of them three times, printing [`Stats`] and huge-page coverage.
+//!
+//! To see the packs, `progpack map` (in the `progpack-cli` crate) draws a [`Snapshot`] as a PNG,
+//! an SVG or a terminal map; its `progpack_cli::map` module renders any allocator's snapshot.
 //!
 //! ## Safe and unsafe
 //! Allocating, writing and finalizing are safe: the worst a wrong image can do is be wrong
@@ -216,6 +255,12 @@ impl Allocator {
     /// Per-pack occupancy, with huge-page backing per pack where `/proc/self/smaps` tells.
     pub fn snapshot(&self) -> Snapshot {
         stats::snapshot(&self.inner)
+    }
+
+    /// Per-pack occupancy like [`Self::snapshot`], without reading `/proc/self/smaps`
+    /// (`huge_bytes` is `None`): cheap enough to call after every operation in tests.
+    pub fn occupancy(&self) -> Snapshot {
+        stats::occupancy(&self.inner)
     }
 
     /// How many bytes of the packs the kernel backs with huge pages (reads `/proc/self/smaps`).

@@ -77,6 +77,9 @@ impl PackSnapshot {
 }
 
 /// Occupancy of every pack, for pictures ([`crate::Allocator::snapshot`]).
+///
+/// The `progpack-cli` crate renders it: `progpack_cli::map::render_text` (a terminal map),
+/// `render_svg`, `write_png` and `write_svg`; `progpack map` does so for a workload.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
     /// Backend in use.
@@ -146,12 +149,25 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
 }
 
 pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, true)
+}
+
+/// Like [`snapshot`], but without reading `/proc/self/smaps` (`huge_bytes` is `None`).
+pub(crate) fn occupancy(inner: &Inner) -> Snapshot {
+    snapshot_with(inner, false)
+}
+
+fn snapshot_with(inner: &Inner, with_huge: bool) -> Snapshot {
     let packs = inner.packs();
     let ranges: Vec<(usize, usize)> = packs
         .iter()
         .map(|p| (p.base(), inner.config.pack_size))
         .collect();
-    let huge = huge_bytes_in(&ranges);
+    let huge = if with_huge {
+        huge_bytes_in(&ranges)
+    } else {
+        Err(std::io::ErrorKind::Unsupported.into())
+    };
     Snapshot {
         backend: inner.backend.name(),
         pack_size: inner.config.pack_size,

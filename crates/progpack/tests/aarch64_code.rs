@@ -5,7 +5,7 @@
 mod support;
 
 use progpack::{Allocator, Config};
-use support::{in_child, ChildEnd};
+use support::{run_in_child, ChildExit};
 
 /// `movz w0, #lo; movk w0, #hi, lsl #16; ret`.
 fn ret_imm(v: u32) -> [u8; 12] {
@@ -56,11 +56,16 @@ fn freed_code_traps() {
     let freed = progs.remove(5);
     let addr = freed.addr();
     drop(freed);
-    let end = in_child(|| {
+    let out = run_in_child(|| {
         // SAFETY: deliberately calls freed code, which holds only BRK instructions.
         let f: extern "C" fn() -> u32 = unsafe { std::mem::transmute::<usize, _>(addr) };
-        f() as i32
+        Err(format!("freed code returned {}", f()))
     });
-    assert_eq!(end, ChildEnd::Signaled(libc::SIGTRAP));
+    assert_eq!(
+        out.exit,
+        ChildExit::Signaled(libc::SIGTRAP),
+        "{}",
+        out.message
+    );
     alloc.check_invariants().unwrap();
 }

@@ -7,7 +7,7 @@ use progpack::backend::{NotSupported, ProcMem};
 use progpack::{Allocator, Backend, BackendChoice, CodeRange, Config, Error, Mapping, Placement};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use support::ret_imm;
+use support::ret_imm32 as ret_imm;
 
 type Fn0 = extern "C" fn() -> u32;
 

@@ -6,7 +6,7 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, Config};
-use support::ret_imm;
+use support::ret_imm32 as ret_imm;
 
 #[test]
 fn a_filled_pack_is_backed_by_huge_pages() {

@@ -9,7 +9,7 @@ mod support;
 
 use progpack::{Allocator, BackendChoice, Config, Draft, Program};
 use proptest::prelude::*;
-use support::{code_mappings, ret_imm};
+use support::{code_mappings, ret_imm32 as ret_imm};
 
 #[derive(Clone, Debug)]
 enum Op {

@@ -7,7 +7,7 @@ mod support;
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use progpack::{Allocator, CodeRange, Config};
-use support::ret_imm;
+use support::ret_imm32 as ret_imm;
 
 type Fn0 = extern "C" fn() -> u32;
 

@@ -4,15 +4,19 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, Config};
-use support::{in_child, ret_imm, ChildEnd};
+use support::{ret_imm32 as ret_imm, run_in_child, ChildExit};
 
 type Fn0 = extern "C" fn() -> u32;
 
-fn call_at(addr: usize) -> i32 {
-    // SAFETY: deliberately calls an address that holds only traps; the child dies of SIGTRAP
-    // at the first byte (what this test checks) before anything else can happen.
-    let f: Fn0 = unsafe { std::mem::transmute::<usize, Fn0>(addr) };
-    f() as i32
+/// Calls `addr` in a child; how the child ended (it exits 1 if the call returned).
+fn call_in_child(addr: usize) -> ChildExit {
+    run_in_child(|| {
+        // SAFETY: deliberately calls an address that holds a live function or only traps; a
+        // trap kills the child with SIGTRAP at the first byte, which is what is checked.
+        let f: Fn0 = unsafe { std::mem::transmute::<usize, Fn0>(addr) };
+        Err(format!("returned {}", f()))
+    })
+    .exit
 }
 
 fn check_backend(choice: BackendChoice) {
@@ -26,15 +30,15 @@ fn check_backend(choice: BackendChoice) {
         .collect();
     // A live program runs in the child too (the control: the child mechanism works).
     let live = progs[1].addr();
-    assert_eq!(in_child(|| call_at(live)), ChildEnd::Exited(1));
+    assert_eq!(call_in_child(live), ChildExit::Exited(1));
 
     // Free one in the middle: its address now traps.
     let freed = progs.remove(10);
     let freed_addr = freed.addr();
     drop(freed);
     assert_eq!(
-        in_child(|| call_at(freed_addr)),
-        ChildEnd::Signaled(libc::SIGTRAP)
+        call_in_child(freed_addr),
+        ChildExit::Signaled(libc::SIGTRAP)
     );
 
     // The slack before a program's first byte, and the free tail of the pack, are holes.
@@ -42,28 +46,22 @@ fn check_backend(choice: BackendChoice) {
     let chunk_start = p.addr() & !63;
     if chunk_start < p.addr() {
         assert_eq!(
-            in_child(|| call_at(chunk_start)),
-            ChildEnd::Signaled(libc::SIGTRAP)
+            call_in_child(chunk_start),
+            ChildExit::Signaled(libc::SIGTRAP)
         );
     }
     let after_last = progs.iter().map(|p| p.addr() + p.len()).max().unwrap();
     let tail = after_last.next_multiple_of(64) + 64 * 10;
-    assert_eq!(
-        in_child(|| call_at(tail)),
-        ChildEnd::Signaled(libc::SIGTRAP)
-    );
+    assert_eq!(call_in_child(tail), ChildExit::Signaled(libc::SIGTRAP));
     // The byte right after a program's `ret` is a trap too.
     let after = progs[30].addr() + progs[30].len();
-    assert_eq!(
-        in_child(|| call_at(after)),
-        ChildEnd::Signaled(libc::SIGTRAP)
-    );
+    assert_eq!(call_in_child(after), ChildExit::Signaled(libc::SIGTRAP));
     // Freeing many at once (one trap fill per run) leaves traps too.
     let tail_progs: Vec<_> = progs.drain(40..).collect();
     let addrs: Vec<usize> = tail_progs.iter().map(|p| p.addr()).collect();
     alloc.free_all(tail_progs);
     for a in [addrs[0], addrs[addrs.len() / 2], *addrs.last().unwrap()] {
-        assert_eq!(in_child(|| call_at(a)), ChildEnd::Signaled(libc::SIGTRAP));
+        assert_eq!(call_in_child(a), ChildExit::Signaled(libc::SIGTRAP));
     }
     // Neighbours of the freed programs are untouched.
     for (i, p) in progs.iter().enumerate() {

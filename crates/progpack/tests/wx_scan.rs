@@ -7,7 +7,7 @@ mod support;
 use progpack::{Allocator, BackendChoice, Config};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{ret_imm, wx_mappings};
+use support::{ret_imm32 as ret_imm, wx_mappings};
 
 #[test]
 fn no_mapping_is_ever_writable_and_executable() {

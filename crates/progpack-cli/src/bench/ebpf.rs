@@ -27,7 +27,7 @@ use progpack_bpf::{Helpers, JitOptions, Vm};
 use std::time::Instant;
 
 /// Bytes between packets in the packet buffer (each packet is shorter).
-const STRIDE: usize = 128;
+pub const STRIDE: usize = 128;
 
 /// A raw eBPF instruction.
 fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {

@@ -7,7 +7,8 @@
 //! address is ever writable and executable, and no writable alias exists.
 //!
 //! After `fork()` the inherited descriptor would still name the parent's memory, so the child
-//! opens its own (see [`sys::process_generation`]).
+//! opens its own (see [`sys::process_identity`]: the process id is checked too, so a child made
+//! by a raw `clone` system call, which runs no `pthread_atfork` handler, is caught as well).
 //!
 //! # References
 //! - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
@@ -18,7 +19,22 @@ use crate::error::Result;
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
-/// Writes code through `/proc/self/mem`. See the [module docs](self).
+/// Writes code through `/proc/self/mem`: the default backend, and the preferred one.
+///
+/// Packs are private anonymous memory, advised `MADV_HUGEPAGE`, trap-filled and made
+/// read+execute before any code is placed. Code then gets in only by `pwrite` on
+/// `/proc/self/mem`, which the kernel carries out through its own temporary mapping: no
+/// user-space address is ever writable and executable, and no writable alias exists. Packs
+/// stay transparent huge pages after such writes; one write costs a system call (about 1.2 µs
+/// for 256 bytes), so [batches](crate::Batch) pay off.
+///
+/// Some systems forbid these writes (`proc_mem.force_override=never`, some sandboxes):
+/// [`ProcMem::new`] or its probe fails, and [`detect`](super::detect) falls back to
+/// [`DualMap`](super::DualMap). A `fork()` child opens its own `/proc/self/mem`.
+///
+/// # References
+/// - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
+/// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_HUGEPAGE`
 #[derive(Debug, Clone)]
 pub struct ProcMem {
     file: Arc<ProcMemFile>,
@@ -35,7 +51,7 @@ struct ProcMemFile {
 
 impl ProcMemFile {
     fn with_fd<R>(&self, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> Result<R>) -> Result<R> {
-        let now = sys::process_generation();
+        let now = sys::process_identity();
         if now == self.generation {
             return f(self.fd.as_fd());
         }
@@ -52,7 +68,7 @@ impl ProcMem {
     /// Opens `/proc/self/mem` for writing. Fails if the system forbids it
     /// (`proc_mem.force_override=never`, some sandboxes); [`super::detect`] then falls back.
     pub fn new() -> Result<Self> {
-        let generation = sys::process_generation();
+        let generation = sys::process_identity();
         let fd = sys::open_proc_mem()?;
         Ok(ProcMem {
             file: Arc::new(ProcMemFile {

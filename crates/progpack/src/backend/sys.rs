@@ -319,6 +319,17 @@ pub fn process_generation() -> u64 {
     }
 }
 
+/// [`process_generation`] combined with the process id: also changes in a child made by a raw
+/// `fork`/`clone` system call, which runs no `pthread_atfork` handler. Costs a `getpid` system
+/// call per check.
+///
+/// # References
+/// - [getpid(2)](https://man7.org/linux/man-pages/man2/getpid.2.html)
+pub fn process_identity() -> u64 {
+    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
+    process_generation() ^ (u64::from(pid) << 32)
+}
+
 /// `madvise(addr, len, MADV_DONTFORK)`: a `fork()` child does not inherit the range.
 pub fn advise_dontfork(addr: usize, len: usize) -> Result<()> {
     // SAFETY: MADV_DONTFORK changes only what a future child inherits, never this process's view.

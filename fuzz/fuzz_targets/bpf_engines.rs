@@ -50,7 +50,7 @@ fn run_raw(prog: &BpfProgram, mem: &[u8]) {
         !matches!(r, Err(RunError::InvalidInstruction { .. })),
         "checked program reached an invalid instruction"
     );
-    match prog.run_jit(&mut mem.to_vec()) {
+    match prog.run_jit_with(&mut mem.to_vec(), &OPTS) {
         Ok(_) | Err(progpack_bpf::Error::Run(_)) => {}
         Err(e) => panic!("JIT failed outside the program: {e}"),
     }
@@ -70,7 +70,7 @@ fn run_compared(prog: &BpfProgram, mem: &[u8]) {
         assert_eq!(a, b, "interpreter runs differ");
     }
     let mut m = mem.to_vec();
-    let j = prog.run_jit(&mut m).map(|r0| (r0, m));
+    let j = prog.run_jit_with(&mut m, &OPTS).map(|r0| (r0, m));
     match (&a, &j) {
         (Ok(a), Ok(j)) => assert_eq!(a, j, "interpreter and JIT differ"),
         (Err(a), Err(progpack_bpf::Error::Run(j))) => {

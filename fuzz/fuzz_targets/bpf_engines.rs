@@ -11,8 +11,9 @@
 //!   program that uses the whole instruction set and never computes with addresses; it must
 //!   load, and two runs (with memory and stack at different addresses) must agree.
 //!
-//! Once the JIT is wired in (see the TODOs), it must not crash on raw-mode programs and must
-//! equal the interpreter on generated ones.
+//! The JIT runs every accepted program too: on raw-mode programs it must return (a result or a
+//! `RunError`), never crash; on generated ones it must equal the interpreter (r0 and memory,
+//! or the same error kind at the same pc).
 //! The input is also fed to the assembler as text, which must not panic.
 #![no_main]
 
@@ -22,14 +23,18 @@ use libfuzzer_sys::fuzz_target;
 use progpack_bpf::asm::{assemble, disassemble};
 use progpack_bpf::gen::{generate, mix_helper, GenConfig, Rng, MIX_HELPER_ID};
 use progpack_bpf::insn::decode_slots;
-use progpack_bpf::{BpfProgram, Helpers, RunError, RunOptions, Vm};
+use progpack_bpf::{BpfProgram, Helpers, JitOptions, RunError, RunOptions, Vm};
 
 fn vm() -> &'static Vm {
     static VM: OnceLock<Vm> = OnceLock::new();
     VM.get_or_init(|| {
         let mut h = Helpers::conformance();
         h.register(MIX_HELPER_ID, mix_helper);
-        Vm::new(h)
+        let mut vm = Vm::new(h);
+        vm.set_run_options(OPTS);
+        let alloc = progpack_bpf::jit::shared_allocator().expect("JIT allocator");
+        vm.enable_jit(alloc, JitOptions::default());
+        vm
     })
 }
 
@@ -45,7 +50,10 @@ fn run_raw(prog: &BpfProgram, mem: &[u8]) {
         !matches!(r, Err(RunError::InvalidInstruction { .. })),
         "checked program reached an invalid instruction"
     );
-    // TODO(jit): also run `prog.run_jit` here: it must return (Ok or a RunError), not crash.
+    match prog.run_jit_with(&mut mem.to_vec(), &OPTS) {
+        Ok(_) | Err(progpack_bpf::Error::Run(_)) => {}
+        Err(e) => panic!("JIT failed outside the program: {e}"),
+    }
 }
 
 /// Runs an address-independent program (generated mode) on fresh copies of `mem`: every run,
@@ -61,8 +69,32 @@ fn run_compared(prog: &BpfProgram, mem: &[u8]) {
     if let (Ok(a), Ok(b)) = (&a, &b) {
         assert_eq!(a, b, "interpreter runs differ");
     }
-    // TODO(jit): run `prog.run_jit` on a fresh copy of `mem` and assert it equals `a`: same
-    // r0 and memory when both succeed, both fail otherwise.
+    let mut m = mem.to_vec();
+    let j = prog.run_jit_with(&mut m, &OPTS).map(|r0| (r0, m));
+    match (&a, &j) {
+        (Ok(a), Ok(j)) => assert_eq!(a, j, "interpreter and JIT differ"),
+        (Err(a), Err(progpack_bpf::Error::Run(j))) => {
+            assert_eq!(
+                without_addr(a),
+                without_addr(j),
+                "interpreter and JIT fail differently"
+            )
+        }
+        _ => panic!("interpreter {a:?} vs JIT {j:?}"),
+    }
+}
+
+/// The error with its address cleared: memory and stack sit at different addresses in
+/// different runs, the kind, size and pc of a fault must not differ.
+fn without_addr(e: &RunError) -> RunError {
+    match e {
+        RunError::OutOfBounds { len, pc, .. } => RunError::OutOfBounds {
+            addr: 0,
+            len: *len,
+            pc: *pc,
+        },
+        other => other.clone(),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -71,31 +71,34 @@ fn every_program_disassembles_and_reassembles() {
     }
 }
 
-/// Our own negative tests (tests/errors/*.data): every one passes through the runner, and the
-/// error we report contains the text of its `-- error` section.
+/// Our own negative tests (tests/errors/*.data): every one passes through the runner on each
+/// engine, and the error we report contains the text of its `-- error` section.
 #[test]
 fn error_files_fail_with_the_expected_error() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/errors");
     let files = collect_files(&[dir]).unwrap();
     assert_eq!(files.len(), 25);
     let vm = conformance_vm();
+    let engines: [(&str, Engine<'_>); 2] = [("interp", &interp_engine), ("jit", &jit_engine)];
     for f in files {
-        run_file(&vm, &f, &interp_engine).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-        let case = TestCase::parse(&std::fs::read_to_string(&f).unwrap()).unwrap();
-        let want = case.error.clone().expect("error section");
-        if want.is_empty() {
-            continue;
+        for (name, engine) in engines {
+            run_file(&vm, &f, engine).unwrap_or_else(|e| panic!("{name}: {}: {e}", f.display()));
+            let case = TestCase::parse(&std::fs::read_to_string(&f).unwrap()).unwrap();
+            let want = case.error.clone().expect("error section");
+            if want.is_empty() {
+                continue;
+            }
+            let got = case
+                .slots()
+                .map_err(progpack_bpf::Error::from)
+                .and_then(|s| vm.load_slots(&s))
+                .and_then(|p| engine(&p, &mut case.mem.clone()));
+            let msg = got.expect_err(&f.display().to_string()).to_string();
+            assert!(
+                msg.contains(&want),
+                "{name}: {}: `{msg}` lacks `{want}`",
+                f.display()
+            );
         }
-        let got = case
-            .slots()
-            .map_err(progpack_bpf::Error::from)
-            .and_then(|s| vm.load_slots(&s))
-            .and_then(|p| interp_engine(&p, &mut case.mem.clone()));
-        let msg = got.expect_err(&f.display().to_string()).to_string();
-        assert!(
-            msg.contains(&want),
-            "{}: `{msg}` lacks `{want}`",
-            f.display()
-        );
     }
 }

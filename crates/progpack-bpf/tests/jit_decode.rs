@@ -211,3 +211,38 @@ fn code_size_is_reasonable() {
     let code = compile(&p, &Helpers::new(), CompileOptions::default()).unwrap();
     assert!(code.len() < 100 * 5 + 120, "{} bytes", code.len());
 }
+
+/// The packet filter of the benchmarks: a program that never reads r10 gets neither a stack
+/// window nor rbp set-up, only r12 is saved, and the body is entered by falling through.
+#[test]
+fn a_stackless_filter_compiles_to_compact_code() {
+    let p: Vec<Insn> = vec![
+        ldx(SIZE_H, 2, 1, 12),
+        jcc_k(CLS_JMP, JMP_JNE, 2, 8, 6),
+        ldx(SIZE_B, 3, 1, 23),
+        jcc_k(CLS_JMP, JMP_JNE, 3, 6, 4),
+        ldx(SIZE_H, 4, 1, 36),
+        jcc_k(CLS_JMP, JMP_JNE, 4, 0x5000, 2),
+        mov64(0, 1),
+        exit(),
+        mov64(0, 0),
+        exit(),
+    ];
+    let opts = CompileOptions {
+        rel_calls: true,
+        budget: false,
+    };
+    let code = compile(&p, &Helpers::new(), opts).unwrap();
+    assert!(!code.uses_stack());
+    let insns = decode(&code, 0);
+    let text = listing(&code, 0);
+    assert!(code.len() <= 192, "{} bytes\n{text}", code.len());
+    assert!(!text.contains("rbp"), "{text}");
+    assert!(!text.contains("call"), "{text}");
+    let pushes = insns
+        .iter()
+        .filter(|i| i.mnemonic() == iced_x86::Mnemonic::Push)
+        .count();
+    assert_eq!(pushes, 1, "{text}");
+    check_structure(&p, &code, 0);
+}

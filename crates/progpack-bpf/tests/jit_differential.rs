@@ -10,6 +10,20 @@ use progpack_bpf::check::check;
 use progpack_bpf::interp::{self, RunOptions};
 use progpack_bpf::{JitOptions, JitProgram, RunError};
 
+/// An outcome without the faulting address of an out-of-bounds access: each engine has its
+/// own stack, so addresses derived from r10 differ (memory addresses do not: both engines run
+/// over the same buffer).
+fn normalized(r: &Result<u64, RunError>) -> Result<u64, RunError> {
+    match r {
+        Err(RunError::OutOfBounds { len, pc, .. }) => Err(RunError::OutOfBounds {
+            addr: 0,
+            len: *len,
+            pc: *pc,
+        }),
+        other => other.clone(),
+    }
+}
+
 #[test]
 fn jit_and_interpreter_agree_on_random_programs() {
     let helpers = random_helpers();
@@ -49,7 +63,11 @@ fn jit_and_interpreter_agree_on_random_programs() {
             // same block, it reports the limit where the interpreter reports the fault.
             (Err(RunError::OutOfBounds { .. }), Err(RunError::InstructionLimit { .. })) => {}
             _ => {
-                assert_eq!(got, want, "program {n}: {p:?}\nmemory {init:?}");
+                assert_eq!(
+                    normalized(&got),
+                    normalized(&want),
+                    "program {n}: {p:?}\nmemory {init:?}"
+                );
                 if !matches!(want, Err(RunError::InstructionLimit { .. })) {
                     // (After hitting the limit mid-block the JIT has done less of the block.)
                     assert_eq!(mem, want_mem, "memory after program {n}: {p:?}");

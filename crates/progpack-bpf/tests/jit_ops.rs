@@ -185,11 +185,28 @@ fn loads_and_stores_within_and_outside_memory() {
             }
         }
     }
-    // No memory at all, and wild addresses (the check must not wrap around).
-    assert!(matches!(
-        run(&[ldx(SIZE_B, 0, 1, 0), exit()], &Helpers::new(), &mut []),
-        Err(Fault::OutOfBounds { .. })
-    ));
+    // No memory at all (an empty slice's pointer is dangling, e.g. 1), or less than the
+    // access, at every offset near the pointer: the check must not wrap around.
+    for (sz, n) in sizes {
+        for len in 0..n {
+            for off in [-8i16, -1, 0, 1] {
+                let p = [ldx(sz, 0, 1, off), exit()];
+                let mut mem = vec![0u8; len];
+                assert!(
+                    matches!(
+                        run(&p, &Helpers::new(), &mut mem),
+                        Err(Fault::OutOfBounds { .. })
+                    ),
+                    "size {n} len {len} off {off}"
+                );
+                let p = [st(sz, 1, off, 1), mov64(0, 0), exit()];
+                assert!(matches!(
+                    run(&p, &Helpers::new(), &mut []),
+                    Err(Fault::OutOfBounds { .. })
+                ));
+            }
+        }
+    }
     for wild in [0u64, u64::MAX, u64::MAX - 3, 1 << 63] {
         let p = prog([&lddw(2, wild), &[ldx(SIZE_DW, 0, 2, 0), exit()]]);
         assert!(matches!(
@@ -548,4 +565,50 @@ fn budget_counts_instructions_exactly() {
     let m = jit_with(&p, &Helpers::new(), true);
     assert_eq!(m.run(&mut [], 4), Ok(5));
     assert!(matches!(m.run(&mut [], 3), Err(Fault::Budget { .. })));
+}
+
+/// Returns the misalignment of a 16-byte-aligned local: nonzero if the helper was entered
+/// with a stack pointer that breaks the System V ABI (16-byte aligned before the call).
+extern "C" fn stack_misalignment(_: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+    #[repr(align(16))]
+    struct A(#[allow(dead_code)] [u8; 16]);
+    let a = A([0; 16]);
+    (std::hint::black_box(&a) as *const A as usize % 16) as u64
+}
+
+#[test]
+fn helpers_see_an_aligned_stack_in_every_frame_layout() {
+    let mut h = Helpers::new();
+    h.register(3, stack_misalignment);
+    // Programs mentioning 0..=4 of r6-r9 (changing how many registers the prologue saves),
+    // with and without r10 and local calls; the helper runs in the entry frame and, where
+    // there are local calls, in a callee too.
+    for k in 0..=4u8 {
+        for stack in [false, true] {
+            for local in [false, true] {
+                let mut p: Vec<Insn> = (0..k).map(|i| mov64(6 + i, 1)).collect();
+                if stack {
+                    p.push(st(SIZE_DW, 10, -8, 0));
+                }
+                p.push(call(3));
+                p.push(alu64_x(ALU_MOV, 6, 0));
+                if local {
+                    p.push(call_local(2));
+                    p.push(alu64_x(ALU_ADD, 0, 6));
+                    p.push(exit());
+                    p.push(call(3));
+                    p.push(exit());
+                } else {
+                    p.push(alu64_x(ALU_MOV, 0, 6));
+                    p.push(exit());
+                }
+                assert_eq!(
+                    run(&p, &h, &mut []),
+                    Ok(0),
+                    "r6..r{} stack {stack} local {local}",
+                    5 + k
+                );
+            }
+        }
+    }
 }

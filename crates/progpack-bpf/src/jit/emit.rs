@@ -35,7 +35,9 @@
 
 use std::mem::offset_of;
 
-use super::x86::{Alu, Asm, Cond, Label, Shift, R, W};
+use std::cell::RefCell;
+
+use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Shift, R, W};
 use super::JitError;
 use crate::helpers::Helpers;
 use crate::insn::*;
@@ -54,9 +56,9 @@ pub(crate) struct Ctx {
     pub mem_start: u64,
     /// Length of the program memory region (r2).
     pub mem_len: u64,
-    /// For access size `1 << i`: lowest valid address in the memory region (`u64::MAX` if none).
-    pub mem_lo: [u64; 4],
-    /// For access size `1 << i`: highest valid address in the memory region (0 if none).
+    /// For access size `1 << i`: highest valid start address in the memory region,
+    /// `start + len - (1 << i)`; below `mem_start` (an empty range) when the region is
+    /// shorter than the access. (`mem_start` itself is the lowest.)
     pub mem_hi: [u64; 4],
     /// For access size `1 << i`: highest valid address in the stack region (`top - size`).
     pub stack_hi: [u64; 4],
@@ -76,28 +78,38 @@ pub(crate) struct Ctx {
 
 impl Ctx {
     /// A context for a run over `mem_len` bytes at `mem_start` with the stack region of
-    /// [`STACK_SIZE`] bytes at `stack_start`.
-    pub(crate) fn new(mem_start: u64, mem_len: u64, stack_start: u64, budget: u64) -> Ctx {
-        let mut c = Ctx {
+    /// [`STACK_SIZE`] bytes at `stack_start`. Without `stack_window` no address is in the
+    /// stack region (for code that never reads r10, see [`Usage::stack`]).
+    #[inline]
+    pub(crate) fn new(
+        mem_start: u64,
+        mem_len: u64,
+        stack_start: u64,
+        stack_window: bool,
+        budget: u64,
+    ) -> Ctx {
+        // With len < n, `end - n` (saturating: an empty slice's dangling pointer may be 1) is
+        // below `mem_start`, which is never 0: no address passes `start <= a <= end - n`.
+        let end = mem_start + mem_len;
+        let top = stack_start + STACK_SIZE as u64;
+        let shi = |n: u64| if stack_window { top - n } else { 0 };
+        Ctx {
             mem_start,
             mem_len,
+            mem_hi: [
+                end.saturating_sub(1),
+                end.saturating_sub(2),
+                end.saturating_sub(4),
+                end.saturating_sub(8),
+            ],
+            stack_hi: [shi(1), shi(2), shi(4), shi(8)],
             stack_start,
-            stack_top: stack_start + STACK_SIZE as u64,
+            stack_top: top,
+            saved_rsp: 0,
+            fault: 0,
+            fault_extra: 0,
             budget,
-            ..Ctx::default()
-        };
-        for i in 0..4 {
-            let n = 1u64 << i;
-            if mem_len >= n {
-                c.mem_lo[i] = mem_start;
-                c.mem_hi[i] = mem_start + (mem_len - n);
-            } else {
-                c.mem_lo[i] = u64::MAX;
-                c.mem_hi[i] = 0;
-            }
-            c.stack_hi[i] = c.stack_top - n;
         }
-        c
     }
 }
 
@@ -106,7 +118,6 @@ fn disp(off: usize) -> i32 {
 }
 const C_MEM_START: usize = offset_of!(Ctx, mem_start);
 const C_MEM_LEN: usize = offset_of!(Ctx, mem_len);
-const C_MEM_LO: usize = offset_of!(Ctx, mem_lo);
 const C_MEM_HI: usize = offset_of!(Ctx, mem_hi);
 const C_STACK_HI: usize = offset_of!(Ctx, stack_hi);
 const C_STACK_START: usize = offset_of!(Ctx, stack_start);
@@ -146,8 +157,88 @@ const MAP: [R; 11] = [
 ];
 const CTX: R = R::R12;
 
-/// Registers a local call preserves for its caller (r6-r9 and r10).
-const CALLEE_SAVED: [R; 5] = [R::Rbx, R::R13, R::R14, R::R15, R::Rbp];
+/// A short list of registers (at most six) without allocating.
+#[derive(Clone, Copy)]
+struct Regs {
+    r: [R; 6],
+    n: usize,
+}
+
+impl Default for Regs {
+    fn default() -> Self {
+        Regs {
+            r: [R::Rax; 6],
+            n: 0,
+        }
+    }
+}
+
+impl Regs {
+    fn push(&mut self, r: R) {
+        self.r[self.n] = r;
+        self.n += 1;
+    }
+    fn len(&self) -> usize {
+        self.n
+    }
+    fn as_slice(&self) -> &[R] {
+        &self.r[..self.n]
+    }
+}
+
+/// Which registers a program mentions, and whether it can reach the stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    /// Bit `r`: eBPF register `r` appears as an operand (explicitly, or implicitly: r0-r5 of
+    /// a helper call, r0 of `exit` and `cmpxchg`). A register never mentioned keeps its
+    /// initial value, so the prologue need not set it and no one needs to save it.
+    pub regs: u16,
+    /// Whether any instruction reads r10. If none does, no address the program computes can
+    /// be meant for the stack (it would have to be guessed), so the code gets no stack window
+    /// at all: nothing to zero, and any access outside the memory region is out of bounds.
+    pub stack: bool,
+    /// Whether the program has a `call local`. If not, every `exit` leaves the program: the
+    /// body is entered by falling through from the prologue and `exit` is the epilogue.
+    pub calls: bool,
+}
+
+impl Usage {
+    fn of(insns: &[Insn], starts: &[bool]) -> Usage {
+        let mut regs = 1u16; // r0: the result
+        let mut calls = false;
+        for (i, _) in insns.iter().zip(starts).filter(|(_, &s)| s) {
+            calls |= i.opc == CALL && i.src == CALL_LOCAL;
+            let (d, s) = (1u16 << (i.dst & 15), 1u16 << (i.src & 15));
+            let x = i.opc & SRC_X != 0;
+            regs |= match i.class() {
+                CLS_ALU | CLS_ALU64 => d | if x { s } else { 0 },
+                CLS_LD | CLS_ST => d,
+                CLS_LDX => d | s,
+                CLS_STX => d | s | 1,
+                _ => match i.opc {
+                    EXIT => 1,
+                    CALL => 0x3f,
+                    CALLX => d | 0x3f,
+                    _ => d | if x { s } else { 0 },
+                },
+            };
+        }
+        Usage {
+            regs: regs & 0x7ff,
+            stack: regs & (1 << FRAME_REG) != 0,
+            calls,
+        }
+    }
+
+    fn has(self, r: usize) -> bool {
+        self.regs & (1 << r) != 0
+    }
+
+    /// Host callee-saved registers holding r6-r9 that the program may change.
+    fn saved_r6_r9(self) -> impl Iterator<Item = R> {
+        (6..10).filter(move |&r| self.has(r)).map(|r| MAP[r])
+    }
+}
 
 /// Code generation options.
 #[derive(Clone, Copy, Debug, Default)]
@@ -196,6 +287,44 @@ struct Cx<'a> {
     charges: &'a [u32],
     /// The shared frame-zeroing subroutine, once a local call needs it.
     zero_frame: Option<Label>,
+    usage: Usage,
+}
+
+/// A translated program.
+pub(crate) struct Translated {
+    pub code: Vec<u8>,
+    pub calls: Vec<AbsCallSite>,
+    /// Code offset of each slot (`x86::UNBOUND` for the second slot of `lddw`).
+    pub pc_offsets: Vec<u32>,
+    pub usage: Usage,
+}
+
+/// Per-compile working vectors, kept per thread between compiles so that a compile
+/// allocates little more than its output.
+#[derive(Default)]
+struct Scratch {
+    starts: Vec<bool>,
+    leader: Vec<bool>,
+    charges: Vec<u32>,
+    stubs: Vec<Stub>,
+    asm: AsmVecs,
+}
+
+impl Scratch {
+    /// Elements kept at most between compiles (a huge program's vectors are dropped).
+    const KEEP: usize = 1 << 16;
+
+    fn capacity(&self) -> usize {
+        self.starts.capacity()
+            + self.leader.capacity()
+            + self.charges.capacity()
+            + self.stubs.capacity()
+            + self.asm.capacity()
+    }
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
 /// Translates a program in two passes; see [`super::x86`] for the jump sizing.
@@ -204,37 +333,65 @@ pub(crate) fn translate(
     helpers: &Helpers,
     rel_calls: bool,
     opts: Options,
-) -> Result<(Asm, Vec<Option<u32>>), JitError> {
+) -> Result<Translated, JitError> {
+    // `take` leaves an empty scratch behind, so a nested compile (a helper compiling while
+    // this thread compiles? not possible today) would still work, just without reuse.
+    let mut scratch = SCRATCH.with(|s| s.take());
+    let r = translate_with(&mut scratch, insns, helpers, rel_calls, opts);
+    if scratch.capacity() <= Scratch::KEEP {
+        SCRATCH.with(|s| s.replace(scratch));
+    }
+    r
+}
+
+fn translate_with(
+    scratch: &mut Scratch,
+    insns: &[Insn],
+    helpers: &Helpers,
+    rel_calls: bool,
+    opts: Options,
+) -> Result<Translated, JitError> {
     if insns.is_empty() {
         return Err(JitError::Empty);
     }
     if insns.len() >= MAX_SLOTS {
         return Err(JitError::TooLarge { slots: insns.len() });
     }
-    let starts = slot_starts(insns)?;
-    let charges = if opts.budget {
-        block_charges(insns, &starts)
-    } else {
-        Vec::new()
-    };
+    slot_starts(insns, &mut scratch.starts)?;
+    let starts = &scratch.starts;
+    let usage = Usage::of(insns, starts);
+    scratch.charges.clear();
+    if opts.budget {
+        block_charges(insns, starts, &mut scratch.leader, &mut scratch.charges);
+    }
     let env = Env {
         insns,
-        starts: &starts,
+        starts,
         helpers,
-        charges: &charges,
+        charges: &scratch.charges,
+        usage,
     };
-    let pass1 = Cx::run(Asm::new(insns.len(), rel_calls), &env)?;
+    let asm = Asm::new(rel_calls, std::mem::take(&mut scratch.asm));
+    let mut stubs = std::mem::take(&mut scratch.stubs);
+    stubs.clear();
+    let (pass1, stubs) = Cx::run(asm, &env, stubs)?;
     let (pass2, sites1) = pass1.second_pass();
-    let mut a = Cx::run(pass2, &env)?;
+    let (mut a, stubs) = Cx::run(pass2, &env, stubs)?;
+    scratch.stubs = stubs;
     if a.jump_sites() != sites1 {
         return Err(JitError::Internal("passes disagree"));
     }
     a.patch_jumps().map_err(JitError::Internal)?;
     // Cx::run creates the slot labels first, so slot `pc` has label number `pc`.
-    let pc_offsets = (0..insns.len())
-        .map(|pc| a.offset_of(Asm::nth(Label::default(), pc)))
-        .collect();
-    Ok((a, pc_offsets))
+    let pc_offsets = a.label_offsets(insns.len());
+    let (code, calls, vecs) = a.into_code();
+    scratch.asm = vecs;
+    Ok(Translated {
+        code,
+        calls,
+        pc_offsets,
+        usage,
+    })
 }
 
 /// What both passes translate.
@@ -243,15 +400,17 @@ struct Env<'a> {
     starts: &'a [bool],
     helpers: &'a Helpers,
     charges: &'a [u32],
+    usage: Usage,
 }
 
 /// For each slot that starts a basic block, the number of instructions in the block (an
 /// `lddw` counts once, as in the interpreter); 0 elsewhere. Blocks start at 0, at every jump
 /// or local-call target and after every jump, call and exit, so a block, once entered, runs
 /// to its end unless an access faults.
-fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
+fn block_charges(insns: &[Insn], starts: &[bool], leader: &mut Vec<bool>, charges: &mut Vec<u32>) {
     let n = insns.len();
-    let mut leader = vec![false; n + 1];
+    leader.clear();
+    leader.resize(n + 1, false);
     leader[0] = true;
     for pc in (0..n).filter(|&pc| starts[pc]) {
         let i = insns[pc];
@@ -274,7 +433,8 @@ fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
             }
         }
     }
-    let mut charges = vec![0u32; n];
+    charges.clear();
+    charges.resize(n, 0);
     let mut current = 0;
     for pc in (0..n).filter(|&pc| starts[pc]) {
         if leader[pc] {
@@ -282,12 +442,12 @@ fn block_charges(insns: &[Insn], starts: &[bool]) -> Vec<u32> {
         }
         charges[current] += 1;
     }
-    charges
 }
 
 /// Marks which slots begin an instruction; checks that every `lddw` has its second slot.
-fn slot_starts(insns: &[Insn]) -> Result<Vec<bool>, JitError> {
-    let mut starts = vec![false; insns.len()];
+fn slot_starts(insns: &[Insn], starts: &mut Vec<bool>) -> Result<(), JitError> {
+    starts.clear();
+    starts.resize(insns.len(), false);
     let mut pc = 0;
     while pc < insns.len() {
         starts[pc] = true;
@@ -301,11 +461,12 @@ fn slot_starts(insns: &[Insn]) -> Result<Vec<bool>, JitError> {
             pc += 1;
         }
     }
-    Ok(starts)
+    Ok(())
 }
 
 impl<'a> Cx<'a> {
-    fn run(a: Asm, env: &Env<'a>) -> Result<Asm, JitError> {
+    /// One pass; `stubs` is an empty vector to use (returned empty).
+    fn run(a: Asm, env: &Env<'a>, stubs: Vec<Stub>) -> Result<(Asm, Vec<Stub>), JitError> {
         let mut cx = Cx {
             a,
             insns: env.insns,
@@ -314,9 +475,10 @@ impl<'a> Cx<'a> {
             pcs: Label::default(),
             fault: Label::default(),
             unwind: None,
-            stubs: Vec::new(),
+            stubs,
             charges: env.charges,
             zero_frame: None,
+            usage: env.usage,
         };
         let insns = env.insns;
         cx.pcs = cx.a.labels(insns.len());
@@ -324,37 +486,85 @@ impl<'a> Cx<'a> {
         cx.prologue();
         cx.body()?;
         cx.tail();
-        Ok(cx.a)
+        Ok((cx.a, cx.stubs))
     }
 
     fn pc_label(&self, pc: usize) -> Label {
         Asm::nth(self.pcs, pc)
     }
 
-    /// Entry: save callee-saved registers, set up r1, r2, r10 and the context, `call` the
-    /// body, then the epilogue; the fault exit follows.
-    fn prologue(&mut self) {
-        let a = &mut self.a;
-        for r in [R::Rbx, R::Rbp, R::R12, R::R13, R::R14, R::R15] {
-            a.push(r);
+    /// Whether r10 (rbp) is needed at all: for the stack window or for local calls.
+    fn uses_rbp(&self) -> bool {
+        self.usage.stack || self.usage.calls
+    }
+
+    /// Host callee-saved registers the code changes (those of r6-r9 in use, rbp if r10 is
+    /// needed, r12 for the context), and whether an 8-byte pad keeps the native stack
+    /// 16-byte aligned in the body.
+    fn host_saved(&self) -> (Regs, bool) {
+        let mut v = Regs::default();
+        for r in self.usage.saved_r6_r9() {
+            v.push(r);
         }
-        a.mov_rr(true, CTX, R::Rdi);
-        a.mov_mr(CTX, disp(C_SAVED_RSP), R::Rsp);
-        a.mov_rm(MAP[10], CTX, disp(C_STACK_TOP));
-        a.mov_rm(MAP[1], CTX, disp(C_MEM_START));
-        a.mov_rm(MAP[2], CTX, disp(C_MEM_LEN));
-        for r in [0, 3, 4, 5, 6, 7, 8, 9] {
-            a.mov_imm32(MAP[r], 0);
+        if self.uses_rbp() {
+            v.push(R::Rbp);
         }
-        let body = self.pc_label(0);
-        self.a.call_label(body);
-        let epilogue = self.a.label();
-        self.a.bind(epilogue);
-        for r in [R::R15, R::R14, R::R13, R::R12, R::Rbp, R::Rbx] {
+        v.push(R::R12);
+        // Entry rsp is 8 mod 16. Entered by `call`, the body needs 8 mod 16 after the pushes
+        // (an even count); entered by falling through, 0 mod 16 (an odd count).
+        let pad = (v.len() % 2 == 1) == self.usage.calls;
+        (v, pad)
+    }
+
+    /// Restores the host's registers and returns (rax holds the result).
+    fn epilogue(&mut self) {
+        let (saved, pad) = self.host_saved();
+        if pad {
+            self.a.alu_ri(true, Alu::Add, R::Rsp, 8);
+        }
+        for &r in saved.as_slice().iter().rev() {
             self.a.pop(r);
         }
         self.a.ret();
-        // Fault exit: r10 = fault word (0 for unwind), r11 = detail.
+    }
+
+    /// Entry: save the host's callee-saved registers the code changes, set up r1, r2, r10,
+    /// the registers the program mentions, and the context. With local calls the body is
+    /// entered by `call` (so that `exit` is `ret` at every depth), followed by the epilogue
+    /// and the fault exit; without, the body follows and the fault exit comes at the end.
+    fn prologue(&mut self) {
+        let (saved, pad) = self.host_saved();
+        let rbp = self.uses_rbp();
+        let a = &mut self.a;
+        for &r in saved.as_slice() {
+            a.push(r);
+        }
+        if pad {
+            a.alu_ri(true, Alu::Sub, R::Rsp, 8);
+        }
+        a.mov_rr(true, CTX, R::Rdi);
+        a.mov_mr(CTX, disp(C_SAVED_RSP), R::Rsp);
+        if rbp {
+            a.mov_rm(MAP[10], CTX, disp(C_STACK_TOP));
+        }
+        a.mov_rm(MAP[1], CTX, disp(C_MEM_START));
+        a.mov_rm(MAP[2], CTX, disp(C_MEM_LEN));
+        for r in [0, 3, 4, 5, 6, 7, 8, 9] {
+            if self.usage.has(r) {
+                a.mov_imm32(MAP[r], 0);
+            }
+        }
+        if self.usage.calls {
+            let body = self.pc_label(0);
+            self.a.call_label(body);
+            self.epilogue();
+            self.fault_exit();
+        }
+    }
+
+    /// Fault exit: r10 = fault word (0 for unwind), r11 = detail. Unwinds the native stack
+    /// to where the prologue left it and returns 0.
+    fn fault_exit(&mut self) {
         let fault = self.fault;
         let a = &mut self.a;
         a.bind(fault);
@@ -362,7 +572,7 @@ impl<'a> Cx<'a> {
         a.mov_mr(CTX, disp(C_FAULT), R::R10);
         a.mov_mr(CTX, disp(C_FAULT_EXTRA), R::R11);
         a.mov_imm32(R::Rax, 0);
-        a.jmp(epilogue);
+        self.epilogue();
     }
 
     /// Fall-off-the-end guard and the out-of-line stubs.
@@ -375,9 +585,12 @@ impl<'a> Cx<'a> {
         if !ends {
             self.fault_here(self.insns.len(), FAULT_END);
         }
-        let stubs = std::mem::take(&mut self.stubs);
-        for stub in stubs {
-            match stub {
+        if !self.usage.calls {
+            self.fault_exit();
+        }
+        // (Emitting a stub never adds one.)
+        for k in 0..self.stubs.len() {
+            match self.stubs[k] {
                 Stub::Fault { at, word } => {
                     self.a.bind(at);
                     self.a.mov_imm32(R::R10, word);
@@ -400,6 +613,7 @@ impl<'a> Cx<'a> {
                 }
             }
         }
+        self.stubs.clear();
         if let Some(l) = self.unwind {
             self.a.bind(l);
             self.a.mov_imm32(R::R10, 0);
@@ -455,7 +669,7 @@ impl<'a> Cx<'a> {
             }
             Region::Mem => {
                 // Memory: start <= a && a <= start + len - n.
-                a.cmp_rm(R::R11, CTX, disp(C_MEM_LO + 8 * log));
+                a.cmp_rm(R::R11, CTX, disp(C_MEM_START));
                 a.jcc(Cond::B, bad);
                 a.cmp_rm(R::R11, CTX, disp(C_MEM_HI + 8 * log));
             }
@@ -775,7 +989,11 @@ impl<'a> Cx<'a> {
                 if x {
                     return Err(bad);
                 }
-                self.a.ret();
+                if self.usage.calls {
+                    self.a.ret();
+                } else {
+                    self.epilogue();
+                }
                 return Ok(());
             }
             _ => {}
@@ -828,27 +1046,40 @@ impl<'a> Cx<'a> {
             CALL_LOCAL => {
                 let t = self.target(pc, i.imm as i64)?;
                 let stub = self.stub(pc, FAULT_DEPTH);
-                let zero = match self.zero_frame {
+                // Without a stack window no frame can be read: nothing to zero.
+                let zero = self.usage.stack.then(|| match self.zero_frame {
                     Some(l) => l,
                     None => {
                         let l = self.a.label();
                         self.zero_frame = Some(l);
                         l
                     }
-                };
+                });
+                // Saved for the caller: r6-r9 in use and r10; an odd count of pushes keeps
+                // the callee's native stack 16-byte aligned (with the return address).
+                let mut saved = Regs::default();
+                for r in self.usage.saved_r6_r9() {
+                    saved.push(r);
+                }
+                saved.push(MAP[10]);
+                if saved.len().is_multiple_of(2) {
+                    saved.push(R::R11); // padding (scratch)
+                }
                 let a = &mut self.a;
                 // One more frame must fit below the current one.
                 a.lea(R::R11, MAP[10], -2 * STACK_FRAME_SIZE as i32);
                 a.alu_rm(Alu::Cmp, R::R11, CTX, disp(C_STACK_START));
                 a.jcc(Cond::B, stub);
-                for r in CALLEE_SAVED {
+                for &r in saved.as_slice() {
                     a.push(r);
                 }
                 a.alu_ri(true, Alu::Sub, MAP[10], STACK_FRAME_SIZE as i32);
-                a.call_label(zero);
+                if let Some(zero) = zero {
+                    a.call_label(zero);
+                }
                 a.call_label(t);
-                for r in CALLEE_SAVED.iter().rev() {
-                    a.pop(*r);
+                for &r in saved.as_slice().iter().rev() {
+                    a.pop(r);
                 }
                 Ok(())
             }
@@ -929,15 +1160,21 @@ impl<'a> Cx<'a> {
         } else {
             (Region::Mem, Region::Stack)
         };
+        let word = word(pc, kind | log as u32);
         let slow = self.a.label();
         let ok = self.a.label();
-        self.stubs.push(Stub::Access {
-            at: slow,
-            region: second,
-            log,
-            ok,
-            word: word(pc, kind | log as u32),
-        });
+        if self.usage.stack {
+            self.stubs.push(Stub::Access {
+                at: slow,
+                region: second,
+                log,
+                ok,
+                word,
+            });
+        } else {
+            // No stack window: outside memory is out of bounds.
+            self.stubs.push(Stub::Fault { at: slow, word });
+        }
         self.region_check(first, log, slow);
         self.a.jcc(Cond::A, slow);
         self.a.bind(ok);

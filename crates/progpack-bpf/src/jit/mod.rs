@@ -143,7 +143,9 @@ impl Default for CompileOptions {
 pub struct JitCode {
     code: Vec<u8>,
     calls: Vec<AbsCallSite>,
-    pc_offsets: Vec<Option<u32>>,
+    pc_offsets: Vec<u32>,
+    /// Whether the code reads r10 and so needs a stack window (see `emit::Usage`).
+    stack: bool,
 }
 
 /// Compiles `insns` (raw slots; `lddw` takes two) with the helpers in `helpers`.
@@ -155,7 +157,7 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
-    let (asm, pc_offsets) = emit::translate(
+    let t = emit::translate(
         insns,
         helpers,
         opts.rel_calls,
@@ -163,11 +165,11 @@ pub fn compile(
             budget: opts.budget,
         },
     )?;
-    let (code, calls) = asm.into_code();
     Ok(JitCode {
-        code,
-        calls,
-        pc_offsets,
+        code: t.code,
+        calls: t.calls,
+        pc_offsets: t.pc_offsets,
+        stack: t.usage.stack,
     })
 }
 
@@ -189,7 +191,16 @@ impl JitCode {
 
     /// Offset of the code for instruction slot `pc` (`None` for the second slot of `lddw`).
     pub fn pc_offset(&self, pc: usize) -> Option<u32> {
-        self.pc_offsets.get(pc).copied().flatten()
+        self.pc_offsets
+            .get(pc)
+            .copied()
+            .filter(|&o| o != x86::UNBOUND)
+    }
+
+    /// Whether the program reads r10. Code that does not gets no stack region at run time:
+    /// it could only reach the stack through a guessed address, which is out of bounds.
+    pub fn uses_stack(&self) -> bool {
+        self.stack
     }
 
     /// Whether helper calls depend on the final address (`call rel32`).
@@ -282,21 +293,43 @@ impl Fault {
 /// The JIT code's entry point: `extern "C" fn(ctx) -> r0`.
 pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
 
-/// Runs JIT code at `entry` over `mem` with a fresh stack; `budget` is the instruction limit
-/// if the code counts instructions.
-fn run_entry(entry: EntryFn, mem: &mut [u8], budget: u64) -> Result<u64, Fault> {
-    // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters it,
-    // and never reads a frame that is not live.
-    let mut stack = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
-    stack[emit::STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
+/// Runs JIT code at `entry` over `mem` with a fresh stack (or none, if the code does not use
+/// one); `budget` is the instruction limit if the code counts instructions.
+#[inline]
+fn run_entry(entry: EntryFn, mem: &mut [u8], stack: bool, budget: u64) -> Result<u64, Fault> {
+    if stack {
+        let mut region = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
+        // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
+        // it, and never reads a frame that is not live.
+        region[emit::STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
+        call_entry(entry, mem, region.as_mut_ptr() as u64, true, budget)
+    } else {
+        // No window: the code never dereferences the stack region, so any address does for
+        // r10 arithmetic (local-call depth checks); one that cannot wrap around.
+        call_entry(entry, mem, NO_STACK, false, budget)
+    }
+}
+
+/// Base of the (never dereferenced) stack region of code without a stack window.
+const NO_STACK: u64 = 1 << 20;
+
+#[inline(always)]
+fn call_entry(
+    entry: EntryFn,
+    mem: &mut [u8],
+    stack_start: u64,
+    stack: bool,
+    budget: u64,
+) -> Result<u64, Fault> {
     let mut ctx = emit::Ctx::new(
         mem.as_mut_ptr() as u64,
         mem.len() as u64,
-        stack.as_mut_ptr() as u64,
+        stack_start,
+        stack,
         budget,
     );
-    // The code reads and writes only `ctx`, `mem` and `stack` (all borrowed mutably for the
-    // call; every access is checked against the regions `ctx` describes).
+    // The code reads and writes only `ctx`, `mem` and the stack region (all borrowed
+    // mutably for the call; every access is checked against the regions `ctx` describes).
     let r0 = entry(&mut ctx);
     if ctx.fault != 0 {
         return Err(Fault::decode(ctx.fault, ctx.fault_extra));

@@ -42,6 +42,7 @@ impl Default for JitOptions {
 pub struct JitProgram {
     prog: Program,
     counted: bool,
+    stack: bool,
 }
 
 impl JitProgram {
@@ -74,6 +75,7 @@ impl JitProgram {
         Ok(JitProgram {
             prog: draft.finalize()?,
             counted: budget,
+            stack: code.uses_stack(),
         })
     }
 
@@ -93,6 +95,7 @@ impl JitProgram {
             budget: options.count_instructions,
         };
         let mut batch = alloc.batch();
+        let mut stacks = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
             let mut code = compile(slots, helpers, opts).map_err(|e| (i, e))?;
             let slot = batch
@@ -102,14 +105,17 @@ impl JitProgram {
             // rather than a recompilation, since the slot is already sized.
             code.link(slot.exec_addr as u64).map_err(|e| (i, e))?;
             slot.image.copy_from_slice(code.bytes());
+            stacks.push(code.uses_stack());
         }
         let n = batch.len();
         let progs = batch.finalize().map_err(|e| (n, e.into()))?;
         Ok(progs
             .into_iter()
-            .map(|prog| JitProgram {
+            .zip(stacks)
+            .map(|(prog, stack)| JitProgram {
                 prog,
                 counted: options.count_instructions,
+                stack,
             })
             .collect())
     }
@@ -127,6 +133,7 @@ impl JitProgram {
         Ok(JitProgram {
             prog: draft.finalize()?,
             counted,
+            stack: code.uses_stack(),
         })
     }
 
@@ -155,7 +162,7 @@ impl JitProgram {
         // is bounds-checked), and calls only registered helpers, which are safe
         // `extern "C" fn(u64 x5) -> u64`.
         let entry = unsafe { self.prog.as_fn::<EntryFn>() };
-        run_entry(entry, mem, limit)
+        run_entry(entry, mem, self.stack, limit)
     }
 
     /// Whether runs count instructions.

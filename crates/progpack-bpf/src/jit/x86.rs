@@ -159,7 +159,22 @@ pub(crate) struct AbsCallSite {
 }
 
 /// An unbound label's offset.
-const UNBOUND: u32 = u32::MAX;
+pub(crate) const UNBOUND: u32 = u32::MAX;
+
+/// The bookkeeping vectors of an [`Asm`], kept between compiles to save allocations.
+#[derive(Default)]
+pub(crate) struct AsmVecs {
+    labels: Vec<u32>,
+    sites: Vec<Site>,
+    short: Vec<bool>,
+}
+
+impl AsmVecs {
+    /// Total capacity, in elements.
+    pub(crate) fn capacity(&self) -> usize {
+        self.labels.capacity() + self.sites.capacity() + self.short.capacity()
+    }
+}
 
 /// The code buffer with its labels and jump bookkeeping.
 pub(crate) struct Asm {
@@ -181,15 +196,22 @@ pub(crate) struct Asm {
 
 impl Asm {
     /// A fresh assembler for pass 1 (measuring only; every label jump taken as rel32).
-    pub(crate) fn new(slots: usize, rel_calls: bool) -> Asm {
+    pub(crate) fn new(rel_calls: bool, reuse: AsmVecs) -> Asm {
+        let AsmVecs {
+            mut labels,
+            mut sites,
+            mut short,
+        } = reuse;
+        labels.clear();
+        sites.clear();
+        short.clear();
         Asm {
-            // A few labels and jumps per slot.
             buf: Vec::new(),
             len: 0,
             measure: true,
-            labels: Vec::with_capacity(slots * 3 + 8),
-            sites: Vec::with_capacity(slots * 2 + 8),
-            short: Vec::new(),
+            labels,
+            sites,
+            short,
             calls: Vec::new(),
             rel_calls,
         }
@@ -242,12 +264,6 @@ impl Asm {
     pub(crate) fn bind(&mut self, l: Label) {
         let p = self.pos();
         self.labels[l.0 as usize] = p;
-    }
-
-    /// Offset a label was bound to, if it was.
-    pub(crate) fn offset_of(&self, l: Label) -> Option<u32> {
-        let o = self.labels[l.0 as usize];
-        (o != UNBOUND).then_some(o)
     }
 
     /// Number of jump sites recorded.
@@ -304,9 +320,19 @@ impl Asm {
     }
 
     /// The emitted code (pass 2), without the slack of the fixed-size copies.
-    pub(crate) fn into_code(mut self) -> (Vec<u8>, Vec<AbsCallSite>) {
+    pub(crate) fn into_code(mut self) -> (Vec<u8>, Vec<AbsCallSite>, AsmVecs) {
         self.buf.truncate(self.len as usize);
-        (self.buf, self.calls)
+        let vecs = AsmVecs {
+            labels: self.labels,
+            sites: self.sites,
+            short: self.short,
+        };
+        (self.buf, self.calls, vecs)
+    }
+
+    /// Offsets of the first `n` labels (`u32::MAX`: unbound).
+    pub(crate) fn label_offsets(&self, n: usize) -> Vec<u32> {
+        self.labels[..n.min(self.labels.len())].to_vec()
     }
 
     // ---- moves ----

@@ -70,7 +70,7 @@ impl Insn {
 
 /// Decodes a byte string into slots; `None` if the length is not a multiple of 8.
 pub fn decode_slots(bytes: &[u8]) -> Option<Vec<Insn>> {
-    if bytes.len() % INSN_SIZE != 0 {
+    if !bytes.len().is_multiple_of(INSN_SIZE) {
         return None;
     }
     Some(

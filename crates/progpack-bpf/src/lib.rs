@@ -1,5 +1,223 @@
 //! progpack-bpf: a userspace eBPF (RFC 9669) VM whose x86-64 JIT loads programs into progpack.
+//!
+//! The pieces, in the order a program meets them:
+//! - [`asm`]: text in the bpf_conformance syntax -> raw slots ([`insn::Insn`]), and back;
+//! - [`decode`]: raw slots -> typed instructions ([`decode::Instr`]);
+//! - [`check`]: the static checker; a program that passes may be run by any engine;
+//! - [`interp`]: the interpreter, which also defines the execution model the JIT follows;
+//! - [`conformance`]: the `.data` test format of bpf_conformance and a runner for it;
+//! - [`gen`]: random valid programs for differential tests between engines.
+//!
+//! [`Vm`] ties them together: it owns the helper registry, and loads any number of programs,
+//! each an independent value that can be run many times and dropped.
+//!
+//! ```
+//! use progpack_bpf::{Helpers, Vm};
+//!
+//! let vm = Vm::new(Helpers::new());
+//! let prog = vm.load_asm("ldxw %r0, [%r1+4]\nadd %r0, %r2\nexit").unwrap();
+//! let mut mem = [0, 0, 0, 0, 40, 0, 0, 0];
+//! assert_eq!(prog.run_interp(&mut mem).unwrap(), 40 + 8); // r2 = memory length
+//! ```
 #![deny(unsafe_code)]
 
+pub mod asm;
+pub mod check;
+pub mod conformance;
+pub mod decode;
+pub mod error;
+pub mod gen;
 pub mod helpers;
 pub mod insn;
+pub mod interp;
+pub mod jit;
+
+use std::sync::Arc;
+
+pub use check::{CheckError, Checked};
+pub use error::{Error, Result, RunError};
+pub use helpers::{HelperFn, Helpers};
+pub use interp::RunOptions;
+pub use jit::{JitOptions, JitProgram};
+
+use insn::Insn;
+
+/// A VM: a helper registry and run settings shared by the programs it loads.
+#[derive(Clone, Debug)]
+pub struct Vm {
+    helpers: Arc<Helpers>,
+    options: RunOptions,
+    jit: Option<(progpack::Allocator, JitOptions)>,
+}
+
+impl Vm {
+    /// A VM whose programs may call `helpers`.
+    pub fn new(helpers: Helpers) -> Self {
+        Vm {
+            helpers: Arc::new(helpers),
+            options: RunOptions::default(),
+            jit: None,
+        }
+    }
+
+    /// JIT-compiles programs loaded from now on into `alloc` (see [`BpfProgram::run_jit`]).
+    pub fn enable_jit(&mut self, alloc: progpack::Allocator, options: JitOptions) -> &mut Self {
+        self.jit = Some((alloc, options));
+        self
+    }
+
+    /// The helper registry.
+    pub fn helpers(&self) -> &Helpers {
+        &self.helpers
+    }
+
+    /// Run settings given to programs loaded from now on.
+    pub fn set_run_options(&mut self, options: RunOptions) -> &mut Self {
+        self.options = options;
+        self
+    }
+
+    /// Current run settings.
+    pub fn run_options(&self) -> RunOptions {
+        self.options
+    }
+
+    /// Loads a program from its bytecode (8-byte little-endian slots): decode and check.
+    pub fn load(&self, code: &[u8]) -> Result<BpfProgram> {
+        let slots = insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+        self.load_slots(&slots)
+    }
+
+    /// Loads a program from raw slots.
+    pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
+        let checked = check::check(slots, &self.helpers)?;
+        let jit = match &self.jit {
+            Some((alloc, o)) => Some(Arc::new(JitProgram::new(
+                alloc,
+                &checked.slots,
+                &self.helpers,
+                *o,
+            )?)),
+            None => None,
+        };
+        Ok(BpfProgram {
+            checked,
+            helpers: Arc::clone(&self.helpers),
+            options: self.options,
+            jit,
+        })
+    }
+
+    /// Loads many programs (bytecode, as [`load`](Self::load)). With the JIT enabled they are
+    /// compiled and placed as one batch: one backend write per run of chunks instead of one
+    /// per program. All or nothing: the first program that fails fails the call.
+    pub fn load_many(&self, codes: &[&[u8]]) -> Result<Vec<BpfProgram>> {
+        let mut checked = Vec::with_capacity(codes.len());
+        for code in codes {
+            let slots =
+                insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+            checked.push(check::check(&slots, &self.helpers)?);
+        }
+        let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
+            Some((alloc, o)) => {
+                let slots = checked.iter().map(|c| &c.slots[..]);
+                JitProgram::new_batch(alloc, slots, &self.helpers, *o)
+                    .map_err(|(_, e)| e)?
+                    .into_iter()
+                    .map(|j| Some(Arc::new(j)))
+                    .collect()
+            }
+            None => checked.iter().map(|_| None).collect(),
+        };
+        Ok(checked
+            .into_iter()
+            .zip(jits)
+            .map(|(checked, jit)| BpfProgram {
+                checked,
+                helpers: Arc::clone(&self.helpers),
+                options: self.options,
+                jit,
+            })
+            .collect())
+    }
+
+    /// Assembles and loads a program ([`asm`] syntax).
+    pub fn load_asm(&self, text: &str) -> Result<BpfProgram> {
+        self.load_slots(&asm::assemble(text)?)
+    }
+}
+
+/// A loaded, checked program. Independent of the [`Vm`] that loaded it (it keeps the helper
+/// registry it was checked against); cheap to run many times, from any thread.
+#[derive(Clone, Debug)]
+pub struct BpfProgram {
+    checked: Checked,
+    helpers: Arc<Helpers>,
+    options: RunOptions,
+    jit: Option<Arc<JitProgram>>,
+}
+
+impl BpfProgram {
+    /// Runs the program in the interpreter over `mem` (r1 = its address, r2 = its length).
+    pub fn run_interp(&self, mem: &mut [u8]) -> Result<u64, RunError> {
+        interp::run(&self.checked, &self.helpers, mem, &self.options)
+    }
+
+    /// Like [`run_interp`](Self::run_interp) with other run settings.
+    pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
+        interp::run(&self.checked, &self.helpers, mem, options)
+    }
+
+    /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
+    /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
+    /// [`jit_compile`](Self::jit_compile).
+    pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        Ok(jit.run_limited(mem, self.options.instruction_limit)?)
+    }
+
+    /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
+    /// when the JIT code counts instructions, see [`JitOptions`]).
+    pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        Ok(jit.run_limited(mem, options.instruction_limit)?)
+    }
+
+    /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
+    pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
+        let j = JitProgram::new(alloc, &self.checked.slots, &self.helpers, options)?;
+        self.jit = Some(Arc::new(j));
+        Ok(())
+    }
+
+    /// The JIT code, if compiled.
+    pub fn jit(&self) -> Option<&JitProgram> {
+        self.jit.as_deref()
+    }
+
+    /// The checked program: raw slots, decoded instructions, function entries.
+    pub fn checked(&self) -> &Checked {
+        &self.checked
+    }
+
+    /// The raw slots.
+    pub fn slots(&self) -> &[Insn] {
+        &self.checked.slots
+    }
+
+    /// The helper registry the program was checked against.
+    pub fn helpers(&self) -> &Helpers {
+        &self.helpers
+    }
+
+    /// Run settings.
+    pub fn run_options(&self) -> RunOptions {
+        self.options
+    }
+}
+
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Vm>();
+    assert_send_sync::<BpfProgram>();
+};

@@ -1,1 +1,51 @@
-fn main() {}
+//! `progpack`: the command-line tool of the progpack workspace.
+//!
+//! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
+//! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
+#![deny(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod baseline;
+mod bench;
+mod conformance;
+mod demo;
+
+/// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
+#[derive(Debug, Parser)]
+#[command(name = "progpack", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load many generated functions into packs, run them all, and compare with mmap+mprotect.
+    Demo(demo::Args),
+    /// Run bpf_conformance `.data` files (or directories of them) on the eBPF VM.
+    Conformance(conformance::ConformanceArgs),
+    /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
+    Bench(bench::BenchArgs),
+}
+
+/// Prints an error with its causes and turns it into a failing exit status.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Demo(args) => report(demo::run(args)),
+        Command::Conformance(args) => conformance::run(&args),
+        Command::Bench(args) => report(bench::run(args)),
+    }
+}

@@ -73,15 +73,14 @@ impl Allocation {
 impl Drop for Allocation {
     fn drop(&mut self) {
         let inner = &self.inner;
-        inner.stats.live.fetch_sub(1, Ordering::Relaxed);
-        inner
-            .stats
-            .requested
-            .fetch_sub(self.requested, Ordering::Relaxed);
         match &self.place {
             Place::Dedicated(r) => {
                 // Unmapped (or re-reserved) when the region drops: no stale code can remain.
                 inner.stats.dedicated.fetch_sub(1, Ordering::Relaxed);
+                inner
+                    .stats
+                    .dedicated_requested
+                    .fetch_sub(self.requested, Ordering::Relaxed);
                 inner
                     .stats
                     .dedicated_bytes
@@ -95,16 +94,23 @@ impl Drop for Allocation {
                 if self.dirty {
                     // Traps first ("text invalidate"), bits cleared after: a chunk is never
                     // free while it still holds code.
+                    // Then the instruction cache, so no core can still fetch the old code
+                    // (a no-op on x86-64; on aarch64 the alias path needs it).
                     let (m, off) = (pack.region.mapping(), first * pack.chunk_size);
-                    if m.fill_traps(off, chunks * pack.chunk_size).is_err() {
+                    let bytes = chunks * pack.chunk_size;
+                    let filled = m
+                        .fill_traps(off, bytes)
+                        .and_then(|()| crate::arch::sync_icache(m.base() + off, bytes));
+                    if filled.is_err() {
                         inner
                             .stats
                             .quarantined
                             .fetch_add(*chunks, Ordering::Relaxed);
+                        pack.forget(self.requested);
                         return;
                     }
                 }
-                if pack.give_back(*first, *chunks) {
+                if pack.give_back(*first, *chunks, self.requested) {
                     inner.pack_became_empty(pack);
                 }
             }

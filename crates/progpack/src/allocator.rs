@@ -34,12 +34,10 @@ impl Shard {
 /// Live counters (relaxed atomics: statistics, not synchronisation).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    /// Live allocations (drafts, batch slots, programs).
-    pub(crate) live: AtomicUsize,
     /// Live finalized programs.
     pub(crate) programs: AtomicUsize,
-    /// Bytes requested by live allocations.
-    pub(crate) requested: AtomicUsize,
+    /// Bytes requested by live allocations in dedicated mappings (packs count their own).
+    pub(crate) dedicated_requested: AtomicUsize,
     /// Live dedicated mappings.
     pub(crate) dedicated: AtomicUsize,
     /// Bytes in live dedicated mappings.
@@ -165,12 +163,15 @@ impl Inner {
             let region = Region::map(&*self.backend, self.space.as_ref(), bytes, sys::page_size())?;
             self.stats.dedicated.fetch_add(1, Ordering::Relaxed);
             self.stats
+                .dedicated_requested
+                .fetch_add(len, Ordering::Relaxed);
+            self.stats
                 .dedicated_bytes
                 .fetch_add(bytes, Ordering::Relaxed);
             Place::Dedicated(region)
         } else {
             let chunks = span / self.config.chunk_size;
-            let (pack, first) = self.take_chunks(chunks)?;
+            let (pack, first) = self.take_chunks(chunks, len)?;
             Place::Packed {
                 pack,
                 first,
@@ -194,7 +195,7 @@ impl Inner {
             return Ok(None);
         }
         let chunks = span / self.config.chunk_size;
-        if !pack.take_at(at, chunks, &self.kept_empty) {
+        if !pack.take_at(at, chunks, len, &self.kept_empty) {
             return Ok(None);
         }
         let place = Place::Packed {
@@ -206,8 +207,6 @@ impl Inner {
     }
 
     fn placed(self: &Arc<Self>, place: Place, len: usize, align: usize) -> Placed {
-        self.stats.live.fetch_add(1, Ordering::Relaxed);
-        self.stats.requested.fetch_add(len, Ordering::Relaxed);
         let alloc = Allocation {
             inner: self.clone(),
             place,
@@ -219,15 +218,15 @@ impl Inner {
     }
 
     /// First fit over this thread's shard, then (without waiting) the others, then a new pack.
-    fn take_chunks(&self, chunks: usize) -> Result<(Arc<Pack>, usize)> {
+    fn take_chunks(&self, chunks: usize, len: usize) -> Result<(Arc<Pack>, usize)> {
         let n = self.shards.len();
         let home = HOME_SHARD.with(|h| *h) % n;
-        if let Some(found) = take_from(&self.shards[home].lock(), chunks, &self.kept_empty) {
+        if let Some(found) = take_from(&self.shards[home].lock(), chunks, len, &self.kept_empty) {
             return Ok(found);
         }
         for k in 1..n {
             if let Ok(list) = self.shards[(home + k) % n].packs.try_lock() {
-                if let Some(found) = take_from(&list, chunks, &self.kept_empty) {
+                if let Some(found) = take_from(&list, chunks, len, &self.kept_empty) {
                     return Ok(found);
                 }
             }
@@ -242,7 +241,7 @@ impl Inner {
         self.stats.packs_mapped.fetch_add(1, Ordering::Relaxed);
         let pack = Arc::new(Pack::new(region, home, self.config.chunk_size));
         let first = pack
-            .take(chunks, &self.kept_empty)
+            .take(chunks, len, &self.kept_empty)
             .expect("a new pack fits any packed request");
         self.shards[home].lock().push(pack.clone());
         Ok((pack, first))
@@ -289,8 +288,9 @@ impl Inner {
 fn take_from(
     list: &[Arc<Pack>],
     chunks: usize,
+    len: usize,
     reserve: &AtomicUsize,
 ) -> Option<(Arc<Pack>, usize)> {
     list.iter()
-        .find_map(|p| p.take(chunks, reserve).map(|first| (p.clone(), first)))
+        .find_map(|p| p.take(chunks, len, reserve).map(|first| (p.clone(), first)))
 }

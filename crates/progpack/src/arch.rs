@@ -26,6 +26,17 @@ pub fn fill_traps(buf: &mut [u8]) {
     }
 }
 
+/// Appends `n` bytes of the trap pattern to `buf` (whose length is a multiple of the pattern).
+pub(crate) fn extend_traps(buf: &mut Vec<u8>, n: usize) {
+    if let [b] = TRAP {
+        buf.resize(buf.len() + n, *b);
+    } else {
+        let start = buf.len();
+        buf.resize(start + n, 0);
+        fill_traps(&mut buf[start..]);
+    }
+}
+
 /// True if `bytes` (starting at an instruction boundary) holds only the trap pattern.
 pub fn is_all_traps(bytes: &[u8]) -> bool {
     if let [b] = TRAP {

@@ -81,8 +81,12 @@ impl Batch {
             Some(p) => (p, self.segments.len() - 1),
             None => {
                 let p = self.inner.allocate(len, align)?;
+                let pack = match &p.alloc.place {
+                    Place::Packed { pack, .. } => Some((pack.clone(), 0)),
+                    Place::Dedicated(_) => None,
+                };
                 self.segments.push(Segment {
-                    pack: None,
+                    pack,
                     buf: Vec::new(),
                 });
                 (p, self.segments.len() - 1)
@@ -99,17 +103,13 @@ impl Batch {
                 .buf
                 .try_reserve(span)
                 .map_err(|_| Error::OutOfMemory(span))?;
-            segment.buf.resize(start + span, 0);
-            crate::arch::fill_traps(&mut segment.buf[start..]);
+            crate::arch::extend_traps(&mut segment.buf, span);
         }
-        segment.pack = match &alloc.place {
-            Place::Packed {
-                pack,
-                first,
-                chunks,
-            } => Some((pack.clone(), first + chunks)),
-            Place::Dedicated(_) => None,
-        };
+        if let (Some((_, next)), Place::Packed { first, chunks, .. }) =
+            (&mut segment.pack, &alloc.place)
+        {
+            *next = first + chunks;
+        }
         let exec_addr = alloc.base() + offset;
         self.slots.push(Slot {
             alloc,

@@ -35,8 +35,7 @@ pub(crate) fn trap_buffer(len: usize) -> Result<Vec<u8>> {
     let mut buf = Vec::new();
     buf.try_reserve_exact(len)
         .map_err(|_| Error::OutOfMemory(len))?;
-    buf.resize(len, 0);
-    crate::arch::fill_traps(&mut buf);
+    crate::arch::extend_traps(&mut buf, len);
     Ok(buf)
 }
 

@@ -32,6 +32,11 @@ pub(crate) struct PackState {
     pub(crate) listed: bool,
     /// The pack is empty and counted in the allocator's reserve of empty packs.
     pub(crate) kept_empty: bool,
+    /// Live allocations in this pack (kept here, under the lock already taken, rather than
+    /// in shared atomics that every thread would write).
+    pub(crate) allocations: usize,
+    /// Bytes requested by those allocations.
+    pub(crate) requested: usize,
 }
 
 impl Pack {
@@ -47,6 +52,8 @@ impl Pack {
                 bitmap: Bitmap::new(chunks),
                 listed: true,
                 kept_empty: false,
+                allocations: 0,
+                requested: 0,
             }),
         }
     }
@@ -62,30 +69,45 @@ impl Pack {
         self.free.load(Ordering::Relaxed)
     }
 
-    /// Takes the first run of `n` clear chunks. `reserve` is the allocator's count of kept
-    /// empty packs, decremented if this pack was one.
-    pub(crate) fn take(&self, n: usize, reserve: &AtomicUsize) -> Option<usize> {
+    /// Takes the first run of `n` clear chunks for an allocation of `requested` bytes.
+    /// `reserve` is the allocator's count of kept empty packs, decremented if this pack was one.
+    pub(crate) fn take(&self, n: usize, requested: usize, reserve: &AtomicUsize) -> Option<usize> {
         if self.free_hint() < n {
             return None;
         }
         let mut st = self.lock();
         let first = st.bitmap.find_clear_run(n)?;
-        self.mark_taken(&mut st, first, n, reserve);
+        self.mark_taken(&mut st, first, n, requested, reserve);
         Some(first)
     }
 
     /// Takes exactly chunks `first..first + n` if they are all clear.
-    pub(crate) fn take_at(&self, first: usize, n: usize, reserve: &AtomicUsize) -> bool {
+    pub(crate) fn take_at(
+        &self,
+        first: usize,
+        n: usize,
+        requested: usize,
+        reserve: &AtomicUsize,
+    ) -> bool {
         let mut st = self.lock();
         if !st.listed || !st.bitmap.is_clear(first, n) {
             return false;
         }
-        self.mark_taken(&mut st, first, n, reserve);
+        self.mark_taken(&mut st, first, n, requested, reserve);
         true
     }
 
-    fn mark_taken(&self, st: &mut PackState, first: usize, n: usize, reserve: &AtomicUsize) {
+    fn mark_taken(
+        &self,
+        st: &mut PackState,
+        first: usize,
+        n: usize,
+        requested: usize,
+        reserve: &AtomicUsize,
+    ) {
         st.bitmap.set_range(first, n);
+        st.allocations += 1;
+        st.requested += requested;
         self.free.store(st.bitmap.count_zeros(), Ordering::Relaxed);
         if st.kept_empty {
             st.kept_empty = false;
@@ -94,11 +116,21 @@ impl Pack {
     }
 
     /// Returns chunks whose bytes are traps again. True if the pack is now empty.
-    pub(crate) fn give_back(&self, first: usize, n: usize) -> bool {
+    pub(crate) fn give_back(&self, first: usize, n: usize, requested: usize) -> bool {
         let mut st = self.lock();
         st.bitmap.clear_range(first, n);
+        st.allocations -= 1;
+        st.requested -= requested;
         self.free.store(st.bitmap.count_zeros(), Ordering::Relaxed);
         st.bitmap.count_ones() == 0
+    }
+
+    /// Ends an allocation whose chunks stay in use for good (quarantined: trap-filling them
+    /// failed), so they are not counted as live any more.
+    pub(crate) fn forget(&self, requested: usize) {
+        let mut st = self.lock();
+        st.allocations -= 1;
+        st.requested -= requested;
     }
 
     /// Base address.

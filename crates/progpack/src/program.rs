@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 /// Finalized, executable code. `Send + Sync`: the bytes never change while it lives.
 pub struct Program {
-    alloc: Allocation,
+    pub(crate) alloc: Allocation,
     addr: usize,
     len: usize,
 }

@@ -114,11 +114,15 @@ impl HugePages {
 pub(crate) fn stats(inner: &Inner) -> Stats {
     let c = &inner.stats;
     let (mut packs, mut used, mut free) = (0, 0, 0);
+    let mut allocations = c.dedicated.load(Ordering::Relaxed);
+    let mut requested = c.dedicated_requested.load(Ordering::Relaxed);
     for p in inner.packs() {
         packs += 1;
         let st = p.lock();
         used += st.bitmap.count_ones();
         free += st.bitmap.count_zeros();
+        allocations += st.allocations;
+        requested += st.requested;
     }
     let dedicated_bytes = c.dedicated_bytes.load(Ordering::Relaxed);
     Stats {
@@ -130,11 +134,11 @@ pub(crate) fn stats(inner: &Inner) -> Stats {
         dedicated_mappings: c.dedicated.load(Ordering::Relaxed),
         dedicated_bytes,
         programs: c.programs.load(Ordering::Relaxed),
-        allocations: c.live.load(Ordering::Relaxed),
+        allocations,
         chunks_used: used,
         chunks_free: free,
         chunks_quarantined: c.quarantined.load(Ordering::Relaxed),
-        bytes_requested: c.requested.load(Ordering::Relaxed),
+        bytes_requested: requested,
         bytes_mapped: packs * inner.config.pack_size + dedicated_bytes,
         packs_mapped_total: c.packs_mapped.load(Ordering::Relaxed),
         packs_released_total: c.packs_released.load(Ordering::Relaxed),
@@ -194,8 +198,13 @@ pub(crate) fn huge_pages(inner: &Inner) -> std::io::Result<HugePages> {
     })
 }
 
-/// For each `(base, len)` range, the bytes of huge pages in the VMAs of `/proc/self/smaps` that
-/// lie inside it (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
+/// For each `(base, len)` range, the bytes of huge pages backing it, from `/proc/self/smaps`
+/// (`AnonHugePages`, `ShmemPmdMapped`, `FilePmdMapped`).
+///
+/// smaps counts per VMA, and the kernel merges neighbouring packs with equal protections into
+/// one VMA. A VMA's count is therefore shared among the ranges it covers in proportion to
+/// their overlap: the total is exact, and so is each range's share when the VMA is wholly or
+/// not at all backed; otherwise the per-range split is an estimate.
 pub fn huge_bytes_in(ranges: &[(usize, usize)]) -> std::io::Result<Vec<usize>> {
     let smaps = std::fs::read_to_string("/proc/self/smaps")?;
     Ok(huge_bytes_from_smaps(&smaps, ranges))
@@ -203,19 +212,48 @@ pub fn huge_bytes_in(ranges: &[(usize, usize)]) -> std::io::Result<Vec<usize>> {
 
 fn huge_bytes_from_smaps(smaps: &str, ranges: &[(usize, usize)]) -> Vec<usize> {
     let mut out = vec![0usize; ranges.len()];
-    let mut current: Option<usize> = None; // index of the range containing the current VMA
+    let mut vma: Option<(usize, usize)> = None;
     for line in smaps.lines() {
-        if let Some((start, end)) = vma_header(line) {
-            current = ranges.iter().position(|&(b, l)| start >= b && end <= b + l);
+        if let Some(header) = vma_header(line) {
+            vma = Some(header);
             continue;
         }
-        let Some(i) = current else { continue };
+        let Some((start, end)) = vma else { continue };
         let mut parts = line.split_whitespace();
-        let key = parts.next().unwrap_or("");
-        if matches!(key, "AnonHugePages:" | "ShmemPmdMapped:" | "FilePmdMapped:") {
-            let kb: usize = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
-            out[i] += kb * 1024;
+        if !matches!(
+            parts.next(),
+            Some("AnonHugePages:" | "ShmemPmdMapped:" | "FilePmdMapped:")
+        ) {
+            continue;
         }
+        let huge = parts
+            .next()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0)
+            * 1024;
+        if huge == 0 {
+            continue;
+        }
+        let overlaps: Vec<(usize, usize)> = ranges
+            .iter()
+            .enumerate()
+            .map(|(i, &(b, l))| (i, end.min(b + l).saturating_sub(start.max(b))))
+            .filter(|&(_, o)| o > 0)
+            .collect();
+        let covered: usize = overlaps.iter().map(|o| o.1).sum();
+        if covered == 0 {
+            continue;
+        }
+        // This VMA's huge bytes that fall on our ranges, then each range's share; the rounding
+        // remainder goes to the first range so the total stays exact.
+        let ours = (huge as u128 * covered as u128 / (end - start) as u128) as usize;
+        let mut given = 0;
+        for &(i, o) in &overlaps {
+            let share = (ours as u128 * o as u128 / covered as u128) as usize;
+            out[i] += share;
+            given += share;
+        }
+        out[overlaps[0].0] += ours - given;
     }
     out
 }
@@ -233,6 +271,21 @@ fn vma_header(line: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merged_vma_is_shared_by_overlap() {
+        let smaps = "\
+7f0000000000-7f0000600000 r-xp 00000000 00:00 0
+AnonHugePages:      4096 kB
+";
+        let r = [
+            (0x7f00_0000_0000, 2 << 20),
+            (0x7f00_0020_0000, 2 << 20),
+            (0x7f00_0040_0000, 2 << 20),
+        ];
+        let got = huge_bytes_from_smaps(smaps, &r);
+        assert_eq!(got.iter().sum::<usize>(), 4 << 20);
+    }
 
     #[test]
     fn smaps_attribution() {

@@ -6,16 +6,16 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, CodeRange, Config, Error, Program};
-use support::{call_u64, ret_imm, run_in_child, status_kib};
+use support::{call_u64, ret_imm64, run_in_child, status_kib};
 
 fn load(alloc: &Allocator, value: u64, len: usize) -> progpack::Result<Program> {
     let mut d = alloc.draft(len, 1)?;
-    d.image_mut()[..ret_imm_len()].copy_from_slice(&ret_imm(value));
+    d.image_mut()[..ret_imm64_len()].copy_from_slice(&ret_imm64(value));
     d.finalize()
 }
 
-fn ret_imm_len() -> usize {
-    ret_imm(0).len()
+fn ret_imm64_len() -> usize {
+    ret_imm64(0).len()
 }
 
 fn check_all(progs: &[(Program, u64)]) -> Result<(), String> {

@@ -23,7 +23,7 @@ use progpack::{
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{call_u64, ret_imm};
+use support::{call_u64, ret_imm64};
 
 const NEVER: usize = usize::MAX;
 const PACK: usize = 8192;
@@ -227,7 +227,7 @@ fn span_chunks(len: usize) -> usize {
 
 fn image(value: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0xa5u8; len];
-    let code = ret_imm(value);
+    let code = ret_imm64(value);
     b[..code.len()].copy_from_slice(&code);
     b
 }

@@ -85,8 +85,9 @@ unsafe impl Backend for ProcMem {
         let base = placement.reserve(len)?;
         let made = (|| {
             sys::map_anon_rw_fixed(base, len)?;
-            // Advisory: a distinct name per pack shows it in /proc/self/maps and keeps its VMA
-            // (and so its huge-page count in smaps) separate from its neighbours.
+            // Advisory (needs CONFIG_ANON_VMA_NAME): a distinct name per pack shows it in
+            // /proc/self/maps and keeps its VMA, and so its huge-page count in smaps, separate
+            // from its neighbours.
             static PACKS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
             let id = PACKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = sys::name_anon(base, len, &format!("progpack:{id}"));

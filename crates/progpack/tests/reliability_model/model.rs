@@ -22,7 +22,7 @@
 
 #![allow(dead_code)] // the fuzz target uses the decoders, the test the generators
 
-use crate::support::{ret_imm, Rng};
+use crate::support::{ret_imm64, Rng};
 use progpack::{Allocator, BackendChoice, Batch, CodeRange, Config, Draft, Error, Program};
 
 /// Which backend a model run uses.
@@ -371,12 +371,12 @@ impl Model {
     fn content(&mut self, len: usize, code: bool) -> (Vec<u8>, Option<u64>) {
         self.next_value += 1;
         let v = self.next_value;
-        let code = code && self.setup.call && len >= ret_imm(0).len();
+        let code = code && self.setup.call && len >= ret_imm64(0).len();
         let mut bytes: Vec<u8> = (0..len)
             .map(|i| (v.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8)
             .collect();
         if code {
-            let c = ret_imm(v);
+            let c = ret_imm64(v);
             bytes[..c.len()].copy_from_slice(&c);
             (bytes, Some(v))
         } else {
@@ -981,7 +981,7 @@ fn has_clear_run(used: &[bool], n: usize) -> bool {
 }
 
 fn call(p: &Program) -> u64 {
-    // SAFETY: only called on programs whose image starts with `ret_imm` code.
+    // SAFETY: only called on programs whose image starts with `ret_imm64` code.
     let f = unsafe { p.as_fn::<extern "C" fn() -> u64>() };
     f()
 }

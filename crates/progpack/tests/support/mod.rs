@@ -1,11 +1,12 @@
-//! Helpers shared by progpack's process-level tests: reading `/proc/self/maps` and
-//! `/proc/self/status`, running a closure in a `fork()`ed child and learning how it ended, and
-//! generating the smallest useful machine code (a function returning a constant).
+//! Helpers shared by the integration tests: code generators, `/proc/self/maps` readers, and
+//! running a closure in a forked child (two flavours: `in_child` for short work returning an
+//! exit code, `run_in_child` for work that reports a message back, with a deadline).
 //!
-//! Include it from a test file with `mod support;`. Every item is generic; each test file uses
-//! some of them, hence the `dead_code` allowance.
-#![allow(dead_code)]
+//! Include it from a test file with `mod support;`. Each test file uses some of the items,
+//! hence the `dead_code` allowance.
+#![allow(dead_code, unsafe_code)]
 
+use std::collections::BTreeSet;
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -80,14 +81,6 @@ pub fn parse_maps(text: &str) -> Vec<MapEntry> {
                 path,
             })
         })
-        .collect()
-}
-
-/// Every mapping of this process that is writable and executable at once.
-pub fn wx_mappings() -> Vec<MapEntry> {
-    maps_snapshot()
-        .into_iter()
-        .filter(MapEntry::is_wx)
         .collect()
 }
 
@@ -276,7 +269,7 @@ pub fn wait_with_deadline(pid: libc::pid_t, deadline: Duration) -> ChildExit {
 ///
 /// x86-64: `movabs rax, v; ret` (11 bytes). aarch64: `movz`/`movk` x0 four times, `ret`
 /// (20 bytes).
-pub fn ret_imm(v: u64) -> Vec<u8> {
+pub fn ret_imm64(v: u64) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     {
         let mut code = vec![0x48, 0xb8];
@@ -297,14 +290,14 @@ pub fn ret_imm(v: u64) -> Vec<u8> {
     }
 }
 
-/// Length of [`ret_imm`]'s code.
-pub fn ret_imm_len() -> usize {
-    ret_imm(0).len()
+/// Length of [`ret_imm64`]'s code.
+pub fn ret_imm64_len() -> usize {
+    ret_imm64(0).len()
 }
 
-/// Calls a program made from [`ret_imm`] code.
+/// Calls a program made from [`ret_imm64`] code.
 pub fn call_u64(p: &progpack::Program) -> u64 {
-    // SAFETY: callers pass programs whose image starts with `ret_imm` code: a complete function
+    // SAFETY: callers pass programs whose image starts with `ret_imm64` code: a complete function
     // of this signature; the program is alive for the call.
     let f = unsafe { p.as_fn::<extern "C" fn() -> u64>() };
     f()
@@ -340,5 +333,86 @@ impl Rng {
     /// True with probability `num / den`.
     pub fn chance(&mut self, num: usize, den: usize) -> bool {
         self.below(den) < num
+    }
+}
+
+/// x86-64 `mov eax, v; ret`.
+pub fn ret_imm(v: u32) -> [u8; 6] {
+    let b = v.to_le_bytes();
+    [0xb8, b[0], b[1], b[2], b[3], 0xc3]
+}
+
+/// One line of `/proc/self/maps`: range, permissions, path.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vma {
+    pub start: usize,
+    pub end: usize,
+    pub perms: String,
+    pub path: String,
+}
+
+/// Parses `/proc/self/maps`.
+pub fn maps() -> Vec<Vma> {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("read /proc/self/maps")
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.split_whitespace();
+            let (a, b) = it.next()?.split_once('-')?;
+            let perms = it.next()?.to_string();
+            let path = it.nth(3).unwrap_or("").to_string();
+            Some(Vma {
+                start: usize::from_str_radix(a, 16).ok()?,
+                end: usize::from_str_radix(b, 16).ok()?,
+                perms,
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Mappings that are writable and executable at once.
+pub fn wx_mappings() -> Vec<Vma> {
+    maps()
+        .into_iter()
+        .filter(|m| m.perms.contains('w') && m.perms.contains('x'))
+        .collect()
+}
+
+/// Executable or progpack-named mappings (what progpack could have made), as a set.
+pub fn code_mappings() -> BTreeSet<Vma> {
+    maps()
+        .into_iter()
+        .filter(|m| m.perms.contains('x') || m.path.contains("progpack"))
+        .collect()
+}
+
+/// How a child ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChildEnd {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Runs `f` in a forked child and returns how it ended. The child exits with `f`'s code.
+/// Only for short single-threaded work in the child (a forked multi-threaded process may only
+/// use what it is sure is not locked by another thread: no allocation-heavy code).
+pub fn in_child(f: impl FnOnce() -> i32) -> ChildEnd {
+    // SAFETY: the child only runs `f` and then `_exit`s; it never returns into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = f();
+        // SAFETY: terminating the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
+    if libc::WIFSIGNALED(status) {
+        ChildEnd::Signaled(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
     }
 }

@@ -1,0 +1,415 @@
+//! The static checker: decides whether a slot sequence is a program both engines may run.
+//!
+//! A program passes when:
+//! - it has 1..=[`MAX_SLOTS`] slots and every instruction decodes ([`crate::decode`]): known
+//!   opcode, zero reserved fields, registers r0..=r10, complete `lddw`;
+//! - no instruction writes r10 (the frame pointer is read-only);
+//! - every jump lands on an instruction (inside the program, not on the second slot of an
+//!   `lddw`) of the same function, and every `call local` lands on one;
+//! - execution cannot fall off the end of a function: the last instruction of each function is
+//!   `exit` or an unconditional jump (functions are the entry point and every `call local`
+//!   target; each runs up to the next one);
+//! - every static `call` names a registered helper;
+//! - if the call graph has no cycle, its depth (frames, including the entry) is at most
+//!   [`MAX_CALL_DEPTH`]. Recursive programs are accepted; their depth is bounded at run time
+//!   ([`crate::RunError::CallDepthExceeded`]).
+//!
+//! It does not track values: memory accesses, `callx` targets and loop bounds are checked at
+//! run time by the engines.
+
+use crate::decode::{decode_at, Instr};
+use crate::helpers::Helpers;
+use crate::insn::{Insn, FRAME_REG, MAX_CALL_DEPTH};
+
+/// Most slots a program may have.
+pub const MAX_SLOTS: usize = 1 << 20;
+
+/// Why a program was rejected. `pc` is the slot index of the offending instruction.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckError {
+    /// The byte string is not a whole number of 8-byte slots.
+    #[error("program length {len} is not a multiple of 8")]
+    PartialSlot {
+        /// Length in bytes.
+        len: usize,
+    },
+    /// The program has no instruction.
+    #[error("empty program")]
+    Empty,
+    /// The program has more than [`MAX_SLOTS`] slots.
+    #[error("program of {slots} slots is longer than {MAX_SLOTS}")]
+    TooLong {
+        /// Number of slots.
+        slots: usize,
+    },
+    /// The opcode byte is not an RFC 9669 instruction this VM runs (this includes the legacy
+    /// packet-access loads).
+    #[error("unknown opcode {opc:#04x} at pc {pc}")]
+    UnknownOpcode {
+        /// Slot index.
+        pc: usize,
+        /// The opcode byte.
+        opc: u8,
+    },
+    /// A field that must be zero for this opcode is not.
+    #[error("reserved field {field} is {value} at pc {pc}")]
+    ReservedField {
+        /// Slot index.
+        pc: usize,
+        /// Field name (`dst`, `src`, `off`, `imm`).
+        field: &'static str,
+        /// Its value.
+        value: i64,
+    },
+    /// A field has a value the opcode does not define (e.g. `be24`, an unknown atomic
+    /// operation, `off = 2` on a division, a map-relative `lddw`).
+    #[error("invalid {field} {value} at pc {pc}")]
+    InvalidField {
+        /// Slot index.
+        pc: usize,
+        /// Field name.
+        field: &'static str,
+        /// Its value.
+        value: i64,
+    },
+    /// A register number above 10.
+    #[error("bad register r{reg} at pc {pc}")]
+    BadRegister {
+        /// Slot index.
+        pc: usize,
+        /// The register number.
+        reg: u8,
+    },
+    /// An instruction writes r10.
+    #[error("write to read-only r10 at pc {pc}")]
+    WriteToR10 {
+        /// Slot index.
+        pc: usize,
+    },
+    /// `lddw` in the last slot.
+    #[error("lddw at pc {pc} has no second slot")]
+    TruncatedLddw {
+        /// Slot index of the `lddw`.
+        pc: usize,
+    },
+    /// The second slot of an `lddw` has a non-zero opcode, register or offset.
+    #[error("invalid lddw second slot at pc {pc}")]
+    BadLddwSecondSlot {
+        /// Slot index of the second slot.
+        pc: usize,
+    },
+    /// A jump target outside the program.
+    #[error("jump out of range at pc {pc} (target {target})")]
+    JumpOutOfRange {
+        /// Slot index of the jump.
+        pc: usize,
+        /// Target slot index (may be negative).
+        target: i64,
+    },
+    /// A jump or call into the second slot of an `lddw`.
+    #[error("jump into the middle of lddw at pc {pc} (target {target})")]
+    JumpIntoLddw {
+        /// Slot index of the jump.
+        pc: usize,
+        /// Target slot index.
+        target: usize,
+    },
+    /// A jump that leaves the function it is in.
+    #[error("jump at pc {pc} leaves its function (target {target})")]
+    JumpAcrossFunctions {
+        /// Slot index of the jump.
+        pc: usize,
+        /// Target slot index.
+        target: usize,
+    },
+    /// A `call local` target outside the program.
+    #[error("local call out of range at pc {pc} (target {target})")]
+    CallOutOfRange {
+        /// Slot index of the call.
+        pc: usize,
+        /// Target slot index (may be negative).
+        target: i64,
+    },
+    /// Execution can run past the last instruction of a function (of the program, when
+    /// `pc` is the last slot).
+    #[error("execution falls off the end of the function at pc {pc}")]
+    FallsOffEnd {
+        /// Slot index of the last instruction of the function.
+        pc: usize,
+    },
+    /// A static `call` to a helper id that is not registered.
+    #[error("unknown helper {id} at pc {pc}")]
+    UnknownHelper {
+        /// Slot index.
+        pc: usize,
+        /// Helper id.
+        id: u32,
+    },
+    /// The (acyclic) call graph is deeper than [`MAX_CALL_DEPTH`] frames.
+    #[error("call depth {depth} exceeds {MAX_CALL_DEPTH}")]
+    CallDepth {
+        /// Deepest chain of frames, the entry included.
+        depth: usize,
+    },
+}
+
+/// A program that passed the checker: its slots and their decoded form, one entry per slot
+/// (the second slot of an `lddw` decodes to [`Instr::LddwHi`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Checked {
+    /// The raw slots.
+    pub slots: Vec<Insn>,
+    /// `instrs[pc]` is the instruction starting at slot `pc`.
+    pub instrs: Vec<Instr>,
+    /// Function entry slots, sorted; `functions[0] == 0`.
+    pub functions: Vec<usize>,
+}
+
+/// Checks `slots` against the rules in the module documentation. `helpers` decides which
+/// static `call` ids are known.
+pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
+    if slots.is_empty() {
+        return Err(CheckError::Empty);
+    }
+    if slots.len() > MAX_SLOTS {
+        return Err(CheckError::TooLong { slots: slots.len() });
+    }
+    let n = slots.len();
+
+    // Pass 1: decode, registers, helpers; collect function entries.
+    let mut instrs = Vec::with_capacity(n);
+    let mut is_function = vec![false; n];
+    is_function[0] = true;
+    let mut pc = 0;
+    while pc < n {
+        let ins = decode_at(slots, pc)?;
+        if ins.written_regs().contains(&Some(FRAME_REG)) {
+            return Err(CheckError::WriteToR10 { pc });
+        }
+        match ins {
+            Instr::Call { id } if helpers.get(id).is_none() => {
+                return Err(CheckError::UnknownHelper { pc, id });
+            }
+            Instr::CallLocal { off } => {
+                let target = pc as i64 + 1 + off as i64;
+                if target < 0 || target >= n as i64 {
+                    return Err(CheckError::CallOutOfRange { pc, target });
+                }
+                is_function[target as usize] = true;
+            }
+            _ => {}
+        }
+        instrs.push(ins);
+        if ins.slots() == 2 {
+            instrs.push(Instr::LddwHi);
+        }
+        pc += ins.slots();
+    }
+
+    // Local call targets must be instructions, not second halves of lddw.
+    for (pc, ins) in instrs.iter().enumerate() {
+        if let Instr::CallLocal { off } = *ins {
+            let target = (pc as i64 + 1 + off as i64) as usize;
+            if matches!(instrs[target], Instr::LddwHi) {
+                return Err(CheckError::JumpIntoLddw { pc, target });
+            }
+        }
+    }
+
+    // Function index of every slot.
+    let functions: Vec<usize> = (0..n).filter(|&i| is_function[i]).collect();
+    let mut func_of = vec![0usize; n];
+    let mut f = 0;
+    for (i, slot) in func_of.iter_mut().enumerate() {
+        if f + 1 < functions.len() && functions[f + 1] == i {
+            f += 1;
+        }
+        *slot = f;
+    }
+
+    // Pass 2: control flow.
+    for (pc, ins) in instrs.iter().enumerate() {
+        if matches!(ins, Instr::LddwHi) {
+            continue;
+        }
+        if let (Some(off), false) = (ins.branch_offset(), matches!(ins, Instr::CallLocal { .. })) {
+            let target = pc as i64 + 1 + off;
+            if target < 0 || target >= n as i64 {
+                return Err(CheckError::JumpOutOfRange { pc, target });
+            }
+            let target = target as usize;
+            if matches!(instrs[target], Instr::LddwHi) {
+                return Err(CheckError::JumpIntoLddw { pc, target });
+            }
+            if func_of[target] != func_of[pc] {
+                return Err(CheckError::JumpAcrossFunctions { pc, target });
+            }
+        }
+        // The last instruction of each function must not fall through.
+        let last_of_function = pc + ins.slots() == n || is_function[pc + ins.slots()];
+        if last_of_function && !matches!(ins, Instr::Exit | Instr::Ja { .. }) {
+            return Err(CheckError::FallsOffEnd { pc });
+        }
+    }
+
+    // Pass 3: call depth over the function call graph, when acyclic.
+    let mut callees: Vec<Vec<usize>> = vec![Vec::new(); functions.len()];
+    for (pc, ins) in instrs.iter().enumerate() {
+        if let Instr::CallLocal { off } = *ins {
+            let target = (pc as i64 + 1 + off as i64) as usize;
+            callees[func_of[pc]].push(func_of[target]);
+        }
+    }
+    if let Some(depth) = max_depth(&callees) {
+        if depth > MAX_CALL_DEPTH {
+            return Err(CheckError::CallDepth { depth });
+        }
+    }
+
+    Ok(Checked {
+        slots: slots.to_vec(),
+        instrs,
+        functions,
+    })
+}
+
+/// Deepest chain of frames from function 0, or `None` if a cycle is reachable.
+fn max_depth(callees: &[Vec<usize>]) -> Option<usize> {
+    // Iterative DFS with colours: 0 = new, 1 = on stack, 2 = done.
+    let n = callees.len();
+    let mut colour = vec![0u8; n];
+    let mut depth = vec![1usize; n];
+    let mut stack: Vec<(usize, usize)> = vec![(0, 0)];
+    colour[0] = 1;
+    while let Some(&mut (f, ref mut next)) = stack.last_mut() {
+        if let Some(&g) = callees[f].get(*next) {
+            *next += 1;
+            match colour[g] {
+                0 => {
+                    colour[g] = 1;
+                    stack.push((g, 0));
+                }
+                1 => return None,
+                _ => {}
+            }
+        } else {
+            depth[f] = 1 + callees[f].iter().map(|&g| depth[g]).max().unwrap_or(0);
+            colour[f] = 2;
+            stack.pop();
+        }
+    }
+    Some(depth[0])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::insn::*;
+
+    fn exit() -> Insn {
+        Insn::new(EXIT, 0, 0, 0, 0)
+    }
+    fn mov(dst: u8, imm: i32) -> Insn {
+        Insn::new(CLS_ALU64 | ALU_MOV, dst, 0, 0, imm)
+    }
+    fn ja(off: i16) -> Insn {
+        Insn::new(CLS_JMP | JMP_JA, 0, 0, off, 0)
+    }
+    fn call_local(off: i32) -> Insn {
+        Insn::new(CALL, 0, CALL_LOCAL, 0, off)
+    }
+    fn chk(p: &[Insn]) -> Result<Checked, CheckError> {
+        check(p, &Helpers::new())
+    }
+
+    #[test]
+    fn accepts_minimal_program() {
+        let c = chk(&[mov(0, 1), exit()]).unwrap();
+        assert_eq!(c.instrs.len(), 2);
+        assert_eq!(c.functions, vec![0]);
+    }
+
+    #[test]
+    fn rejects_empty_and_fall_off() {
+        assert_eq!(chk(&[]), Err(CheckError::Empty));
+        assert_eq!(chk(&[mov(0, 1)]), Err(CheckError::FallsOffEnd { pc: 0 }));
+        // A conditional jump as the last instruction can fall through.
+        let jeq = Insn::new(CLS_JMP | JMP_JEQ, 0, 0, -2, 0);
+        assert_eq!(
+            chk(&[exit(), mov(0, 1), jeq]),
+            Err(CheckError::FallsOffEnd { pc: 2 })
+        );
+        // ... an unconditional one cannot.
+        assert!(chk(&[mov(0, 1), exit(), ja(-3)]).is_ok());
+    }
+
+    #[test]
+    fn rejects_r10_writes_and_bad_jumps() {
+        assert_eq!(
+            chk(&[mov(10, 1), exit()]),
+            Err(CheckError::WriteToR10 { pc: 0 })
+        );
+        assert_eq!(
+            chk(&[ja(5), exit()]),
+            Err(CheckError::JumpOutOfRange { pc: 0, target: 6 })
+        );
+        assert_eq!(
+            chk(&[ja(-2), exit()]),
+            Err(CheckError::JumpOutOfRange { pc: 0, target: -1 })
+        );
+        let lddw = Instr::Lddw { dst: 0, imm: 7 }.encode();
+        let p = [ja(1), lddw[0], lddw[1], exit()];
+        assert_eq!(chk(&p), Err(CheckError::JumpIntoLddw { pc: 0, target: 2 }));
+        let p = [lddw[0]];
+        assert_eq!(chk(&p), Err(CheckError::TruncatedLddw { pc: 0 }));
+    }
+
+    #[test]
+    fn helpers_must_be_registered() {
+        extern "C" fn h(a: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+            a
+        }
+        let p = [Insn::new(CALL, 0, 0, 0, 7), exit()];
+        assert_eq!(chk(&p), Err(CheckError::UnknownHelper { pc: 0, id: 7 }));
+        let mut hs = Helpers::new();
+        hs.register(7, h);
+        assert!(check(&p, &hs).is_ok());
+    }
+
+    #[test]
+    fn functions_and_call_depth() {
+        // main: call f; exit. f: ja back into main -> crosses functions.
+        let p = [call_local(1), exit(), ja(-3)];
+        assert_eq!(
+            chk(&p),
+            Err(CheckError::JumpAcrossFunctions { pc: 2, target: 0 })
+        );
+        // Main falls through into f.
+        let p = [call_local(1), mov(0, 1), exit()];
+        assert_eq!(chk(&p), Err(CheckError::FallsOffEnd { pc: 1 }));
+        assert_eq!(
+            chk(&[call_local(5), exit()]),
+            Err(CheckError::CallOutOfRange { pc: 0, target: 6 })
+        );
+        // A chain of MAX_CALL_DEPTH frames is fine, one more is not.
+        let chain = |frames: usize| {
+            let mut p = Vec::new();
+            for _ in 0..frames - 1 {
+                p.push(call_local(1));
+                p.push(exit());
+            }
+            p.push(exit());
+            p
+        };
+        assert!(chk(&chain(MAX_CALL_DEPTH)).is_ok());
+        assert_eq!(
+            chk(&chain(MAX_CALL_DEPTH + 1)),
+            Err(CheckError::CallDepth {
+                depth: MAX_CALL_DEPTH + 1
+            })
+        );
+        // Recursion is left to the run-time limit.
+        assert!(chk(&[call_local(-1), exit()]).is_ok());
+    }
+}

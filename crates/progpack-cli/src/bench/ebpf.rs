@@ -1,0 +1,353 @@
+//! Workload 6, eBPF end to end: load many small eBPF programs (check + JIT + make
+//! executable) and run a packet filter over synthetic packets, for each engine.
+//!
+//! Engines, each loading the same bytecode:
+//! - `rbpf-interp`: `EbpfVmRaw::new` (rbpf's verifier), runs with `execute_program`;
+//! - `rbpf-jit`: `new` + `jit_compile` (a page per program from `std::alloc`, made
+//!   writable+executable with `mprotect`), runs with `execute_program_jit`;
+//! - `progpack-bpf-interp`: `Vm::load` without JIT (decode + check), runs with `run_interp`;
+//! - `progpack-bpf-jit`: `Vm::load` with JIT enabled (decode + check + compile + one
+//!   `draft`/`finalize` into progpack, procmem backend), runs with `run_jit`; default
+//!   `JitOptions` (instruction counting on, so a run stops at its instruction limit like the
+//!   interpreter);
+//! - `progpack-bpf-jit-nocount`: the same with `count_instructions: false` (like rbpf's JIT,
+//!   which has no instruction limit);
+//! - `progpack-bpf-jit-unplaced` (load only, a breakdown, not an engine): decode + check +
+//!   `jit::compile` with counting, without `draft`/`finalize`: the difference to
+//!   `progpack-bpf-jit` is what placing the code in progpack costs.
+//!
+//! Load is the fastest of [`REPEAT`] runs, each into fresh VMs; the filter is the fastest of
+//! [`REPEAT`] passes over all packets after one warm-up pass.
+#![allow(unsafe_code)]
+
+use super::gen::{Rng, SEED};
+use super::report::Report;
+use super::{Scale, REPEAT};
+use progpack_bpf::{Helpers, JitOptions, Vm};
+use std::time::Instant;
+
+/// Bytes between packets in the packet buffer (each packet is shorter).
+const STRIDE: usize = 128;
+
+/// A raw eBPF instruction.
+fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
+    let mut b = [0u8; 8];
+    b[0] = op;
+    b[1] = (src << 4) | dst;
+    b[2..4].copy_from_slice(&off.to_le_bytes());
+    b[4..8].copy_from_slice(&imm.to_le_bytes());
+    b
+}
+
+/// The packet filter: accept (r0 = 1) IPv4 TCP packets to destination `port`, else 0.
+/// r1 points at the Ethernet frame.
+pub fn filter_program(port: u16) -> Vec<u8> {
+    const LDXH: u8 = 0x69;
+    const LDXB: u8 = 0x71;
+    const JNE_K: u8 = 0x55;
+    const MOV64_K: u8 = 0xb7;
+    const EXIT: u8 = 0x95;
+    [
+        insn(LDXH, 2, 1, 12, 0),      // 0: r2 = ethertype (as loaded)
+        insn(JNE_K, 2, 0, 6, 0x0008), // 1: if not IPv4 goto 8
+        insn(LDXB, 3, 1, 23, 0),      // 2: r3 = IPv4 protocol
+        insn(JNE_K, 3, 0, 4, 6),      // 3: if not TCP goto 8
+        insn(LDXH, 4, 1, 36, 0),      // 4: r4 = TCP destination port
+        insn(JNE_K, 4, 0, 2, port.swap_bytes() as i32), // 5: if not `port` goto 8
+        insn(MOV64_K, 0, 0, 0, 1),    // 6: accept
+        insn(EXIT, 0, 0, 0, 0),       // 7
+        insn(MOV64_K, 0, 0, 0, 0),    // 8: drop
+        insn(EXIT, 0, 0, 0, 0),       // 9
+    ]
+    .concat()
+}
+
+/// `n` synthetic Ethernet frames (64..=128 bytes, IPv4/IPv6, TCP/UDP, some to port 80) laid
+/// out every [`STRIDE`] bytes, their lengths, and how many the filter for port 80 accepts.
+pub fn packets(n: usize, seed: u64) -> (Vec<u8>, Vec<u8>, usize) {
+    let mut rng = Rng::new(seed);
+    let mut buf = vec![0u8; n * STRIDE];
+    let mut lens = Vec::with_capacity(n);
+    let mut accepted = 0;
+    for p in buf.chunks_exact_mut(STRIDE) {
+        let len = 64 + rng.below(65);
+        let ipv4 = rng.below(4) != 0;
+        let tcp = rng.below(3) != 0;
+        let port: u16 = if rng.below(4) == 0 {
+            80
+        } else {
+            rng.below(65536) as u16
+        };
+        p[12..14].copy_from_slice(if ipv4 { &[0x08, 0x00] } else { &[0x86, 0xdd] });
+        p[14] = 0x45;
+        p[23] = if tcp { 6 } else { 17 };
+        p[34..36].copy_from_slice(&(rng.below(65536) as u16).to_be_bytes());
+        p[36..38].copy_from_slice(&port.to_be_bytes());
+        for b in &mut p[38..len] {
+            *b = rng.next_u64() as u8;
+        }
+        accepted += usize::from(ipv4 && tcp && port == 80);
+        lens.push(len as u8);
+    }
+    (buf, lens, accepted)
+}
+
+/// The engines compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    RbpfInterp,
+    RbpfJit,
+    PpInterp,
+    PpJit,
+    PpJitNoCount,
+    PpJitUnplaced,
+}
+
+impl Engine {
+    const ALL: [Engine; 6] = [
+        Engine::PpJit,
+        Engine::PpJitNoCount,
+        Engine::PpJitUnplaced,
+        Engine::PpInterp,
+        Engine::RbpfJit,
+        Engine::RbpfInterp,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Engine::RbpfInterp => "rbpf-interp",
+            Engine::RbpfJit => "rbpf-jit",
+            Engine::PpInterp => "progpack-bpf-interp",
+            Engine::PpJit => "progpack-bpf-jit",
+            Engine::PpJitNoCount => "progpack-bpf-jit-nocount",
+            Engine::PpJitUnplaced => "progpack-bpf-jit-unplaced",
+        }
+    }
+
+    /// A progpack-bpf VM for this engine (JIT into a fresh allocator where it JITs).
+    fn vm(self) -> Result<Vm, String> {
+        let mut vm = Vm::new(Helpers::new());
+        let count_instructions = match self {
+            Engine::PpJit => true,
+            Engine::PpJitNoCount => false,
+            _ => return Ok(vm), // interpreters, and the unplaced breakdown (compiles itself)
+        };
+        let alloc = progpack::Allocator::new(progpack::Config::default())
+            .map_err(|e| format!("allocator: {e}"))?;
+        vm.enable_jit(alloc, JitOptions { count_instructions });
+        Ok(vm)
+    }
+}
+
+/// Anything kept alive until dropped (loaded programs of any engine).
+trait Keep {}
+impl<T> Keep for T {}
+
+/// Loads every program of `progs` with `engine` once; returns the elapsed time and the
+/// loaded programs. The caller keeps them alive until all repetitions are done: rbpf's JIT
+/// pages come from the heap and stay writable+executable after free, so a repetition that
+/// reused them would skip the page faults and `mprotect` work a cold load pays.
+/// Never inlined, so callgrind can count just this (`--toggle-collect='*ebpf*load_all*'`).
+#[inline(never)]
+fn load_all<'a>(
+    engine: Engine,
+    progs: &'a [Vec<u8>],
+) -> Result<(std::time::Duration, Box<dyn Keep + 'a>), String> {
+    match engine {
+        Engine::RbpfInterp | Engine::RbpfJit => {
+            let jit = engine == Engine::RbpfJit;
+            let mut vms = Vec::with_capacity(progs.len());
+            let start = Instant::now();
+            for p in progs {
+                let mut vm = rbpf::EbpfVmRaw::new(Some(p)).map_err(|e| e.to_string())?;
+                if jit {
+                    vm.jit_compile().map_err(|e| e.to_string())?;
+                }
+                vms.push(vm);
+            }
+            Ok((start.elapsed(), Box::new(vms)))
+        }
+        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount => {
+            let vm = engine.vm()?;
+            let mut loaded = Vec::with_capacity(progs.len());
+            let start = Instant::now();
+            for p in progs {
+                loaded.push(vm.load(p).map_err(|e| e.to_string())?);
+            }
+            Ok((start.elapsed(), Box::new((vm, loaded))))
+        }
+        Engine::PpJitUnplaced => {
+            let vm = engine.vm()?;
+            let opts = progpack_bpf::jit::CompileOptions {
+                rel_calls: false,
+                budget: true,
+            };
+            let mut compiled = Vec::with_capacity(progs.len());
+            let start = Instant::now();
+            for p in progs {
+                let checked = vm.load(p).map_err(|e| e.to_string())?;
+                let code = progpack_bpf::jit::compile(checked.slots(), vm.helpers(), opts)
+                    .map_err(|e| e.to_string())?;
+                compiled.push((checked, code));
+            }
+            Ok((start.elapsed(), Box::new(compiled)))
+        }
+    }
+}
+
+/// Runs `run` over every packet, one warm-up pass and [`REPEAT`] timed passes; returns the
+/// fastest pass's ns per packet and the number accepted.
+fn time_filter<F>(buf: &mut [u8], lens: &[u8], mut run: F) -> Result<(f64, u64), String>
+where
+    F: FnMut(&mut [u8]) -> Result<u64, String>,
+{
+    let mut best = f64::INFINITY;
+    let mut accepted = 0;
+    for pass in 0..=REPEAT {
+        let start = Instant::now();
+        accepted = 0;
+        for (p, &len) in buf.chunks_exact_mut(STRIDE).zip(lens) {
+            accepted += run(&mut p[..len as usize])?;
+        }
+        let ns = start.elapsed().as_nanos() as f64 / lens.len() as f64;
+        if pass > 0 {
+            best = best.min(ns);
+        }
+    }
+    Ok((best, accepted))
+}
+
+/// Runs the filter with `engine`.
+fn filter(engine: Engine, buf: &mut [u8], lens: &[u8]) -> Result<(f64, u64), String> {
+    let prog = filter_program(80);
+    match engine {
+        Engine::RbpfInterp => {
+            let vm = rbpf::EbpfVmRaw::new(Some(&prog)).map_err(|e| e.to_string())?;
+            time_filter(buf, lens, |mem| {
+                vm.execute_program(mem).map_err(|e| e.to_string())
+            })
+        }
+        Engine::RbpfJit => {
+            let mut vm = rbpf::EbpfVmRaw::new(Some(&prog)).map_err(|e| e.to_string())?;
+            vm.jit_compile().map_err(|e| e.to_string())?;
+            time_filter(buf, lens, |mem| {
+                // SAFETY: the program was verified and JIT-compiled by rbpf; it reads only
+                // inside `mem` (offsets below 38, packets are at least 64 bytes).
+                unsafe { vm.execute_program_jit(mem) }.map_err(|e| e.to_string())
+            })
+        }
+        Engine::PpInterp => {
+            let p = engine.vm()?.load(&prog).map_err(|e| e.to_string())?;
+            time_filter(buf, lens, |mem| {
+                p.run_interp(mem).map_err(|e| e.to_string())
+            })
+        }
+        Engine::PpJit | Engine::PpJitNoCount => {
+            let p = engine.vm()?.load(&prog).map_err(|e| e.to_string())?;
+            time_filter(buf, lens, |mem| p.run_jit(mem).map_err(|e| e.to_string()))
+        }
+        Engine::PpJitUnplaced => Err("not an engine (load breakdown only)".into()),
+    }
+}
+
+/// Runs both eBPF workloads for every engine (or those named in `only`).
+pub fn run(scale: &Scale, only: &[String], report: &mut Report) {
+    let wanted = |e: &Engine| only.is_empty() || only.iter().any(|o| o == e.name());
+    let n = scale.ebpf_n;
+    // Distinct programs (the port differs), as a system loading many filters would have.
+    let progs: Vec<Vec<u8>> = (0..n).map(|i| filter_program(i as u16)).collect();
+    for engine in Engine::ALL.into_iter().filter(wanted) {
+        let mut best: Option<std::time::Duration> = None;
+        let mut keep = Vec::with_capacity(REPEAT);
+        for _ in 0..REPEAT {
+            match load_all(engine, &progs) {
+                Ok((t, loaded)) => {
+                    best = Some(best.map_or(t, |b| b.min(t)));
+                    keep.push(loaded);
+                }
+                Err(e) => {
+                    report.note(
+                        "ebpf-load",
+                        engine.name(),
+                        format!("load failed: {e}; no row"),
+                    );
+                    best = None;
+                    break;
+                }
+            }
+        }
+        drop(keep);
+        if let Some(t) = best {
+            let ns = t.as_nanos() as f64 / n as f64;
+            report.push("ebpf-load", engine.name(), n, "10 insns", ns, "ns/program");
+        }
+    }
+
+    let packets_n = scale.ebpf_packets;
+    let (mut buf, lens, expected) = packets(packets_n, SEED ^ 0x9e7);
+    for engine in Engine::ALL
+        .into_iter()
+        .filter(|&e| e != Engine::PpJitUnplaced)
+        .filter(wanted)
+    {
+        match filter(engine, &mut buf, &lens) {
+            Ok((_, accepted)) if accepted as usize != expected => report.note(
+                "ebpf-filter",
+                engine.name(),
+                format!("wrong verdicts: accepted {accepted}, expected {expected}; no row"),
+            ),
+            Ok((ns, _)) => report.push(
+                "ebpf-filter",
+                engine.name(),
+                packets_n,
+                "64-128",
+                ns,
+                "ns/packet",
+            ),
+            Err(e) => report.note("ebpf-filter", engine.name(), format!("{e}; no row")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_program_is_ten_instructions() {
+        assert_eq!(filter_program(80).len(), 80);
+    }
+
+    #[test]
+    fn packets_are_deterministic_and_counted() {
+        let (a, la, ea) = packets(1000, 1);
+        let (b, lb, eb) = packets(1000, 1);
+        assert_eq!((a, la, ea), (b, lb, eb));
+        // About 3/4 IPv4 * 2/3 TCP * 1/4 port 80 = 1/8 accepted.
+        assert!((80..=170).contains(&ea), "{ea}");
+    }
+
+    #[test]
+    fn every_engine_agrees_with_the_count() {
+        let (mut buf, lens, expected) = packets(500, 5);
+        for engine in Engine::ALL
+            .into_iter()
+            .filter(|&e| e != Engine::PpJitUnplaced)
+        {
+            let (_, accepted) = filter(engine, &mut buf, &lens).unwrap();
+            assert_eq!(accepted as usize, expected, "{}", engine.name());
+        }
+    }
+
+    #[test]
+    fn rbpf_interpreter_agrees_with_the_count() {
+        let (mut buf, lens, expected) = packets(2000, 3);
+        let prog = filter_program(80);
+        let vm = rbpf::EbpfVmRaw::new(Some(&prog)).unwrap();
+        let mut accepted = 0;
+        for (p, &len) in buf.chunks_exact_mut(STRIDE).zip(&lens) {
+            accepted += vm.execute_program(&mut p[..len as usize]).unwrap();
+        }
+        assert_eq!(accepted as usize, expected);
+    }
+}

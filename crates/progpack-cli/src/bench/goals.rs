@@ -1,0 +1,301 @@
+//! The goals of issue 5, checked against one run's rows.
+
+use super::report::{fmt_ratio, fmt_value, Report, Row};
+use std::fmt::Write as _;
+
+/// Outcome of one goal.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// The measured ratio meets the goal.
+    Met,
+    /// It does not.
+    Missed,
+    /// A row it needs was not measured (the reason says which).
+    NotMeasured,
+}
+
+/// One goal with what was measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Goal {
+    /// The goal as the issue states it.
+    pub text: String,
+    /// The measured ratio (or value) and what it compares.
+    pub measured: String,
+    /// Met or not.
+    pub verdict: Verdict,
+}
+
+fn value(r: &Report, bench: &str, system: &str, n: u64, size: &str, unit: &str) -> Option<f64> {
+    r.rows
+        .iter()
+        .find(|row: &&Row| {
+            row.bench == bench
+                && row.system == system
+                && row.n == n
+                && row.size == size
+                && row.unit == unit
+        })
+        .map(|row| row.value)
+}
+
+/// A goal "`num / den >= target`" (both times, so this is "den is target times faster").
+fn ratio_goal(text: &str, num: Option<(f64, &str)>, den: Option<(f64, &str)>, target: f64) -> Goal {
+    match (num, den) {
+        (Some((a, an)), Some((b, bn))) if b > 0.0 => {
+            let ratio = a / b;
+            Goal {
+                text: text.to_string(),
+                measured: format!(
+                    "{an} {} / {bn} {} = {}",
+                    fmt_value(a),
+                    fmt_value(b),
+                    fmt_ratio(ratio)
+                ),
+                verdict: if ratio >= target {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            }
+        }
+        _ => Goal {
+            text: text.to_string(),
+            measured: format!(
+                "not measured ({} missing)",
+                [(num.is_none(), "numerator"), (den.is_none(), "denominator")]
+                    .iter()
+                    .filter(|(m, _)| *m)
+                    .map(|(_, w)| *w)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ),
+            verdict: Verdict::NotMeasured,
+        },
+    }
+}
+
+/// Checks every goal of the issue that this run has rows for.
+pub fn evaluate(r: &Report) -> Vec<Goal> {
+    let mut goals = Vec::new();
+    let load_n = r
+        .rows
+        .iter()
+        .filter(|row| row.bench == "load")
+        .map(|row| row.n)
+        .max()
+        .unwrap_or(100_000);
+    let load = |system: &'static str| {
+        value(r, "load", system, load_n, "64", "ns/program").map(|v| (v, system))
+    };
+    goals.push(ratio_goal(
+        &format!("load 64 B, {load_n} programs: progpack batched >= 20x faster than mmap+mprotect"),
+        load("mmap+mprotect"),
+        load("progpack-procmem-batch"),
+        20.0,
+    ));
+    goals.push(ratio_goal(
+        &format!("load 64 B, {load_n} programs: progpack batched at least as fast as jit-allocator dual mapping"),
+        load("jit-allocator-dualmap"),
+        load("progpack-procmem-batch"),
+        1.0,
+    ));
+    for (n, target) in [(10_000u64, 2.0), (100_000, 4.0)] {
+        for size in ["64", "512"] {
+            let d = |system: &'static str| {
+                value(r, "dispatch", system, n, size, "ns/call").map(|v| (v, system))
+            };
+            goals.push(ratio_goal(
+                &format!("dispatch {n} programs of {size} B: packed progpack >= {target}x faster than page-per-program"),
+                d("mmap+mprotect"),
+                d("progpack-procmem"),
+                target,
+            ));
+        }
+    }
+    let fp_n = r
+        .rows
+        .iter()
+        .filter(|row| row.bench == "footprint")
+        .map(|row| row.n)
+        .max()
+        .unwrap_or(1_000_000);
+    let fp = |size: &str, unit: &str| value(r, "footprint", "progpack-procmem", fp_n, size, unit);
+    goals.push(match fp("mix", "mapped/requested") {
+        Some(v) => Goal {
+            text: "footprint, kernel size mix: mapped / requested <= 1.10".into(),
+            measured: format!("progpack-procmem {} ({fp_n} programs)", fmt_value(v)),
+            verdict: if v <= 1.10 {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Goal {
+            text: "footprint, kernel size mix: mapped / requested <= 1.10".into(),
+            measured: "not measured".into(),
+            verdict: Verdict::NotMeasured,
+        },
+    });
+    for size in ["64", "mix"] {
+        let text =
+            format!("footprint, {fp_n} programs of size {size}: at most packs + 16 mappings");
+        goals.push(match (fp(size, "mappings added"), fp(size, "packs")) {
+            (Some(maps), Some(packs)) => Goal {
+                text,
+                measured: format!(
+                    "{} mappings added, {} packs",
+                    fmt_value(maps),
+                    fmt_value(packs)
+                ),
+                verdict: if maps <= packs + 16.0 {
+                    Verdict::Met
+                } else {
+                    Verdict::Missed
+                },
+            },
+            _ => Goal {
+                text,
+                measured: "not measured".into(),
+                verdict: Verdict::NotMeasured,
+            },
+        });
+    }
+    for system in ["progpack-procmem", "progpack-procmem-batch"] {
+        let text = format!("threads: 2 threads load >= 1.7x as fast as one ({system})");
+        let th_n = r
+            .rows
+            .iter()
+            .filter(|row| row.bench == "threads")
+            .map(|row| row.n)
+            .max()
+            .unwrap_or(0);
+        goals.push(
+            match value(r, "threads", system, th_n, "64", "speedup 2 vs 1 thread") {
+                Some(v) => Goal {
+                    text,
+                    measured: fmt_ratio(v),
+                    verdict: if v >= 1.7 {
+                        Verdict::Met
+                    } else {
+                        Verdict::Missed
+                    },
+                },
+                None => Goal {
+                    text,
+                    measured: "not measured".into(),
+                    verdict: Verdict::NotMeasured,
+                },
+            },
+        );
+    }
+    let eb_n = r
+        .rows
+        .iter()
+        .filter(|row| row.bench == "ebpf-load")
+        .map(|row| row.n)
+        .max()
+        .unwrap_or(10_000);
+    let eb = |system: &'static str| {
+        value(r, "ebpf-load", system, eb_n, "10 insns", "ns/program").map(|v| (v, system))
+    };
+    goals.push(ratio_goal(
+        &format!("eBPF: progpack-bpf loads {eb_n} programs >= 10x faster than rbpf's JIT"),
+        eb("rbpf-jit"),
+        eb("progpack-bpf-jit"),
+        10.0,
+    ));
+    let pk_n = r
+        .rows
+        .iter()
+        .filter(|row| row.bench == "ebpf-filter")
+        .map(|row| row.n)
+        .max()
+        .unwrap_or(1_000_000);
+    let pk = |system: &'static str| {
+        value(r, "ebpf-filter", system, pk_n, "64-128", "ns/packet").map(|v| (v, system))
+    };
+    goals.push(ratio_goal(
+        "eBPF: progpack-bpf's JIT runs the packet filter at least as fast as rbpf's JIT",
+        pk("rbpf-jit"),
+        pk("progpack-bpf-jit"),
+        1.0,
+    ));
+    goals
+}
+
+fn verdict_word(v: &Verdict) -> &'static str {
+    match v {
+        Verdict::Met => "met",
+        Verdict::Missed => "MISSED",
+        Verdict::NotMeasured => "not measured",
+    }
+}
+
+/// Goals as plain text lines.
+pub fn to_text(goals: &[Goal]) -> String {
+    let mut out = String::from("Goals (issue 5):\n");
+    for g in goals {
+        let _ = writeln!(
+            out,
+            "  [{}] {} — {}",
+            verdict_word(&g.verdict),
+            g.text,
+            g.measured
+        );
+    }
+    out
+}
+
+/// Goals as a Markdown table.
+pub fn to_markdown(goals: &[Goal]) -> String {
+    let mut out = String::from("| goal | measured | verdict |\n|---|---|---|\n");
+    for g in goals {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            g.text,
+            g.measured,
+            verdict_word(&g.verdict)
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_goal_met_and_missed() {
+        let mut r = Report::default();
+        r.push("load", "mmap+mprotect", 100_000, "64", 5000.0, "ns/program");
+        r.push(
+            "load",
+            "progpack-procmem-batch",
+            100_000,
+            "64",
+            200.0,
+            "ns/program",
+        );
+        r.push(
+            "load",
+            "jit-allocator-dualmap",
+            100_000,
+            "64",
+            150.0,
+            "ns/program",
+        );
+        let g = evaluate(&r);
+        assert_eq!(g[0].verdict, Verdict::Met, "{:?}", g[0]);
+        assert!(g[0].measured.ends_with("25.0x"), "{}", g[0].measured);
+        assert_eq!(g[1].verdict, Verdict::Missed, "{:?}", g[1]);
+        assert!(g.iter().skip(2).all(|g| g.verdict == Verdict::NotMeasured));
+    }
+
+    #[test]
+    fn markdown_has_one_line_per_goal() {
+        let g = evaluate(&Report::default());
+        let md = to_markdown(&g);
+        assert_eq!(md.lines().count(), 2 + g.len());
+    }
+}

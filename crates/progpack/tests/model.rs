@@ -1,0 +1,189 @@
+//! Model-based property test: random sequences of draft / finalize / batch finalize /
+//! finalize_all / drop, on a tiny configuration (small packs, so packs come and go). After
+//! every step: no two live ranges overlap, every program's bytes are intact and it returns its
+//! value, the counters equal the model's, and every free chunk holds only traps. At the end,
+//! the process's code mappings are exactly as before.
+#![cfg(target_arch = "x86_64")]
+
+mod support;
+
+use progpack::{Allocator, BackendChoice, Config, Draft, Program};
+use proptest::prelude::*;
+use support::{code_mappings, ret_imm};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Draft { len: usize, align_log2: u8 },
+    Finalize(usize),
+    DropDraft(usize),
+    DropProgram(usize),
+    Batch { n: usize, len: usize },
+    FinalizeAll,
+    FreeAll(u8),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (6usize..3000, 0u8..7).prop_map(|(len, align_log2)| Op::Draft { len, align_log2 }),
+        3 => any::<usize>().prop_map(Op::Finalize),
+        1 => any::<usize>().prop_map(Op::DropDraft),
+        3 => any::<usize>().prop_map(Op::DropProgram),
+        1 => (1usize..40, 6usize..200).prop_map(|(n, len)| Op::Batch { n, len }),
+        1 => Just(Op::FinalizeAll),
+        1 => (0u8..3).prop_map(Op::FreeAll),
+    ]
+}
+
+/// The image of value `v`: `mov eax, v; ret`, then bytes derived from `v` (not traps).
+fn image(v: u32, len: usize) -> Vec<u8> {
+    let mut img = ret_imm(v).to_vec();
+    img.extend((0..len - 6).map(|i| (v as usize + i) as u8 | 1));
+    img.truncate(len);
+    img
+}
+
+struct Model {
+    drafts: Vec<(u32, Draft)>,
+    programs: Vec<(u32, Program)>,
+    next: u32,
+}
+
+impl Model {
+    fn check(&self, alloc: &Allocator) {
+        let st = alloc.stats();
+        assert_eq!(st.programs, self.programs.len());
+        assert_eq!(st.allocations, self.programs.len() + self.drafts.len());
+        let requested: usize = self
+            .programs
+            .iter()
+            .map(|(_, p)| p.len())
+            .chain(self.drafts.iter().map(|(_, d)| d.len()))
+            .sum();
+        assert_eq!(st.bytes_requested, requested);
+        let mut ranges: Vec<(usize, usize)> = self
+            .programs
+            .iter()
+            .map(|(_, p)| (p.addr(), p.addr() + p.len()))
+            .chain(
+                self.drafts
+                    .iter()
+                    .map(|(_, d)| (d.exec_addr(), d.exec_addr() + d.len())),
+            )
+            .collect();
+        ranges.sort();
+        assert!(
+            ranges.windows(2).all(|w| w[0].1 <= w[1].0),
+            "overlap: {ranges:x?}"
+        );
+        for (v, p) in &self.programs {
+            assert_eq!(p.bytes(), image(*v, p.len()).as_slice());
+            // SAFETY: the image starts with `mov eax, v; ret`.
+            assert_eq!(unsafe { p.as_fn::<extern "C" fn() -> u32>() }(), *v);
+        }
+        alloc.check_invariants().unwrap();
+    }
+}
+
+fn run(ops: Vec<Op>, backend: BackendChoice) {
+    let before = code_mappings();
+    {
+        let alloc = Allocator::new(
+            Config::default()
+                .backend(backend)
+                .pack_size(64 << 10)
+                .shards(1)
+                .reserve_packs(1),
+        )
+        .unwrap();
+        let mut m = Model {
+            drafts: Vec::new(),
+            programs: Vec::new(),
+            next: 0,
+        };
+        for op in ops {
+            match op {
+                Op::Draft { len, align_log2 } => {
+                    let mut d = alloc.draft(len, 1 << align_log2).unwrap();
+                    assert_eq!(d.exec_addr() % (1 << align_log2), 0);
+                    assert!(progpack::arch::is_all_traps(d.image()));
+                    m.next += 1;
+                    d.image_mut().copy_from_slice(&image(m.next, len));
+                    m.drafts.push((m.next, d));
+                }
+                Op::Finalize(i) if !m.drafts.is_empty() => {
+                    let (v, d) = m.drafts.swap_remove(i % m.drafts.len());
+                    let addr = d.exec_addr();
+                    let p = d.finalize().unwrap();
+                    assert_eq!(p.addr(), addr);
+                    m.programs.push((v, p));
+                }
+                Op::DropDraft(i) if !m.drafts.is_empty() => {
+                    drop(m.drafts.swap_remove(i % m.drafts.len()))
+                }
+                Op::DropProgram(i) if !m.programs.is_empty() => {
+                    drop(m.programs.swap_remove(i % m.programs.len()))
+                }
+                Op::Batch { n, len } => {
+                    let mut b = alloc.batch();
+                    let mut vals = Vec::new();
+                    for _ in 0..n {
+                        m.next += 1;
+                        b.push(len, 1)
+                            .unwrap()
+                            .image
+                            .copy_from_slice(&image(m.next, len));
+                        vals.push(m.next);
+                    }
+                    m.programs
+                        .extend(vals.into_iter().zip(b.finalize().unwrap()));
+                }
+                Op::FinalizeAll => {
+                    let (vals, drafts): (Vec<u32>, Vec<Draft>) =
+                        std::mem::take(&mut m.drafts).into_iter().unzip();
+                    m.programs
+                        .extend(vals.into_iter().zip(alloc.finalize_all(drafts).unwrap()));
+                }
+                Op::FreeAll(k) => {
+                    // Free every third program (by position) in one call.
+                    let (mut keep, mut free) = (Vec::new(), Vec::new());
+                    for (i, vp) in std::mem::take(&mut m.programs).into_iter().enumerate() {
+                        if i % 3 == k as usize {
+                            free.push(vp.1)
+                        } else {
+                            keep.push(vp)
+                        }
+                    }
+                    m.programs = keep;
+                    alloc.free_all(free);
+                }
+                _ => {}
+            }
+            m.check(&alloc);
+        }
+        let st = alloc.stats();
+        assert!(st.reserve_packs <= 1);
+        drop(m);
+        let st = alloc.stats();
+        assert_eq!(
+            (
+                st.programs,
+                st.allocations,
+                st.chunks_used,
+                st.bytes_requested
+            ),
+            (0, 0, 0, 0)
+        );
+        assert!(st.packs <= 1, "only the reserve pack may stay: {st:?}");
+    }
+    assert_eq!(code_mappings(), before, "mappings left behind");
+}
+
+proptest! {
+    // One test function, so no other test in this binary maps code while it compares maps.
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn model(ops in proptest::collection::vec(op(), 1..150), dual in any::<bool>()) {
+        run(ops, if dual { BackendChoice::DualMap } else { BackendChoice::ProcMem });
+    }
+}

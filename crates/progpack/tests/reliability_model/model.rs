@@ -193,6 +193,8 @@ pub enum Op {
     Call { pick: usize },
     /// Drop every draft, slot and program.
     DropAll,
+    /// `free_all` on up to `count` programs starting at `pick`.
+    FreeAll { pick: usize, count: usize },
 }
 
 impl Op {
@@ -271,7 +273,11 @@ impl Op {
                 pick,
                 count: 1 + a as usize % 6,
             },
-            29 | 30 => Op::Call { pick },
+            29 => Op::Call { pick },
+            30 => Op::FreeAll {
+                pick,
+                count: 1 + a as usize % 12,
+            },
             _ => {
                 if a == 0 {
                     Op::DropAll
@@ -669,6 +675,26 @@ impl Model {
                                 item.addr
                             ));
                         }
+                    }
+                }
+            }
+            Op::FreeAll { pick, count } => {
+                if let Some(start) = Self::pick(&self.programs, pick) {
+                    let n = count.min(self.programs.len());
+                    let mut idx: Vec<usize> =
+                        (0..n).map(|k| (start + k) % self.programs.len()).collect();
+                    idx.sort_unstable();
+                    idx.dedup();
+                    let mut progs = Vec::new();
+                    let mut items = Vec::new();
+                    for &i in idx.iter().rev() {
+                        let (p, it) = self.programs.swap_remove(i);
+                        progs.push(p);
+                        items.push(it);
+                    }
+                    self.alloc.free_all(progs);
+                    for it in &items {
+                        self.check_freed(it)?;
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //!
 //! - `progpack demo`: load 100,000 JIT functions into packs, run them, compare with `mmap` + `mprotect`.
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
+//! - `progpack stress`: a mixed multi-threaded load with W^X watched, results and leaks checked.
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ mod baseline;
 mod bench;
 mod conformance;
 mod demo;
+mod stress;
 
 /// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
 #[derive(Debug, Parser)]
@@ -29,6 +31,9 @@ enum Command {
     Conformance(conformance::ConformanceArgs),
     /// Benchmark progpack side by side with the alternatives (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Mixed load from many threads while a watcher scans for W+X mappings; non-zero exit on
+    /// any W^X violation, wrong result or leaked mapping (see RELIABILITY.md).
+    Stress(stress::StressArgs),
 }
 
 /// Prints an error with its causes and turns it into a failing exit status.
@@ -47,5 +52,9 @@ fn main() -> ExitCode {
         Command::Demo(args) => report(demo::run(args)),
         Command::Conformance(args) => conformance::run(&args),
         Command::Bench(args) => report(bench::run(args)),
+        Command::Stress(args) => stress::run(args).unwrap_or_else(|e| {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }),
     }
 }

@@ -5,6 +5,7 @@
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
 //! - `progpack bench`: progpack side by side with the alternatives.
 //! - `progpack map`: a picture of the packs of a workload.
+//! - `progpack stress`: a mixed multi-threaded load with W^X watched, results and leaks checked.
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod conformance;
 mod demo;
+mod stress;
 
 /// progpack: packed, W^X executable memory for JIT compilers, and an eBPF VM on it.
 #[derive(Debug, Parser)]
@@ -34,6 +36,9 @@ enum Command {
     /// Run a workload and draw its packs: used, free and hole chunks, huge pages (PNG, SVG or
     /// a terminal map).
     Map(progpack_cli::map::MapArgs),
+    /// Mixed load from many threads while a watcher scans for W+X mappings; non-zero exit on
+    /// any W^X violation, wrong result or leaked mapping (see RELIABILITY.md).
+    Stress(stress::StressArgs),
 }
 
 /// Prints an error with its causes and turns it into a failing exit status.
@@ -53,5 +58,9 @@ fn main() -> ExitCode {
         Command::Conformance(args) => conformance::run(&args),
         Command::Bench(args) => report(bench::run(args)),
         Command::Map(args) => report(progpack_cli::map::run(&args)),
+        Command::Stress(args) => stress::run(args).unwrap_or_else(|e| {
+            eprintln!("progpack: {e:#}");
+            ExitCode::FAILURE
+        }),
     }
 }

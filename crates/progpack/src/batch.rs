@@ -93,18 +93,25 @@ impl Batch {
             }
         };
         let Placed { alloc, offset } = placed;
-        let segment = &mut self.segments[seg];
-        let start = segment.buf.len();
+        let start = self.segments[seg].buf.len();
         let span = alloc.span();
         if start == 0 {
-            segment.buf = trap_buffer(span)?;
+            // A segment just pushed for this slot: without its buffer it must go again, or
+            // `finalize` would meet a segment with no slot.
+            match trap_buffer(span) {
+                Ok(buf) => self.segments[seg].buf = buf,
+                Err(e) => {
+                    self.segments.pop();
+                    return Err(e);
+                }
+            }
         } else {
-            segment
-                .buf
-                .try_reserve(span)
+            let buf = &mut self.segments[seg].buf;
+            buf.try_reserve(span)
                 .map_err(|_| Error::OutOfMemory(span))?;
-            crate::arch::extend_traps(&mut segment.buf, span);
+            crate::arch::extend_traps(buf, span);
         }
+        let segment = &mut self.segments[seg];
         if let (Some((_, next)), Place::Packed { first, chunks, .. }) =
             (&mut segment.pack, &alloc.place)
         {

@@ -13,7 +13,7 @@ mod support;
 use progpack::{Allocator, BackendChoice, Config, Program};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use support::{call_u64, progpack_mappings, ret_imm, run_in_child, wx_mappings, Rng};
+use support::{call_u64, progpack_mappings, ret_imm64, run_in_child, wx_mappings, Rng};
 
 const THREADS: usize = 4;
 const OPS_PER_THREAD: usize = 4000;
@@ -32,7 +32,7 @@ type Shared = Arc<Mutex<Vec<(Arc<Program>, u64)>>>;
 
 fn image(v: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0x90u8; len]; // nops after the code: never run
-    b[..ret_imm(v).len()].copy_from_slice(&ret_imm(v));
+    b[..ret_imm64(v).len()].copy_from_slice(&ret_imm64(v));
     b
 }
 
@@ -53,7 +53,7 @@ fn worker(alloc: Allocator, id: u64, shared: Shared, c: Arc<Counts>, pack: usize
     };
     for _ in 0..OPS_PER_THREAD {
         c.ops.fetch_add(1, Ordering::Relaxed);
-        let len = ret_imm(0).len() + rng.below(300);
+        let len = ret_imm64(0).len() + rng.below(300);
         match rng.below(20) {
             0..=5 => {
                 let v = fresh();
@@ -76,7 +76,7 @@ fn worker(alloc: Allocator, id: u64, shared: Shared, c: Arc<Counts>, pack: usize
                 let mut vals = Vec::new();
                 for _ in 0..1 + rng.below(16) {
                     let v = fresh();
-                    let l = ret_imm(0).len() + rng.below(200);
+                    let l = ret_imm64(0).len() + rng.below(200);
                     match b.push(l, 1) {
                         Ok(s) => {
                             s.image.copy_from_slice(&image(v, l));

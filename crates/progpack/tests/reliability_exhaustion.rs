@@ -6,16 +6,16 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, CodeRange, Config, Error, Program};
-use support::{call_u64, ret_imm, run_in_child, status_kib};
+use support::{call_u64, ret_imm64, run_in_child, status_kib};
 
 fn load(alloc: &Allocator, value: u64, len: usize) -> progpack::Result<Program> {
     let mut d = alloc.draft(len, 1)?;
-    d.image_mut()[..ret_imm_len()].copy_from_slice(&ret_imm(value));
+    d.image_mut()[..ret_imm64_len()].copy_from_slice(&ret_imm64(value));
     d.finalize()
 }
 
-fn ret_imm_len() -> usize {
-    ret_imm(0).len()
+fn ret_imm64_len() -> usize {
+    ret_imm64(0).len()
 }
 
 fn check_all(progs: &[(Program, u64)]) -> Result<(), String> {
@@ -383,6 +383,66 @@ fn file_descriptors_exhausted_dualmap() {
         }
         check_all(&progs)?;
         alloc.check_invariants()
+    })
+    .assert_ok();
+}
+
+/// The heap runs out while a batch takes a slot: chunks are available in the pack, but the
+/// writable image buffer cannot be allocated. The push is a typed error, and the batch stays
+/// usable: it finalizes (with the slots that did succeed) instead of panicking. A 128 MiB pack
+/// and a 100 MiB image make the buffer too large for any malloc arena, so it needs a fresh
+/// mapping, which `RLIMIT_AS` refuses.
+#[test]
+fn batch_push_out_of_heap() {
+    run_in_child(|| {
+        let big = 100 << 20;
+        let alloc = Allocator::new(
+            Config::default()
+                .pack_size(128 << 20)
+                .reserve_packs(0)
+                .shards(1)
+                .backend(BackendChoice::DualMap), // no huge-page fill of 128 MiB
+        )
+        .map_err(|e| e.to_string())?;
+        let keep = load(&alloc, 1, 100).map_err(|e| e.to_string())?; // maps the pack
+        let vm = status_kib("VmSize") as u64 * 1024;
+        set_limit(libc::RLIMIT_AS, vm + (256 << 10))?;
+        if let Ok(d) = alloc.draft(big, 1) {
+            return Err(format!("a draft of {big} bytes under the limit: {d:?}"));
+        }
+        // A first slot whose buffer cannot be had.
+        let mut b = alloc.batch();
+        match b.push(big, 1).map(|s| s.index) {
+            Err(e) if e.is_out_of_memory() => {}
+            other => return Err(format!("push of a 100 MiB image: {other:?}")),
+        }
+        let progs = b
+            .finalize()
+            .map_err(|e| format!("finalize after a failed push: {e}"))?;
+        if !progs.is_empty() {
+            return Err("programs from nothing".into());
+        }
+        // A batch with a good slot, then a failed one, then a good one.
+        let mut b = alloc.batch();
+        let s = b.push(64, 1).map_err(|e| e.to_string())?;
+        s.image[..ret_imm64(2).len()].copy_from_slice(&ret_imm64(2));
+        if b.push(big, 1).is_ok() {
+            return Err("100 MiB image allowed under the limit".into());
+        }
+        let s = b.push(64, 1).map_err(|e| e.to_string())?;
+        s.image[..ret_imm64(3).len()].copy_from_slice(&ret_imm64(3));
+        let progs = b.finalize().map_err(|e| format!("finalize: {e}"))?;
+        let got: Vec<u64> = progs.iter().map(call_u64).collect();
+        if got != [2, 3] || call_u64(&keep) != 1 {
+            return Err(format!("results {got:?}"));
+        }
+        drop(progs);
+        alloc.check_invariants()?;
+        let st = alloc.stats();
+        if st.allocations != 1 {
+            return Err(format!("{} allocations left, 1 expected", st.allocations));
+        }
+        Ok(())
     })
     .assert_ok();
 }

@@ -23,7 +23,7 @@ use progpack::{
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{call_u64, ret_imm};
+use support::{call_u64, ret_imm64};
 
 const NEVER: usize = usize::MAX;
 const PACK: usize = 8192;
@@ -176,6 +176,9 @@ enum Step {
     Free(usize),
     /// Drop every other live program.
     FreeHalf,
+    /// `free_all` on the first this many live programs (one trap fill per contiguous run; a
+    /// failed run fill is retried program by program, so nothing is quarantined).
+    FreeAll(usize),
 }
 
 fn workload() -> Vec<Step> {
@@ -199,6 +202,9 @@ fn workload() -> Vec<Step> {
         Free(0),
         Load(2 * PACK), // dedicated mapping
         Batch(2, 4000),
+        FreeAll(12),
+        Batch(30, 60),
+        FreeAll(25),
         FreeHalf,
         FreeHalf,
     ]
@@ -227,7 +233,7 @@ fn span_chunks(len: usize) -> usize {
 
 fn image(value: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0xa5u8; len];
-    let code = ret_imm(value);
+    let code = ret_imm64(value);
     b[..code.len()].copy_from_slice(&code);
     b
 }
@@ -356,6 +362,11 @@ impl Run {
                         let i = i % self.live.len();
                         self.free(i);
                     }
+                }
+                Step::FreeAll(n) => {
+                    let k = n.min(self.live.len());
+                    let progs: Vec<Program> = self.live.drain(..k).map(|l| l.p).collect();
+                    self.alloc.free_all(progs);
                 }
                 Step::FreeHalf => {
                     let mut i = self.live.len();

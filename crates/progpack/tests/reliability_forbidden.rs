@@ -16,7 +16,7 @@ mod support;
 
 use progpack::{backend, Allocator, BackendChoice, Config};
 use std::ffi::CString;
-use support::{call_u64, ret_imm, run_in_child, ChildExit};
+use support::{call_u64, ret_imm64, run_in_child, ChildExit};
 
 /// What every variant checks once procmem is forbidden in this process.
 fn falls_back() -> Result<String, String> {
@@ -38,7 +38,7 @@ fn falls_back() -> Result<String, String> {
     let mut progs = Vec::new();
     for v in 0..100u64 {
         let mut dr = alloc.draft(32, 16).map_err(|e| e.to_string())?;
-        dr.image_mut()[..ret_imm(v).len()].copy_from_slice(&ret_imm(v));
+        dr.image_mut()[..ret_imm64(v).len()].copy_from_slice(&ret_imm64(v));
         progs.push((dr.finalize().map_err(|e| e.to_string())?, v));
     }
     for (p, v) in &progs {

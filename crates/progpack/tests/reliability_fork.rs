@@ -15,7 +15,7 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, Config, Error, Program};
-use support::{call_u64, ret_imm, run_in_child, run_in_raw_clone_child, ChildExit};
+use support::{call_u64, ret_imm64, run_in_child, run_in_raw_clone_child, ChildExit};
 
 const PACK: usize = 64 << 10;
 
@@ -30,7 +30,7 @@ fn config(backend: BackendChoice) -> Config {
 
 fn load(alloc: &Allocator, value: u64, len: usize) -> progpack::Result<Program> {
     let mut d = alloc.draft(len, 16)?;
-    let code = ret_imm(value);
+    let code = ret_imm64(value);
     d.image_mut()[..code.len()].copy_from_slice(&code);
     d.finalize()
 }

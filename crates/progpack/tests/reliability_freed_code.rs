@@ -12,11 +12,11 @@ mod support;
 use progpack::{Allocator, BackendChoice, Config, Program};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{call_addr, call_u64, ret_imm, run_in_child, ChildExit, Rng};
+use support::{call_addr, call_u64, ret_imm64, run_in_child, ChildExit, Rng};
 
 fn load(alloc: &Allocator, v: u64, len: usize) -> Program {
     let mut d = alloc.draft(len, 1).expect("draft");
-    let code = ret_imm(v);
+    let code = ret_imm64(v);
     let img = d.image_mut();
     img[..code.len()].copy_from_slice(&code);
     // The rest: more copies of the code, so a stale jump into the middle would return `v`
@@ -83,7 +83,7 @@ mod trap {
     pub fn expect_trap_at(addr: usize) -> Result<(), String> {
         let before = TRAPS.load(Ordering::SeqCst);
         // SAFETY: `addr` is in a live pack (mapped read+execute); it holds traps (the point of
-        // the test) or, if the allocator were wrong, stale `ret_imm` code, which also returns.
+        // the test) or, if the allocator were wrong, stale `ret_imm64` code, which also returns.
         let got = unsafe { call_addr(addr) };
         if got != SENTINEL || TRAPS.load(Ordering::SeqCst) != before + 1 {
             return Err(format!(
@@ -109,7 +109,7 @@ fn freed_code_traps(backend: BackendChoice) -> Result<String, String> {
     for _round in 0..30 {
         for _ in 0..200 {
             next += 1;
-            let len = ret_imm(0).len() + rng.below(400);
+            let len = ret_imm64(0).len() + rng.below(400);
             live.push((load(&alloc, next, len), next));
         }
         // Free a random third; remember where they were.
@@ -174,7 +174,7 @@ fn freed_code_kills_with_sigtrap() {
     let alloc = Allocator::new(config(BackendChoice::Detect)).expect("allocator");
     let mut rng = Rng(0xdead);
     let mut progs: Vec<Program> = (0..500u64)
-        .map(|v| load(&alloc, v, ret_imm(0).len() + rng.below(200)))
+        .map(|v| load(&alloc, v, ret_imm64(0).len() + rng.below(200)))
         .collect();
     let mut freed = Vec::new();
     for _ in 0..25 {
@@ -219,7 +219,7 @@ fn drafts_never_see_stale_code() {
                     let mut rounds = 0;
                     while !stop.load(Ordering::Relaxed) || rounds < 10 {
                         for v in 0..100 {
-                            mine.push(load(&alloc, v, ret_imm(0).len() + rng.below(150)));
+                            mine.push(load(&alloc, v, ret_imm64(0).len() + rng.below(150)));
                         }
                         while mine.len() > 50 {
                             mine.swap_remove(rng.below(mine.len()));

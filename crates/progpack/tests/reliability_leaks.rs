@@ -12,7 +12,7 @@ mod support;
 
 use progpack::{Allocator, BackendChoice, CodeRange, Config, Program};
 use support::{
-    call_u64, maps_snapshot, progpack_mappings, ret_imm, run_in_child, status_kib, MapEntry, Rng,
+    call_u64, maps_snapshot, progpack_mappings, ret_imm64, run_in_child, status_kib, MapEntry, Rng,
 };
 
 /// `/proc/self/maps` with each malloc arena (anonymous `rw-p` directly followed by anonymous
@@ -49,7 +49,7 @@ struct Round {
 
 fn load(alloc: &Allocator, v: u64, len: usize) -> Result<Program, String> {
     let mut d = alloc.draft(len, 1).map_err(|e| e.to_string())?;
-    d.image_mut()[..ret_imm(v).len()].copy_from_slice(&ret_imm(v));
+    d.image_mut()[..ret_imm64(v).len()].copy_from_slice(&ret_imm64(v));
     d.finalize().map_err(|e| e.to_string())
 }
 
@@ -62,16 +62,16 @@ fn cycle(config: &Config, seed: u64) -> Result<Vec<Round>, String> {
         let mut progs: Vec<(Program, u64)> = Vec::new();
         for i in 0..800u64 {
             let v = (r as u64) << 32 | i;
-            progs.push((load(&alloc, v, ret_imm(0).len() + rng.below(300))?, v));
+            progs.push((load(&alloc, v, ret_imm64(0).len() + rng.below(300))?, v));
         }
         let mut b = alloc.batch();
         let mut vals = Vec::new();
         for i in 0..200u64 {
             let v = (r as u64) << 32 | (1000 + i);
             let s = b
-                .push(ret_imm(0).len() + rng.below(100), 1)
+                .push(ret_imm64(0).len() + rng.below(100), 1)
                 .map_err(|e| e.to_string())?;
-            s.image[..ret_imm(v).len()].copy_from_slice(&ret_imm(v));
+            s.image[..ret_imm64(v).len()].copy_from_slice(&ret_imm64(v));
             vals.push(v);
         }
         for (p, v) in b

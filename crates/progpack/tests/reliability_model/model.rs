@@ -22,7 +22,7 @@
 
 #![allow(dead_code)] // the fuzz target uses the decoders, the test the generators
 
-use crate::support::{ret_imm, Rng};
+use crate::support::{ret_imm64, Rng};
 use progpack::{Allocator, BackendChoice, Batch, CodeRange, Config, Draft, Error, Program};
 
 /// Which backend a model run uses.
@@ -193,6 +193,8 @@ pub enum Op {
     Call { pick: usize },
     /// Drop every draft, slot and program.
     DropAll,
+    /// `free_all` on up to `count` programs starting at `pick`.
+    FreeAll { pick: usize, count: usize },
 }
 
 impl Op {
@@ -271,7 +273,11 @@ impl Op {
                 pick,
                 count: 1 + a as usize % 6,
             },
-            29 | 30 => Op::Call { pick },
+            29 => Op::Call { pick },
+            30 => Op::FreeAll {
+                pick,
+                count: 1 + a as usize % 12,
+            },
             _ => {
                 if a == 0 {
                     Op::DropAll
@@ -371,12 +377,12 @@ impl Model {
     fn content(&mut self, len: usize, code: bool) -> (Vec<u8>, Option<u64>) {
         self.next_value += 1;
         let v = self.next_value;
-        let code = code && self.setup.call && len >= ret_imm(0).len();
+        let code = code && self.setup.call && len >= ret_imm64(0).len();
         let mut bytes: Vec<u8> = (0..len)
             .map(|i| (v.wrapping_mul(31).wrapping_add(i as u64 * 7) >> 3) as u8)
             .collect();
         if code {
-            let c = ret_imm(v);
+            let c = ret_imm64(v);
             bytes[..c.len()].copy_from_slice(&c);
             (bytes, Some(v))
         } else {
@@ -669,6 +675,26 @@ impl Model {
                                 item.addr
                             ));
                         }
+                    }
+                }
+            }
+            Op::FreeAll { pick, count } => {
+                if let Some(start) = Self::pick(&self.programs, pick) {
+                    let n = count.min(self.programs.len());
+                    let mut idx: Vec<usize> =
+                        (0..n).map(|k| (start + k) % self.programs.len()).collect();
+                    idx.sort_unstable();
+                    idx.dedup();
+                    let mut progs = Vec::new();
+                    let mut items = Vec::new();
+                    for &i in idx.iter().rev() {
+                        let (p, it) = self.programs.swap_remove(i);
+                        progs.push(p);
+                        items.push(it);
+                    }
+                    self.alloc.free_all(progs);
+                    for it in &items {
+                        self.check_freed(it)?;
                     }
                 }
             }
@@ -981,7 +1007,7 @@ fn has_clear_run(used: &[bool], n: usize) -> bool {
 }
 
 fn call(p: &Program) -> u64 {
-    // SAFETY: only called on programs whose image starts with `ret_imm` code.
+    // SAFETY: only called on programs whose image starts with `ret_imm64` code.
     let f = unsafe { p.as_fn::<extern "C" fn() -> u64>() };
     f()
 }

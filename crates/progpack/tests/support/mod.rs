@@ -276,7 +276,7 @@ pub fn wait_with_deadline(pid: libc::pid_t, deadline: Duration) -> ChildExit {
 ///
 /// x86-64: `movabs rax, v; ret` (11 bytes). aarch64: `movz`/`movk` x0 four times, `ret`
 /// (20 bytes).
-pub fn ret_imm(v: u64) -> Vec<u8> {
+pub fn ret_imm64(v: u64) -> Vec<u8> {
     #[cfg(target_arch = "x86_64")]
     {
         let mut code = vec![0x48, 0xb8];
@@ -297,14 +297,14 @@ pub fn ret_imm(v: u64) -> Vec<u8> {
     }
 }
 
-/// Length of [`ret_imm`]'s code.
-pub fn ret_imm_len() -> usize {
-    ret_imm(0).len()
+/// Length of [`ret_imm64`]'s code.
+pub fn ret_imm64_len() -> usize {
+    ret_imm64(0).len()
 }
 
-/// Calls a program made from [`ret_imm`] code.
+/// Calls a program made from [`ret_imm64`] code.
 pub fn call_u64(p: &progpack::Program) -> u64 {
-    // SAFETY: callers pass programs whose image starts with `ret_imm` code: a complete function
+    // SAFETY: callers pass programs whose image starts with `ret_imm64` code: a complete function
     // of this signature; the program is alive for the call.
     let f = unsafe { p.as_fn::<extern "C" fn() -> u64>() };
     f()

@@ -121,6 +121,16 @@ pub enum Error {
         /// Backend name.
         backend: &'static str,
     },
+    /// A backend's probe wrote and read back, and what it read was wrong: writes are being
+    /// dropped or redirected (a sandbox masking `/proc/self/mem`, an emulator, a broken
+    /// custom backend).
+    #[error("the `{backend}` probe failed: {what}")]
+    ProbeFailed {
+        /// Backend name.
+        backend: &'static str,
+        /// What was wrong.
+        what: &'static str,
+    },
     /// No backend works on this system; the text says what each probe answered.
     #[error("no text poke backend works here: {0}")]
     NoBackend(String),

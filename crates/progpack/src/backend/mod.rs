@@ -168,28 +168,28 @@ pub fn probe(backend: &dyn Backend) -> Result<()> {
     let m = backend.map(page, Placement::Anywhere { align: page })?;
     // SAFETY: the mapping is readable while `m` lives and nobody else writes it.
     if !crate::arch::is_all_traps(unsafe { sys::slice(m.base(), page) }) {
-        return Err(Error::BadConfig(format!(
-            "{} mapping was not trap-filled",
-            backend.name()
-        )));
+        return Err(Error::ProbeFailed {
+            backend: backend.name(),
+            what: "mapping was not trap-filled",
+        });
     }
     let pattern: Vec<u8> = (0..64u8).collect();
     m.write(64, &pattern)?;
     // SAFETY: as above; the write has returned.
     let back = unsafe { sys::slice(m.base() + 64, 64) };
     if back != pattern.as_slice() {
-        return Err(Error::BadConfig(format!(
-            "{} write did not land",
-            backend.name()
-        )));
+        return Err(Error::ProbeFailed {
+            backend: backend.name(),
+            what: "write did not land",
+        });
     }
     m.fill_traps(64, 64)?;
     // SAFETY: as above.
     if !crate::arch::is_all_traps(unsafe { sys::slice(m.base(), page) }) {
-        return Err(Error::BadConfig(format!(
-            "{} trap fill did not land",
-            backend.name()
-        )));
+        return Err(Error::ProbeFailed {
+            backend: backend.name(),
+            what: "trap fill did not land",
+        });
     }
     Ok(())
 }

@@ -12,6 +12,22 @@ use crate::region::Region;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+/// Places `bytes` at `offset` of `m` with one backend write, then makes them visible to
+/// instruction fetch (the kernel's text copy followed by the icache flush). Every finalize path
+/// goes through here.
+pub(crate) fn place(m: &dyn Mapping, offset: usize, bytes: &[u8]) -> crate::Result<()> {
+    m.write(offset, bytes)?;
+    crate::arch::sync_icache(m.base() + offset, bytes.len())
+}
+
+/// Trap-fills `offset..offset + len` of `m` ("text invalidate"), then syncs the instruction
+/// cache so no core can still fetch the old code (a no-op on x86-64; on aarch64 the alias path
+/// needs it). Every free path goes through here before clearing bits.
+pub(crate) fn invalidate(m: &dyn Mapping, offset: usize, len: usize) -> crate::Result<()> {
+    m.fill_traps(offset, len)?;
+    crate::arch::sync_icache(m.base() + offset, len)
+}
+
 /// Where an allocation lives.
 #[derive(Debug)]
 pub(crate) enum Place {
@@ -94,14 +110,8 @@ impl Drop for Allocation {
                 if self.dirty {
                     // Traps first ("text invalidate"), bits cleared after: a chunk is never
                     // free while it still holds code.
-                    // Then the instruction cache, so no core can still fetch the old code
-                    // (a no-op on x86-64; on aarch64 the alias path needs it).
                     let (m, off) = (pack.region.mapping(), first * pack.chunk_size);
-                    let bytes = chunks * pack.chunk_size;
-                    let filled = m
-                        .fill_traps(off, bytes)
-                        .and_then(|()| crate::arch::sync_icache(m.base() + off, bytes));
-                    if filled.is_err() {
+                    if invalidate(m, off, chunks * pack.chunk_size).is_err() {
                         inner
                             .stats
                             .quarantined

@@ -173,8 +173,7 @@ impl Batch {
         }
         for (seg, &first) in self.segments.iter().zip(&first_of) {
             let (m, off) = self.slots[first].alloc.mapping();
-            m.write(off, &seg.buf)?;
-            crate::arch::sync_icache(m.base() + off, seg.buf.len())?;
+            crate::allocation::place(m, off, &seg.buf)?;
         }
         let mut programs = Vec::with_capacity(self.slots.len());
         for s in std::mem::take(&mut self.slots) {

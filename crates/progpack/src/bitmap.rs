@@ -113,15 +113,15 @@ impl Bitmap {
         if end > self.len {
             return false;
         }
-        let mut ok = true;
-        self.for_each_word(start, n, |w, mask| ok &= w & mask == 0);
-        ok
+        word_masks(start, n).all(|(i, m)| self.words[i] & m == 0)
     }
 
     /// Sets bits `start..start + n`, which must all be clear (checked in debug builds).
     pub fn set_range(&mut self, start: usize, n: usize) {
         debug_assert!(self.is_clear(start, n), "set_range over used bits");
-        self.update(start, n, |w, mask| *w |= mask);
+        for (i, m) in word_masks(start, n) {
+            self.words[i] |= m;
+        }
         self.ones += n;
         if self.words[self.first_maybe_free] == !0 {
             while self.first_maybe_free + 1 < self.words.len()
@@ -135,7 +135,9 @@ impl Bitmap {
     /// Clears bits `start..start + n`, which must all be set (checked in debug builds).
     pub fn clear_range(&mut self, start: usize, n: usize) {
         debug_assert!(self.is_set(start, n), "clear_range over free bits");
-        self.update(start, n, |w, mask| *w &= !mask);
+        for (i, m) in word_masks(start, n) {
+            self.words[i] &= !m;
+        }
         self.ones -= n;
         self.first_maybe_free = self.first_maybe_free.min(start / WORD);
     }
@@ -145,9 +147,7 @@ impl Bitmap {
         if start.checked_add(n).is_none_or(|end| end > self.len) {
             return false;
         }
-        let mut ok = true;
-        self.for_each_word(start, n, |w, mask| ok &= w & mask == mask);
-        ok
+        word_masks(start, n).all(|(i, m)| self.words[i] & m == m)
     }
 
     /// Length of the run of clear bits containing `start..start + n` (which must be clear),
@@ -176,29 +176,21 @@ impl Bitmap {
         }
         right.min(self.len) - left
     }
+}
 
-    /// Calls `f(word, mask)` for each word that bits `start..start + n` touch.
-    fn for_each_word(&self, start: usize, n: usize, mut f: impl FnMut(u64, u64)) {
-        let mut i = start;
-        let end = start + n;
-        while i < end {
+/// For bits `start..start + n`: each word they touch, with the mask of those bits in it.
+fn word_masks(start: usize, n: usize) -> impl Iterator<Item = (usize, u64)> {
+    let end = start + n;
+    let mut i = start;
+    std::iter::from_fn(move || {
+        (i < end).then(|| {
             let bit = i % WORD;
             let take = (WORD - bit).min(end - i);
-            f(self.words[i / WORD], mask(bit, take));
+            let item = (i / WORD, low_bits(take) << bit);
             i += take;
-        }
-    }
-
-    fn update(&mut self, start: usize, n: usize, mut f: impl FnMut(&mut u64, u64)) {
-        let mut i = start;
-        let end = start + n;
-        while i < end {
-            let bit = i % WORD;
-            let take = (WORD - bit).min(end - i);
-            f(&mut self.words[i / WORD], mask(bit, take));
-            i += take;
-        }
-    }
+            item
+        })
+    })
 }
 
 /// The low `k` bits set (`1 <= k <= 64`).
@@ -208,12 +200,6 @@ fn low_bits(k: usize) -> u64 {
     } else {
         (1u64 << k) - 1
     }
-}
-
-/// `take` ones starting at bit `bit` (`bit + take <= 64`, `take >= 1`).
-fn mask(bit: usize, take: usize) -> u64 {
-    let ones = if take == WORD { !0 } else { (1u64 << take) - 1 };
-    ones << bit
 }
 
 #[cfg(test)]

@@ -105,8 +105,7 @@ impl Draft {
         let (addr, len) = (self.exec_addr(), self.len);
         self.alloc.dirty = true;
         let (m, off) = self.alloc.mapping();
-        m.write(off, &self.buf)?;
-        crate::arch::sync_icache(self.alloc.base(), self.buf.len())?;
+        crate::allocation::place(m, off, &self.buf)?;
         Ok(Program::new(self.alloc, addr, len))
     }
 }

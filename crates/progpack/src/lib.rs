@@ -181,8 +181,7 @@ impl Allocator {
             let first = drafts[run[0]].as_ref().expect("each index once");
             let (m, off) = first.alloc.mapping();
             if run.len() == 1 {
-                m.write(off, &first.buf)?;
-                arch::sync_icache(m.base() + off, first.buf.len())?;
+                allocation::place(m, off, &first.buf)?;
                 continue;
             }
             let total: usize = run
@@ -196,8 +195,7 @@ impl Allocator {
             for &i in run {
                 joined.extend_from_slice(&drafts[i].as_ref().expect("each index once").buf);
             }
-            m.write(off, &joined)?;
-            arch::sync_icache(m.base() + off, total)?;
+            allocation::place(m, off, &joined)?;
         }
         Ok(drafts
             .into_iter()
@@ -229,10 +227,7 @@ impl Allocator {
             }
             // One fill for the run; if it fails, each program's own drop tries again (and
             // quarantines its chunks if that fails too).
-            let filled = || {
-                m.fill_traps(off, end - off)
-                    .and_then(|()| arch::sync_icache(m.base() + off, end - off))
-            };
+            let filled = || allocation::invalidate(m, off, end - off);
             if !programs[i].is_dedicated() && filled().is_ok() {
                 for p in &mut programs[i..j] {
                     p.alloc.dirty = false;

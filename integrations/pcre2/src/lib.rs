@@ -13,6 +13,7 @@
 
 #![deny(missing_docs)]
 
+pub mod corpus;
 pub mod jit_forced;
 pub mod wx;
 

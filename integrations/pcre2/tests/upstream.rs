@@ -33,5 +33,8 @@ mod jit_forced {
 #[test]
 fn jit_is_available_and_hooked() {
     assert!(pcre2::is_jit_available());
-    assert!(progpack_pcre2::hooks_active(), "PCRE2 was built without progpack's sljit hooks");
+    assert!(
+        progpack_pcre2::hooks_active(),
+        "PCRE2 was built without progpack's sljit hooks"
+    );
 }

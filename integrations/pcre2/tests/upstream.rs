@@ -14,6 +14,8 @@ impl AsPair for pcre2::bytes::Match<'_> {
     }
 }
 
+// The copied tests are kept as written, lints and all.
+#[allow(clippy::useless_format)]
 mod as_published {
     use super::AsPair;
     use pcre2::bytes::{Regex, RegexBuilder};
@@ -21,6 +23,7 @@ mod as_published {
     include!("upstream/bytes_tests.rs");
 }
 
+#[allow(clippy::useless_format)]
 mod jit_forced {
     use super::AsPair;
     use pcre2::is_jit_available;

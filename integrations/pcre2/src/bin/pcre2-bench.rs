@@ -1,11 +1,13 @@
 //! PCRE2 JIT compile + match + free time, with whichever executable allocator this build of
-//! PCRE2 has: progpack's sljit hooks (the default here), or sljit's own (a build with the
-//! caller's CFLAGS, which turn the hooks off). Run both and compare:
+//! PCRE2 has: progpack's sljit hooks (the default here), or sljit's own (a build whose
+//! CFLAGS leave the hooks out). Run both and compare:
 //!
 //! ```sh
 //! cd integrations/pcre2
 //! cargo run --release --bin pcre2-bench
-//! CFLAGS=-O2 CARGO_TARGET_DIR=../../target/pcre2-stock cargo run --release --bin pcre2-bench
+//! CARGO_TARGET_DIR=../../target/pcre2-stock \
+//!   cargo --config 'env.CFLAGS.value="-O2"' --config env.CFLAGS.force=true \
+//!     run --release --bin pcre2-bench
 //! ```
 //!
 //! Workload: the realistic patterns in every flavor plus random patterns, keeping only those

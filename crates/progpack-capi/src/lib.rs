@@ -2,7 +2,8 @@
 //!
 //! A C API over [`progpack`]: a `cdylib` and a `staticlib` (`libprogpack_capi.so`,
 //! `libprogpack_capi.a`) and the header `include/progpack.h`, generated from this crate by
-//! cbindgen and checked to be current by the `header` test.
+//! cbindgen and checked to be current by `header-check/` (its own crate, so cbindgen stays
+//! out of the workspace build).
 //!
 //! ## Conventions
 //! - Every function returns a `progpack_status`; `PROGPACK_STATUS_OK` is 0. On failure,

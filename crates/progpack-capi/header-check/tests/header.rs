@@ -1,11 +1,14 @@
-//! `include/progpack.h` is generated from this crate by cbindgen: this test regenerates it and
-//! fails if the committed header differs. `PROGPACK_BLESS=1` writes the new header instead.
+//! `crates/progpack-capi/include/progpack.h` is generated from progpack-capi by cbindgen: this
+//! test regenerates it and fails if the committed header differs. `PROGPACK_BLESS=1` writes
+//! the new header instead.
 
 use std::path::Path;
 
 #[test]
 fn committed_header_is_current() {
-    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("header-check lives inside crates/progpack-capi");
     let config =
         cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml parses");
     let bindings = cbindgen::Builder::new()
@@ -25,6 +28,6 @@ fn committed_header_is_current() {
     assert!(
         committed == generated,
         "include/progpack.h is out of date: run \
-         PROGPACK_BLESS=1 cargo test --release -p progpack-capi --test header"
+         (cd crates/progpack-capi/header-check && PROGPACK_BLESS=1 cargo test --release)"
     );
 }

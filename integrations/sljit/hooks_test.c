@@ -31,6 +31,11 @@ int main(void) {
     CHECK(stats().programs == 0 && stats().allocations == 1);
     SLJIT_UPDATE_WX_FLAGS(exec, exec + used, 1);
     CHECK(stats().programs == 1);
+    progpack_program *placed;
+    size_t placed_len;
+    CHECK(progpack_program_find((uintptr_t)exec, &placed) == PROGPACK_STATUS_OK);
+    CHECK(progpack_program_info(placed, NULL, &placed_len) == PROGPACK_STATUS_OK);
+    CHECK(placed_len == used); /* shrunk from the upper bound to what sljit emitted */
     int (*fn)(void);
     memcpy(&fn, &exec, sizeof fn);
     CHECK(fn() == 42);

@@ -11,8 +11,9 @@
  *   SLJIT_EXEC_OFFSET(ptr)          execution address minus writable address of that draft
  *   SLJIT_UPDATE_WX_FLAGS(from, to, 1)
  *                                   called by sljit_generate_code when the code is complete,
- *                                   with the execution range [from, to): finalize (one copy
- *                                   into a read+execute pack)
+ *                                   with the execution range [from, to): shrink the draft to
+ *                                   what sljit used (`size` was an upper bound), then
+ *                                   finalize (one copy into a read+execute pack)
  *   SLJIT_FREE_EXEC(ptr, data)      `ptr` is an execution address: free the program there, or
  *                                   abandon the draft there if it was never finalized
  *
@@ -82,17 +83,19 @@ static inline ptrdiff_t progpack_sljit_exec_offset(void *image) {
 }
 
 /* SLJIT_UPDATE_WX_FLAGS: enable_exec = 1 at the end of sljit_generate_code, with the
-   execution range of the code: finalize the draft that starts there. */
+   execution range of the code: shrink the draft that starts there to that range (its tail
+   chunks go back to the pack), then finalize it. */
 static inline void progpack_sljit_update_wx_flags(void *from, void *to, int enable_exec) {
     progpack_draft *draft;
     progpack_program *program;
     progpack_status st;
-    (void)to;
+    size_t used = (size_t)((uintptr_t)to - (uintptr_t)from);
     if (!enable_exec)
         progpack_sljit_die("code patching (sljit_set_jump_addr/sljit_set_const) would need "
                            "writable code; progpack never makes code writable",
                            PROGPACK_STATUS_INVALID_ARGUMENT);
     st = progpack_draft_find((uintptr_t)from, &draft);
+    if (st == PROGPACK_STATUS_OK && used > 0) st = progpack_draft_shrink(draft, used);
     if (st == PROGPACK_STATUS_OK) st = progpack_draft_finalize(draft, &program);
     if (st != PROGPACK_STATUS_OK) progpack_sljit_die("finalizing sljit code", st);
 }

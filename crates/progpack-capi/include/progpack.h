@@ -46,7 +46,8 @@ typedef enum progpack_status {
   // free, a finalize after free).
   PROGPACK_STATUS_STALE_HANDLE = 3,
   // A bad argument: zero or oversized length, alignment not a power of two or larger than
-  // a chunk, bad configuration, slot index out of range, freeing the shared allocator.
+  // a page, a shrink that does not shorten, bad configuration, slot index out of range,
+  // freeing the shared allocator.
   PROGPACK_STATUS_INVALID_ARGUMENT = 4,
   // Heap memory or address space ran out.
   PROGPACK_STATUS_OUT_OF_MEMORY = 5,
@@ -223,7 +224,7 @@ enum progpack_status progpack_batch_finalize(struct progpack_batch *batch, struc
 // Gives a batch up without placing it: every slot's chunks (still traps) are freed.
 enum progpack_status progpack_batch_abandon(struct progpack_batch *batch);
 
-// Reserves room for `len` bytes of code aligned to `align` (a power of two, at most the chunk
+// Reserves room for `len` bytes of code aligned to `align` (a power of two, at most the page
 // size). Stores the draft handle, the writable image (`len` bytes of trap instructions, plain
 // heap memory that is never executable; valid until the draft is finalized or abandoned) and
 // the execution address (where the first byte will run: the base for every jump and call
@@ -246,6 +247,11 @@ enum progpack_status progpack_draft_info(struct progpack_draft *draft, uint8_t *
 // # Safety
 // `out_draft` points to writable storage for a handle.
 enum progpack_status progpack_draft_find(uintptr_t addr, struct progpack_draft **out_draft);
+
+// Shortens a draft's image to `new_len` bytes (1 up to its length) and gives back the chunks
+// past its new end: for code generators that reserve an upper bound and learn the real size
+// after emitting. The execution address, the image pointer and the bytes kept do not change.
+enum progpack_status progpack_draft_shrink(struct progpack_draft *draft, size_t new_len);
 
 // Places the image at its execution address with one backend write, syncs the instruction
 // cache, and stores the program handle. The draft handle is consumed either way: on failure

@@ -17,7 +17,7 @@ pub struct DraftHandle {
     _private: [u8; 0],
 }
 
-/// Reserves room for `len` bytes of code aligned to `align` (a power of two, at most the chunk
+/// Reserves room for `len` bytes of code aligned to `align` (a power of two, at most the page
 /// size). Stores the draft handle, the writable image (`len` bytes of trap instructions, plain
 /// heap memory that is never executable; valid until the draft is finalized or abandoned) and
 /// the execution address (where the first byte will run: the base for every jump and call
@@ -122,6 +122,25 @@ pub unsafe extern "C" fn progpack_draft_find(
         out_draft.set(std::ptr::null_mut());
         let id = table().find(addr, Kind::Draft)?;
         out_draft.set(handle(id));
+        Ok(())
+    })
+}
+
+/// Shortens a draft's image to `new_len` bytes (1 up to its length) and gives back the chunks
+/// past its new end: for code generators that reserve an upper bound and learn the real size
+/// after emitting. The execution address, the image pointer and the bytes kept do not change.
+#[no_mangle]
+pub extern "C" fn progpack_draft_shrink(draft: *mut DraftHandle, new_len: size_t) -> Status {
+    guard(|| {
+        let shared = match table().get(id(draft), Kind::Draft)? {
+            Object::Draft { draft, .. } => draft.clone(),
+            _ => return Err(Failure::new(Status::Internal, "kind mismatch")),
+        };
+        let mut guard = crate::handles::lock(&shared);
+        let draft = guard
+            .as_mut()
+            .ok_or_else(|| Failure::new(Status::StaleHandle, "the draft was consumed"))?;
+        draft.shrink(new_len)?;
         Ok(())
     })
 }

@@ -47,7 +47,7 @@ pub use batch::{
 };
 pub use draft::{
     progpack_draft_abandon, progpack_draft_finalize, progpack_draft_find, progpack_draft_info,
-    progpack_draft_new, DraftHandle,
+    progpack_draft_new, progpack_draft_shrink, DraftHandle,
 };
 pub use program::{
     progpack_program_find, progpack_program_free, progpack_program_info, ProgramHandle,

@@ -25,7 +25,8 @@ pub enum Status {
     /// free, a finalize after free).
     StaleHandle = 3,
     /// A bad argument: zero or oversized length, alignment not a power of two or larger than
-    /// a chunk, bad configuration, slot index out of range, freeing the shared allocator.
+    /// a page, a shrink that does not shorten, bad configuration, slot index out of range,
+    /// freeing the shared allocator.
     InvalidArgument = 4,
     /// Heap memory or address space ran out.
     OutOfMemory = 5,
@@ -106,7 +107,7 @@ impl From<progpack::Error> for Failure {
             E::ZeroLength | E::TooLarge { .. } | E::BadAlign { .. } | E::BadConfig(_) => {
                 Status::InvalidArgument
             }
-            E::BadSlot(_) => Status::InvalidArgument,
+            E::BadSlot(_) | E::BadShrink { .. } => Status::InvalidArgument,
             E::OutOfMemory(_) => Status::OutOfMemory,
             E::Os { .. } if e.is_out_of_memory() => Status::OutOfMemory,
             E::Os { .. } => Status::Os,

@@ -207,6 +207,42 @@ static void lookups_and_report(progpack_allocator *a) {
     free(buf);
 }
 
+/* Reserve an upper bound, emit, shrink to what was emitted. */
+static void shrink(progpack_allocator *a) {
+    progpack_draft *d;
+    progpack_program *p;
+    uint8_t *image, *image_after;
+    uintptr_t exec, exec_after, addr;
+    size_t len;
+    progpack_stats before, after;
+    OK(progpack_draft_new(a, 4096, 16, &d, &image, &exec));
+    OK(progpack_allocator_stats(a, &before));
+    emit_ret_imm(image, 9);
+    CHECK(progpack_draft_shrink(d, 0) == PROGPACK_STATUS_INVALID_ARGUMENT);
+    CHECK(progpack_draft_shrink(d, 4097) == PROGPACK_STATUS_INVALID_ARGUMENT);
+    OK(progpack_draft_shrink(d, 6));
+    OK(progpack_draft_info(d, &image_after, &exec_after, &len));
+    CHECK(image_after == image && exec_after == exec && len == 6);
+    CHECK(progpack_draft_shrink(d, 7) == PROGPACK_STATUS_INVALID_ARGUMENT); /* only shorter */
+    OK(progpack_allocator_stats(a, &after));
+    CHECK(after.chunks_used < before.chunks_used); /* the tail's chunks went back */
+    OK(progpack_draft_finalize(d, &p));
+    OK(progpack_program_info(p, &addr, &len));
+    CHECK(addr == exec && len == 6 && as_fn(addr)() == 9);
+    CHECK(progpack_draft_shrink(d, 3) == PROGPACK_STATUS_STALE_HANDLE);
+    CHECK(progpack_draft_shrink((progpack_draft *)p, 3) == PROGPACK_STATUS_BAD_HANDLE);
+    OK(progpack_program_free(p));
+}
+
+/* Page-aligned drafts (up to the page size). */
+static void page_alignment(progpack_allocator *a) {
+    progpack_draft *d;
+    uintptr_t exec;
+    OK(progpack_draft_new(a, 100, 4096, &d, NULL, &exec));
+    CHECK(exec % 4096 == 0);
+    OK(progpack_draft_abandon(d));
+}
+
 /* Freed code is trap instructions: calling it in a child dies of SIGTRAP. */
 static void freed_code_traps(progpack_allocator *a) {
     progpack_program *p = make_program(a, 8);
@@ -234,6 +270,8 @@ int main(void) {
     bad_arguments(a);
     batch_misuse(a);
     lookups_and_report(a);
+    shrink(a);
+    page_alignment(a);
     freed_code_traps(a);
     progpack_stats s;
     OK(progpack_allocator_stats(a, &s));

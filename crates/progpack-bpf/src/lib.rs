@@ -29,6 +29,7 @@ pub struct ReadmeDoctests;
 pub mod asm;
 pub mod check;
 pub mod conformance;
+pub mod context;
 pub mod decode;
 pub mod error;
 pub mod gen;
@@ -36,12 +37,14 @@ pub mod helpers;
 pub mod insn;
 pub mod interp;
 pub mod jit;
+pub mod memory;
 
 use std::sync::Arc;
 
 pub use check::{CheckError, Checked};
+pub use context::{HelperContext, ProgramEnv};
 pub use error::{Error, Result, RunError};
-pub use helpers::{HelperFn, Helpers};
+pub use helpers::{ContextHelperFn, Helper, HelperFn, Helpers};
 pub use interp::RunOptions;
 pub use jit::{JitOptions, JitProgram};
 
@@ -51,6 +54,7 @@ use insn::Insn;
 #[derive(Clone, Debug)]
 pub struct Vm {
     helpers: Arc<Helpers>,
+    env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
 }
@@ -60,6 +64,7 @@ impl Vm {
     pub fn new(helpers: Helpers) -> Self {
         Vm {
             helpers: Arc::new(helpers),
+            env: Arc::new(ProgramEnv::new()),
             options: RunOptions::default(),
             jit: None,
         }
@@ -74,6 +79,17 @@ impl Vm {
     /// The helper registry.
     pub fn helpers(&self) -> &Helpers {
         &self.helpers
+    }
+
+    /// The environment given to programs loaded from now on (host data, trace sink; the
+    /// maps a program references are added to it per program).
+    pub fn env(&self) -> &ProgramEnv {
+        &self.env
+    }
+
+    /// Changes the environment given to programs loaded from now on.
+    pub fn env_mut(&mut self) -> &mut ProgramEnv {
+        Arc::make_mut(&mut self.env)
     }
 
     /// Run settings given to programs loaded from now on.
@@ -97,17 +113,19 @@ impl Vm {
     pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
         let checked = check::check(slots, &self.helpers)?;
         let jit = match &self.jit {
-            Some((alloc, o)) => Some(Arc::new(JitProgram::new(
+            Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
                 alloc,
                 &checked.slots,
                 &self.helpers,
                 *o,
+                !self.env.regions.is_empty(),
             )?)),
             None => None,
         };
         Ok(BpfProgram {
             checked,
             helpers: Arc::clone(&self.helpers),
+            env: Arc::clone(&self.env),
             options: self.options,
             jit,
         })
@@ -126,7 +144,8 @@ impl Vm {
         let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
-                JitProgram::new_batch(alloc, slots, &self.helpers, *o)
+                let extra = !self.env.regions.is_empty();
+                JitProgram::new_batch_with(alloc, slots, &self.helpers, *o, extra)
                     .map_err(|(_, e)| e)?
                     .into_iter()
                     .map(|j| Some(Arc::new(j)))
@@ -140,6 +159,7 @@ impl Vm {
             .map(|(checked, jit)| BpfProgram {
                 checked,
                 helpers: Arc::clone(&self.helpers),
+                env: Arc::clone(&self.env),
                 options: self.options,
                 jit,
             })
@@ -158,39 +178,66 @@ impl Vm {
 pub struct BpfProgram {
     checked: Checked,
     helpers: Arc<Helpers>,
+    env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<Arc<JitProgram>>,
 }
 
 impl BpfProgram {
-    /// Runs the program in the interpreter over `mem` (r1 = its address, r2 = its length).
+    /// Runs the program in the interpreter over `mem` (r1 = its address, r2 = its length; both
+    /// 0 when `mem` is empty). Tail calls run in the interpreter too.
     pub fn run_interp(&self, mem: &mut [u8]) -> Result<u64, RunError> {
-        interp::run(&self.checked, &self.helpers, mem, &self.options)
+        self.run_interp_with(mem, &self.options)
     }
 
-    /// Like [`run_interp`](Self::run_interp) with other run settings.
+    /// Like [`run_interp`](Self::run_interp) with other run settings (each tail-called program
+    /// gets the whole instruction limit).
     pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
-        interp::run(&self.checked, &self.helpers, mem, options)
+        let (mut r0, mut next) =
+            interp::run_env(&self.checked, &self.helpers, &self.env, mem, options, 0)?;
+        let mut n = 0;
+        while let Some(p) = next {
+            n += 1;
+            (r0, next) = interp::run_env(&p.checked, &p.helpers, &p.env, mem, options, n)?;
+        }
+        Ok(r0)
     }
 
     /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
     /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
     /// [`jit_compile`](Self::jit_compile).
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
-        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
-        Ok(jit.run_limited(mem, self.options.instruction_limit)?)
+        self.run_jit_with(mem, &self.options)
     }
 
     /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
     /// when the JIT code counts instructions, see [`JitOptions`]).
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
+        let limit = options.instruction_limit;
+        let (mut r0, mut next) = self.run_jit_once(mem, limit, 0)?;
+        let mut n = 0;
+        while let Some(p) = next {
+            n += 1;
+            (r0, next) = p.run_jit_once(mem, limit, n)?;
+        }
+        Ok(r0)
+    }
+
+    fn run_jit_once(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
         let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
-        Ok(jit.run_limited(mem, options.instruction_limit)?)
+        jit.run_env(mem, limit, &self.env, tail_calls)
+            .map_err(|f| jit::fault_to_run_error(f, limit).into())
+    }
+
+    /// The program's environment (maps' regions, host data).
+    pub fn env(&self) -> &ProgramEnv {
+        &self.env
     }
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
-        let j = JitProgram::new(alloc, &self.checked.slots, &self.helpers, options)?;
+        let extra = !self.env.regions.is_empty();
+        let j = JitProgram::new_with(alloc, &self.checked.slots, &self.helpers, options, extra)?;
         self.jit = Some(Arc::new(j));
         Ok(())
     }

@@ -26,6 +26,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::insn::STACK_FRAME_SIZE;
+use crate::maps::Map;
 use crate::memory::{self, Region};
 
 /// Most tail calls one run may make (the kernel's `MAX_TAIL_CALL_CNT`).
@@ -40,6 +41,8 @@ pub type TraceSink = Arc<dyn Fn(&str) + Send + Sync>;
 pub struct ProgramEnv {
     /// Extra regions the program may access (map value arenas, ring buffer data areas).
     pub(crate) regions: Vec<Region>,
+    /// The maps helpers may resolve by handle.
+    pub(crate) maps: Vec<Arc<Map>>,
     /// Host data helpers may read ([`HelperContext::host`]).
     pub(crate) host: Option<Arc<dyn Any + Send + Sync>>,
     /// Sink of `bpf_trace_printk` ([`HelperContext::trace`]).
@@ -50,6 +53,7 @@ impl fmt::Debug for ProgramEnv {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProgramEnv")
             .field("regions", &self.regions)
+            .field("maps", &self.maps)
             .field("host", &self.host.is_some())
             .field("trace", &self.trace.is_some())
             .finish()
@@ -60,6 +64,7 @@ impl ProgramEnv {
     /// An environment without maps, host data or trace sink.
     pub const EMPTY: ProgramEnv = ProgramEnv {
         regions: Vec::new(),
+        maps: Vec::new(),
         host: None,
         trace: None,
     };
@@ -83,6 +88,29 @@ impl ProgramEnv {
     /// accessed concurrently through [`crate::memory`]'s shared accessors or by programs.
     pub unsafe fn add_region(&mut self, region: Region) {
         self.regions.push(region);
+    }
+
+    /// Makes `map` reachable by the programs loaded with this environment: helpers resolve
+    /// its handle, and its values are a region both engines allow.
+    pub fn add_map(&mut self, map: Arc<Map>) {
+        if self.maps.iter().any(|m| Arc::ptr_eq(m, &map)) {
+            return;
+        }
+        if let Some(r) = map.region() {
+            // The arena belongs to `map`, which this environment now keeps alive.
+            self.regions.push(r);
+        }
+        self.maps.push(map);
+    }
+
+    /// The maps of the environment.
+    pub fn maps(&self) -> &[Arc<Map>] {
+        &self.maps
+    }
+
+    /// The map whose handle is `handle`, among this environment's.
+    pub fn map_by_handle(&self, handle: u64) -> Option<&Arc<Map>> {
+        self.maps.iter().find(|m| m.handle() == handle)
     }
 
     /// Sets the host data helpers can reach with [`HelperContext::host`].
@@ -114,7 +142,7 @@ pub struct HelperContext<'r> {
     /// The program's environment.
     pub(crate) env: &'r ProgramEnv,
     /// A program to continue with after this one stops (`tail_call`).
-    pub(crate) tail_call: Option<crate::BpfProgram>,
+    pub(crate) tail_call: Option<Arc<crate::BpfProgram>>,
     /// Tail calls made so far in this run (this program is the `tail_calls`-th).
     pub(crate) tail_calls: u32,
 }
@@ -226,6 +254,12 @@ impl<'r> HelperContext<'r> {
         true
     }
 
+    /// The map named by `handle` (what `lddw` with `src = 1` loaded), if the program's
+    /// environment has it.
+    pub fn map(&self, handle: u64) -> Option<&'r Arc<Map>> {
+        self.env.map_by_handle(handle)
+    }
+
     /// The host data of the environment, if it has some of type `T`.
     pub fn host<T: Any>(&self) -> Option<&'r T> {
         self.env.host.as_deref()?.downcast_ref()
@@ -247,7 +281,7 @@ impl<'r> HelperContext<'r> {
     /// Ends the program when the helper returns and continues with `prog` over the same
     /// memory (its result becomes the run's result). Fails (returns false, nothing changes)
     /// once the run has made [`MAX_TAIL_CALLS`] tail calls, as in the kernel.
-    pub fn tail_call(&mut self, prog: crate::BpfProgram) -> bool {
+    pub fn tail_call(&mut self, prog: Arc<crate::BpfProgram>) -> bool {
         if self.tail_calls >= MAX_TAIL_CALLS {
             return false;
         }

@@ -324,7 +324,7 @@ pub fn run_env(
     mem: &mut [u8],
     opts: &RunOptions,
     tail_calls: u32,
-) -> Result<(u64, Option<crate::BpfProgram>), RunError> {
+) -> Result<(u64, Option<std::sync::Arc<crate::BpfProgram>>), RunError> {
     // Frames are zeroed when entered and only live frames are reachable, so the rest of the
     // stack is never read before it is written: no need to initialise it all.
     let mut stack = std::mem::MaybeUninit::<[u8; STACK_SIZE]>::uninit();

@@ -31,22 +31,28 @@ pub mod check;
 pub mod conformance;
 pub mod context;
 pub mod decode;
+pub mod elf;
 pub mod error;
 pub mod gen;
 pub mod helpers;
 pub mod insn;
 pub mod interp;
 pub mod jit;
+pub mod kernel_helpers;
+pub mod maps;
 pub mod memory;
+pub mod pseudo;
 
 use std::sync::Arc;
 
 pub use check::{CheckError, Checked};
 pub use context::{HelperContext, ProgramEnv};
+pub use elf::{ElfError, Object, ObjectProgram};
 pub use error::{Error, Result, RunError};
 pub use helpers::{ContextHelperFn, Helper, HelperFn, Helpers};
 pub use interp::RunOptions;
 pub use jit::{JitOptions, JitProgram};
+pub use maps::{Map, MapDef, MapError, MapKind, UpdateFlag};
 
 use insn::Insn;
 
@@ -111,6 +117,26 @@ impl Vm {
 
     /// Loads a program from raw slots.
     pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
+        self.load_slots_in(slots, Arc::clone(&self.env))
+    }
+
+    /// Loads a program (bytecode) that references `maps`: an `lddw` with `src = 1` and
+    /// `imm = i` loads the handle of `maps[i]`, one with `src = 2` the address of a byte of
+    /// array `maps[i]`'s first value ([`pseudo`]). The program's environment is the VM's
+    /// plus these maps.
+    pub fn load_with_maps(&self, code: &[u8], maps: &[Arc<Map>]) -> Result<BpfProgram> {
+        let mut slots =
+            insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+        pseudo::resolve(&mut slots, maps)?;
+        let mut env = (*self.env).clone();
+        for m in maps {
+            env.add_map(Arc::clone(m));
+        }
+        self.load_slots_in(&slots, Arc::new(env))
+    }
+
+    /// Loads `slots` to run in `env`.
+    pub(crate) fn load_slots_in(&self, slots: &[Insn], env: Arc<ProgramEnv>) -> Result<BpfProgram> {
         let checked = check::check(slots, &self.helpers)?;
         let jit = match &self.jit {
             Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
@@ -118,14 +144,14 @@ impl Vm {
                 &checked.slots,
                 &self.helpers,
                 *o,
-                !self.env.regions.is_empty(),
+                !env.regions.is_empty(),
             )?)),
             None => None,
         };
         Ok(BpfProgram {
             checked,
             helpers: Arc::clone(&self.helpers),
-            env: Arc::clone(&self.env),
+            env,
             options: self.options,
             jit,
         })

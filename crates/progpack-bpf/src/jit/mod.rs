@@ -313,7 +313,7 @@ pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
 
 /// What a run returns besides faults: r0 and the program a helper asked to tail-call (the
 /// caller runs it).
-pub type Outcome = (u64, Option<crate::BpfProgram>);
+pub type Outcome = (u64, Option<std::sync::Arc<crate::BpfProgram>>);
 
 /// Runs JIT code at `entry` over `mem` in environment `env` with a fresh stack (or none, if
 /// the code does not use one), as the `tail_calls`-th tail call of its run; `budget` is the

@@ -72,7 +72,7 @@ pub fn run(args: BpfArgs) -> Result<()> {
 
 fn parse_hex(s: &str) -> Result<Vec<u8>> {
     let digits: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         bail!("--mem has an odd number of hex digits");
     }
     (0..digits.len())

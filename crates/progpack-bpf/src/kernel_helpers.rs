@@ -64,6 +64,17 @@ fn read_vec(cx: &HelperContext, addr: u64, len: u64) -> Option<Vec<u8>> {
     cx.read(addr, &mut v).then_some(v)
 }
 
+/// Calls `f` with a copy of the `len` bytes of program memory at `addr` (on the stack when
+/// short), or returns `None` if the program could not read them.
+fn with_bytes<R>(cx: &HelperContext, addr: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    let mut small = [0u8; 64];
+    if len <= small.len() as u64 {
+        let b = &mut small[..len as usize];
+        return cx.read(addr, b).then(|| f(b));
+    }
+    read_vec(cx, addr, len).map(|v| f(&v))
+}
+
 extern "C" fn map_lookup_elem(
     m: u64,
     key: u64,
@@ -73,10 +84,9 @@ extern "C" fn map_lookup_elem(
     cx: &mut HelperContext,
 ) -> u64 {
     let Some(map) = cx.map(m) else { return 0 };
-    let Some(k) = read_vec(cx, key, map.def().key_size as u64) else {
-        return 0;
-    };
-    map.lookup_addr(&k).unwrap_or(0)
+    with_bytes(cx, key, map.def().key_size as u64, |k| map.lookup_addr(k))
+        .flatten()
+        .unwrap_or(0)
 }
 
 extern "C" fn map_update_elem(
@@ -91,15 +101,15 @@ extern "C" fn map_update_elem(
         return err(EINVAL);
     };
     let def = map.def();
-    let (Some(k), Some(v)) = (
-        read_vec(cx, key, def.key_size as u64),
-        read_vec(cx, value, def.value_size as u64),
-    ) else {
-        return err(EFAULT);
-    };
-    match UpdateFlag::from_u64(flags).and_then(|f| map.update(&k, &v, f)) {
-        Ok(()) => 0,
-        Err(e) => err(e.errno()),
+    let r = with_bytes(cx, key, def.key_size as u64, |k| {
+        with_bytes(cx, value, def.value_size as u64, |v| {
+            UpdateFlag::from_u64(flags).and_then(|f| map.update(k, v, f))
+        })
+    });
+    match r.flatten() {
+        None => err(EFAULT),
+        Some(Ok(())) => 0,
+        Some(Err(e)) => err(e.errno()),
     }
 }
 
@@ -114,12 +124,10 @@ extern "C" fn map_delete_elem(
     let Some(map) = cx.map(m) else {
         return err(EINVAL);
     };
-    let Some(k) = read_vec(cx, key, map.def().key_size as u64) else {
-        return err(EFAULT);
-    };
-    match map.delete(&k) {
-        Ok(()) => 0,
-        Err(e) => err(e.errno()),
+    match with_bytes(cx, key, map.def().key_size as u64, |k| map.delete(k)) {
+        None => err(EFAULT),
+        Some(Ok(())) => 0,
+        Some(Err(e)) => err(e.errno()),
     }
 }
 

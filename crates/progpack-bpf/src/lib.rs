@@ -26,6 +26,11 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// This crate's README examples (the VM, the JIT, a clang object), compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 pub mod asm;
 pub mod check;
 pub mod conformance;

@@ -5,8 +5,12 @@
 //! programs on other threads may use a value pointer while the host or another program
 //! updates it.
 //!
-//! Invariants (under the lock): `index` and `slot_key` agree (`slot_key[s] == Some(k)` iff
-//! `index[k] == s`); a slot is in `free` iff it has no key.
+//! Keys of at most [`INLINE_KEY`] bytes are stored inline in the index (no allocation, no
+//! pointer to chase on lookup); longer ones are boxed. Each slot's key is also kept in
+//! `slot_keys` (for LRU eviction and listings).
+//!
+//! Invariants (under the lock): `index` and `slot_keys`/`used` agree (`used[s]` and
+//! `slot_keys[s] == k` iff `index[k] == s`); a slot is in `free` iff it is not used.
 //!
 //! A deleted (or, for LRU, evicted) key's slot is reused by the next insertion: a program
 //! still holding the old value pointer then reads or writes the new key's value. That is
@@ -22,14 +26,64 @@ use std::sync::Mutex;
 use super::arena::Arena;
 use super::{cpu, MapError, UpdateFlag};
 
+/// Most entries of a hash map (its index is allocated at creation).
+pub const MAX_ENTRIES: u32 = 1 << 22;
+
+/// Longest key stored inline.
+const INLINE_KEY: usize = 16;
+
+/// Key -> slot.
+#[derive(Debug)]
+enum Keys {
+    Inline(HashMap<[u8; INLINE_KEY], u32>),
+    Boxed(HashMap<Box<[u8]>, u32>),
+}
+
+impl Keys {
+    fn inline(key: &[u8]) -> [u8; INLINE_KEY] {
+        let mut k = [0u8; INLINE_KEY];
+        k[..key.len()].copy_from_slice(key);
+        k
+    }
+
+    fn get(&self, key: &[u8]) -> Option<u32> {
+        match self {
+            Keys::Inline(m) => m.get(&Self::inline(key)).copied(),
+            Keys::Boxed(m) => m.get(key).copied(),
+        }
+    }
+
+    fn insert(&mut self, key: &[u8], s: u32) {
+        match self {
+            Keys::Inline(m) => m.insert(Self::inline(key), s),
+            Keys::Boxed(m) => m.insert(key.into(), s),
+        };
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Option<u32> {
+        match self {
+            Keys::Inline(m) => m.remove(&Self::inline(key)),
+            Keys::Boxed(m) => m.remove(key),
+        }
+    }
+}
+
 /// Index state, under the mutex.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Index {
-    index: HashMap<Box<[u8]>, u32>,
-    slot_key: Vec<Option<Box<[u8]>>>,
+    index: Keys,
+    /// `key_size` bytes per slot: the slot's key, if `used`.
+    slot_keys: Vec<u8>,
+    used: Vec<bool>,
     free: Vec<u32>,
     stamp: Vec<u64>,
     tick: u64,
+}
+
+impl Index {
+    fn key(&self, s: u32, key_size: usize) -> &[u8] {
+        &self.slot_keys[s as usize * key_size..(s as usize + 1) * key_size]
+    }
 }
 
 /// A hash map of any of the four kinds.
@@ -59,12 +113,24 @@ impl HashMapImpl {
             .checked_mul(max as u64)
             .and_then(|b| b.checked_mul(cpus as u64))
             .ok_or(MapError::TooLarge { bytes: u64::MAX })?;
+        if max > MAX_ENTRIES {
+            return Err(MapError::TooLarge {
+                bytes: max as u64 * key_size as u64,
+            });
+        }
         let arena = Arena::new(bytes)?;
+        let index = if key_size as usize <= INLINE_KEY {
+            Keys::Inline(HashMap::new())
+        } else {
+            Keys::Boxed(HashMap::new())
+        };
         let state = Index {
-            slot_key: vec![None; max as usize],
+            index,
+            slot_keys: vec![0; max as usize * key_size as usize],
+            used: vec![false; max as usize],
             free: (0..max).rev().collect(),
             stamp: vec![0; if lru { max as usize } else { 0 }],
-            ..Index::default()
+            tick: 0,
         };
         Ok(HashMapImpl {
             arena,
@@ -104,7 +170,7 @@ impl HashMapImpl {
     fn slot_of(&self, key: &[u8]) -> Option<u32> {
         let key = key.get(..self.key_size)?;
         let mut st = self.lock();
-        let s = *st.index.get(key)?;
+        let s = st.index.get(key)?;
         self.touch(&mut st, s);
         Some(s)
     }
@@ -144,7 +210,7 @@ impl HashMapImpl {
         let value = value.get(..self.value_size).ok_or(MapError::BadValue)?;
         let cpu = self.cpu();
         let mut st = self.lock();
-        if let Some(&s) = st.index.get(key) {
+        if let Some(s) = st.index.get(key) {
             if flag == UpdateFlag::NoExist {
                 return Err(MapError::Exists);
             }
@@ -166,9 +232,9 @@ impl HashMapImpl {
                     .min_by_key(|(_, &t)| t)
                     .expect("a full map has slots");
                 let s = victim as u32;
-                if let Some(old) = st.slot_key[s as usize].take() {
-                    st.index.remove(&old);
-                }
+                let old = st.key(s, self.key_size).to_vec();
+                st.index.remove(&old);
+                st.used[s as usize] = false;
                 s
             }
             None => return Err(MapError::Full),
@@ -179,8 +245,10 @@ impl HashMapImpl {
             }
         }
         self.arena.write(self.offset(s, cpu), value);
-        st.index.insert(key.into(), s);
-        st.slot_key[s as usize] = Some(key.into());
+        st.index.insert(key, s);
+        let ks = self.key_size;
+        st.slot_keys[s as usize * ks..(s as usize + 1) * ks].copy_from_slice(key);
+        st.used[s as usize] = true;
         self.touch(&mut st, s);
         Ok(())
     }
@@ -189,13 +257,17 @@ impl HashMapImpl {
         let key = key.get(..self.key_size).ok_or(MapError::BadKey)?;
         let mut st = self.lock();
         let s = st.index.remove(key).ok_or(MapError::NotFound)?;
-        st.slot_key[s as usize] = None;
+        st.used[s as usize] = false;
         st.free.push(s);
         Ok(())
     }
 
     /// Present keys, in no particular order.
     pub(crate) fn keys(&self) -> Vec<Vec<u8>> {
-        self.lock().index.keys().map(|k| k.to_vec()).collect()
+        let st = self.lock();
+        (0..self.max)
+            .filter(|&s| st.used[s as usize])
+            .map(|s| st.key(s, self.key_size).to_vec())
+            .collect()
     }
 }

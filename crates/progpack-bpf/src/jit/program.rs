@@ -151,7 +151,7 @@ impl JitProgram {
     }
 
     /// Like [`new`](Self::new) for code that is already compiled (and so already checked by
-    /// [`compile`]); links it for its place.
+    /// [`compile`](super::compile)); links it for its place.
     pub fn place(
         alloc: &Allocator,
         mut code: JitCode,

@@ -204,9 +204,11 @@ impl JitProgram {
         // SAFETY: `prog` holds code produced by `compile`, linked for the address it was
         // placed at, whose entry has the signature `EntryFn`; it stays mapped while `self`
         // (which owns it) lives, and `run_entry` calls it only during this borrow. The code
-        // touches only the context, `mem` and the stack `run_entry` passes it (every access
-        // is bounds-checked), and calls only registered helpers, which are safe
-        // `extern "C" fn(u64 x5) -> u64`.
+        // touches only the context, `mem`, the stack `run_entry` passes it and the extra
+        // regions of `env` (every access is bounds-checked; `env` keeps their maps alive),
+        // and calls only registered helpers, which are safe `extern "C"` functions of five
+        // `u64`s (and the `HelperContext` that `run_entry` owns for the run) and
+        // `extra_region_check`.
         let entry = unsafe { self.prog.as_fn::<EntryFn>() };
         run_entry(entry, mem, self.stack, limit, env, tail_calls)
     }

@@ -13,16 +13,21 @@
 //!
 //! Invariants the emitted code keeps:
 //! - Every load, store and atomic goes through [`Cx::mem_operand`]: the access `[a, a+n)` is
-//!   allowed iff it lies in the memory region or in the live frames `[r10 - 512, top)`, the
-//!   interpreter's rule. The check is skipped for `r10 + off` inside the current frame, which
+//!   allowed iff it lies in the memory region, in the live frames `[r10 - 512, top)`, or in
+//!   one of the environment's extra regions (map values; [`crate::memory`]), the interpreter's
+//!   rule. Memory and stack are checked inline and in a stub; the extra regions last, by a
+//!   call from the stub to [`extra_region_check`] through a shared subroutine. The check is skipped for `r10 + off` inside the current frame, which
 //!   is in range by construction. The likelier region (the stack for r10-based addresses, else
 //!   memory) is checked inline; an address outside it goes to a stub that checks the other
-//!   region and either comes back or loads a fault word (`pc | kind << 24`) into r10, the
+//!   region (then the extra regions) and either comes back or loads a fault word (`pc | kind << 24`) into r10, the
 //!   address being in r11, and goes to the fault exit.
 //! - The eBPF stack is not the native stack: return addresses and saved registers are out of
 //!   the program's reach. r10 is the top of the current 512-byte frame inside the stack region;
 //!   a `call local` first checks that one more frame fits (this is the call depth limit), then
 //!   zeroes the new frame.
+//! - Helper calls follow [`crate::context`]'s ABI: r9 = the `HelperContext` pointer (and its
+//!   `frame` = r10 when the program has a stack); after a context helper, a non-zero `stop`
+//!   word in it ends the program like the unwind helper.
 //! - The native stack is 16-byte aligned at every helper call: the body is entered by a `call`
 //!   after six pushes, a local call pushes five registers plus its return address, and a
 //!   helper call saves r1-r5 (the interpreter keeps them) with six pushes.
@@ -39,8 +44,10 @@ use std::cell::RefCell;
 
 use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Shift, R, W};
 use super::JitError;
-use crate::helpers::Helpers;
+use crate::context::{HelperContext, HCTX_FRAME, HCTX_STOP};
+use crate::helpers::{Helper, Helpers};
 use crate::insn::*;
+use crate::memory;
 
 /// Bytes of stack the program can address: one 512-byte frame per call depth.
 pub(crate) const STACK_SIZE: usize = MAX_CALL_DEPTH * STACK_FRAME_SIZE;
@@ -50,9 +57,11 @@ pub(crate) const MAX_SLOTS: usize = 1 << 24;
 
 /// The run-time context the JIT code receives (pointer in rdi, kept in r12).
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Ctx {
-    /// Start address of the program memory region (r1).
+    /// Initial r1: the memory region's address, 0 when it is empty.
+    pub r1: u64,
+    /// Start address of the program memory region.
     pub mem_start: u64,
     /// Length of the program memory region (r2).
     pub mem_len: u64,
@@ -74,6 +83,28 @@ pub(crate) struct Ctx {
     pub fault_extra: u64,
     /// Instructions left before [`FAULT_BUDGET`] (used if compiled with the budget).
     pub budget: u64,
+    /// The run's [`HelperContext`] (passed to helpers in r9; its extra regions are checked by
+    /// [`extra_region_check`]). Never null during a run.
+    pub hctx: *mut HelperContext<'static>,
+}
+
+impl Default for Ctx {
+    fn default() -> Self {
+        Ctx {
+            r1: 0,
+            mem_start: 0,
+            mem_len: 0,
+            mem_hi: [0; 4],
+            stack_hi: [0; 4],
+            stack_start: 0,
+            stack_top: 0,
+            saved_rsp: 0,
+            fault: 0,
+            fault_extra: 0,
+            budget: 0,
+            hctx: std::ptr::null_mut(),
+        }
+    }
 }
 
 impl Ctx {
@@ -87,6 +118,7 @@ impl Ctx {
         stack_start: u64,
         stack_window: bool,
         budget: u64,
+        hctx: *mut HelperContext<'static>,
     ) -> Ctx {
         // With len < n, `end - n` (saturating: an empty slice's dangling pointer may be 1) is
         // below `mem_start`, which is never 0: no address passes `start <= a <= end - n`.
@@ -94,6 +126,7 @@ impl Ctx {
         let top = stack_start + STACK_SIZE as u64;
         let shi = |n: u64| if stack_window { top - n } else { 0 };
         Ctx {
+            r1: if mem_len == 0 { 0 } else { mem_start },
             mem_start,
             mem_len,
             mem_hi: [
@@ -109,6 +142,7 @@ impl Ctx {
             fault: 0,
             fault_extra: 0,
             budget,
+            hctx,
         }
     }
 }
@@ -116,6 +150,8 @@ impl Ctx {
 fn disp(off: usize) -> i32 {
     off as i32
 }
+const C_R1: usize = offset_of!(Ctx, r1);
+const C_HCTX: usize = offset_of!(Ctx, hctx);
 const C_MEM_START: usize = offset_of!(Ctx, mem_start);
 const C_MEM_LEN: usize = offset_of!(Ctx, mem_len);
 const C_MEM_HI: usize = offset_of!(Ctx, mem_hi);
@@ -245,6 +281,9 @@ impl Usage {
 pub(crate) struct Options {
     /// Count executed instructions against `Ctx::budget`.
     pub budget: bool,
+    /// The program runs in an environment with extra regions (maps): accesses outside memory
+    /// and stack are checked against them. Without, they fault at once.
+    pub extra_regions: bool,
 }
 
 /// Which region an access check tests.
@@ -259,11 +298,13 @@ enum Region {
 enum Stub {
     /// Raise fault `word`.
     Fault { at: Label, word: u32 },
-    /// An access failed the inline check of its first region: check the other `region`,
-    /// go back to `ok` if the access lies there, else raise fault `word`.
+    /// An access failed the inline check of its first region: check the other `region` (if
+    /// any), then the extra regions; go back to `ok` if the access lies there, else raise
+    /// fault `word`.
     Access {
         at: Label,
-        region: Region,
+        region: Option<Region>,
+        extra: bool,
         log: usize,
         ok: Label,
         word: u32,
@@ -287,6 +328,10 @@ struct Cx<'a> {
     charges: &'a [u32],
     /// The shared frame-zeroing subroutine, once a local call needs it.
     zero_frame: Option<Label>,
+    /// The shared subroutine calling [`extra_region_check`], once an access needs it.
+    extra_check: Option<Label>,
+    /// Whether accesses are checked against extra regions ([`Options::extra_regions`]).
+    extra: bool,
     usage: Usage,
 }
 
@@ -370,6 +415,7 @@ fn translate_with(
         helpers,
         charges: &scratch.charges,
         usage,
+        extra: opts.extra_regions,
     };
     let asm = Asm::new(rel_calls, std::mem::take(&mut scratch.asm));
     let mut stubs = std::mem::take(&mut scratch.stubs);
@@ -401,6 +447,7 @@ struct Env<'a> {
     helpers: &'a Helpers,
     charges: &'a [u32],
     usage: Usage,
+    extra: bool,
 }
 
 /// For each slot that starts a basic block, the number of instructions in the block (an
@@ -478,6 +525,8 @@ impl<'a> Cx<'a> {
             stubs,
             charges: env.charges,
             zero_frame: None,
+            extra_check: None,
+            extra: env.extra,
             usage: env.usage,
         };
         let insns = env.insns;
@@ -547,7 +596,7 @@ impl<'a> Cx<'a> {
         if rbp {
             a.mov_rm(MAP[10], CTX, disp(C_STACK_TOP));
         }
-        a.mov_rm(MAP[1], CTX, disp(C_MEM_START));
+        a.mov_rm(MAP[1], CTX, disp(C_R1));
         a.mov_rm(MAP[2], CTX, disp(C_MEM_LEN));
         for r in [0, 3, 4, 5, 6, 7, 8, 9] {
             if self.usage.has(r) {
@@ -599,15 +648,31 @@ impl<'a> Cx<'a> {
                 Stub::Access {
                     at,
                     region,
+                    extra: check_extra,
                     log,
                     ok,
                     word,
                 } => {
                     self.a.bind(at);
-                    let bad = self.a.label();
-                    self.region_check(region, log, bad);
-                    self.a.jcc(Cond::Be, ok);
-                    self.a.bind(bad);
+                    let extra = self.a.label();
+                    if let Some(region) = region {
+                        self.region_check(region, log, extra);
+                        self.a.jcc(Cond::Be, ok);
+                    }
+                    self.a.bind(extra);
+                    if !check_extra {
+                        self.a.mov_imm32(R::R10, word);
+                        self.a.jmp(self.fault);
+                        continue;
+                    }
+                    // r10 = size | write << 8; the subroutine leaves r9 = 1 if allowed.
+                    let write = (word >> 24) & FAULT_STORE != 0;
+                    self.a
+                        .mov_imm32(R::R10, (1u32 << log) | (write as u32) << 8);
+                    let sub = self.extra_check_label();
+                    self.a.call_label(sub);
+                    self.a.test_rr(true, R::R9, R::R9);
+                    self.a.jcc(Cond::Ne, ok);
                     self.a.mov_imm32(R::R10, word);
                     self.a.jmp(self.fault);
                 }
@@ -618,6 +683,9 @@ impl<'a> Cx<'a> {
             self.a.bind(l);
             self.a.mov_imm32(R::R10, 0);
             self.a.jmp(self.fault);
+        }
+        if let Some(l) = self.extra_check {
+            self.extra_check_subroutine(l);
         }
         if let Some(l) = self.zero_frame {
             // Zeroes [r10 - 512, r10) with 16-byte stores, 64 bytes per iteration. Clobbers
@@ -637,6 +705,39 @@ impl<'a> Cx<'a> {
             a.jcc(Cond::Ne, again);
             a.ret();
         }
+    }
+
+    fn extra_check_label(&mut self) -> Label {
+        match self.extra_check {
+            Some(l) => l,
+            None => {
+                let l = self.a.label();
+                self.extra_check = Some(l);
+                l
+            }
+        }
+    }
+
+    /// The subroutine behind every access stub's last check: with r11 = the address and
+    /// r10 = `size | write << 8`, calls [`extra_region_check`]`(ctx, r11, r10)` and returns
+    /// its answer in r9; every other register is kept. Called from the body, where the native
+    /// stack is 16-byte aligned: the return address and seven pushes keep it aligned.
+    fn extra_check_subroutine(&mut self, l: Label) {
+        const KEPT: [R; 7] = [R::Rax, R::Rdi, R::Rsi, R::Rdx, R::Rcx, R::R8, R::R11];
+        let a = &mut self.a;
+        a.bind(l);
+        for r in KEPT {
+            a.push(r);
+        }
+        a.mov_rr(true, R::Rdi, CTX);
+        a.mov_rr(true, R::Rsi, R::R11);
+        a.mov_rr(true, R::Rdx, R::R10);
+        a.call_abs(extra_region_check as *const () as usize as u64);
+        a.mov_rr(true, R::R9, R::Rax);
+        for r in KEPT.iter().rev() {
+            a.pop(*r);
+        }
+        a.ret();
     }
 
     fn fault_here(&mut self, pc: usize, kind: u32) {
@@ -1040,7 +1141,7 @@ impl<'a> Cx<'a> {
                     .helpers
                     .get(id)
                     .ok_or(JitError::UnknownHelper { pc, id })?;
-                self.call_helper(id, f as usize as u64);
+                self.call_helper(id, f);
                 Ok(())
             }
             CALL_LOCAL => {
@@ -1087,30 +1188,46 @@ impl<'a> Cx<'a> {
         }
     }
 
-    /// Calls helper `f` with r1-r5 as arguments; r0 = result, r1-r5 kept (saved around the
-    /// call: six pushes keep the native stack 16-byte aligned).
-    fn call_helper(&mut self, id: u32, f: u64) {
+    /// Calls helper `f` with r1-r5 as arguments and the `HelperContext` in r9 (its `frame`
+    /// set to r10 first if the program has a stack); r0 = result, r1-r5 kept (saved around
+    /// the call: six pushes keep the native stack 16-byte aligned). After a context helper, a
+    /// non-zero `stop` word ends the program like the unwind helper.
+    fn call_helper(&mut self, id: u32, f: Helper) {
         const ARGS: [R; 5] = [MAP[1], MAP[2], MAP[3], MAP[4], MAP[5]];
         for r in ARGS {
             self.a.push(r);
         }
         self.a.push(MAP[5]);
-        self.a.call_abs(f);
+        self.a.mov_rm(R::R9, CTX, disp(C_HCTX));
+        if self.usage.stack {
+            self.a.mov_mr(R::R9, HCTX_FRAME, MAP[10]);
+        }
+        self.a.call_abs(f.addr());
         self.a.pop(R::R9);
         for r in ARGS.iter().rev() {
             self.a.pop(*r);
         }
-        if self.helpers.unwind() == Some(id) {
-            let l = match self.unwind {
-                Some(l) => l,
-                None => {
-                    let l = self.a.label();
-                    self.unwind = Some(l);
-                    l
-                }
-            };
+        let unwind = self.helpers.unwind() == Some(id);
+        if !unwind && !f.takes_context() {
+            return;
+        }
+        let l = match self.unwind {
+            Some(l) => l,
+            None => {
+                let l = self.a.label();
+                self.unwind = Some(l);
+                l
+            }
+        };
+        if unwind {
             self.a.test_rr(true, R::Rax, R::Rax);
             self.a.jcc(Cond::E, l);
+        }
+        if f.takes_context() {
+            self.a.mov_rm(R::R9, CTX, disp(C_HCTX));
+            self.a.mov_rm(R::R9, R::R9, HCTX_STOP);
+            self.a.test_rr(true, R::R9, R::R9);
+            self.a.jcc(Cond::Ne, l);
         }
     }
 
@@ -1118,11 +1235,7 @@ impl<'a> Cx<'a> {
     fn callx(&mut self, pc: usize, r: R) -> Result<(), JitError> {
         let done = self.a.label();
         self.a.mov_rr(false, R::R11, r);
-        let helpers: Vec<(u32, u64)> = self
-            .helpers
-            .iter()
-            .map(|(id, f)| (id, f as usize as u64))
-            .collect();
+        let helpers: Vec<(u32, Helper)> = self.helpers.iter().collect();
         for (id, f) in helpers {
             let next = self.a.label();
             self.a.alu_ri(false, Alu::Cmp, R::R11, id as i32);
@@ -1163,16 +1276,18 @@ impl<'a> Cx<'a> {
         let word = word(pc, kind | log as u32);
         let slow = self.a.label();
         let ok = self.a.label();
-        if self.usage.stack {
+        if self.usage.stack || self.extra {
+            // No stack window: outside memory, only the extra regions remain.
             self.stubs.push(Stub::Access {
                 at: slow,
-                region: second,
+                region: self.usage.stack.then_some(second),
+                extra: self.extra,
                 log,
                 ok,
                 word,
             });
         } else {
-            // No stack window: outside memory is out of bounds.
+            // Nothing but memory: outside it is out of bounds.
             self.stubs.push(Stub::Fault { at: slow, word });
         }
         self.region_check(first, log, slow);
@@ -1282,4 +1397,17 @@ impl<'a> Cx<'a> {
 
 fn word(pc: usize, kind: u32) -> u32 {
     pc as u32 | kind << 24
+}
+
+/// The last bounds check of JIT code: whether an access of `size_write & 0xff` bytes at `addr`
+/// (a store or atomic if bit 8 is set) lies in an extra region of the run's environment.
+/// Returns 1 if allowed, else 0.
+pub(crate) extern "C" fn extra_region_check(ctx: &Ctx, addr: u64, size_write: u64) -> u64 {
+    #[allow(unsafe_code)]
+    // SAFETY: `ctx.hctx` points to the run's `HelperContext`, alive on the host stack of
+    // `run_entry` for the whole run (never null during a run); JIT code is suspended in this
+    // call, and helpers only borrow it while they run, so a shared borrow here is unique.
+    let hcx = unsafe { &*ctx.hctx };
+    let (n, write) = (size_write & 0xff, size_write & 0x100 != 0);
+    memory::find(&hcx.env().regions, addr, n, write).is_some() as u64
 }

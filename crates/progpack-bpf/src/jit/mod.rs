@@ -31,12 +31,14 @@ mod emit;
 mod program;
 mod x86;
 
+pub(crate) use program::fault_to_run_error;
 pub use program::{shared_allocator, JitOptions, JitProgram};
 
 use x86::AbsCallSite;
 
 use std::mem::MaybeUninit;
 
+use crate::context::{HelperContext, ProgramEnv};
 use crate::helpers::Helpers;
 use crate::insn::{Insn, STACK_FRAME_SIZE};
 
@@ -129,6 +131,11 @@ pub struct CompileOptions {
     pub budget: bool,
 }
 
+/// Whether code may access extra regions ([`crate::memory`]): true for programs whose
+/// environment has maps. Code compiled without may only run with an environment without
+/// extra regions.
+pub(crate) type ExtraRegions = bool;
+
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
@@ -157,12 +164,23 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
+    compile_with(insns, helpers, opts, false)
+}
+
+/// [`compile`] for an environment with or without extra regions.
+pub(crate) fn compile_with(
+    insns: &[Insn],
+    helpers: &Helpers,
+    opts: CompileOptions,
+    extra_regions: ExtraRegions,
+) -> Result<JitCode, JitError> {
     let t = emit::translate(
         insns,
         helpers,
         opts.rel_calls,
         emit::Options {
             budget: opts.budget,
+            extra_regions,
         },
     )?;
     Ok(JitCode {
@@ -293,20 +311,40 @@ impl Fault {
 /// The JIT code's entry point: `extern "C" fn(ctx) -> r0`.
 pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
 
-/// Runs JIT code at `entry` over `mem` with a fresh stack (or none, if the code does not use
-/// one); `budget` is the instruction limit if the code counts instructions.
+/// What a run returns besides faults: r0 and the program a helper asked to tail-call (the
+/// caller runs it).
+pub type Outcome = (u64, Option<std::sync::Arc<crate::BpfProgram>>);
+
+/// Runs JIT code at `entry` over `mem` in environment `env` with a fresh stack (or none, if
+/// the code does not use one), as the `tail_calls`-th tail call of its run; `budget` is the
+/// instruction limit if the code counts instructions.
 #[inline]
-fn run_entry(entry: EntryFn, mem: &mut [u8], stack: bool, budget: u64) -> Result<u64, Fault> {
+fn run_entry(
+    entry: EntryFn,
+    mem: &mut [u8],
+    stack: bool,
+    budget: u64,
+    env: &ProgramEnv,
+    tail_calls: u32,
+) -> Result<Outcome, Fault> {
     if stack {
         let mut region = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
         // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
         // it, and never reads a frame that is not live.
         region[emit::STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
-        call_entry(entry, mem, region.as_mut_ptr() as u64, true, budget)
+        call_entry(
+            entry,
+            mem,
+            region.as_mut_ptr() as u64,
+            true,
+            budget,
+            env,
+            tail_calls,
+        )
     } else {
         // No window: the code never dereferences the stack region, so any address does for
         // r10 arithmetic (local-call depth checks); one that cannot wrap around.
-        call_entry(entry, mem, NO_STACK, false, budget)
+        call_entry(entry, mem, NO_STACK, false, budget, env, tail_calls)
     }
 }
 
@@ -320,19 +358,30 @@ fn call_entry(
     stack_start: u64,
     stack: bool,
     budget: u64,
-) -> Result<u64, Fault> {
+    env: &ProgramEnv,
+    tail_calls: u32,
+) -> Result<Outcome, Fault> {
+    let mem_start = mem.as_mut_ptr() as u64;
+    let top = stack_start + emit::STACK_SIZE as u64;
+    // Without a stack window the helpers see no stack either.
+    let (hs, ht) = if stack { (stack_start, top) } else { (0, 0) };
+    let mut hcx = HelperContext::new(mem_start, mem.len() as u64, hs, ht, env);
+    hcx.tail_calls = tail_calls;
+    let hcx_ptr = (&mut hcx as *mut HelperContext<'_>).cast::<HelperContext<'static>>();
     let mut ctx = emit::Ctx::new(
-        mem.as_mut_ptr() as u64,
+        mem_start,
         mem.len() as u64,
         stack_start,
         stack,
         budget,
+        hcx_ptr,
     );
-    // The code reads and writes only `ctx`, `mem` and the stack region (all borrowed
-    // mutably for the call; every access is checked against the regions `ctx` describes).
+    // The code reads and writes only `ctx`, `hcx`, `mem`, the stack region (all borrowed
+    // mutably for the call) and the environment's extra regions; every access is checked
+    // against the regions `ctx` and `hcx` describe. Helpers get `hcx` only during the call.
     let r0 = entry(&mut ctx);
     if ctx.fault != 0 {
         return Err(Fault::decode(ctx.fault, ctx.fault_extra));
     }
-    Ok(r0)
+    Ok((r0, hcx.tail_call.take()))
 }

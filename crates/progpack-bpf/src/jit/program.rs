@@ -11,7 +11,10 @@ use std::sync::Mutex;
 
 use progpack::{Allocator, CodeRange, Config, Program};
 
-use super::{compile, run_entry, CompileOptions, EntryFn, Fault, JitCode, JitError};
+use super::{
+    compile_with, run_entry, CompileOptions, EntryFn, ExtraRegions, Fault, JitCode, JitError,
+};
+use crate::context::ProgramEnv;
 use crate::error::RunError;
 use crate::helpers::Helpers;
 use crate::insn::Insn;
@@ -43,6 +46,8 @@ pub struct JitProgram {
     prog: Program,
     counted: bool,
     stack: bool,
+    /// Compiled to check extra regions (see [`ExtraRegions`]).
+    extra: ExtraRegions,
 }
 
 impl JitProgram {
@@ -53,20 +58,32 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<JitProgram, JitError> {
+        Self::new_with(alloc, slots, helpers, options, false)
+    }
+
+    /// [`new`](Self::new) for an environment with or without extra regions.
+    pub(crate) fn new_with(
+        alloc: &Allocator,
+        slots: &[Insn],
+        helpers: &Helpers,
+        options: JitOptions,
+        extra: ExtraRegions,
+    ) -> Result<JitProgram, JitError> {
         let budget = options.count_instructions;
         let rel_calls = range_reaches_helpers(alloc, helpers);
-        let mut code = compile(slots, helpers, CompileOptions { rel_calls, budget })?;
+        let mut code = compile_with(slots, helpers, CompileOptions { rel_calls, budget }, extra)?;
         let mut draft = alloc.draft(code.len(), CODE_ALIGN)?;
         if !code.reaches(draft.exec_addr() as u64) {
             // The range did not keep its promise (or there is none): absolute calls.
             drop(draft);
-            code = compile(
+            code = compile_with(
                 slots,
                 helpers,
                 CompileOptions {
                     rel_calls: false,
                     budget,
                 },
+                extra,
             )?;
             draft = alloc.draft(code.len(), CODE_ALIGN)?;
         }
@@ -76,6 +93,7 @@ impl JitProgram {
             prog: draft.finalize()?,
             counted: budget,
             stack: code.uses_stack(),
+            extra,
         })
     }
 
@@ -90,6 +108,17 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
+        Self::new_batch_with(alloc, programs, helpers, options, false)
+    }
+
+    /// [`new_batch`](Self::new_batch) for an environment with or without extra regions.
+    pub(crate) fn new_batch_with<'s>(
+        alloc: &Allocator,
+        programs: impl IntoIterator<Item = &'s [Insn]>,
+        helpers: &Helpers,
+        options: JitOptions,
+        extra: ExtraRegions,
+    ) -> Result<Vec<JitProgram>, (usize, JitError)> {
         let opts = CompileOptions {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
@@ -97,7 +126,7 @@ impl JitProgram {
         let mut batch = alloc.batch();
         let mut stacks = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
-            let mut code = compile(slots, helpers, opts).map_err(|e| (i, e))?;
+            let mut code = compile_with(slots, helpers, opts, extra).map_err(|e| (i, e))?;
             let slot = batch
                 .push(code.len(), CODE_ALIGN)
                 .map_err(|e| (i, e.into()))?;
@@ -116,12 +145,13 @@ impl JitProgram {
                 prog,
                 counted: options.count_instructions,
                 stack,
+                extra,
             })
             .collect())
     }
 
     /// Like [`new`](Self::new) for code that is already compiled (and so already checked by
-    /// [`compile`]); links it for its place.
+    /// [`compile`](super::compile)); links it for its place.
     pub fn place(
         alloc: &Allocator,
         mut code: JitCode,
@@ -134,6 +164,7 @@ impl JitProgram {
             prog: draft.finalize()?,
             counted,
             stack: code.uses_stack(),
+            extra: false,
         })
     }
 
@@ -154,15 +185,32 @@ impl JitProgram {
     /// Like [`run_limited`](Self::run_limited), with the JIT's own fault description (which
     /// also tells loads from stores).
     pub fn run_fault(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
+        static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
+        self.run_env(mem, limit, &EMPTY, 0).map(|(r0, _)| r0)
+    }
+
+    /// Like [`run_fault`](Self::run_fault) in environment `env` (maps, host data), as the
+    /// `tail_calls`-th tail call of its run; also returns the program a helper asked to
+    /// tail-call, which the caller runs.
+    pub(crate) fn run_env(
+        &self,
+        mem: &mut [u8],
+        limit: u64,
+        env: &ProgramEnv,
+        tail_calls: u32,
+    ) -> Result<super::Outcome, Fault> {
+        debug_assert!(self.extra || env.regions.is_empty());
         #[allow(unsafe_code)]
         // SAFETY: `prog` holds code produced by `compile`, linked for the address it was
         // placed at, whose entry has the signature `EntryFn`; it stays mapped while `self`
         // (which owns it) lives, and `run_entry` calls it only during this borrow. The code
-        // touches only the context, `mem` and the stack `run_entry` passes it (every access
-        // is bounds-checked), and calls only registered helpers, which are safe
-        // `extern "C" fn(u64 x5) -> u64`.
+        // touches only the context, `mem`, the stack `run_entry` passes it and the extra
+        // regions of `env` (every access is bounds-checked; `env` keeps their maps alive),
+        // and calls only registered helpers, which are safe `extern "C"` functions of five
+        // `u64`s (and the `HelperContext` that `run_entry` owns for the run) and
+        // `extra_region_check`.
         let entry = unsafe { self.prog.as_fn::<EntryFn>() };
-        run_entry(entry, mem, self.stack, limit)
+        run_entry(entry, mem, self.stack, limit, env, tail_calls)
     }
 
     /// Whether runs count instructions.
@@ -196,7 +244,7 @@ pub fn shared_allocator() -> Result<Allocator, JitError> {
 }
 
 /// The interpreter's error for a JIT fault.
-fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
+pub(crate) fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
     match f {
         Fault::OutOfBounds { pc, addr, size, .. } => RunError::OutOfBounds {
             addr,
@@ -217,8 +265,10 @@ fn range_reaches_helpers(alloc: &Allocator, helpers: &Helpers) -> bool {
         return false;
     };
     let (lo, hi) = (base as i128, base as i128 + size as i128);
-    helpers.iter().all(|(_, f)| {
-        let t = f as usize as i128;
+    let own = super::emit::extra_region_check as *const () as usize as u64;
+    let targets = helpers.iter().map(|(_, f)| f.addr()).chain([own]);
+    targets.into_iter().all(|t| {
+        let t = t as i128;
         // Margin for the call's own offset inside the code.
         let reach = i32::MAX as i128 - (1 << 20);
         (t - lo).abs() < reach && (t - hi).abs() < reach

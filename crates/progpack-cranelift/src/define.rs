@@ -240,7 +240,6 @@ impl ProgpackModule {
             addr,
             len: bytes.len(),
             relocs,
-            name,
         });
         self.pending.push(id);
         Ok(())

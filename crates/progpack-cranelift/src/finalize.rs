@@ -77,9 +77,8 @@ impl ProgpackModule {
                 place,
                 addr: item.addr,
                 len: item.len,
-                refs: p.refs,
+                refs: p.refs.into_boxed_slice(),
                 incoming: 0,
-                name: item.name,
             });
         }
         for &id in &pending {

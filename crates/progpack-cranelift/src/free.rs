@@ -100,7 +100,7 @@ impl ProgpackModule {
             let outside = l.incoming - inside[&id];
             if outside > 0 {
                 return Err(Error::StillReferenced {
-                    name: l.name.clone(),
+                    name: self.item_name(id),
                     count: outside,
                     by: self.referrers(id, &inside),
                 });
@@ -119,11 +119,11 @@ impl ProgpackModule {
             .data
             .iter()
             .map(|(i, item)| (FuncOrDataId::Data(DataId::from_u32(i as u32)), item));
-        let names: Vec<&str> = funcs
+        let names: Vec<String> = funcs
             .chain(data)
             .filter(|(from, _)| !skip.contains_key(from))
-            .filter_map(|(_, item)| match item {
-                Item::Live(l) if l.refs.contains(&id) => Some(l.name.as_str()),
+            .filter_map(|(from, item)| match item {
+                Item::Live(l) if l.refs.contains(&id) => Some(self.item_name(from)),
                 _ => None,
             })
             .take(NAMED_REFERRERS + 1)

@@ -13,6 +13,7 @@ use crate::symbols::Symbols;
 use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_module::{DataId, FuncId, FuncOrDataId, ModuleDeclarations, ModuleResult};
 use progpack::{Allocator, Batch};
+use std::borrow::Cow;
 
 /// A Cranelift [`Module`](cranelift_module::Module) that places code with progpack: functions
 /// packed into 2 MiB read+execute packs, written with one batched write per finalize, never
@@ -47,14 +48,15 @@ const _: () = {
 };
 
 /// A finalized function: where it is, how long, and its linkage name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinalizedFunction<'a> {
     /// Address of its first byte.
     pub addr: *const u8,
     /// Length of its code in bytes.
     pub len: usize,
-    /// Its linkage name (`.Lfn<id>` for anonymous functions), as given at definition.
-    pub name: &'a str,
+    /// Its linkage name, as declared (`.Lfn<id>` for anonymous functions): for perf maps,
+    /// symbolizers, listings.
+    pub name: Cow<'a, str>,
 }
 
 impl ProgpackModule {
@@ -117,7 +119,7 @@ impl ProgpackModule {
         self.functions.live(id).map(|l| FinalizedFunction {
             addr: l.addr as *const u8,
             len: l.len,
-            name: &l.name,
+            name: self.declarations.get_function_decl(id).linkage_name(id),
         })
     }
 
@@ -129,14 +131,17 @@ impl ProgpackModule {
     /// Every finalized function, in id order: for symbolizers, perf maps and listings.
     pub fn finalized_functions(&self) -> impl Iterator<Item = (FuncId, FinalizedFunction<'_>)> {
         self.functions.iter().filter_map(|(i, item)| match item {
-            Item::Live(l) => Some((
-                FuncId::from_u32(i as u32),
-                FinalizedFunction {
-                    addr: l.addr as *const u8,
-                    len: l.len,
-                    name: &l.name,
-                },
-            )),
+            Item::Live(l) => {
+                let id = FuncId::from_u32(i as u32);
+                Some((
+                    id,
+                    FinalizedFunction {
+                        addr: l.addr as *const u8,
+                        len: l.len,
+                        name: self.declarations.get_function_decl(id).linkage_name(id),
+                    },
+                ))
+            }
             _ => None,
         })
     }

@@ -7,6 +7,8 @@
 //! Invariants:
 //! - a `Pending` item in a pack has a slot in the module's current batch, and is listed in the
 //!   module's pending list; a `Live` item owns its [`Program`] or heap block;
+//! - names are not copied here: an id's linkage name is in the module's declarations, which
+//!   never change for that id (a freed and redefined function keeps its name);
 //! - `Live::refs` lists, once per relocation, every other module item that the item's placed
 //!   bytes point at; `Live::incoming` is the number of entries naming this item across all
 //!   live items. An item with `incoming > 0` is never freed.
@@ -38,8 +40,6 @@ pub(crate) struct Pending {
     pub(crate) len: usize,
     /// Relocations, checked for kind and bounds, not applied.
     pub(crate) relocs: Vec<ModuleReloc>,
-    /// Its linkage name, kept for error messages, perf maps and listings.
-    pub(crate) name: String,
 }
 
 /// Where a pending item's bytes are.
@@ -59,11 +59,9 @@ pub(crate) struct Live {
     /// Its length in bytes.
     pub(crate) len: usize,
     /// Other module items its bytes point at, once per relocation.
-    pub(crate) refs: Vec<FuncOrDataId>,
+    pub(crate) refs: Box<[FuncOrDataId]>,
     /// Number of relocations in live items that point at this one.
     pub(crate) incoming: u32,
-    /// Its linkage name.
-    pub(crate) name: String,
 }
 
 /// What holds a live item's bytes.

@@ -429,7 +429,7 @@ fn names_are_kept_for_listings() {
     m.finalize_definitions().unwrap();
     let listed: Vec<(FuncId, String, usize)> = m
         .finalized_functions()
-        .map(|(id, f)| (id, f.name.to_owned(), f.len))
+        .map(|(id, f)| (id, f.name.into_owned(), f.len))
         .collect();
     assert_eq!(listed.len(), 2);
     assert_eq!((listed[0].0, listed[0].1.as_str()), (a, "alpha"));

@@ -1,7 +1,7 @@
 //! # progpack-cranelift: a Cranelift `Module` that packs functions and frees them one by one
 //!
 //! [`ProgpackModule`] implements [`cranelift_module::Module`] like `cranelift-jit`'s
-//! `JITModule`, but places code with [progpack](progpack): functions share 2 MiB huge-page
+//! `JITModule`, but places code with [progpack]: functions share 2 MiB huge-page
 //! packs instead of getting page-rounded mappings of their own, each finalize is one write per
 //! pack, no page is ever writable and executable (with progpack's default backend there is not
 //! even a writable alias), and a single function can be freed and defined again.

@@ -21,6 +21,8 @@
 //!   `vm.max_map_count`; the child reports how far it got.
 //!
 //! Run: `cargo bench -p progpack-cranelift --bench vs_jit_module [-- --functions N]`
+// The Module API's error is Cranelift's `ModuleError` (136 bytes).
+#![allow(clippy::result_large_err)]
 
 use cranelift_codegen::control::ControlPlane;
 use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, Signature, UserFuncName};

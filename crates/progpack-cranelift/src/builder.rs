@@ -21,6 +21,7 @@ pub struct ProgpackBuilder {
     pub(crate) libcall_names: LibcallNames,
     pub(crate) placement: Placement,
     pub(crate) rodata_in_packs: bool,
+    pub(crate) colocate_host_symbols: bool,
 }
 
 /// Where the module's code comes from.
@@ -69,6 +70,7 @@ impl ProgpackBuilder {
             libcall_names,
             placement: Placement::Config(default_config()),
             rodata_in_packs: true,
+            colocate_host_symbols: true,
         }
     }
 
@@ -99,8 +101,9 @@ impl ProgpackBuilder {
     }
 
     /// The progpack configuration of the module's own allocator. The default is
-    /// `Config::default()` with a [`CodeRange::near_this_binary`], so that calls between JIT
-    /// functions and into this binary fit `call rel32`.
+    /// `Config::default()` with a [`CodeRange::near_this_binary`] (of 128 MiB on aarch64, where
+    /// `bl` reaches ±128 MiB), so that calls between JIT functions and into this binary are
+    /// direct calls.
     pub fn allocator_config(&mut self, config: Config) -> &mut Self {
         self.placement = Placement::Config(config);
         self
@@ -127,7 +130,23 @@ impl ProgpackBuilder {
     }
 }
 
-/// The allocator configuration a builder starts with.
+impl ProgpackBuilder {
+    /// Whether imported functions and data whose host address is within `rel32` reach of the
+    /// whole code range are referenced colocated (`call rel32`, rip-relative) instead of through
+    /// an absolute address (default true). The check is made when the import is declared in a
+    /// function, against the symbol's address and the allocator's code range, so it cannot be
+    /// wrong later. With the default code range, this covers functions of this binary given to
+    /// [`symbol`](Self::symbol) or found by a lookup function; not shared libraries.
+    pub fn colocate_host_symbols(&mut self, on: bool) -> &mut Self {
+        self.colocate_host_symbols = on;
+        self
+    }
+}
+
+/// The allocator configuration a builder starts with: a code range near this binary, no larger
+/// than a colocated call reaches (aarch64's `bl`: 128 MiB), so that any two functions of the
+/// module can call each other colocated.
 fn default_config() -> Config {
-    Config::default().code_range(CodeRange::near_this_binary())
+    let size = CodeRange::DEFAULT_SIZE.min(crate::define::COLOCATED_REACH);
+    Config::default().code_range(CodeRange::near_this_binary().size(size))
 }

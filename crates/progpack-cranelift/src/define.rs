@@ -7,10 +7,16 @@
 //! their field lies inside the item. Nothing is executable or relocated until
 //! [`finalize_definitions`](crate::ProgpackModule::finalize_definitions).
 //!
-//! One difference from the trait's defaults: [`Module::declare_data_in_func`] marks data
-//! objects that live on the heap (writable ones, and read-only ones when packing them is off)
-//! non-colocated, so code reaches them through an absolute address (`Abs8`) however far they
-//! are from the code. Read-only data in packs stays colocated (rip-relative).
+//! Two differences from the trait's defaults, both about which references are colocated
+//! (`call rel32` or rip-relative, instead of an absolute address):
+//! - [`Module::declare_data_in_func`] marks data objects that live on the heap (writable ones,
+//!   and read-only ones when packing them is off) non-colocated, so code reaches them through
+//!   an absolute address (`Abs8`) however far they are from the code. Read-only data in packs
+//!   stays colocated;
+//! - imported functions and data whose host symbol is within `rel32` reach of the whole code
+//!   range (a function of this binary, with the default code range) are colocated, so calls
+//!   into the host are `call rel32` instead of `movabs` + `call reg`. Imports elsewhere (shared
+//!   libraries such as libc) stay absolute.
 
 use crate::error::Error;
 use crate::heap::HeapBlock;
@@ -25,6 +31,14 @@ use cranelift_codegen::{Context, FinalizedMachReloc, FinalizedRelocTarget};
 use cranelift_module::{
     DataDeclaration, DataDescription, DataId, FuncId, FuncOrDataId, Init, Linkage, Module,
     ModuleDeclarations, ModuleError, ModuleReloc, ModuleRelocTarget, ModuleResult,
+};
+
+/// How far a colocated reference reaches: x86-64 `call rel32` and rip-relative addressing
+/// ±2 GiB; aarch64 `bl` ±128 MiB (its `adrp` reaches further, the call is the limit).
+pub(crate) const COLOCATED_REACH: usize = if cfg!(target_arch = "aarch64") {
+    128 << 20
+} else {
+    1 << 31
 };
 
 /// Alignment of writable data objects that ask for none (as `cranelift-jit`).
@@ -86,9 +100,26 @@ impl Module for ProgpackModule {
         Ok(id)
     }
 
+    fn declare_func_in_func(&mut self, func_id: FuncId, func: &mut ir::Function) -> ir::FuncRef {
+        let decl = self.declarations.get_function_decl(func_id);
+        let colocated =
+            decl.linkage.is_final() || self.host_within_reach(decl.linkage, decl.name.as_deref());
+        let signature = func.import_signature(decl.signature.clone());
+        let user_name_ref = func.declare_imported_user_function(ir::UserExternalName {
+            namespace: 0,
+            index: func_id.as_u32(),
+        });
+        func.import_function(ir::ExtFuncData {
+            name: ExternalName::user(user_name_ref),
+            signature,
+            colocated,
+        })
+    }
+
     fn declare_data_in_func(&self, data: DataId, func: &mut ir::Function) -> ir::GlobalValue {
         let decl = self.declarations.get_data_decl(data);
-        let colocated = decl.linkage.is_final() && self.data_in_packs(decl);
+        let colocated = (decl.linkage.is_final() && self.data_in_packs(decl))
+            || self.host_within_reach(decl.linkage, decl.name.as_deref());
         let user_name_ref = func.declare_imported_user_function(ir::UserExternalName {
             namespace: 1,
             index: data.as_u32(),
@@ -183,6 +214,25 @@ impl ProgpackModule {
     /// heap.
     pub(crate) fn data_in_packs(&self, decl: &DataDeclaration) -> bool {
         !decl.writable && !decl.tls && self.rodata_in_packs
+    }
+
+    /// True if `name` is an import that resolves now to a host address every byte of the code
+    /// range reaches with a 32-bit displacement, so that it can be called or addressed
+    /// colocated (`call rel32`, rip-relative). The range is fixed for the allocator's life, and
+    /// host symbols do not move, so what is checked here holds for code placed later.
+    fn host_within_reach(&self, linkage: Linkage, name: Option<&str>) -> bool {
+        /// Kept free below the limit for addends (offsets into a symbol).
+        const SLACK: usize = 1 << 20;
+        const REACH: usize = COLOCATED_REACH - SLACK;
+        let (Some(name), Some((base, size))) = (name, self.alloc.code_range()) else {
+            return false;
+        };
+        if linkage != Linkage::Import || !self.colocate_host_symbols {
+            return false;
+        }
+        self.symbols
+            .find(name)
+            .is_some_and(|addr| addr.abs_diff(base) < REACH && addr.abs_diff(base + size) < REACH)
     }
 
     /// Checks that `id` may be defined now, and returns its linkage name.

@@ -42,9 +42,17 @@ impl Symbols {
         if let Some(&addr) = self.table.get(name) {
             return Some(addr);
         }
-        let found = self.lookups.iter().rev().find_map(|f| f(name))? as usize;
+        let found = self.find(name)?;
         self.table.insert(name.to_owned(), found);
         Some(found)
+    }
+
+    /// The address of `name`, like [`Self::lookup`] but without caching it.
+    pub(crate) fn find(&self, name: &str) -> Option<usize> {
+        if let Some(&addr) = self.table.get(name) {
+            return Some(addr);
+        }
+        Some(self.lookups.iter().rev().find_map(|f| f(name))? as usize)
     }
 }
 

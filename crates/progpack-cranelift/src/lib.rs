@@ -50,6 +50,7 @@
 //! | freeing one function | not possible | [`free_function`](ProgpackModule::free_function): trap-filled, chunks reused, id definable again |
 //! | drop | leaks all code and data | frees all code and data; [`leak`](ProgpackModule::leak) keeps it |
 //! | where code is | wherever `mmap` puts it | within ±2 GiB of this binary by default (a progpack code range) |
+//! | calls to imported host functions | `movabs` + `call reg` | `call rel32` when the function is within reach of the code range (this binary's functions), else as `JITModule` |
 //! | read-only data | mapped read-only | in packs next to the code (read+execute), or on the heap ([`ProgpackBuilder::read_only_data_in_packs`]) |
 //! | writable data | `mmap`ed, referenced rip-relative when colocated | on the heap, always referenced through an absolute address (`Abs8`) |
 //! | unresolved symbol, target out of `rel32` reach, TLS, GOT/PLT relocation | panics | a [`ModuleError`](cranelift_module::ModuleError) carrying an [`Error`] |
@@ -61,6 +62,13 @@
 //! executable. `finalize_definitions` resolves every pending relocation against the addresses
 //! the code will run at, patches the buffer, and places the whole batch with one backend write
 //! per pack. If a symbol does not resolve, nothing changes and the functions stay pending.
+//!
+//! ## Symbols and library calls
+//! As in `JITModule`, a name the module does not define is looked up in the builder's table,
+//! then through the lookup functions (last added first), then with `dlsym`. Library calls that
+//! Cranelift inserts (`ceilf` and `fma` without SSE4.1/FMA, `memset`, ...) are looked up the
+//! same way under the names `libcall_names` gives; `dlsym` finds libm's functions only if the
+//! process loaded libm (a Rust program that never calls one may not).
 //!
 //! ## Freeing, and who still calls whom
 //! The module counts, for every finalized function and data object, the relocations in other

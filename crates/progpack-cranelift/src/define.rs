@@ -255,9 +255,12 @@ impl ProgpackModule {
         }
     }
 
-    /// The alignment code is placed at: what the code asks for, at least the ISA's minimum
-    /// function alignment and symbol alignment (as `cranelift-jit`).
+    /// The alignment code is placed at: what the code asks for (0 or a power of two), at least
+    /// the ISA's minimum function alignment and symbol alignment (as `cranelift-jit`).
     fn code_alignment(&self, asked: u64, name: &str) -> Result<usize, Error> {
+        if asked > 1 {
+            checked_align(asked, name)?;
+        }
         let align = asked
             .max(u64::from(self.isa.function_alignment().minimum))
             .max(self.isa.symbol_alignment());

@@ -241,6 +241,7 @@ fn host_isa_like(requested: &dyn TargetIsa) -> Result<OwnedTargetIsa, String> {
 /// Declares every function of the file, defines it (with references to other functions of the
 /// file renamed to module ids), adds one trampoline per signature, and finalizes.
 fn compile_file(test: &TestFile, isa: OwnedTargetIsa) -> Result<CompiledFile, String> {
+    #[allow(unused_mut)] // x86-64 adds a symbol
     let mut builder = ProgpackBuilder::with_isa(isa, default_libcall_names());
     #[cfg(target_arch = "x86_64")]
     builder.symbol("__cranelift_x86_pshufb", x86::pshufb as *const u8);

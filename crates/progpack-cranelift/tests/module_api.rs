@@ -28,6 +28,12 @@ fn free_data(m: &mut ProgpackModule, id: DataId) -> Result<(), ModuleError> {
     unsafe { m.free_data(id) }
 }
 
+/// A function returning 0.
+#[cfg(target_arch = "x86_64")]
+const RET0: &[u8] = &[0x31, 0xc0, 0xc3]; // xor eax, eax; ret
+#[cfg(target_arch = "aarch64")]
+const RET0: &[u8] = &[0x00, 0x00, 0x80, 0xd2, 0xc0, 0x03, 0x5f, 0xd6]; // mov x0, #0; ret
+
 fn module() -> ProgpackModule {
     ProgpackModule::new(ProgpackBuilder::new(default_libcall_names()).unwrap()).unwrap()
 }
@@ -146,8 +152,16 @@ fn a_colocated_target_out_of_rel32_reach_is_an_error() {
             ..
         } => {
             assert_eq!(item, "reaches_far");
-            assert_eq!(*kind, cranelift_codegen::binemit::Reloc::X86CallPCRel4);
-            assert_eq!(*t, far as usize - 4, "symbol plus the rel32 addend");
+            #[cfg(target_arch = "x86_64")]
+            {
+                assert_eq!(*kind, cranelift_codegen::binemit::Reloc::X86CallPCRel4);
+                assert_eq!(*t, far as usize - 4, "symbol plus the rel32 addend");
+            }
+            #[cfg(target_arch = "aarch64")]
+            {
+                assert_eq!(*kind, cranelift_codegen::binemit::Reloc::Arm64Call);
+                assert_eq!(*t, far as usize);
+            }
         }
         other => panic!("{other}"),
     }
@@ -159,7 +173,7 @@ fn bad_definitions_are_errors_not_panics() {
     let mut m = module();
     let sig = sig_i64(&m, 0);
     let id = m.declare_function("f", Linkage::Export, &sig).unwrap();
-    let ret = [0x31, 0xc0, 0xc3]; // xor eax, eax; ret
+    let ret = RET0;
 
     // A GOT relocation (is_pic code) is refused when defined.
     let got = ModuleReloc {
@@ -168,7 +182,7 @@ fn bad_definitions_are_errors_not_panics() {
         name: ModuleRelocTarget::user(0, id.as_u32()),
         addend: -4,
     };
-    let e = m.define_function_bytes(id, 1, &ret, &[got]).unwrap_err();
+    let e = m.define_function_bytes(id, 1, ret, &[got]).unwrap_err();
     assert!(
         matches!(backend_error(&e), Error::UnsupportedReloc { .. }),
         "{e}"
@@ -180,13 +194,13 @@ fn bad_definitions_are_errors_not_panics() {
         name: ModuleRelocTarget::user(0, id.as_u32()),
         addend: 0,
     };
-    let e = m.define_function_bytes(id, 1, &ret, &[past]).unwrap_err();
+    let e = m.define_function_bytes(id, 1, ret, &[past]).unwrap_err();
     assert!(
         matches!(backend_error(&e), Error::RelocOutOfBounds { .. }),
         "{e}"
     );
     // An alignment that is not a power of two.
-    let e = m.define_function_bytes(id, 3, &ret, &[]).unwrap_err();
+    let e = m.define_function_bytes(id, 3, ret, &[]).unwrap_err();
     assert!(
         matches!(backend_error(&e), Error::BadAlignment { .. }),
         "{e}"
@@ -209,11 +223,11 @@ fn bad_definitions_are_errors_not_panics() {
     // None of that stopped `f` from being defined properly.
     let mut m = module();
     let id = m.declare_function("f", Linkage::Export, &sig).unwrap();
-    m.define_function_bytes(id, 1, &ret, &[]).unwrap();
-    let e = m.define_function_bytes(id, 1, &ret, &[]).unwrap_err();
+    m.define_function_bytes(id, 1, ret, &[]).unwrap();
+    let e = m.define_function_bytes(id, 1, ret, &[]).unwrap_err();
     assert!(matches!(e, ModuleError::DuplicateDefinition(_)), "{e}");
     let imported = m.declare_function("imp", Linkage::Import, &sig).unwrap();
-    let e = m.define_function_bytes(imported, 1, &ret, &[]).unwrap_err();
+    let e = m.define_function_bytes(imported, 1, ret, &[]).unwrap_err();
     assert!(matches!(e, ModuleError::InvalidImportDefinition(_)), "{e}");
     m.finalize_definitions().unwrap();
     assert_eq!(call0(&m, id), 0);
@@ -424,8 +438,7 @@ fn names_are_kept_for_listings() {
     let a = define_sum(&mut m, "alpha", 1, &[]).unwrap();
     let sig = sig_i64(&m, 0);
     let anon = m.declare_anonymous_function(&sig).unwrap();
-    m.define_function_bytes(anon, 16, &[0x31, 0xc0, 0xc3], &[])
-        .unwrap();
+    m.define_function_bytes(anon, 16, RET0, &[]).unwrap();
     m.finalize_definitions().unwrap();
     let listed: Vec<(FuncId, String, usize)> = m
         .finalized_functions()
@@ -434,7 +447,7 @@ fn names_are_kept_for_listings() {
     assert_eq!(listed.len(), 2);
     assert_eq!((listed[0].0, listed[0].1.as_str()), (a, "alpha"));
     assert_eq!(listed[1].1, format!(".Lfn{:x}", anon.as_u32()));
-    assert_eq!(listed[1].2, 3);
+    assert_eq!(listed[1].2, RET0.len());
     assert_eq!(
         m.get_finalized_function(anon) as usize % 16,
         0,
@@ -442,93 +455,102 @@ fn names_are_kept_for_listings() {
     );
 }
 
-/// A host function of this binary.
-extern "C" fn host_add(a: i64, b: i64) -> i64 {
-    a + b
-}
-
-/// Compiles `caller(a) = callee(a, 2)` where `callee` is imported; returns the module and the
-/// caller's code.
-fn call_import(name: &str, addr: Option<*const u8>, colocate: bool) -> (ProgpackModule, FuncId) {
-    let mut b = ProgpackBuilder::new(default_libcall_names()).unwrap();
-    if let Some(addr) = addr {
-        b.symbol(name, addr);
-    }
-    b.colocate_host_symbols(colocate);
-    let mut m = ProgpackModule::new(b).unwrap();
-    let callee = m
-        .declare_function(name, Linkage::Import, &sig_i64(&m, 2))
-        .unwrap();
-    let sig = sig_i64(&m, 1);
-    let id = m.declare_function("caller", Linkage::Export, &sig).unwrap();
-    let mut ctx = Context::for_function(Function::with_name_signature(
-        UserFuncName::user(0, id.as_u32()),
-        sig,
-    ));
-    let r = m.declare_func_in_func(callee, &mut ctx.func);
-    let mut fctx = FunctionBuilderContext::new();
-    {
-        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let block = b.create_block();
-        b.append_block_params_for_function_params(block);
-        b.switch_to_block(block);
-        b.seal_block(block);
-        let a = b.block_params(block)[0];
-        let two = b.ins().iconst(types::I64, 2);
-        let call = b.ins().call(r, &[a, two]);
-        let v = b.inst_results(call)[0];
-        b.ins().return_(&[v]);
-        b.finalize();
-    }
-    m.define_function(id, &mut ctx).unwrap();
-    m.finalize_definitions().unwrap();
-    (m, id)
-}
-
-/// The code of a finalized function.
-fn code_of(m: &ProgpackModule, id: FuncId) -> Vec<u8> {
-    let f = m.finalized_function(id).unwrap();
-    // SAFETY: finalized code is mapped readable while the module lives.
-    unsafe { std::slice::from_raw_parts(f.addr, f.len) }.to_vec()
-}
-
+/// Calls into the host, checked on the x86-64 encoding.
 #[cfg(target_arch = "x86_64")]
-#[test]
-fn host_functions_within_reach_are_called_with_rel32() {
-    let host = host_add as extern "C" fn(i64, i64) -> i64 as *const u8;
-    let has_abs = |code: &[u8], addr: usize| code.windows(8).any(|w| w == addr.to_le_bytes());
-    let calls_rel32 = |code: &[u8], start: *const u8, target: usize| {
-        (0..code.len().saturating_sub(4)).any(|i| {
-            let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap());
-            code[i] == 0xe8
-                && (start as usize + i + 5).wrapping_add(rel as isize as usize) == target
-        })
-    };
-    // In this binary, given to `symbol()`: `call rel32` straight to it.
-    let (m, id) = call_import("host_add", Some(host), true);
-    let code = code_of(&m, id);
-    let start = m.get_finalized_function(id);
-    // SAFETY: compiled as `fn(i64) -> i64`.
-    let f = unsafe { std::mem::transmute::<*const u8, extern "C" fn(i64) -> i64>(start) };
-    assert_eq!(f(40), 42);
-    assert!(calls_rel32(&code, start, host as usize), "{code:02x?}");
-    assert!(!has_abs(&code, host as usize));
+mod host_calls {
+    use super::*;
 
-    // Opted out: `movabs` of its address, as JITModule does.
-    let (m, id) = call_import("host_add", Some(host), false);
-    let code = code_of(&m, id);
-    assert!(has_abs(&code, host as usize), "{code:02x?}");
+    /// A host function of this binary.
+    extern "C" fn host_add(a: i64, b: i64) -> i64 {
+        a + b
+    }
 
-    // In a shared library (found by dlsym): absolute unless the library happens to lie within
-    // rel32 reach of the whole code range (not called: its arguments would be garbage).
-    let strncmp = libc::strncmp as *const () as usize;
-    let (m, id) = call_import("strncmp", None, true);
-    let code = code_of(&m, id);
-    let (base, size) = m.allocator().code_range().unwrap();
-    let reach = (1 << 31) - (1 << 20);
-    if strncmp.abs_diff(base) < reach && strncmp.abs_diff(base + size) < reach {
-        assert!(calls_rel32(&code, m.get_finalized_function(id), strncmp));
-    } else {
-        assert!(has_abs(&code, strncmp), "{code:02x?}");
+    /// Compiles `caller(a) = callee(a, 2)` where `callee` is imported; returns the module and the
+    /// caller's code.
+    fn call_import(
+        name: &str,
+        addr: Option<*const u8>,
+        colocate: bool,
+    ) -> (ProgpackModule, FuncId) {
+        let mut b = ProgpackBuilder::new(default_libcall_names()).unwrap();
+        if let Some(addr) = addr {
+            b.symbol(name, addr);
+        }
+        b.colocate_host_symbols(colocate);
+        let mut m = ProgpackModule::new(b).unwrap();
+        let callee = m
+            .declare_function(name, Linkage::Import, &sig_i64(&m, 2))
+            .unwrap();
+        let sig = sig_i64(&m, 1);
+        let id = m.declare_function("caller", Linkage::Export, &sig).unwrap();
+        let mut ctx = Context::for_function(Function::with_name_signature(
+            UserFuncName::user(0, id.as_u32()),
+            sig,
+        ));
+        let r = m.declare_func_in_func(callee, &mut ctx.func);
+        let mut fctx = FunctionBuilderContext::new();
+        {
+            let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+            let block = b.create_block();
+            b.append_block_params_for_function_params(block);
+            b.switch_to_block(block);
+            b.seal_block(block);
+            let a = b.block_params(block)[0];
+            let two = b.ins().iconst(types::I64, 2);
+            let call = b.ins().call(r, &[a, two]);
+            let v = b.inst_results(call)[0];
+            b.ins().return_(&[v]);
+            b.finalize();
+        }
+        m.define_function(id, &mut ctx).unwrap();
+        m.finalize_definitions().unwrap();
+        (m, id)
+    }
+
+    /// The code of a finalized function.
+    fn code_of(m: &ProgpackModule, id: FuncId) -> Vec<u8> {
+        let f = m.finalized_function(id).unwrap();
+        // SAFETY: finalized code is mapped readable while the module lives.
+        unsafe { std::slice::from_raw_parts(f.addr, f.len) }.to_vec()
+    }
+
+    #[test]
+    fn host_functions_within_reach_are_called_with_rel32() {
+        let host = host_add as extern "C" fn(i64, i64) -> i64 as *const u8;
+        let has_abs = |code: &[u8], addr: usize| code.windows(8).any(|w| w == addr.to_le_bytes());
+        let calls_rel32 = |code: &[u8], start: *const u8, target: usize| {
+            (0..code.len().saturating_sub(4)).any(|i| {
+                let rel = i32::from_le_bytes(code[i + 1..i + 5].try_into().unwrap());
+                code[i] == 0xe8
+                    && (start as usize + i + 5).wrapping_add(rel as isize as usize) == target
+            })
+        };
+        // In this binary, given to `symbol()`: `call rel32` straight to it.
+        let (m, id) = call_import("host_add", Some(host), true);
+        let code = code_of(&m, id);
+        let start = m.get_finalized_function(id);
+        // SAFETY: compiled as `fn(i64) -> i64`.
+        let f = unsafe { std::mem::transmute::<*const u8, extern "C" fn(i64) -> i64>(start) };
+        assert_eq!(f(40), 42);
+        assert!(calls_rel32(&code, start, host as usize), "{code:02x?}");
+        assert!(!has_abs(&code, host as usize));
+
+        // Opted out: `movabs` of its address, as JITModule does.
+        let (m, id) = call_import("host_add", Some(host), false);
+        let code = code_of(&m, id);
+        assert!(has_abs(&code, host as usize), "{code:02x?}");
+
+        // In a shared library (found by dlsym): absolute unless the library happens to lie within
+        // rel32 reach of the whole code range (not called: its arguments would be garbage).
+        let strncmp = libc::strncmp as *const () as usize;
+        let (m, id) = call_import("strncmp", None, true);
+        let code = code_of(&m, id);
+        let (base, size) = m.allocator().code_range().unwrap();
+        let reach = (1 << 31) - (1 << 20);
+        if strncmp.abs_diff(base) < reach && strncmp.abs_diff(base + size) < reach {
+            assert!(calls_rel32(&code, m.get_finalized_function(id), strncmp));
+        } else {
+            assert!(has_abs(&code, strncmp), "{code:02x?}");
+        }
     }
 }

@@ -7,10 +7,9 @@
 mod toy;
 
 use cranelift_codegen::ir::{types, AbiParam, InstBuilder, UserFuncName};
-use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, Linkage, Module};
-use progpack_cranelift::{ProgpackBuilder, ProgpackModule};
+use progpack_cranelift::ProgpackBuilder;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use toy::jit::{isa, JIT};
 
@@ -262,6 +261,8 @@ fn library_calls() {
 
     #[cfg(target_arch = "x86_64")]
     {
+        use cranelift_codegen::settings::{self, Configurable};
+        use progpack_cranelift::ProgpackModule;
         let baseline = cranelift_native::builder_with_options(false).unwrap();
         let mut flags = settings::builder();
         flags.set("is_pic", "false").unwrap();

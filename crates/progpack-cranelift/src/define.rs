@@ -138,7 +138,8 @@ impl Module for ProgpackModule {
         ctx: &mut Context,
         ctrl_plane: &mut ControlPlane,
     ) -> ModuleResult<()> {
-        let name = self.definable(FuncOrDataId::Func(id))?;
+        let item = FuncOrDataId::Func(id);
+        self.definable(item)?;
         let buffer_alignment = ctx.compile(&*self.isa, ctrl_plane)?.buffer.alignment;
         let compiled = ctx
             .compiled_code()
@@ -147,11 +148,11 @@ impl Module for ProgpackModule {
             .buffer
             .relocs()
             .iter()
-            .map(|r| module_reloc(r, &ctx.func, id, &name))
+            .map(|r| module_reloc(r, &ctx.func, id, &|| self.item_name(item)))
             .collect::<Result<Vec<_>, _>>()?;
-        let align = self.code_alignment(u64::from(buffer_alignment), &name)?;
+        let align = self.code_alignment(u64::from(buffer_alignment), item)?;
         let code = compiled.code_buffer();
-        self.define_pending(FuncOrDataId::Func(id), name, code, align, relocs, true)
+        self.define_pending(item, code, align, relocs, true)
     }
 
     fn define_function_bytes(
@@ -161,20 +162,15 @@ impl Module for ProgpackModule {
         bytes: &[u8],
         relocs: &[ModuleReloc],
     ) -> ModuleResult<()> {
-        let name = self.definable(FuncOrDataId::Func(id))?;
-        let align = self.code_alignment(alignment, &name)?;
-        self.define_pending(
-            FuncOrDataId::Func(id),
-            name,
-            bytes,
-            align,
-            relocs.to_vec(),
-            true,
-        )
+        let item = FuncOrDataId::Func(id);
+        self.definable(item)?;
+        let align = self.code_alignment(alignment, item)?;
+        self.define_pending(item, bytes, align, relocs.to_vec(), true)
     }
 
     fn define_data(&mut self, id: DataId, data: &DataDescription) -> ModuleResult<()> {
-        let name = self.definable(FuncOrDataId::Data(id))?;
+        let item = FuncOrDataId::Data(id);
+        self.definable(item)?;
         let decl = self.declarations.get_data_decl(id);
         let in_packs = self.data_in_packs(decl);
         let default_align = if decl.writable {
@@ -183,10 +179,10 @@ impl Module for ProgpackModule {
             READONLY_DATA_ALIGNMENT
         };
         let align = data.align.unwrap_or(default_align);
-        let align = checked_align(align, &name)?;
+        let align = checked_align(align, &|| self.item_name(item))?;
         let zeros;
         let contents: &[u8] = match &data.init {
-            Init::Uninitialized => return Err(Error::Uninitialized(name).into()),
+            Init::Uninitialized => return Err(Error::Uninitialized(self.item_name(item)).into()),
             Init::Zeros { size } => {
                 zeros = vec![0; *size];
                 &zeros
@@ -198,14 +194,7 @@ impl Module for ProgpackModule {
             _ => Reloc::Abs8,
         };
         let relocs = data.all_relocs(pointer_reloc).collect();
-        self.define_pending(
-            FuncOrDataId::Data(id),
-            name,
-            contents,
-            align,
-            relocs,
-            in_packs,
-        )
+        self.define_pending(item, contents, align, relocs, in_packs)
     }
 }
 
@@ -235,8 +224,8 @@ impl ProgpackModule {
             .is_some_and(|addr| addr.abs_diff(base) < REACH && addr.abs_diff(base + size) < REACH)
     }
 
-    /// Checks that `id` may be defined now, and returns its linkage name.
-    fn definable(&self, id: FuncOrDataId) -> ModuleResult<String> {
+    /// Checks that `id` may be defined now.
+    fn definable(&self, id: FuncOrDataId) -> ModuleResult<()> {
         let (linkage, item) = match id {
             FuncOrDataId::Func(f) => (
                 self.declarations.get_function_decl(f).linkage,
@@ -244,27 +233,27 @@ impl ProgpackModule {
             ),
             FuncOrDataId::Data(d) => (self.declarations.get_data_decl(d).linkage, self.data.get(d)),
         };
-        let name = self.item_name(id);
         if !linkage.is_definable() {
-            return Err(ModuleError::InvalidImportDefinition(name));
+            return Err(ModuleError::InvalidImportDefinition(self.item_name(id)));
         }
         match item {
-            Some(Item::Declared) => Ok(name),
-            Some(_) => Err(ModuleError::DuplicateDefinition(name)),
-            None => Err(ModuleError::Undeclared(name)),
+            Some(Item::Declared) => Ok(()),
+            Some(_) => Err(ModuleError::DuplicateDefinition(self.item_name(id))),
+            None => Err(ModuleError::Undeclared(self.item_name(id))),
         }
     }
 
     /// The alignment code is placed at: what the code asks for (0 or a power of two), at least
     /// the ISA's minimum function alignment and symbol alignment (as `cranelift-jit`).
-    fn code_alignment(&self, asked: u64, name: &str) -> Result<usize, Error> {
+    fn code_alignment(&self, asked: u64, id: FuncOrDataId) -> Result<usize, Error> {
+        let name = || self.item_name(id);
         if asked > 1 {
-            checked_align(asked, name)?;
+            checked_align(asked, &name)?;
         }
         let align = asked
             .max(u64::from(self.isa.function_alignment().minimum))
             .max(self.isa.symbol_alignment());
-        checked_align(align, name)
+        checked_align(align, &name)
     }
 
     /// Records a defined item: checks its relocations, copies its bytes into a batch slot (or a
@@ -272,13 +261,12 @@ impl ProgpackModule {
     fn define_pending(
         &mut self,
         id: FuncOrDataId,
-        name: String,
         bytes: &[u8],
         align: usize,
         relocs: Vec<ModuleReloc>,
         in_packs: bool,
     ) -> ModuleResult<()> {
-        check_relocs(&relocs, bytes.len(), &name)?;
+        check_relocs(&relocs, bytes.len(), &|| self.item_name(id))?;
         let (place, addr) = if in_packs {
             self.reserve_in_batch(bytes, align)?
         } else {
@@ -331,28 +319,32 @@ impl ProgpackModule {
 }
 
 /// `align` as a `usize` power of two, or [`Error::BadAlignment`].
-fn checked_align(align: u64, name: &str) -> Result<usize, Error> {
+fn checked_align(align: u64, name: &dyn Fn() -> String) -> Result<usize, Error> {
     usize::try_from(align)
         .ok()
         .filter(|a| a.is_power_of_two())
         .ok_or_else(|| Error::BadAlignment {
-            item: name.to_owned(),
+            item: name(),
             align,
         })
 }
 
 /// Checks that every relocation is of a kind this module applies and that its field lies
 /// inside the item's `len` bytes.
-fn check_relocs(relocs: &[ModuleReloc], len: usize, name: &str) -> Result<(), Error> {
+fn check_relocs(
+    relocs: &[ModuleReloc],
+    len: usize,
+    name: &dyn Fn() -> String,
+) -> Result<(), Error> {
     for r in relocs {
         let width = reloc::width(r.kind).ok_or_else(|| Error::UnsupportedReloc {
-            item: name.to_owned(),
+            item: name(),
             kind: r.kind,
             offset: r.offset,
         })?;
         if (r.offset as usize).saturating_add(width) > len {
             return Err(Error::RelocOutOfBounds {
-                item: name.to_owned(),
+                item: name(),
                 kind: r.kind,
                 offset: r.offset,
                 len,
@@ -360,7 +352,7 @@ fn check_relocs(relocs: &[ModuleReloc], len: usize, name: &str) -> Result<(), Er
         }
         if let ModuleRelocTarget::KnownSymbol(_) = r.name {
             return Err(Error::UnsupportedTarget {
-                item: name.to_owned(),
+                item: name(),
                 target: r.name.to_string(),
             });
         }
@@ -374,11 +366,11 @@ fn module_reloc(
     r: &FinalizedMachReloc,
     func: &ir::Function,
     id: FuncId,
-    name: &str,
+    name: &dyn Fn() -> String,
 ) -> Result<ModuleReloc, Error> {
     if let FinalizedRelocTarget::ExternalName(ExternalName::TestCase(tc)) = &r.target {
         return Err(Error::UnsupportedTarget {
-            item: name.to_owned(),
+            item: name(),
             target: format!("%{tc}"),
         });
     }

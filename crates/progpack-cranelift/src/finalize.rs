@@ -43,24 +43,44 @@ impl ProgpackModule {
     /// target out of a relocation's reach. Error after which the pending items are discarded:
     /// the allocator's backend failing to write.
     pub fn finalize_definitions(&mut self) -> ModuleResult<()> {
-        let pending = self.pending.clone();
-        let patches = pending
-            .iter()
-            .map(|&id| self.resolve_item(id))
-            .collect::<Result<Vec<_>, Error>>()?;
-        self.patch(&patches);
-        let programs = match self.batch.take() {
-            Some(batch) => match batch.finalize() {
-                Ok(programs) => programs,
-                Err(e) => {
-                    self.discard_pending();
-                    return Err(Error::from(e).into());
-                }
-            },
-            None => Vec::new(),
+        let pending = std::mem::take(&mut self.pending);
+        let resolved = pending.iter().map(|&id| self.resolve_item(id)).collect();
+        let patches: Vec<Patches> = match resolved {
+            Ok(p) => p,
+            Err(e) => {
+                self.pending = pending;
+                return Err(Error::into(e));
+            }
         };
+        self.patch(&pending, &patches);
+        let programs = match self.batch.take().map(progpack::Batch::finalize) {
+            None => Vec::new(),
+            Some(Ok(programs)) => programs,
+            Some(Err(e)) => {
+                self.pending = pending;
+                self.discard_pending();
+                return Err(Error::from(e).into());
+            }
+        };
+        let targets = self.go_live(&pending, patches, programs);
+        for target in targets {
+            if let Item::Live(t) = self.item_mut(target) {
+                t.incoming += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Turns the placed pending items into live ones; returns the targets of their references
+    /// (once per relocation), to be counted once every item is live.
+    fn go_live(
+        &mut self,
+        pending: &[FuncOrDataId],
+        patches: Vec<Patches>,
+        programs: Vec<progpack::Program>,
+    ) -> Vec<FuncOrDataId> {
         let mut programs: Vec<Option<_>> = programs.into_iter().map(Some).collect();
-        self.pending.clear();
+        let mut targets = Vec::new();
         for (&id, p) in pending.iter().zip(patches) {
             let Item::Pending(item) = std::mem::take(self.item_mut(id)) else {
                 unreachable!("listed items are pending")
@@ -73,6 +93,7 @@ impl ProgpackModule {
                 ),
                 PendingPlace::Heap(block) => LivePlace::Heap(block),
             };
+            targets.extend_from_slice(&p.refs);
             *self.item_mut(id) = Item::Live(Live {
                 place,
                 addr: item.addr,
@@ -81,21 +102,7 @@ impl ProgpackModule {
                 incoming: 0,
             });
         }
-        for &id in &pending {
-            let refs = match self.item_mut(id) {
-                Item::Live(l) => std::mem::take(&mut l.refs),
-                _ => unreachable!("just made live"),
-            };
-            for &target in &refs {
-                if let Item::Live(t) = self.item_mut(target) {
-                    t.incoming += 1;
-                }
-            }
-            if let Item::Live(l) = self.item_mut(id) {
-                l.refs = refs;
-            }
-        }
-        Ok(())
+        targets
     }
 
     /// Resolves every relocation of the pending item `id` into field bytes.
@@ -240,8 +247,11 @@ impl ProgpackModule {
     }
 
     /// Writes every resolved field into its item's image (batch slot or heap block).
-    fn patch(&mut self, patches: &[Patches]) {
-        for (&id, p) in self.pending.iter().zip(patches) {
+    fn patch(&mut self, pending: &[FuncOrDataId], patches: &[Patches]) {
+        for (&id, p) in pending.iter().zip(patches) {
+            if p.fields.is_empty() {
+                continue;
+            }
             let item = match id {
                 FuncOrDataId::Func(f) => self.functions.get_mut(f),
                 FuncOrDataId::Data(d) => self.data.get_mut(d),

@@ -96,8 +96,8 @@ impl ProgpackModule {
     ///
     /// [`finalized_function`]: Self::finalized_function
     pub fn get_finalized_function(&self, id: FuncId) -> *const u8 {
-        match self.finalized_function(id) {
-            Some(f) => f.addr,
+        match self.functions.live(id) {
+            Some(l) => l.addr as *const u8,
             None => panic!("function {id} is not finalized"),
         }
     }

@@ -17,10 +17,14 @@
 //!   function once per round, in a shuffled order, for 5 rounds. The median and the best turn
 //!   of each layout are shown: all layouts see the same machine load, and the best turn is the
 //!   least disturbed by other processes sharing the caches.
+//! - The same calls with larger functions (`--body 8`: eight xor-rotate steps more, about
+//!   190 bytes each, 2 MB of code), where the chunk rounding matters less and the huge page
+//!   more.
 //! - 100,000 functions finalized one by one into each module: `JITModule` runs into
 //!   `vm.max_map_count`; the child reports how far it got.
 //!
-//! Run: `cargo bench -p progpack-cranelift --bench vs_jit_module [-- --functions N]`
+//! Run: `cargo bench -p progpack-cranelift --bench vs_jit_module [-- --functions N]` (about
+//! 15 s on an idle 2-core machine).
 // The Module API's error is Cranelift's `ModuleError` (136 bytes).
 #![allow(clippy::result_large_err)]
 
@@ -37,6 +41,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::io::Write;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// Repeats of each load child; the table shows the median.
@@ -47,6 +52,11 @@ const CALL_TURNS: usize = 41;
 const CALL_ROUNDS: usize = 5;
 /// Functions in the `vm.max_map_count` run.
 const MANY: usize = 100_000;
+/// Extra xor-rotate steps per function (`--body K`): 0 for the tiny functions of the main
+/// table, more for the larger-function call row.
+static BODY: AtomicUsize = AtomicUsize::new(0);
+/// Body steps of the larger-function row: about 200 bytes of code per function.
+const LARGER_BODY: usize = 8;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -56,6 +66,10 @@ fn main() {
             .map(|i| args[i + 1].clone())
     };
     let n: usize = arg("--functions").map_or(10_000, |v| v.parse().unwrap());
+    BODY.store(
+        arg("--body").map_or(0, |v| v.parse().unwrap()),
+        Ordering::Relaxed,
+    );
     match arg("--child").as_deref() {
         Some("load") => child_load(&arg("--engine").unwrap(), &arg("--mode").unwrap(), n),
         Some("calls") => child_calls(n),
@@ -97,10 +111,14 @@ fn constant(i: usize) -> i64 {
 
 /// What `f_i(3)` returns.
 fn expected(i: usize) -> i64 {
-    constant(i).wrapping_mul(3).wrapping_add(i as i64)
+    let mut y = constant(i).wrapping_mul(3).wrapping_add(i as i64);
+    for j in 0..BODY.load(Ordering::Relaxed) {
+        y = (y ^ constant(i).wrapping_add(j as i64)).rotate_left(j as u32 % 63 + 1);
+    }
+    y
 }
 
-/// `f_i(x) = x * k_i + i`, compiled.
+/// `f_i(x) = x * k_i + i`, then `--body` xor-rotate steps, compiled.
 fn compile(isa: &OwnedTargetIsa, i: usize, fctx: &mut FunctionBuilderContext) -> Code {
     let mut func = Function::with_name_signature(UserFuncName::user(0, i as u32), signature(isa));
     {
@@ -112,7 +130,12 @@ fn compile(isa: &OwnedTargetIsa, i: usize, fctx: &mut FunctionBuilderContext) ->
         let x = b.block_params(block)[0];
         let k = b.ins().iconst(types::I64, constant(i));
         let y = b.ins().imul(x, k);
-        let y = b.ins().iadd_imm(y, i as i64);
+        let mut y = b.ins().iadd_imm(y, i as i64);
+        for j in 0..BODY.load(Ordering::Relaxed) {
+            let c = constant(i).wrapping_add(j as i64);
+            let t = b.ins().bxor_imm(y, c);
+            y = b.ins().rotl_imm(t, i64::from(j as u32 % 63 + 1));
+        }
         b.ins().return_(&[y]);
         b.finalize();
     }
@@ -343,6 +366,10 @@ fn child_calls(n: usize) {
     let isa = isa();
     let sig = signature(&isa);
     let codes = compile_all(&isa, n);
+    println!(
+        "code_bytes={}",
+        codes.iter().map(|c| c.bytes.len()).sum::<usize>() / n.max(1)
+    );
     let layouts = [
         ("jit", "batched", false),
         ("jit", "one-by-one", false),
@@ -437,8 +464,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The load averages (1, 5, 15 minutes), for the record.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn parent(n: usize) {
     let ns = n.to_string();
+    let started = Instant::now();
+    let load_at_start = loadavg();
     println!("# ProgpackModule vs JITModule, {n} functions\n");
     let configs = [
         ("jit", "batched"),
@@ -469,6 +505,11 @@ fn parent(n: usize) {
     if let Some(err) = calls.get("error") {
         panic!("calls: {err}");
     }
+    let body = LARGER_BODY.to_string();
+    let larger = run_child(&["--child", "calls", "--functions", &ns, "--body", &body]);
+    if let Some(err) = larger.get("error") {
+        panic!("calls, larger functions: {err}");
+    }
     let get = |e: &str, m: &str, key: &str| -> f64 {
         median(
             runs[&(e, m)]
@@ -484,6 +525,12 @@ fn parent(n: usize) {
             .unwrap_or(f64::NAN)
     };
     let call = |e: &str, key: &str| call_stat("call_ns", e, key);
+    let larger_call = |stat: &str, e: &str, key: &str| -> f64 {
+        larger
+            .get(&format!("{stat}.{e}.{key}"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
     let best = |e: &str, key: &str| call_stat("call_best_ns", e, key);
     println!(
         "Compile (Cranelift, the same code for both modules, not in the load times): {:.0} ms.\n",
@@ -532,6 +579,28 @@ fn parent(n: usize) {
             best("progpack-dense", m),
         );
     }
+
+    println!(
+        "\nRandom-order calls of larger functions ({LARGER_BODY} more xor-rotate steps, about {} bytes each), ns (median / best):\n",
+        larger.get("code_bytes").map_or("?", |s| s.as_str())
+    );
+    println!("| JITModule batched | JITModule one by one | ProgpackModule batched | ProgpackModule one by one | 32-byte chunks, no random offset, batched |");
+    println!("|---|---|---|---|---|");
+    let cell = |e: &str, m: &str| {
+        format!(
+            "{:.1} / {:.1}",
+            larger_call("call_ns", e, m),
+            larger_call("call_best_ns", e, m)
+        )
+    };
+    println!(
+        "| {} | {} | {} | {} | {} |",
+        cell("jit", "batched"),
+        cell("jit", "one-by-one"),
+        cell("progpack", "batched"),
+        cell("progpack", "one-by-one"),
+        cell("progpack-dense", "batched"),
+    );
 
     println!("\n{MANY} functions finalized one by one:\n");
     let mut many = BTreeMap::new();
@@ -621,5 +690,10 @@ fn parent(n: usize) {
             "ProgpackModule {}, JITModule {}",
             many["progpack"], many["jit"]
         ),
+    );
+    println!(
+        "\nMachine: load average {load_at_start} at start, {} at end; {:.0} s.",
+        loadavg(),
+        started.elapsed().as_secs_f64()
     );
 }

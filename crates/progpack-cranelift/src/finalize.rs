@@ -79,18 +79,20 @@ impl ProgpackModule {
         patches: Vec<Patches>,
         programs: Vec<progpack::Program>,
     ) -> Vec<FuncOrDataId> {
-        let mut programs: Vec<Option<_>> = programs.into_iter().map(Some).collect();
+        // Pack items were pushed into the batch in definition order, which is `pending`'s
+        // order: their slot indices count up from 0, as the programs come out.
+        let mut programs = programs.into_iter().enumerate();
         let mut targets = Vec::new();
         for (&id, p) in pending.iter().zip(patches) {
             let Item::Pending(item) = std::mem::take(self.item_mut(id)) else {
                 unreachable!("listed items are pending")
             };
             let place = match item.place {
-                PendingPlace::Pack { index, .. } => LivePlace::Pack(
-                    programs[index]
-                        .take()
-                        .expect("each batch slot belongs to one item"),
-                ),
+                PendingPlace::Pack { index, .. } => {
+                    let (slot, program) = programs.next().expect("one program per batch slot");
+                    debug_assert_eq!(slot, index, "slots in definition order");
+                    LivePlace::Pack(program)
+                }
                 PendingPlace::Heap(block) => LivePlace::Heap(block),
             };
             targets.extend_from_slice(&p.refs);

@@ -12,8 +12,8 @@
 //! - Churn (ProgpackModule only: `JITModule` cannot free): in the same child, free a random
 //!   third of the functions, define them again in the same mode, and call everything.
 //! - Random-order calls: one child loads every layout (both modules in both modes,
-//!   ProgpackModule after churn, and ProgpackModule with denser packing: 32-byte chunks and no
-//!   random start offset) and measures them in turns, 41 times; each measurement calls every
+//!   ProgpackModule after churn, and ProgpackModule with denser packing: 32-byte chunks) and
+//!   measures them in turns, 41 times; each measurement calls every
 //!   function once per round, in a shuffled order, for 5 rounds. The median and the best turn
 //!   of each layout are shown: all layouts see the same machine load, and the best turn is the
 //!   least disturbed by other processes sharing the caches.
@@ -172,14 +172,13 @@ impl Engine {
                 ProgpackModule::new(ProgpackBuilder::with_isa(isa, default_libcall_names()))
                     .unwrap(),
             ),
-            // Denser packing for tiny functions: 32-byte chunks, no random start offset.
+            // Denser packing for tiny functions: 32-byte chunks.
             "progpack-dense" => {
                 let mut b = ProgpackBuilder::with_isa(isa, default_libcall_names());
                 b.allocator_config(
                     progpack::Config::default()
                         .code_range(progpack::CodeRange::near_this_binary())
-                        .chunk_size(32)
-                        .randomize(false),
+                        .chunk_size(32),
                 );
                 Engine::Progpack(ProgpackModule::new(b).unwrap())
             }
@@ -574,7 +573,7 @@ fn parent(n: usize) {
     }
     for m in ["batched", "one-by-one"] {
         println!(
-            "| ProgpackModule, 32-byte chunks, no random offset | {m} | | | | {:.1} / {:.1} | | | |",
+            "| ProgpackModule, 32-byte chunks | {m} | | | | {:.1} / {:.1} | | | |",
             call("progpack-dense", m),
             best("progpack-dense", m),
         );
@@ -584,7 +583,7 @@ fn parent(n: usize) {
         "\nRandom-order calls of larger functions ({LARGER_BODY} more xor-rotate steps, about {} bytes each), ns (median / best):\n",
         larger.get("code_bytes").map_or("?", |s| s.as_str())
     );
-    println!("| JITModule batched | JITModule one by one | ProgpackModule batched | ProgpackModule one by one | 32-byte chunks, no random offset, batched |");
+    println!("| JITModule batched | JITModule one by one | ProgpackModule batched | ProgpackModule one by one | ProgpackModule, 32-byte chunks, batched |");
     println!("|---|---|---|---|---|");
     let cell = |e: &str, m: &str| {
         format!(

@@ -105,12 +105,10 @@ impl ProgpackBuilder {
     /// `bl` reaches ±128 MiB), so that calls between JIT functions and into this binary are
     /// direct calls.
     ///
-    /// Density: progpack's defaults round each function up to 64-byte chunks after adding
-    /// 16 bytes of slack for a random start offset (the kernel's defence against JIT
-    /// spraying), so a 32-byte function takes 64 bytes where `JITModule` packs it in 32. For
-    /// many small functions called at random, `.chunk_size(32).randomize(false)` packs as
-    /// densely as `JITModule` (and then calls them a little faster, from one huge page); see
-    /// the crate's benchmark.
+    /// Density: progpack rounds each function up to whole chunks (64 bytes by default; the
+    /// random start offset lives in that rounding), so a 32-byte function takes 64 bytes where
+    /// `JITModule` packs two in 64. For many tiny functions called at random,
+    /// `.chunk_size(32)` packs as densely as `JITModule`; see the crate's benchmark.
     pub fn allocator_config(&mut self, config: Config) -> &mut Self {
         self.placement = Placement::Config(config);
         self

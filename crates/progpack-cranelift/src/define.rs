@@ -286,18 +286,20 @@ impl ProgpackModule {
         Ok(())
     }
 
-    /// Reserves a slot for `bytes` at `align` in the batch and copies them in. An alignment
-    /// above the chunk size is met by reserving `align - chunk` more bytes and starting the
-    /// item that far in. Empty items still take one byte, so that every item has an address
-    /// of its own.
+    /// Reserves a slot for `bytes` at `align` in the batch and copies them in. progpack aligns
+    /// up to the page size (at least 4 KiB everywhere); a larger alignment is met by reserving
+    /// `align - chunk` more bytes and starting the item that far in. Empty items still take one
+    /// byte, so that every item has an address of its own.
     fn reserve_in_batch(
         &mut self,
         bytes: &[u8],
         align: usize,
     ) -> Result<(PendingPlace, usize), Error> {
+        /// An alignment every progpack allocator accepts (its limit is the page size).
+        const ALWAYS_ACCEPTED: usize = 4096;
         let chunk = self.alloc.config().get_chunk_size();
         let len = bytes.len().max(1);
-        let (slot_len, slot_align) = if align <= chunk {
+        let (slot_len, slot_align) = if align <= ALWAYS_ACCEPTED.max(chunk) {
             (len, align)
         } else {
             let extra = align - chunk;

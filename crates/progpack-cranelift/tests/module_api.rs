@@ -554,3 +554,25 @@ mod host_calls {
         }
     }
 }
+
+#[test]
+fn large_alignments_are_honoured() {
+    let mut m = module();
+    let sig = sig_i64(&m, 0);
+    let aligns = [64u64, 1024, 4096, 8192, 65536];
+    let ids: Vec<FuncId> = aligns
+        .iter()
+        .map(|a| {
+            let id = m
+                .declare_function(&format!("aligned{a}"), Linkage::Export, &sig)
+                .unwrap();
+            m.define_function_bytes(id, *a, RET0, &[]).unwrap();
+            id
+        })
+        .collect();
+    m.finalize_definitions().unwrap();
+    for (&id, &a) in ids.iter().zip(&aligns) {
+        assert_eq!(m.get_finalized_function(id) as u64 % a, 0, "aligned to {a}");
+        assert_eq!(call0(&m, id), 0);
+    }
+}

@@ -9,9 +9,9 @@
 //! 2. patch: the fields are written into the batch's images (never executable) and the heap
 //!    blocks;
 //! 3. place: [`Batch::finalize`](progpack::Batch::finalize) copies the whole batch into the
-//!    packs, one backend write per contiguous run (usually one per pack). If that write fails,
-//!    the pending items are lost (the batch trap-fills and frees its chunks) and are
-//!    `Declared` again.
+//!    packs, one backend write per contiguous run (usually one per pack), and the draft of the
+//!    first item defined is finalized with one more write. If a write fails, the pending
+//!    items are lost (their chunks are trap-filled and freed) and are `Declared` again.
 //!
 //! Then each item's references to other module items are counted on the target, so that a
 //! function still called by finalized code cannot be freed.
@@ -26,6 +26,14 @@ use cranelift_module::{DataId, FuncId, FuncOrDataId, Linkage, ModuleRelocTarget,
 struct Resolved {
     addr: usize,
     item: Option<FuncOrDataId>,
+}
+
+/// What placing the pending pack items produced.
+struct Placed {
+    /// The draft item's program.
+    draft: Option<progpack::Program>,
+    /// The batch items' programs, in slot order.
+    batch: Vec<progpack::Program>,
 }
 
 /// The resolved relocations of one pending item.
@@ -53,16 +61,15 @@ impl ProgpackModule {
             }
         };
         self.patch(&pending, &patches);
-        let programs = match self.batch.take().map(progpack::Batch::finalize) {
-            None => Vec::new(),
-            Some(Ok(programs)) => programs,
-            Some(Err(e)) => {
+        let placed = match self.place() {
+            Ok(placed) => placed,
+            Err(e) => {
                 self.pending = pending;
                 self.discard_pending();
-                return Err(Error::from(e).into());
+                return Err(e.into());
             }
         };
-        let targets = self.go_live(&pending, patches, programs);
+        let targets = self.go_live(&pending, patches, placed);
         for target in targets {
             if let Item::Live(t) = self.item_mut(target) {
                 t.incoming += 1;
@@ -71,27 +78,63 @@ impl ProgpackModule {
         Ok(())
     }
 
+    /// Places the draft and the batch (one write each per contiguous run). All or nothing: if
+    /// either write fails, whatever was placed is freed again.
+    fn place(&mut self) -> Result<Placed, Error> {
+        let draft = self.take_draft();
+        let batch = match self.batch.take().map(progpack::Batch::finalize) {
+            None => Vec::new(),
+            Some(Ok(programs)) => programs,
+            Some(Err(e)) => return Err(e.into()), // `draft` drops: its chunks are freed
+        };
+        let draft = match draft.map(progpack::Draft::finalize) {
+            None => None,
+            Some(Ok(program)) => Some(program),
+            Some(Err(e)) => {
+                self.alloc.free_all(batch);
+                return Err(e.into());
+            }
+        };
+        Ok(Placed { draft, batch })
+    }
+
+    /// Takes the draft out of the pending item that holds it.
+    fn take_draft(&mut self) -> Option<progpack::Draft> {
+        let id = self.draft_item.take()?;
+        match self.item_mut(id) {
+            Item::Pending(Pending {
+                place: PendingPlace::Draft { draft, .. },
+                ..
+            }) => draft.take(),
+            _ => None,
+        }
+    }
+
     /// Turns the placed pending items into live ones; returns the targets of their references
     /// (once per relocation), to be counted once every item is live.
     fn go_live(
         &mut self,
         pending: &[FuncOrDataId],
         patches: Vec<Patches>,
-        programs: Vec<progpack::Program>,
+        placed: Placed,
     ) -> Vec<FuncOrDataId> {
-        // Pack items were pushed into the batch in definition order, which is `pending`'s
-        // order: their slot indices count up from 0, as the programs come out.
-        let mut programs = programs.into_iter().enumerate();
+        // Batch items were pushed in definition order, which is `pending`'s order: their slot
+        // indices count up from 0, as the programs come out.
+        let mut programs = placed.batch.into_iter().enumerate();
+        let mut draft = placed.draft;
         let mut targets = Vec::new();
         for (&id, p) in pending.iter().zip(patches) {
             let Item::Pending(item) = std::mem::take(self.item_mut(id)) else {
                 unreachable!("listed items are pending")
             };
             let place = match item.place {
-                PendingPlace::Pack { index, .. } => {
+                PendingPlace::Batch { index, .. } => {
                     let (slot, program) = programs.next().expect("one program per batch slot");
                     debug_assert_eq!(slot, index, "slots in definition order");
                     LivePlace::Pack(program)
+                }
+                PendingPlace::Draft { .. } => {
+                    LivePlace::Pack(draft.take().expect("the draft item's program"))
                 }
                 PendingPlace::Heap(block) => LivePlace::Heap(block),
             };
@@ -262,7 +305,11 @@ impl ProgpackModule {
                 unreachable!("listed items are pending")
             };
             let image: &mut [u8] = match place {
-                PendingPlace::Pack { index, pad } => {
+                PendingPlace::Draft { draft, pad } => {
+                    let image = draft.as_mut().expect("not placed yet").image_mut();
+                    &mut image[*pad..*pad + *len]
+                }
+                PendingPlace::Batch { index, pad } => {
                     let slot = self
                         .batch
                         .as_mut()

@@ -57,11 +57,13 @@
 //! | `new` | returns the module | returns a `Result` (the allocator or the code range may fail) |
 //!
 //! ## When relocations are applied
-//! `define_function` compiles, reserves the function's place in a progpack batch (its address
-//! is known from then on), and copies the code into the batch's writable buffer, which is never
-//! executable. `finalize_definitions` resolves every pending relocation against the addresses
-//! the code will run at, patches the buffer, and places the whole batch with one backend write
-//! per pack. If a symbol does not resolve, nothing changes and the functions stay pending.
+//! `define_function` compiles, reserves the function's place in a pack (a progpack draft for the
+//! first function after a finalize, a batch slot for the rest; the address is known from then
+//! on), and copies the code into a writable buffer, which is never executable.
+//! `finalize_definitions` resolves every pending relocation against the addresses the code
+//! will run at, patches the buffers, and places everything with one backend write per pack
+//! (plus one for the draft). If a symbol does not resolve, nothing changes and the functions
+//! stay pending.
 //!
 //! ## Symbols and library calls
 //! As in `JITModule`, a name the module does not define is looked up in the builder's table,

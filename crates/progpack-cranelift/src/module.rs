@@ -3,8 +3,9 @@
 //!
 //! Defining ([`crate::define`]), finalizing ([`crate::finalize`]) and freeing
 //! ([`crate::free`]) live in their own files; this one holds the state they share. Invariants
-//! are those of [`crate::state`], plus: `batch` is `Some` iff some pending item has a pack slot,
-//! and `pending` lists exactly the pending items, in definition order.
+//! are those of [`crate::state`], plus: `draft_item` names the pending item that holds a draft;
+//! every pending item with a batch slot has its slot in `batch`; and `pending` lists exactly
+//! the pending items, in definition order.
 
 use crate::builder::{LibcallNames, Placement, ProgpackBuilder};
 use crate::error::Error;
@@ -36,7 +37,9 @@ pub struct ProgpackModule {
     pub(crate) declarations: ModuleDeclarations,
     pub(crate) functions: Table<FuncId>,
     pub(crate) data: Table<DataId>,
-    /// Slots of the pending items that go into packs.
+    /// The pending item that holds a draft, if any.
+    pub(crate) draft_item: Option<FuncOrDataId>,
+    /// Slots of the other pending items that go into packs.
     pub(crate) batch: Option<Batch>,
     /// Pending items in definition order.
     pub(crate) pending: Vec<FuncOrDataId>,
@@ -82,6 +85,7 @@ impl ProgpackModule {
             declarations: ModuleDeclarations::default(),
             functions: Table::new(),
             data: Table::new(),
+            draft_item: None,
             batch: None,
             pending: Vec::new(),
         })
@@ -202,6 +206,7 @@ impl ProgpackModule {
     /// Throws away every pending item (after the batch was lost).
     pub(crate) fn discard_pending(&mut self) {
         self.batch = None;
+        self.draft_item = None;
         for id in std::mem::take(&mut self.pending) {
             *self.item_mut(id) = Item::Declared;
         }

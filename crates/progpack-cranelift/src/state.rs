@@ -5,8 +5,8 @@
 //! applied) or `Live` (finalized: placed, relocated, callable).
 //!
 //! Invariants:
-//! - a `Pending` item in a pack has a slot in the module's current batch, and is listed in the
-//!   module's pending list; a `Live` item owns its [`Program`] or heap block;
+//! - a `Pending` item is listed in the module's pending list; at most one pending item holds
+//!   a draft, and it was defined before every pending item with a batch slot; a `Live` item owns its [`Program`] or heap block;
 //! - names are not copied here: an id's linkage name is in the module's declarations, which
 //!   never change for that id (a freed and redefined function keeps its name);
 //! - `Live::refs` lists, once per relocation, every other module item that the item's placed
@@ -15,7 +15,7 @@
 
 use crate::heap::HeapBlock;
 use cranelift_module::{DataId, FuncId, FuncOrDataId, ModuleReloc};
-use progpack::Program;
+use progpack::{Draft, Program};
 use std::marker::PhantomData;
 
 /// One function or data object.
@@ -44,8 +44,14 @@ pub(crate) struct Pending {
 
 /// Where a pending item's bytes are.
 pub(crate) enum PendingPlace {
-    /// In the module's batch: slot `index`, the item `pad` bytes into the slot's image.
-    Pack { index: usize, pad: usize },
+    /// In a draft of its own, the item `pad` bytes into the draft's image: the first item
+    /// defined for packs since the last finalize (a finalize of one function, the common
+    /// case in REPL-style JITs, is then one draft, which is ten times cheaper than a batch of
+    /// one and stays next to the previous function). `None` only while finalizing.
+    Draft { draft: Option<Draft>, pad: usize },
+    /// In the module's batch: slot `index`, the item `pad` bytes into the slot's image (every
+    /// further item defined for packs before the next finalize).
+    Batch { index: usize, pad: usize },
     /// In its own heap block (data only).
     Heap(HeapBlock),
 }

@@ -442,8 +442,12 @@ impl Span {
     /// mapping keeps its size.
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
         if self.flags & WRITTEN != 0 && !self.pack.dedicated {
-            let at = self.offset_in_pack() + self.image_at() + len;
-            self.pack.fill_traps(at, self.len - len)?;
+            // From the instruction boundary after the kept bytes (a whole pattern of traps).
+            let end = self.offset_in_pack() + self.image_at() + self.len;
+            let at = (self.offset_in_pack() + self.image_at() + len)
+                .next_multiple_of(crate::arch::TRAP.len())
+                .min(end);
+            self.pack.fill_traps(at, end - at)?;
         }
         let less = self.len - len;
         self.len = len;

@@ -103,6 +103,7 @@ mod code_range;
 mod config;
 mod draft;
 mod error;
+mod observe;
 mod pack;
 mod program;
 mod region;
@@ -118,6 +119,8 @@ pub use batch::{Batch, SlotMut};
 pub use config::{BackendChoice, CodeRange, Config};
 pub use draft::Draft;
 pub use error::{Errno, Error, Result};
+pub use observe::names::MAX_NAME;
+pub use observe::{JitdumpClock, Observe, ObserveOutputs, ProgramInfo};
 pub use program::Program;
 pub use stats::{huge_bytes_in, HugePages, PackSnapshot, Snapshot, Stats};
 
@@ -193,14 +196,19 @@ impl Allocator {
             place_stretch(&mut parts, &order[i..j])?;
             i = j;
         }
-        Ok(parts
+        let programs: Vec<Program> = parts
             .into_iter()
             .map(|p| {
                 let (mut span, _image) = p.expect("each draft once");
                 span.became_program();
                 Program::new(span)
             })
-            .collect())
+            .collect();
+        if programs.iter().any(|p| p.span().side().is_some()) {
+            // Named drafts, or the allocator announces its code.
+            observe::announce(&programs, None)?;
+        }
+        Ok(programs)
     }
 
     /// Frees many programs at once: programs that lie next to each other in one pack are
@@ -216,6 +224,10 @@ impl Allocator {
                     break;
                 }
                 j += 1;
+            }
+            // They stop being announced before their bytes become traps.
+            for p in &programs[i..j] {
+                p.span().unannounce();
             }
             if !programs[i].span().is_dedicated() {
                 // One fill from the first program's code to the last one's end (the bytes
@@ -247,6 +259,56 @@ impl Allocator {
                 run.retire();
             }
         });
+    }
+
+    /// The program whose code covers `addr`, with its address, length and name: for trap
+    /// handlers and sampling profilers. Finds named programs, and every program when an
+    /// announcement (or [`Observe::index`]) is on; `None` for anything else (a free chunk, the
+    /// slack around a program, another allocator's code).
+    ///
+    /// Safe to call from a signal handler: no lock, no allocation, no system call; the answer
+    /// is a copy. While other threads load and free programs it is never torn: it describes a
+    /// program that was live at a moment during the call (a program finalized before the call
+    /// began and freed after it returned is always found). Cost: one look at each pack's
+    /// table (packs hold up to `pack_size / chunk_size` programs each), then a few loads.
+    ///
+    /// ```
+    /// # use progpack::{Allocator, Config};
+    /// let alloc = Allocator::new(Config::default())?;
+    /// let mut draft = alloc.draft(16, 1)?.named("handler")?;
+    /// # #[cfg(target_arch = "x86_64")]
+    /// draft.image_mut()[0] = 0xc3;
+    /// let program = draft.finalize()?;
+    /// let found = alloc.program_at(program.addr() + 5).expect("inside the code");
+    /// assert_eq!((found.addr(), found.len(), &*found.name()), (program.addr(), 16, "handler"));
+    /// drop(program);
+    /// assert!(alloc.program_at(found.addr()).is_none());
+    /// # Ok::<(), progpack::Error>(())
+    /// ```
+    pub fn program_at(&self, addr: usize) -> Option<ProgramInfo> {
+        self.shared.observer.get()?.program_at(addr)
+    }
+
+    /// The announcements in force: the configuration's [`Observe`] combined with the
+    /// environment (`PROGPACK_PERF_MAP`, `PROGPACK_JITDUMP`, `PROGPACK_GDB_JIT`). A code
+    /// generator may skip computing names when this says nothing is on.
+    pub fn observe(&self) -> Observe {
+        self.shared
+            .observer
+            .get()
+            .map(|o| o.settings().clone())
+            .unwrap_or_default()
+    }
+
+    /// Where this allocator's perf map and jitdump are written (if on), and whether a failure
+    /// (an unwritable directory, a full disk) has disabled either of them.
+    pub fn observe_outputs(&self) -> ObserveOutputs {
+        let o = self.shared.observer.get();
+        ObserveOutputs {
+            perf_map: o.and_then(|o| o.perf_map_path()),
+            jitdump: o.and_then(|o| o.jitdump_path()),
+            disabled: o.is_some_and(|o| o.disabled_outputs()),
+        }
     }
 
     /// Counters (no system calls).

@@ -20,7 +20,8 @@ use crate::pack::{Freed, Pack, PackOwner};
 use crate::region::Region;
 use crate::run::{Local, LocalState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use crate::observe::Observer;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// One list of packs with its own lock.
 #[derive(Debug, Default)]
@@ -94,6 +95,9 @@ pub(crate) struct Shared {
     /// [`sys::process_epoch`] when the registry was last checked for threads a fork left
     /// behind.
     epoch: AtomicU64,
+    /// Names and announcements: made with the allocator when an announcement is on, else
+    /// when a program is first named.
+    pub(crate) observer: OnceLock<Arc<Observer>>,
 }
 
 /// Bytes of a new pack made ready at first, where the backend fills lazily (dualmap); each
@@ -128,7 +132,13 @@ impl Shared {
             .clamp(1, 64)
             .min(config.pack_size / chunk);
         let shards = (0..config.shards).map(|_| Shard::default()).collect();
+        let observer = OnceLock::new();
+        let observe = config.observe.with_env();
+        if observe.is_on() {
+            let _ = observer.set(Arc::new(Observer::new(observe)?));
+        }
         Ok(Arc::new(Shared {
+            observer,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             shards,
             backend,
@@ -324,6 +334,7 @@ impl Shared {
             owner,
             self.id,
         ));
+        self.attach_side(&pack);
         let mut found = take(&pack);
         // A new pack may start with only part of it ready: grow it until the request fits.
         while found.is_none() && pack.can_grow() {
@@ -382,7 +393,22 @@ impl Shared {
             .bytes
             .fetch_add(region.len(), Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        Ok(Arc::new(Pack::dedicated(region, owner, self.id)))
+        let pack = Arc::new(Pack::dedicated(region, owner, self.id));
+        self.attach_side(&pack);
+        Ok(pack)
+    }
+
+    /// Gives a new pack its side table when the allocator announces every program.
+    fn attach_side(&self, pack: &Pack) {
+        if let Some(observer) = self.observer.get().filter(|o| o.announces()) {
+            pack.side.attach(|| observer.side_for(pack));
+        }
+    }
+
+    /// True if every program is recorded and announced (an announcement is on).
+    #[inline]
+    pub(crate) fn announces(&self) -> bool {
+        self.observer.get().is_some_and(|o| o.announces())
     }
 
     /// All listed packs, in shard order.
@@ -434,6 +460,12 @@ impl PackOwner for Shared {
 
     fn count_programs(&self, n: u64) {
         self.count_programs_retired(n);
+    }
+
+    fn observer(&self) -> Arc<Observer> {
+        self.observer
+            .get_or_init(|| Arc::new(Observer::quiet()))
+            .clone()
     }
 
     fn dedicated_freed_bytes(&self, freed: &Freed) {

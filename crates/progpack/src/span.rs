@@ -468,6 +468,36 @@ impl Span {
         Ok(())
     }
 
+    /// The pack's side table (names, announcements), if it has one: one load and one test.
+    #[inline(always)]
+    pub(crate) fn side(&self) -> Option<&crate::observe::Side> {
+        self.pack.side.get()
+    }
+
+    /// The pack's side table, attached now if it has none (a draft being named).
+    pub(crate) fn side_or_attach(&self) -> &crate::observe::Side {
+        self.pack.side_or_attach()
+    }
+
+    /// First chunk of the span in its pack.
+    pub(crate) fn first_chunk(&self) -> usize {
+        self.first as usize
+    }
+
+    /// Chunks in the span.
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks as usize
+    }
+
+    /// The span's program stops being announced (its record retired, debugger and unwinder
+    /// entries removed): the first step of a free, before the trap fill.
+    #[inline(always)]
+    pub(crate) fn unannounce(&self) {
+        if let Some(side) = self.pack.side.get() {
+            crate::observe::freeing(side, self.first as usize, self.chunks as usize);
+        }
+    }
+
     /// Makes the image, already written in place (through the pack's alias), visible to
     /// instruction fetch.
     #[inline]
@@ -480,6 +510,7 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
+        self.unannounce();
         let pack = &self.pack;
         let (first, chunks) = (self.first as usize, self.chunks as usize);
         let program = self.flags & PROGRAM != 0;

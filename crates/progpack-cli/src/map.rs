@@ -479,6 +479,7 @@ mod tests {
             base: 0x7f00_0000_0000,
             used: bits.chars().map(|c| c == '1').collect(),
             huge_bytes: huge,
+            programs: Vec::new(),
         }
     }
 

@@ -16,11 +16,11 @@ use crate::backend::{sys, Backend};
 use crate::code_range::CodeRangeSpace;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::observe::Observer;
 use crate::pack::{Freed, Pack, PackOwner};
 use crate::region::Region;
 use crate::run::{Local, LocalState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use crate::observe::Observer;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// One list of packs with its own lock.

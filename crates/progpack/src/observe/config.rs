@@ -124,7 +124,8 @@ impl Observe {
         }
         if let Some(v) = var("PROGPACK_PERF_MAP") {
             if v == "1" {
-                o.perf_map.get_or_insert_with(|| PathBuf::from(super::perf_map::DEFAULT_DIR));
+                o.perf_map
+                    .get_or_insert_with(|| PathBuf::from(super::perf_map::DEFAULT_DIR));
             } else if Path::new(&v).is_absolute() {
                 o.perf_map = Some(PathBuf::from(v));
             }

@@ -182,9 +182,9 @@ mod tests {
         drop(c); // the head
         drop(a);
         assert_eq!(registered(), before);
-        // SAFETY: reading under the lock.
         let action = {
             let _g = LOCK.lock().unwrap();
+            // SAFETY: reading under the lock.
             unsafe { (*__jit_debug_descriptor.0.get()).action_flag }
         };
         assert_eq!(action, JIT_UNREGISTER_FN);

@@ -164,7 +164,10 @@ impl Jitdump {
 
     /// True once a failure disabled the dump.
     pub(crate) fn is_disabled(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).disabled
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .disabled
     }
 }
 
@@ -204,16 +207,28 @@ mod tests {
 
     #[test]
     fn a_load_record_has_the_kernel_layout() {
-        let d = Jitdump::shared(Path::new("/nonexistent-progpack-test"), JitdumpClock::Monotonic);
+        let d = Jitdump::shared(
+            Path::new("/nonexistent-progpack-test"),
+            JitdumpClock::Monotonic,
+        );
         let mut r = d.records();
         r.load(0x1000, &[0xc3], Some(b"f\n"));
         let b = &r.bytes;
         let total = 56 + "f\\x0a".len() + 1 + 1;
         assert_eq!(b.len(), total);
         assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), CODE_LOAD);
-        assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize, total);
-        assert!(u64::from_le_bytes(b[8..16].try_into().unwrap()) > 0, "timestamp");
-        assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), std::process::id());
+        assert_eq!(
+            u32::from_le_bytes(b[4..8].try_into().unwrap()) as usize,
+            total
+        );
+        assert!(
+            u64::from_le_bytes(b[8..16].try_into().unwrap()) > 0,
+            "timestamp"
+        );
+        assert_eq!(
+            u32::from_le_bytes(b[16..20].try_into().unwrap()),
+            std::process::id()
+        );
         assert_eq!(u64::from_le_bytes(b[24..32].try_into().unwrap()), 0x1000);
         assert_eq!(u64::from_le_bytes(b[32..40].try_into().unwrap()), 0x1000);
         assert_eq!(u64::from_le_bytes(b[40..48].try_into().unwrap()), 1);

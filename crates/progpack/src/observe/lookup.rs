@@ -112,6 +112,8 @@ impl fmt::Debug for ProgramInfo {
 pub(crate) struct Tables {
     head: AtomicPtr<SideTable>,
     pool: parking_lot::Mutex<Vec<NonNull<SideTable>>>,
+    /// Boxed: tables must not move when the list grows (readers hold pointers to them).
+    #[allow(clippy::vec_box)]
     all: parking_lot::Mutex<Vec<Box<SideTable>>>,
 }
 
@@ -225,10 +227,19 @@ mod tests {
         r.publish(base + 64 * 10 + 8, 100, Some(b"hot"));
         t.set(10, 2, Some(r));
         let found = tables.program_at(base + 64 * 10 + 8).unwrap();
-        assert_eq!((found.addr(), found.len(), found.name_bytes()), (base + 648, 100, &b"hot"[..]));
+        assert_eq!(
+            (found.addr(), found.len(), found.name_bytes()),
+            (base + 648, 100, &b"hot"[..])
+        );
         assert!(found.is_named());
-        assert!(tables.program_at(base + 64 * 10 + 7).is_none(), "slack before the code");
-        assert!(tables.program_at(base + 648 + 100).is_none(), "slack after the code");
+        assert!(
+            tables.program_at(base + 64 * 10 + 7).is_none(),
+            "slack before the code"
+        );
+        assert!(
+            tables.program_at(base + 648 + 100).is_none(),
+            "slack after the code"
+        );
         assert!(tables.program_at(base + 648 + 99).is_some());
         r.retire();
         assert!(tables.program_at(base + 648).is_none(), "retired");

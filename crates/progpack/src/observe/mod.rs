@@ -156,10 +156,7 @@ impl Observer {
         }
         Ok(Observer {
             announce: settings.is_on(),
-            perf_map: settings
-                .perf_map
-                .as_deref()
-                .map(perf_map::PerfMap::shared),
+            perf_map: settings.perf_map.as_deref().map(perf_map::PerfMap::shared),
             jitdump: settings
                 .jitdump
                 .as_deref()
@@ -405,7 +402,8 @@ pub(crate) fn announce(programs: &[Program], mut meta: Option<&mut BatchMeta>) -
         }
         let name = extra.as_deref().and_then(|e| e.name.as_deref());
         record.publish(addr, len, name);
-        side.table().set(span.first_chunk(), span.chunk_count(), Some(record));
+        side.table()
+            .set(span.first_chunk(), span.chunk_count(), Some(record));
         let obs = &side.observer;
         out.switch_to(obs);
         if obs.perf_map.is_some() {
@@ -571,7 +569,11 @@ mod tests {
         let mut d = alloc.draft(64, 1).unwrap();
         ret(&mut d);
         let p = d.finalize().unwrap();
-        assert_eq!(p.name(), format!("jit_{:x}", p.addr()), "no stale name at {at:#x}");
+        assert_eq!(
+            p.name(),
+            format!("jit_{:x}", p.addr()),
+            "no stale name at {at:#x}"
+        );
     }
 
     #[test]
@@ -580,7 +582,10 @@ mod tests {
         let mut d = alloc.draft(64, 1).unwrap();
         assert!(matches!(d.set_name(""), Err(crate::Error::BadName { .. })));
         let long = vec![b'x'; crate::MAX_NAME + 1];
-        assert!(matches!(d.set_name(&long), Err(crate::Error::BadName { .. })));
+        assert!(matches!(
+            d.set_name(&long),
+            Err(crate::Error::BadName { .. })
+        ));
         let mut b = alloc.batch();
         assert!(matches!(
             b.set_name(0, "x"),
@@ -635,10 +640,9 @@ mod tests {
 
     #[test]
     fn the_index_records_every_program() {
-        let alloc = Allocator::new(
-            Config::default().observe(Observe::default().index(true).ignore_env()),
-        )
-        .unwrap();
+        let alloc =
+            Allocator::new(Config::default().observe(Observe::default().index(true).ignore_env()))
+                .unwrap();
         let mut d = alloc.draft(64, 1).unwrap();
         ret(&mut d);
         let p = d.finalize().unwrap();
@@ -650,12 +654,16 @@ mod tests {
         ret(&mut d);
         let big = d.finalize().unwrap();
         assert!(big.is_dedicated());
-        assert_eq!(alloc.program_at(big.addr() + (3 << 20) - 1).unwrap().name(), "huge");
+        assert_eq!(
+            alloc.program_at(big.addr() + (3 << 20) - 1).unwrap().name(),
+            "huge"
+        );
     }
 
     #[test]
     fn a_perf_map_gets_one_line_per_program() {
-        let dir = std::env::temp_dir().join(format!("progpack-perf-map-unit-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("progpack-perf-map-unit-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let alloc = Allocator::new(
             Config::default().observe(Observe::default().perf_map_in(&dir).ignore_env()),
@@ -669,8 +677,14 @@ mod tests {
         let q = b.finalize().unwrap();
         let path = alloc.observe_outputs().perf_map.unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        assert!(text.contains(&format!("{:x} 20 line\\x0abreak\n", p.addr())), "{text}");
-        assert!(text.contains(&format!("{:x} 10 jit_{:x}\n", q[0].addr(), q[0].addr())), "{text}");
+        assert!(
+            text.contains(&format!("{:x} 20 line\\x0abreak\n", p.addr())),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("{:x} 10 jit_{:x}\n", q[0].addr(), q[0].addr())),
+            "{text}"
+        );
         assert!(!alloc.observe_outputs().disabled);
         std::fs::remove_dir_all(&dir).unwrap();
     }

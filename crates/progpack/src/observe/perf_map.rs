@@ -96,7 +96,10 @@ impl PerfMap {
 
     /// True once a failure disabled the map.
     pub(crate) fn is_disabled(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).disabled
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .disabled
     }
 }
 

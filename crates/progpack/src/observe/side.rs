@@ -172,6 +172,8 @@ impl Record {
 #[derive(Default)]
 pub(crate) struct RecordPool {
     free: parking_lot::Mutex<Vec<NonNull<Record>>>,
+    /// Boxed: records must not move when the list grows (readers hold pointers to them).
+    #[allow(clippy::vec_box)]
     all: parking_lot::Mutex<Vec<Box<Record>>>,
 }
 
@@ -322,7 +324,11 @@ impl SideTable {
         if off >= size || base == 0 {
             return None;
         }
-        let chunk = if self.slots == 1 { 0 } else { off >> self.shift };
+        let chunk = if self.slots == 1 {
+            0
+        } else {
+            off >> self.shift
+        };
         self.get(chunk)
     }
 
@@ -354,7 +360,10 @@ mod tests {
         assert!(r.read().is_none(), "not live yet");
         r.publish(0x1000, 64, Some(b"f"));
         let s = r.read().unwrap();
-        assert_eq!((s.start, s.len, &s.name[..s.name_len], s.truncated), (0x1000, 64, &b"f"[..], false));
+        assert_eq!(
+            (s.start, s.len, &s.name[..s.name_len], s.truncated),
+            (0x1000, 64, &b"f"[..], false)
+        );
         let long = vec![b'n'; INLINE_NAME + 5];
         r.publish(0x2000, 8, Some(&long));
         let s = r.read().unwrap();

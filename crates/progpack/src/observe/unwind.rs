@@ -65,7 +65,10 @@ struct Cursor<'a> {
 
 impl Cursor<'_> {
     fn u8(&mut self) -> Result<u8> {
-        let v = *self.b.get(self.at).ok_or_else(|| bad(self.at, "truncated"))?;
+        let v = *self
+            .b
+            .get(self.at)
+            .ok_or_else(|| bad(self.at, "truncated"))?;
         self.at += 1;
         Ok(v)
     }
@@ -135,11 +138,10 @@ impl Frames {
             if length == u32::MAX {
                 return Err(bad(at, "64-bit DWARF entries are not supported"));
             }
-            let end = c
-                .at
-                .checked_add(length as usize)
-                .filter(|&e| e <= bytes.len())
-                .ok_or_else(|| bad(at, "entry runs past the end"))?;
+            let end =
+                c.at.checked_add(length as usize)
+                    .filter(|&e| e <= bytes.len())
+                    .ok_or_else(|| bad(at, "entry runs past the end"))?;
             let id_at = c.at;
             let id = u32::from_le_bytes(c.bytes()?);
             if id == 0 {
@@ -287,9 +289,7 @@ fn cie_fde_encoding(c: &mut Cursor<'_>) -> Result<u8> {
                     }
                 }
                 b'S' | b'B' | b'G' => {}
-                other => {
-                    return Err(bad(at, format!("unknown augmentation {:?}", other as char)))
-                }
+                other => return Err(bad(at, format!("unknown augmentation {:?}", other as char))),
             }
         }
     } else if !aug.is_empty() {
@@ -350,8 +350,7 @@ mod tests {
         let addr = 0x7f00_1234_0000usize;
         let mut copy = f.bytes().to_vec();
         for d in &f.fdes {
-            copy[d.field..d.field + 8]
-                .copy_from_slice(&(d.begin + addr as u64).to_le_bytes());
+            copy[d.field..d.field + 8].copy_from_slice(&(d.begin + addr as u64).to_le_bytes());
         }
         // Read back with gimli's reader: the FDEs now start at the program's address.
         use gimli::{BaseAddresses, EhFrame as Read, UnwindSection};

@@ -289,6 +289,14 @@ impl Allocator {
         self.shared.observer.get()?.program_at(addr)
     }
 
+    /// True if this allocator announces every program it places (a perf map, a jitdump, the
+    /// GDB JIT interface or [`Observe::index`] is on): a code generator can skip computing
+    /// names when this is false and it names only for those announcements.
+    #[inline]
+    pub fn announces(&self) -> bool {
+        self.shared.announces()
+    }
+
     /// The announcements in force: the configuration's [`Observe`] combined with the
     /// environment (`PROGPACK_PERF_MAP`, `PROGPACK_JITDUMP`, `PROGPACK_GDB_JIT`). A code
     /// generator may skip computing names when this says nothing is on.

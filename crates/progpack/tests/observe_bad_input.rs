@@ -69,7 +69,10 @@ fn names_never_break_a_line_of_the_perf_map() {
 fn bad_names_and_unwind_information_are_typed_errors() {
     let alloc = quiet_alloc(Observe::default());
     let mut d = alloc.draft(64, 1).unwrap();
-    assert!(matches!(d.set_name(b""), Err(Error::BadName { len: 0, .. })));
+    assert!(matches!(
+        d.set_name(b""),
+        Err(Error::BadName { len: 0, .. })
+    ));
     assert!(matches!(
         d.set_eh_frame(&[1, 2, 3]),
         Err(Error::BadUnwindInfo { .. })
@@ -183,7 +186,10 @@ fn a_full_or_read_only_tmp_disables_the_perf_map_with_one_warning() {
         "size=8k",
         "(dd if=/dev/zero of=/tmp/fill bs=4096 count=4 2>/dev/null || true)",
     ) else {
-        return skipped(test, "no mount namespace with a tmpfs of our own here (unshare -m)");
+        return skipped(
+            test,
+            "no mount namespace with a tmpfs of our own here (unshare -m)",
+        );
     };
     let stderr = run_child(&mut full);
     assert_eq!(warnings(&stderr, "perf map disabled"), 1, "{stderr}");

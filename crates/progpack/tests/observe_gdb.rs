@@ -42,11 +42,19 @@ fn child_workload() {
     if child_mode().is_none() {
         return;
     }
-    let alloc = Allocator::new(Config::default().code_range(CodeRange::near_this_binary())).unwrap();
-    assert!(alloc.observe().get_gdb(), "PROGPACK_GDB_JIT=1 turns the interface on");
+    let alloc =
+        Allocator::new(Config::default().code_range(CodeRange::near_this_binary())).unwrap();
+    assert!(
+        alloc.observe().get_gdb(),
+        "PROGPACK_GDB_JIT=1 turns the interface on"
+    );
     let host = progpack_test_host_probe as extern "C" fn(usize) -> usize as usize;
     let len = caller(0, 0).len();
-    let mut d = alloc.draft(len, 16).unwrap().named("jit_gdb_caller").unwrap();
+    let mut d = alloc
+        .draft(len, 16)
+        .unwrap()
+        .named("jit_gdb_caller")
+        .unwrap();
     let at = d.exec_addr();
     d.image_mut().copy_from_slice(&caller(at, host));
     let p = d.finalize().unwrap();
@@ -60,7 +68,10 @@ fn child_workload() {
 #[test]
 fn gdb_backtrace_names_the_jit_frame_until_it_is_freed() {
     if !have("gdb") {
-        skipped("gdb_backtrace_names_the_jit_frame_until_it_is_freed", "gdb is not installed");
+        skipped(
+            "gdb_backtrace_names_the_jit_frame_until_it_is_freed",
+            "gdb is not installed",
+        );
         return;
     }
     let template = child("child_workload", "gdb");
@@ -89,7 +100,9 @@ fn gdb_backtrace_names_the_jit_frame_until_it_is_freed() {
     let out = run_ok(&mut cmd);
     let text = String::from_utf8_lossy(&out.stdout);
     let section = |from: &str, to: &str| -> String {
-        let start = text.find(from).unwrap_or_else(|| panic!("no {from} in:\n{text}"));
+        let start = text
+            .find(from)
+            .unwrap_or_else(|| panic!("no {from} in:\n{text}"));
         let rest = &text[start + from.len()..];
         rest[..rest.find(to).unwrap_or(rest.len())].to_string()
     };
@@ -98,10 +111,19 @@ fn gdb_backtrace_names_the_jit_frame_until_it_is_freed() {
         .lines()
         .find(|l| l.starts_with("#1 "))
         .unwrap_or_else(|| panic!("no frame #1 in:\n{bt}"));
-    assert!(frame1.contains("jit_gdb_caller"), "frame #1 is not named:\n{bt}");
+    assert!(
+        frame1.contains("jit_gdb_caller"),
+        "frame #1 is not named:\n{bt}"
+    );
     let live = section("==LIVE==", "==FREED==");
-    assert!(live.contains("jit_gdb_caller"), "gdb does not know the live program:\n{live}");
+    assert!(
+        live.contains("jit_gdb_caller"),
+        "gdb does not know the live program:\n{live}"
+    );
     let freed = section("==FREED==", "\n[Inferior");
-    assert!(freed.contains("No symbol matches"), "gdb still knows the freed program:\n{freed}");
+    assert!(
+        freed.contains("No symbol matches"),
+        "gdb still knows the freed program:\n{freed}"
+    );
     eprintln!("gdb bt:{bt}");
 }

@@ -59,9 +59,13 @@ fn child_workload() {
         "reuse" => {
             // First fit, no randomization, one shard, the empty pack kept: the second function
             // lands where the first one was.
-            let alloc =
-                Allocator::new(Config::default().randomize(false).shards(1).reserve_packs(1))
-                    .unwrap();
+            let alloc = Allocator::new(
+                Config::default()
+                    .randomize(false)
+                    .shards(1)
+                    .reserve_packs(1),
+            )
+            .unwrap();
             let a = load_spin(&alloc, "phase_one", 0);
             spin_for(&[&a], BUSY / 2);
             let at = a.addr();
@@ -131,9 +135,7 @@ fn perf_report_names_samples_through_the_perf_map() {
     let _one = one_at_a_time();
     let dir = TempDir::new("perf-map");
     let data = dir.path().join("perf.data");
-    let out = run_ok(
-        perf_record(&["-e", "cpu-clock"], &data, "hot").env("PROGPACK_PERF_MAP", "1"),
-    );
+    let out = run_ok(perf_record(&["-e", "cpu-clock"], &data, "hot").env("PROGPACK_PERF_MAP", "1"));
     let pid = field(&out.stdout, "PID").expect("the child's pid");
     let map = std::path::PathBuf::from(format!("/tmp/perf-{pid}.map"));
     let text = std::fs::read_to_string(&map).expect("the child's perf map");
@@ -143,7 +145,10 @@ fn perf_report_names_samples_through_the_perf_map() {
         assert!(text.contains(&format!(" hot_spin_{i}\n")), "{text}");
     }
     let share = perf_share(&report, |n| n.starts_with("hot_spin_"));
-    assert!(share > 50.0, "only {share:.1}% of samples named hot_spin_*:\n{report}");
+    assert!(
+        share > 50.0,
+        "only {share:.1}% of samples named hot_spin_*:\n{report}"
+    );
     eprintln!("perf map: {share:.1}% of samples in hot_spin_*");
 }
 
@@ -180,7 +185,10 @@ fn perf_inject_names_samples_through_the_jitdump() {
     let dir = TempDir::new("jitdump");
     let (report, _) = record_with_jitdump("hot", &dir);
     let share = perf_share(&report, |n| n.starts_with("hot_spin_"));
-    assert!(share > 50.0, "only {share:.1}% of samples named hot_spin_*:\n{report}");
+    assert!(
+        share > 50.0,
+        "only {share:.1}% of samples named hot_spin_*:\n{report}"
+    );
     eprintln!("jitdump: {share:.1}% of samples in hot_spin_*");
 }
 

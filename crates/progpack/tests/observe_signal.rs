@@ -102,8 +102,9 @@ fn a_sigsegv_handler_names_the_faulting_jit_function_while_others_churn() {
                     if i % 3 == 0 {
                         let mut b = alloc.batch();
                         for k in 0..8 {
-                            b.push_named(40 + k, 1, format!("churn_{t}_{i}_{k}")).unwrap().image[0] =
-                                0xc3;
+                            b.push_named(40 + k, 1, format!("churn_{t}_{i}_{k}"))
+                                .unwrap()
+                                .image[0] = 0xc3;
                         }
                         live.extend(b.finalize().unwrap());
                     } else {
@@ -132,9 +133,17 @@ fn a_sigsegv_handler_names_the_faulting_jit_function_while_others_churn() {
         let f = unsafe { p.as_fn::<extern "C" fn() -> u64>() };
         let before = FAULTS.load(Ordering::Relaxed);
         f();
-        assert_eq!(FAULTS.load(Ordering::Relaxed), before + 1, "round {r}: no fault seen");
+        assert_eq!(
+            FAULTS.load(Ordering::Relaxed),
+            before + 1,
+            "round {r}: no fault seen"
+        );
         assert_eq!(SEEN_ADDR.load(Ordering::Relaxed), p.addr(), "round {r}");
-        assert_eq!(SEEN_LEN.load(Ordering::Relaxed), FAULTING.len(), "round {r}");
+        assert_eq!(
+            SEEN_LEN.load(Ordering::Relaxed),
+            FAULTING.len(),
+            "round {r}"
+        );
         assert_eq!(seen_name(), name, "round {r}");
         drop(p);
     }
@@ -143,7 +152,10 @@ fn a_sigsegv_handler_names_the_faulting_jit_function_while_others_churn() {
         c.join().unwrap();
     }
     let churned = churned.load(Ordering::Relaxed);
-    assert!(churned > 100, "the other threads barely ran ({churned} rounds)");
+    assert!(
+        churned > 100,
+        "the other threads barely ran ({churned} rounds)"
+    );
     eprintln!("{rounds} faults named while {churned} churn rounds loaded and freed programs");
     alloc.check_invariants().unwrap();
 }

@@ -125,7 +125,9 @@ pub fn perf_share(report: &str, wanted: impl Fn(&str) -> bool) -> f64 {
             let pct = parts.next()?.strip_suffix('%')?.parse::<f64>().ok()?;
             let rest: Vec<&str> = parts.collect();
             // `[.] name` (user) or `[k] name` (kernel).
-            let at = rest.iter().position(|p| p.starts_with('[') && p.ends_with(']'))?;
+            let at = rest
+                .iter()
+                .position(|p| p.starts_with('[') && p.ends_with(']'))?;
             let name = rest[at + 1..].join(" ");
             wanted(&name).then_some(pct)
         })

@@ -178,7 +178,7 @@ impl Records {
         let mut n = Vec::new();
         match name {
             Some(name) => names::escape(name, &mut n),
-            None => n.extend_from_slice(names::default_name(addr).as_bytes()),
+            None => names::push_default(&mut n, addr),
         }
         n.push(0);
         let Ok(total) = u32::try_from(LOAD_SIZE + n.len() + code.len()) else {

@@ -358,7 +358,6 @@ pub(crate) fn name_of(span: &Span) -> Cow<'_, str> {
 /// after it was given); nothing is announced then, and the caller drops the programs.
 pub(crate) fn announce(programs: &[Program], mut meta: Option<&mut BatchMeta>) -> Result<()> {
     // Attach records and check everything first, so that a failure announces nothing.
-    let mut todo: Vec<(&Program, &Side, &Record)> = Vec::new();
     for (i, p) in programs.iter().enumerate() {
         let span = p.span();
         let given = meta.as_deref_mut().and_then(|m| m.take(i));
@@ -387,39 +386,50 @@ pub(crate) fn announce(programs: &[Program], mut meta: Option<&mut BatchMeta>) -
         if let Some(frames) = extra.as_ref().and_then(|e| e.frames.as_ref()) {
             frames.check_fits(span.len())?;
         }
-        todo.push((p, side, record));
     }
+    // Then publish and announce each program that has a record now.
     let mut out = Outputs::default();
-    for (p, side, record) in todo {
+    for p in programs {
         let span = p.span();
-        let (addr, len) = (p.addr(), p.len());
-        // SAFETY: as above.
-        let extra = unsafe { record.extra() };
-        if let Some(e) = extra.as_deref_mut() {
-            if let Some(frames) = e.frames.take() {
-                e.registered = Some(frames.register(addr));
-            }
-        }
-        let name = extra.as_deref().and_then(|e| e.name.as_deref());
-        record.publish(addr, len, name);
-        side.table()
-            .set(span.first_chunk(), span.chunk_count(), Some(record));
-        let obs = &side.observer;
-        out.switch_to(obs);
-        if obs.perf_map.is_some() {
-            perf_map::PerfMap::line(&mut out.perf_lines, addr, len, name);
-        }
-        if let Some(records) = out.records.as_mut() {
-            records.load(addr, p.bytes(), name);
-        }
-        #[cfg(feature = "gdb-jit")]
-        if obs.gdb {
-            let extra = extra.get_or_insert_with(Box::default);
-            extra.gdb = gdb_entry(addr, len, extra.name.as_deref(), extra.registered.as_ref());
-        }
+        let Some(side) = span.side() else { continue };
+        let Some(record) = side.table().get(span.first_chunk()) else {
+            continue;
+        };
+        publish(p, side, record, &mut out);
     }
     out.flush();
     Ok(())
+}
+
+/// Publishes one program's record and gathers its announcements into `out`.
+fn publish<'a>(p: &Program, side: &'a Side, record: &Record, out: &mut Outputs<'a>) {
+    let span = p.span();
+    let (addr, len) = (p.addr(), p.len());
+    // SAFETY: the caller owns the program being finalized; no other reference to this
+    // record's extra is alive.
+    let extra = unsafe { record.extra() };
+    if let Some(e) = extra.as_deref_mut() {
+        if let Some(frames) = e.frames.take() {
+            e.registered = Some(frames.register(addr));
+        }
+    }
+    let name = extra.as_deref().and_then(|e| e.name.as_deref());
+    record.publish(addr, len, name);
+    side.table()
+        .set(span.first_chunk(), span.chunk_count(), Some(record));
+    let obs = &*side.observer;
+    out.switch_to(obs);
+    if obs.perf_map.is_some() {
+        perf_map::PerfMap::line(&mut out.perf_lines, addr, len, name);
+    }
+    if let Some(records) = out.records.as_mut() {
+        records.load(addr, p.bytes(), name);
+    }
+    #[cfg(feature = "gdb-jit")]
+    if obs.gdb {
+        let extra = extra.get_or_insert_with(Box::default);
+        extra.gdb = gdb_entry(addr, len, extra.name.as_deref(), extra.registered.as_ref());
+    }
 }
 
 /// The debugger's object file for a program, registered.
@@ -441,33 +451,30 @@ fn gdb_entry(
 
 /// Perf map lines and jitdump records being gathered for one observer.
 #[derive(Default)]
-struct Outputs {
-    observer: Option<*const Observer>,
-    perf: Option<Arc<perf_map::PerfMap>>,
-    dump: Option<Arc<jitdump::Jitdump>>,
+struct Outputs<'a> {
+    observer: Option<&'a Observer>,
     perf_lines: Vec<u8>,
     records: Option<jitdump::Records>,
 }
 
-impl Outputs {
+impl<'a> Outputs<'a> {
     /// Gathers for `obs` from now on (writing what was gathered for another observer).
-    fn switch_to(&mut self, obs: &Observer) {
-        if self.observer == Some(obs as *const Observer) {
+    fn switch_to(&mut self, obs: &'a Observer) {
+        if self.observer.is_some_and(|o| std::ptr::eq(o, obs)) {
             return;
         }
         self.flush();
         self.observer = Some(obs);
-        self.perf = obs.perf_map.clone();
-        self.dump = obs.jitdump.clone();
         self.records = obs.jitdump.as_ref().map(|d| d.records());
     }
 
     fn flush(&mut self) {
-        if let Some(m) = &self.perf {
+        let Some(obs) = self.observer else { return };
+        if let Some(m) = &obs.perf_map {
             m.append(&self.perf_lines);
         }
         self.perf_lines.clear();
-        if let (Some(d), Some(r)) = (&self.dump, self.records.take()) {
+        if let (Some(d), Some(r)) = (&obs.jitdump, self.records.take()) {
             d.append(r);
         }
     }

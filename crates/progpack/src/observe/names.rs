@@ -80,6 +80,22 @@ pub(crate) fn write_default(addr: usize, buf: &mut [u8; INLINE_NAME]) -> usize {
     4 + digits
 }
 
+/// Appends `v` in lowercase hex without leading zeros (no formatting machinery: this is on
+/// every announced finalize).
+pub(crate) fn push_hex(out: &mut Vec<u8>, v: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = (usize::BITS - v.leading_zeros()).div_ceil(4).max(1) as usize;
+    for i in (0..digits).rev() {
+        out.push(HEX[(v >> (4 * i)) & 15]);
+    }
+}
+
+/// Appends the default name of the program at `addr`, `jit_<hex>`.
+pub(crate) fn push_default(out: &mut Vec<u8>, addr: usize) {
+    out.extend_from_slice(b"jit_");
+    push_hex(out, addr);
+}
+
 /// The default name of the program at `addr`, as a string.
 pub(crate) fn default_name(addr: usize) -> String {
     format!("jit_{addr:x}")
@@ -126,6 +142,15 @@ mod tests {
             check(&[b'x'; MAX_NAME + 1]),
             Err(Error::BadName { .. })
         ));
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        for v in [0usize, 9, 0xa, 0x1c, 0x7f00_0000_0040, usize::MAX] {
+            let mut out = Vec::new();
+            push_hex(&mut out, v);
+            assert_eq!(out, format!("{v:x}").into_bytes());
+        }
     }
 
     #[test]

@@ -61,10 +61,14 @@ impl PerfMap {
     /// Appends one program's line to `out`: `START SIZE name\n`, the name escaped, or
     /// `jit_<addr>` if it has none.
     pub(crate) fn line(out: &mut Vec<u8>, addr: usize, len: usize, name: Option<&[u8]>) {
-        let _ = write!(out, "{addr:x} {len:x} ");
+        out.reserve(48 + name.map_or(0, <[u8]>::len));
+        names::push_hex(out, addr);
+        out.push(b' ');
+        names::push_hex(out, len);
+        out.push(b' ');
         match name {
             Some(n) => names::escape(n, out),
-            None => out.extend_from_slice(names::default_name(addr).as_bytes()),
+            None => names::push_default(out, addr),
         }
         out.push(b'\n');
     }

@@ -99,7 +99,7 @@ fn a_sigsegv_handler_names_the_faulting_jit_function_while_others_churn() {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     // Named and unnamed programs, drafts and batches, freed in another order.
-                    if i % 3 == 0 {
+                    if i.is_multiple_of(3) {
                         let mut b = alloc.batch();
                         for k in 0..8 {
                             b.push_named(40 + k, 1, format!("churn_{t}_{i}_{k}"))
@@ -112,7 +112,7 @@ fn a_sigsegv_handler_names_the_faulting_jit_function_while_others_churn() {
                     }
                     if live.len() > 64 {
                         let half: Vec<Program> = live.drain(..32).collect();
-                        if i % 2 == 0 {
+                        if i.is_multiple_of(2) {
                             alloc.free_all(half);
                         } else {
                             drop(half);

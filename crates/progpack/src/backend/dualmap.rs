@@ -6,15 +6,23 @@
 //! per-write mode the alias exists only during each write (a `mmap` + `munmap` per write,
 //! about 6 µs). Neither view is ever writable and executable.
 //!
-//! The file is shared memory, so after `fork()` parent and child would share the code: the
-//! alias is marked `MADV_DONTFORK`, and a child that tries to write gets [`Error::Forked`].
-//! Huge pages need shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is
-//! off by default; packs are then backed by small pages.
+//! Across `fork()`: the file is shared memory, so a view a child inherited would let parent and
+//! child rewrite each other's code. Both views are therefore `MADV_DONTFORK`: a child (of
+//! `fork()` or of a raw `clone()`, which runs no `pthread_atfork` handler) inherits no view at
+//! all. In the child an inherited program faults when called (its address holds no mapping, or
+//! the `PROT_NONE` reservation the child put there), reads back as traps, and writing or
+//! trap-filling it is refused with [`Error::Forked`]; the child never unmaps or re-reserves a
+//! range it does not hold (see [`inherit`](super::inherit)). New packs the child maps itself
+//! work normally. Huge pages need shmem THP
+//! (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is off by default; packs are
+//! then backed by small pages.
 //!
 //! # References
 //! - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
 //! - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html) `MAP_SHARED`
+//! - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_DONTFORK`
 
+use super::inherit::{self, Owner};
 use super::{check_range, sys, Backend, Caps, Mapping, Placement};
 use crate::error::{Error, Result};
 use rustix::fd::OwnedFd;
@@ -28,13 +36,18 @@ use rustix::fd::OwnedFd;
 /// (`mmap` + `munmap`, about 6 µs). Neither view is ever writable and executable.
 ///
 /// Use it where `/proc/self/mem` writes are forbidden ([`ProcMem`](super::ProcMem) is preferred:
-/// it has no writable alias at all). After `fork()` a child that tries to write gets
-/// [`Error::Forked`]: the `memfd` is shared with the parent. Packs get huge pages only with
+/// it has no writable alias at all).
+///
+/// After `fork()` (or a raw `clone()`) the child inherits neither view (`MADV_DONTFORK`):
+/// programs it inherited fault when called and read back as traps, and writing into inherited
+/// packs is refused with [`Error::Forked`]. Neither process ever runs code the other wrote
+/// after the fork. New packs the child maps work normally. Packs get huge pages only with
 /// shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is off by default.
 ///
 /// # References
 /// - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
 /// - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html) `MAP_SHARED`
+/// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_DONTFORK`
 #[derive(Debug, Clone, Copy)]
 pub struct DualMap {
     per_write: bool,
@@ -50,10 +63,47 @@ impl DualMap {
     pub fn per_write() -> Self {
         DualMap { per_write: true }
     }
+
+    /// Makes the writable alias: trap-filled, and unmapped again in per-write mode.
+    fn make_alias(&self, fd: &OwnedFd, len: usize) -> Result<Option<usize>> {
+        let alias = sys::map_shared(fd, len, 0, sys::View::Write)?;
+        // SAFETY: the kernel just chose `alias` for this call, read+write; nothing else knows it.
+        unsafe { sys::fill_traps_direct(alias, len) };
+        // SAFETY: the alias was made above and is ours alone.
+        let kept = unsafe { sys::advise_dontfork(alias, len) };
+        if self.per_write || kept.is_err() {
+            // SAFETY: as above; nothing refers to the alias.
+            let unmapped = unsafe { sys::unmap(alias, len) };
+            return if self.per_write {
+                unmapped.map(|()| None)
+            } else {
+                kept.map(|()| None)
+            };
+        }
+        Ok(Some(alias))
+    }
+
+    /// Maps the executable view at the placement, `MADV_DONTFORK`, and registers it.
+    fn make_exec_view(&self, fd: &OwnedFd, len: usize, placement: Placement) -> Result<usize> {
+        let at = placement.reserve(len)?;
+        // SAFETY: `at..at + len` is the reservation `placement` just made (or, for `Fixed`, the
+        // allocator's slot it hands us to map over).
+        let made = unsafe { sys::map_shared_fixed(fd, at, len, 0, sys::View::Exec) }
+            // SAFETY: the view just mapped over our reservation is ours.
+            .and_then(|()| unsafe { sys::advise_dontfork(at, len) });
+        if let Err(e) = made {
+            // SAFETY: the reservation (or slot) named above, ours, and nothing refers to it.
+            let _ = unsafe { placement.release(at, len) };
+            return Err(e);
+        }
+        inherit::register(at, len);
+        Ok(at)
+    }
 }
 
 // SAFETY: the executable view is read+execute from creation; the file is trap-filled through
-// the alias before the executable view exists; writes are bounds-checked.
+// the alias before the executable view exists; writes are bounds-checked; a child inherits no
+// view, reads traps instead, and may not write.
 unsafe impl Backend for DualMap {
     fn name(&self) -> &'static str {
         if self.per_write {
@@ -72,28 +122,16 @@ unsafe impl Backend for DualMap {
     }
 
     fn map(&self, len: usize, placement: Placement) -> Result<Box<dyn Mapping>> {
+        // In a child: take the ranges it did not inherit before the kernel can hand them out.
+        inherit::claim_inherited();
         let fd = sys::memfd("progpack", len)?;
-        let alias = sys::map_shared(&fd, None, len, 0, sys::View::Write)?;
-        sys::fill_traps_direct(alias, len);
-        let kept_alias = if self.per_write {
-            sys::unmap(alias, len)?;
-            None
-        } else {
-            if let Err(e) = sys::advise_dontfork(alias, len) {
-                let _ = sys::unmap(alias, len);
-                return Err(e);
-            }
-            Some(alias)
-        };
-        let base = match placement.reserve(len).and_then(|at| {
-            sys::map_shared(&fd, Some(at), len, 0, sys::View::Exec).inspect_err(|_| {
-                let _ = placement.release(at, len);
-            })
-        }) {
+        let alias = self.make_alias(&fd, len)?;
+        let base = match self.make_exec_view(&fd, len, placement) {
             Ok(b) => b,
             Err(e) => {
-                if let Some(a) = kept_alias {
-                    let _ = sys::unmap(a, len);
+                if let Some(a) = alias {
+                    // SAFETY: made above by `make_alias`, ours alone.
+                    let _ = unsafe { sys::unmap(a, len) };
                 }
                 return Err(e);
             }
@@ -103,7 +141,7 @@ unsafe impl Backend for DualMap {
             len,
             placement,
             fd,
-            alias: kept_alias,
+            alias,
             epoch: sys::process_epoch(),
             name: self.name(),
         }))
@@ -116,19 +154,26 @@ struct DualMapping {
     len: usize,
     placement: Placement,
     fd: OwnedFd,
+    /// The persistent alias, in the process that made it (a child has none).
     alias: Option<usize>,
-    /// [`sys::process_epoch`] at creation: a child process may not write.
+    /// [`sys::process_epoch`] of the process that made the mapping: the only one that holds
+    /// its views.
     epoch: u64,
     name: &'static str,
 }
 
 impl DualMapping {
+    /// True in the process that made the mapping (and holds its views).
+    fn in_maker(&self) -> bool {
+        sys::process_epoch() == self.epoch
+    }
+
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
         check_range(offset, len, self.len)?;
-        // A child (of fork() or a raw clone()) has no persistent alias (MADV_DONTFORK), and a
-        // fresh view would write the file the parent shares: either way it may not write.
-        if sys::process_epoch() != self.epoch {
+        // A child (of fork() or a raw clone()) has no view of the file, and a fresh one would
+        // write the file the parent runs: either way it may not write.
+        if !self.in_maker() {
             return Err(Error::Forked { backend: self.name });
         }
         if let Some(alias) = self.alias {
@@ -138,14 +183,17 @@ impl DualMapping {
         let page = sys::page_size();
         let start = offset / page * page;
         let end = (offset + len).next_multiple_of(page);
-        let view = sys::map_shared(&self.fd, None, end - start, start as u64, sys::View::Write)?;
+        let view = sys::map_shared(&self.fd, end - start, start as u64, sys::View::Write)?;
         f(view + (offset - start));
-        sys::unmap(view, end - start)
+        // SAFETY: `view` was mapped above for this write only.
+        unsafe { sys::unmap(view, end - start) }
     }
 }
 
-// SAFETY: the executable view is read+execute for the mapping's life; writes go through the
-// separate writable view, inside the range (checked), and a forked child may not write.
+// SAFETY: in the maker, the executable view is read+execute for the mapping's life; writes go
+// through the separate writable view, inside the range (checked). In a child, nothing is
+// written, reads come from a view of traps (`read_base`), and the range is released only if
+// the child holds it.
 unsafe impl Mapping for DualMapping {
     fn base(&self) -> usize {
         self.base
@@ -157,28 +205,60 @@ unsafe impl Mapping for DualMapping {
         self.name
     }
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+        // SAFETY: `with_alias` checked the range and hands us the alias address of `offset`,
+        // mapped read+write in this process; the caller holds those chunks.
+        self.with_alias(offset, bytes.len(), |at| unsafe {
+            sys::copy_direct(at, bytes)
+        })
     }
     fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();
         self.with_alias(offset, len, |mut at| {
             for p in parts {
-                sys::copy_direct(at, p);
+                // SAFETY: as in `write`; the parts add up to the checked length.
+                unsafe { sys::copy_direct(at, p) };
                 at += p.len();
             }
         })
     }
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
-        self.with_alias(offset, len, |at| sys::fill_traps_direct(at, len))
+        // SAFETY: as in `write`.
+        self.with_alias(offset, len, |at| unsafe { sys::fill_traps_direct(at, len) })
+    }
+    fn read_base(&self) -> usize {
+        if self.in_maker() {
+            return self.base;
+        }
+        inherit::trap_view(self.len).unwrap_or_else(|e| {
+            panic!("cannot map a view of traps to read an inherited dualmap pack: {e}")
+        })
+    }
+    fn owns_range(&self) -> bool {
+        inherit::owner(self.base) != Owner::Lost
     }
 }
 
 impl Drop for DualMapping {
     fn drop(&mut self) {
-        if let Some(alias) = self.alias {
-            let _ = sys::unmap(alias, self.len);
+        if self.in_maker() {
+            if let Some(alias) = self.alias {
+                // SAFETY: the maker's alias, unused from now on. (A child has no alias: the
+                // address may hold the child's own memory, so it is left alone there.)
+                let _ = unsafe { sys::unmap(alias, self.len) };
+            }
         }
-        let released = self.placement.release(self.base, self.len);
+        let released = match inherit::unregister(self.base) {
+            // SAFETY: this process made the view at this placement and nothing refers to it
+            // any more.
+            Owner::Maker => unsafe { self.placement.release(self.base, self.len) },
+            // The child's PROT_NONE claim: unmap it, or keep it as the allocator's reservation.
+            Owner::Claimed => match self.placement {
+                // SAFETY: the claim is this process's own reservation of exactly this range.
+                Placement::Anywhere { .. } => unsafe { sys::unmap(self.base, self.len) },
+                Placement::Fixed { .. } => Ok(()),
+            },
+            Owner::Lost => Ok(()),
+        };
         debug_assert!(released.is_ok(), "releasing a pack failed: {released:?}");
     }
 }

@@ -15,10 +15,12 @@
 #![allow(unsafe_code)] // the backend traits are unsafe to implement; their impls live here
 
 mod dualmap;
+mod inherit;
 mod procmem;
 pub(crate) mod sys;
 
 pub use dualmap::DualMap;
+pub(crate) use inherit::claim_inherited;
 pub use procmem::ProcMem;
 
 use crate::error::{Error, Result};
@@ -55,15 +57,24 @@ pub enum Placement {
 impl Placement {
     /// Returns a range that was mapped with this placement to the state it had before:
     /// unmapped (`Anywhere`) or reserved again (`Fixed`). Backends call this when dropping.
-    pub fn release(self, addr: usize, len: usize) -> Result<()> {
+    ///
+    /// # Safety
+    /// `addr..addr + len` is the range the backend mapped with this placement, it is still
+    /// mapped in this process (not a range a `fork()` child did not inherit), and nothing refers
+    /// to it any more: it is unmapped, or replaced with `MAP_FIXED`.
+    pub unsafe fn release(self, addr: usize, len: usize) -> Result<()> {
         match self {
-            Placement::Anywhere { .. } => sys::unmap(addr, len),
-            Placement::Fixed { .. } => sys::rereserve(addr, len),
+            // SAFETY: the caller owns the range and is done with it.
+            Placement::Anywhere { .. } => unsafe { sys::unmap(addr, len) },
+            // SAFETY: as above; inside the allocator's code-range reservation.
+            Placement::Fixed { .. } => unsafe { sys::rereserve(addr, len) },
         }
     }
 
     /// Reserves (for `Anywhere`) or names (for `Fixed`) the address range to map at.
     pub(crate) fn reserve(self, len: usize) -> Result<usize> {
+        // In a child: take the ranges it did not inherit before the kernel can hand them out.
+        inherit::claim_inherited();
         match self {
             Placement::Anywhere { align } => sys::reserve_aligned(len, align.max(sys::page_size())),
             Placement::Fixed { addr } => Ok(addr),
@@ -75,12 +86,22 @@ impl Placement {
 ///
 /// # Safety
 /// Implementers promise that for as long as the value lives:
-/// - `base()..base() + len()` is mapped readable and executable, and no user-space address
-///   maps any of it writable and executable at once;
+/// - in the process that made it, `base()..base() + len()` is mapped readable and executable,
+///   and no user-space address maps any of it writable and executable at once;
 /// - at creation every byte holds the trap pattern ([`crate::arch::TRAP`]);
 /// - `write` and `fill_traps` change only the bytes they are asked to, and when they return
 ///   `Ok` the bytes are visible at `base() + offset` to reads on every thread;
-/// - dropping it releases the range with the [`Placement`] it was made with.
+/// - `read_base()..read_base() + len()` is readable in every process the value is in (see
+///   below), and holds what `base()` holds where the code is mapped;
+/// - dropping it releases the range with the [`Placement`] it was made with, and only if
+///   `owns_range()`.
+///
+/// After `fork()` (or a raw `clone()`) the child holds a copy of the value. A mapping whose
+/// memory the child inherits privately (copy-on-write, like `procmem`'s) needs nothing more.
+/// A mapping whose memory would be shared with the parent must not be inherited (or be made
+/// read-only in the child): in a child it never writes, answers `write`/`fill_traps` with an
+/// error ([`Error::Forked`]), never releases a range the child does not hold
+/// (`owns_range()`), and serves reads from `read_base()` (`dualmap` reads traps there).
 pub unsafe trait Mapping: Send + Sync + fmt::Debug {
     /// Address of the first byte.
     fn base(&self) -> usize;
@@ -119,6 +140,19 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
             backend: self.backend_name(),
             op: "trap fill",
         })
+    }
+    /// Where this process can read the mapping's bytes: `base()` (the default), or, in a child
+    /// process that did not inherit the mapping's memory, a read-only stand-in of the same
+    /// length (`dualmap`: traps).
+    fn read_base(&self) -> usize {
+        self.base()
+    }
+    /// True if this process holds the address range, so releasing it is this mapping's job:
+    /// always in the process that made it (the default); in a `fork()` child that did not
+    /// inherit it, only if the child reserved it again before mapping anything else there.
+    /// The allocator never hands out again a code-range slot whose mapping says false.
+    fn owns_range(&self) -> bool {
+        true
     }
 }
 

@@ -91,6 +91,7 @@ impl DualMap {
         let made = unsafe { sys::map_shared_fixed(fd, at, len, 0, sys::View::Exec) }
             // SAFETY: the view just mapped over our reservation is ours.
             .and_then(|()| unsafe { sys::advise_dontfork(at, len) });
+        let made = made.and_then(|()| dontfork_is_honoured(self.name(), at));
         if let Err(e) = made {
             // SAFETY: the reservation (or slot) named above, ours, and nothing refers to it.
             let _ = unsafe { placement.release(at, len) };
@@ -98,6 +99,34 @@ impl DualMap {
         }
         inherit::register(at, len);
         Ok(at)
+    }
+}
+
+/// Checks once per process that `MADV_DONTFORK` took effect on the view at `addr` (an
+/// emulator may answer success and do nothing: qemu-user 7.2 does). Without it a `fork()`
+/// child would share the code with its parent, so the backend refuses to work.
+fn dontfork_is_honoured(backend: &'static str, addr: usize) -> Result<()> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    static HONOURED: AtomicU8 = AtomicU8::new(UNKNOWN);
+    let known = match HONOURED.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            // Unreadable smaps: trust the system call's answer.
+            let took = sys::advice_took(addr, "dc") != Some(false);
+            HONOURED.store(if took { YES } else { 2 }, Ordering::Relaxed);
+            took
+        }
+        v => v == YES,
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(Error::ProbeFailed {
+            backend,
+            what: "MADV_DONTFORK is accepted but not applied here (an emulator?): a fork() \
+                   child would share the parent's code",
+        })
     }
 }
 

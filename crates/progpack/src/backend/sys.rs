@@ -422,8 +422,9 @@ static EPOCH_PAGE: AtomicUsize = AtomicUsize::new(usize::MAX);
 ///
 /// How: the first call maps one page with `MADV_WIPEONFORK` (Linux 4.14) and stores a random
 /// non-zero epoch in it. A child inherits the mapping zero-filled, so its first call finds 0
-/// and draws a new epoch. If the kernel refuses the advice, the process id (`getpid`, one system
-/// call) is the epoch instead.
+/// and draws a new epoch. If the kernel refuses the advice, or accepts it without recording it
+/// (`/proc/self/smaps` shows no `wf` flag for the page: qemu-user 7.2 does this), the process
+/// id (`getpid`, one system call) is the epoch instead.
 ///
 /// # References
 /// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_WIPEONFORK`
@@ -483,8 +484,10 @@ fn epoch_page() -> usize {
     let page = match mapped {
         // SAFETY: MADV_WIPEONFORK changes only what a child inherits (zero-filled pages).
         Ok(p) => match unsafe { mm::madvise(p, len, mm::Advice::LinuxWipeOnFork) } {
-            Ok(()) => p as usize,
-            Err(_) => {
+            // An emulator may answer success and do nothing (qemu-user 7.2 does): believe the
+            // advice only if the kernel's own record of the mapping shows it.
+            Ok(()) if advice_took(p as usize, "wf") != Some(false) => p as usize,
+            _ => {
                 // SAFETY: the page was just mapped here and nothing refers to it.
                 let _ = unsafe { mm::munmap(p, len) };
                 0
@@ -494,6 +497,41 @@ fn epoch_page() -> usize {
     };
     EPOCH_PAGE.store(page, Ordering::Release);
     page
+}
+
+/// Whether the mapping holding `addr` carries the `VmFlags` mnemonic `flag` in
+/// `/proc/self/smaps` (`wf`: `MADV_WIPEONFORK`, `dc`: `MADV_DONTFORK`). `None` if that cannot
+/// be read. Costs a read of the process's `smaps` up to that mapping: for one-time checks.
+///
+/// # References
+/// - [proc_pid_smaps(5)](https://man7.org/linux/man-pages/man5/proc_pid_smaps.5.html)
+pub fn advice_took(addr: usize, flag: &str) -> Option<bool> {
+    use std::io::BufRead;
+    let file = std::fs::File::open("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.ok()?;
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if inside {
+                return Some(flags.split_whitespace().any(|f| f == flag));
+            }
+            continue;
+        }
+        // A mapping's header: `start-end perms ...` (hexadecimal addresses).
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((start, end)) = range {
+            if let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                inside = start <= addr && addr < end;
+            }
+        }
+    }
+    None
 }
 
 /// A random non-zero 64-bit number (the standard library's randomly keyed hasher over the
@@ -572,6 +610,21 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert_eq!(process_epoch(), here, "the parent's epoch never changes");
+    }
+
+    #[test]
+    fn advice_shows_in_smaps() {
+        let len = page_size();
+        let page = reserve_aligned(len, len).unwrap();
+        // SAFETY: reserved above for this test only.
+        unsafe { map_anon_rw_fixed(page, len) }.unwrap();
+        assert_eq!(advice_took(page, "dc"), Some(false));
+        // SAFETY: as above.
+        unsafe { advise_dontfork(page, len) }.unwrap();
+        assert_eq!(advice_took(page, "dc"), Some(true));
+        assert_eq!(advice_took(page, "wf"), Some(false));
+        // SAFETY: as above; nothing refers to it.
+        unsafe { unmap(page, len) }.unwrap();
     }
 
     #[test]

@@ -11,6 +11,45 @@
 //! | [`ProcMem`] | `pwrite` on `/proc/self/mem` (the kernel writes through its own mapping) | none | transparent huge pages (anonymous memory) |
 //! | [`DualMap`] | a `memfd` mapped read+execute, written through a read+write view elsewhere | persistent, or only during each write | only with shmem THP enabled by the administrator |
 //! | [`NotSupported`] | nothing: every call fails | – | – |
+//!
+//! # Security: what each backend leaves open
+//!
+//! No backend ever maps a page writable and executable. What an attacker who already has a
+//! memory-corruption bug in the process could still use:
+//!
+//! - [`ProcMem::new`] (the default) keeps a **read-write descriptor of `/proc/self/mem`** open
+//!   for the life of the backend. That file writes through page protections (the kernel uses
+//!   `FOLL_FORCE`), so a bug that lets the attacker make one `pwrite` (or `pwritev`, `write`
+//!   after `lseek`) system call with chosen arguments, a "syscall gadget", writes anywhere in
+//!   the process: into packs, but also into libc's or the executable's code. Finding the
+//!   descriptor number is easy (`/proc/self/fd`, or trying small numbers).
+//!   [`ProcMem::open_per_write`] ([`BackendChoice::ProcMemPerWrite`](crate::BackendChoice))
+//!   closes that window: the descriptor exists only during progpack's own writes (an `open`
+//!   and a `close` per backend write, about 8 µs here; see BENCHMARKS.md). An attacker who can
+//!   `open` files with chosen arguments can still open `/proc/self/mem` themselves; a seccomp
+//!   filter or `proc_mem.force_override=never` is what stops that, and then `dualmap` is the
+//!   backend that works.
+//! - [`DualMap::persistent`] keeps a **read+write alias** of every pack at an address the
+//!   kernel chose: a write through it changes code. An attacker needs that address (not
+//!   exported by progpack; visible in `/proc/self/maps`). [`DualMap::per_write`] maps the alias
+//!   only during each write.
+//! - Both: the executable pages hold JIT code, whose start inside its chunk is randomized
+//!   ([`Config::randomize`](crate::Config::randomize)) against JIT spraying; free space is
+//!   traps.
+//!
+//! # Across `fork()`
+//!
+//! Neither process ever runs code the other wrote after the fork.
+//! - [`ProcMem`]: packs are private memory, inherited copy-on-write. The child's inherited
+//!   programs keep working unchanged; its writes go through its own `/proc/self/mem`.
+//! - [`DualMap`]: packs are shared memory, so no view is inherited (`MADV_DONTFORK`). In the
+//!   child, inherited programs fault when called (SIGSEGV) and read back as traps; writing or
+//!   freeing into inherited packs is refused ([`Error::Forked`], the chunks are quarantined);
+//!   new packs the child maps work normally. The child never unmaps an address range it did
+//!   not get from progpack.
+//!
+//! A child is recognised by `sys::process_epoch` (a `MADV_WIPEONFORK` page), also when it
+//! was made by a raw `clone()` that runs no `pthread_atfork` handler.
 
 #![allow(unsafe_code)] // the backend traits are unsafe to implement; their impls live here
 

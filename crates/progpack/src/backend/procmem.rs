@@ -16,7 +16,7 @@
 //! lets an attacker make a `pwrite` system call with chosen arguments writes anywhere, libc's
 //! code included, regardless of page protections. [`ProcMem::open_per_write`] keeps no such
 //! descriptor between writes (it opens and closes `/proc/self/mem` around each backend write,
-//! about 2 µs more per write, see BENCHMARKS.md).
+//! about 8 µs more per write here, see BENCHMARKS.md).
 //!
 //! # References
 //! - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
@@ -38,7 +38,16 @@ use std::sync::{Arc, Mutex};
 ///
 /// Some systems forbid these writes (`proc_mem.force_override=never`, some sandboxes):
 /// [`ProcMem::new`] or its probe fails, and [`detect`](super::detect) falls back to
-/// [`DualMap`](super::DualMap). A `fork()` child opens its own `/proc/self/mem`.
+/// [`DualMap`](super::DualMap).
+///
+/// After `fork()` (or a raw `clone()`) the child's packs are its own copy-on-write copies: its
+/// inherited programs keep working unchanged, it opens its own `/proc/self/mem` for its
+/// writes, and neither process ever sees what the other writes after the fork.
+///
+/// [`ProcMem::new`] keeps the read-write descriptor open for the backend's life; anything that
+/// can make this process call `pwrite` with chosen arguments can then write anywhere in it.
+/// [`ProcMem::open_per_write`] keeps none open between writes, at the cost of an `open` and a
+/// `close` per write.
 ///
 /// # References
 /// - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
@@ -104,7 +113,7 @@ impl ProcMem {
     /// backend write (a finalize, a batch segment, a trap fill on free) opens `/proc/self/mem`,
     /// writes, and closes it. An attacker who can make one system call with chosen arguments
     /// then finds no descriptor to `pwrite` through. Costs an `open` + `close` per write (about
-    /// 2 µs here; a [batch](crate::Batch) pays it once per pack). Fails like `new` where the
+    /// 8 µs here; a [batch](crate::Batch) pays it once per pack). Fails like `new` where the
     /// file cannot be opened for writing (it is opened once here to find out).
     pub fn open_per_write() -> Result<Self> {
         drop(sys::open_proc_mem()?);
@@ -226,5 +235,62 @@ impl Drop for ProcMemMapping {
         // is the child's own copy (private memory is inherited copy-on-write).
         let released = unsafe { self.placement.release(self.base, self.len) };
         debug_assert!(released.is_ok(), "releasing a pack failed: {released:?}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Descriptors of this process open on its own `/proc/<pid>/mem`.
+    fn mem_fds() -> usize {
+        let me = format!("/proc/{}/mem", std::process::id());
+        std::fs::read_dir("/proc/self/fd")
+            .expect("list /proc/self/fd")
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == me.as_str())
+            .count()
+    }
+
+    /// Writes through `b`, then reports how many `/proc/self/mem` descriptors are open.
+    fn open_after_writes(b: &ProcMem) -> usize {
+        let page = sys::page_size();
+        let m = b
+            .map(page, Placement::Anywhere { align: page })
+            .expect("map");
+        m.write(64, &[0x90; 64]).expect("write");
+        m.write_parts(128, &[&[0x90; 8], &[0x90; 8]])
+            .expect("write parts");
+        m.fill_traps(64, 128).expect("fill");
+        // SAFETY: the mapping is readable while `m` lives.
+        let back = unsafe { sys::slice(m.base(), page) };
+        assert!(crate::arch::is_all_traps(back), "the writes landed");
+        mem_fds()
+    }
+
+    /// `open_per_write` keeps no descriptor between writes; `new` keeps one. Counted in a
+    /// forked child, which starts with whatever descriptors other tests had open.
+    #[test]
+    fn per_write_mode_keeps_no_descriptor_open() {
+        // SAFETY: the child only uses this module's code and leaves with `_exit`.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let before = mem_fds();
+            let per_write = ProcMem::open_per_write().expect("open_per_write");
+            let during = open_after_writes(&per_write);
+            let kept = ProcMem::new().expect("new");
+            let with_kept = open_after_writes(&kept);
+            let ok = during == before && with_kept == before + 1;
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just made.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "descriptor counts wrong (status {status:#x})"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! some of them, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod seccomp;
 pub mod trap;
 
 use std::io::Read;

@@ -38,16 +38,25 @@ pub(crate) struct Region {
 }
 
 impl Region {
-    /// Maps `len` bytes aligned to `align`, inside `space` when there is a code range.
+    /// Maps `len` bytes aligned to `align`, inside `space` when there is a code range, with at
+    /// least the first `ready` bytes ready (see [`Backend::map_growable`]).
     pub(crate) fn map(
         backend: &dyn Backend,
         space: Option<&Arc<CodeRangeSpace>>,
         len: usize,
         align: usize,
+        ready: usize,
     ) -> Result<Region> {
+        let map = |placement| {
+            if ready < len {
+                backend.map_growable(len, placement, ready)
+            } else {
+                backend.map(len, placement)
+            }
+        };
         match space {
             None => {
-                let mapping = backend.map(len, Placement::Anywhere { align })?;
+                let mapping = map(Placement::Anywhere { align })?;
                 if mapping.base() % align != 0 || mapping.len() < len {
                     return Err(Error::BadConfig(format!(
                         "backend `{}` returned a misaligned or short mapping",
@@ -68,7 +77,7 @@ impl Region {
                     len,
                     lost: false,
                 };
-                let mapping = backend.map(len, Placement::Fixed { addr })?;
+                let mapping = map(Placement::Fixed { addr })?;
                 if mapping.base() != addr || mapping.len() < len {
                     return Err(Error::BadConfig(format!(
                         "backend `{}` ignored the fixed placement at {addr:#x}",
@@ -106,16 +115,19 @@ impl Region {
     /// dropped), or free chunks under the pack lock.
     ///
     /// # Panics
-    /// If the range is outside the region, or (in such a child) the system cannot map the
-    /// read-only stand-in.
+    /// If the range is outside the region's ready part, or (in such a child) the system
+    /// cannot map the read-only stand-in.
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        // Past `ready()` a lazily filled mapping faults (SIGBUS): never read there.
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.len()),
-            "read outside a region"
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.mapping.ready()),
+            "read outside the ready part of a region"
         );
         let base = self.mapping.read_base();
         #[allow(unsafe_code)]
-        // SAFETY: `Mapping` promises read_base..read_base+len stays mapped readable in this
+        // SAFETY: `Mapping` promises read_base..read_base+ready stays mapped readable in this
         // process while it lives, and the slice borrows `self`, which owns the mapping; the
         // range was checked above; the callers' contract (above) rules out concurrent writes
         // to these bytes.

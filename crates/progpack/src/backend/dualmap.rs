@@ -6,6 +6,11 @@
 //! per-write mode the alias exists only during each write (a `mmap` + `munmap` per write,
 //! about 6 µs). Neither view is ever writable and executable.
 //!
+//! Packs are filled lazily: the file starts with only the first part of the pack, written as
+//! traps with `pwrite` (no page faults), and grows by further `pwrite`s of traps as the pack
+//! fills up ([`Mapping::grow`]). Both views span the whole pack from the start; touching them
+//! past the end of the file faults (`SIGBUS`), so nothing there is ever executable.
+//!
 //! Across `fork()`: the file is shared memory, so a view a child inherited would let parent and
 //! child rewrite each other's code. Both views are therefore `MADV_DONTFORK`: a child (of
 //! `fork()` or of a raw `clone()`, which runs no `pthread_atfork` handler) inherits no view at
@@ -26,6 +31,8 @@ use super::inherit::{self, Owner};
 use super::{check_range, sys, Backend, Caps, Mapping, Placement};
 use crate::error::{Error, Result};
 use rustix::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Writes code through a second, writable view of a `memfd`: packs are the `memfd` mapped
 /// read+execute where code runs, and read+write at another address where code is written.
@@ -64,11 +71,15 @@ impl DualMap {
         DualMap { per_write: true }
     }
 
-    /// Makes the writable alias: trap-filled, and unmapped again in per-write mode.
-    fn make_alias(&self, fd: &OwnedFd, len: usize) -> Result<Option<usize>> {
+    /// Makes the writable alias, trap-filled through it first if `fill` (a file the size of the
+    /// whole mapping that `pwrite` could not fill), and unmapped again in per-write mode.
+    fn make_alias(&self, fd: &OwnedFd, len: usize, fill: bool) -> Result<Option<usize>> {
         let alias = sys::map_shared(fd, len, 0, sys::View::Write)?;
-        // SAFETY: the kernel just chose `alias` for this call, read+write; nothing else knows it.
-        unsafe { sys::fill_traps_direct(alias, len) };
+        if fill {
+            // SAFETY: the kernel just chose `alias` for this call, read+write, over a file of
+            // `len` bytes; nothing else knows it.
+            unsafe { sys::fill_traps_direct(alias, len) };
+        }
         // SAFETY: the alias was made above and is ours alone.
         let kept = unsafe { sys::advise_dontfork(alias, len) };
         if self.per_write || kept.is_err() {
@@ -151,10 +162,29 @@ unsafe impl Backend for DualMap {
     }
 
     fn map(&self, len: usize, placement: Placement) -> Result<Box<dyn Mapping>> {
+        self.map_growable(len, placement, len)
+    }
+
+    fn map_growable(
+        &self,
+        len: usize,
+        placement: Placement,
+        ready: usize,
+    ) -> Result<Box<dyn Mapping>> {
         // In a child: take the ranges it did not inherit before the kernel can hand them out.
         inherit::claim_inherited();
-        let fd = sys::memfd("progpack", len)?;
-        let alias = self.make_alias(&fd, len)?;
+        let mut ready = ready.clamp(sys::page_size().min(len), len);
+        // The file holds only what is ready, written as traps (pwrite allocates the pages
+        // without faulting them in one by one); past its end, both views fault. Where pwrite
+        // is not allowed (a seccomp filter), the whole file is filled through the alias
+        // before the executable view exists, and never grows.
+        let fd = sys::memfd("progpack", 0)?;
+        let filled = sys::pwrite_traps(&fd, 0, ready).is_ok();
+        if !filled {
+            ready = len;
+            sys::truncate(&fd, len)?;
+        }
+        let alias = self.make_alias(&fd, len, !filled)?;
         let base = match self.make_exec_view(&fd, len, placement) {
             Ok(b) => b,
             Err(e) => {
@@ -168,6 +198,8 @@ unsafe impl Backend for DualMap {
         Ok(Box::new(DualMapping {
             base,
             len,
+            ready: AtomicUsize::new(ready),
+            growing: Mutex::new(()),
             placement,
             fd,
             alias,
@@ -181,6 +213,10 @@ unsafe impl Backend for DualMap {
 struct DualMapping {
     base: usize,
     len: usize,
+    /// Bytes of the file (trap-filled, mapped): the rest of both views faults.
+    ready: AtomicUsize,
+    /// Serializes growth: a stale grow must never write traps over ready (live) bytes.
+    growing: Mutex<()>,
     placement: Placement,
     fd: OwnedFd,
     /// The persistent alias, in the process that made it (a child has none).
@@ -199,7 +235,7 @@ impl DualMapping {
 
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
-        check_range(offset, len, self.len)?;
+        check_range(offset, len, self.ready.load(Ordering::Acquire))?;
         // A child (of fork() or a raw clone()) has no view of the file, and a fresh one would
         // write the file the parent runs: either way it may not write.
         if !self.in_maker() {
@@ -239,6 +275,24 @@ unsafe impl Mapping for DualMapping {
         self.with_alias(offset, bytes.len(), |at| unsafe {
             sys::copy_direct(at, bytes)
         })
+    }
+    fn ready(&self) -> usize {
+        self.ready.load(Ordering::Acquire)
+    }
+    fn grow(&self, ready: usize) -> Result<()> {
+        let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.ready.load(Ordering::Acquire);
+        if ready <= now {
+            return Ok(());
+        }
+        check_range(0, ready, self.len)?;
+        // The file is shared with any child: only its maker grows it.
+        if !self.in_maker() {
+            return Err(Error::Forked { backend: self.name });
+        }
+        sys::pwrite_traps(&self.fd, now as u64, ready - now)?;
+        self.ready.store(ready, Ordering::Release);
+        Ok(())
     }
     fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();

@@ -223,21 +223,28 @@ impl Gate {
         }
     }
 
-    /// In the child: blocks until the parent opens the gate. False if the parent went away.
+    /// In the child: blocks until the parent opens the gate. False if the parent did not
+    /// within [`CHILD_DEADLINE`] (the child holds the write end too, so a parent that died
+    /// would otherwise leave it waiting forever).
     pub fn wait(&self) -> bool {
         use std::os::fd::AsRawFd;
-        let mut b = 0u8;
-        loop {
+        let start = Instant::now();
+        while start.elapsed() < CHILD_DEADLINE {
+            let mut pfd = libc::pollfd {
+                fd: self.read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one descriptor this value owns, through a valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 1000) } <= 0 {
+                continue; // timeout or EINTR: look at the clock again
+            }
+            let mut b = 0u8;
             // SAFETY: reads one byte into a local from a descriptor this value owns.
             let n = unsafe { libc::read(self.read.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
-            if n == 1 {
-                return true;
-            }
-            if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            return false;
+            return n == 1;
         }
+        false
     }
 
     /// In the parent: lets the child go on.

@@ -255,6 +255,29 @@ impl DualMapping {
     }
 }
 
+impl DualMapping {
+    /// A write off the common path: per-write alias, out of range, or in a child process.
+    #[cold]
+    fn write_slow(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        // SAFETY: `with_alias` checked the range and hands us the alias address of `offset`,
+        // mapped read+write in this (the maker) process; the caller holds those chunks.
+        self.with_alias(offset, bytes.len(), |at| unsafe {
+            sys::copy_direct(at, bytes)
+        })
+    }
+
+    /// The persistent alias address of `offset..offset + len` when it may be written with
+    /// plain stores right now: there is one, the range is ready, and this is the maker process.
+    #[inline]
+    fn fast_alias(&self, offset: usize, len: usize) -> Option<usize> {
+        let alias = self.alias?;
+        let in_range = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
+        (in_range && sys::is_process_epoch(self.epoch)).then_some(alias + offset)
+    }
+}
+
 // SAFETY: in the maker, the executable view is read+execute for the mapping's life; writes go
 // through the separate writable view, inside the range (checked). In a child, nothing is
 // written, reads come from a view of traps (`read_base`), and the range is released only if
@@ -269,15 +292,22 @@ unsafe impl Mapping for DualMapping {
     fn backend_name(&self) -> &'static str {
         self.name
     }
+    #[inline]
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        // SAFETY: `with_alias` checked the range and hands us the alias address of `offset`,
-        // mapped read+write in this process; the caller holds those chunks.
-        self.with_alias(offset, bytes.len(), |at| unsafe {
-            sys::copy_direct(at, bytes)
-        })
+        // The common case, kept small: a persistent alias, in range, in the maker process.
+        if let Some(at) = self.fast_alias(offset, bytes.len()) {
+            // SAFETY: `fast_alias` checked the range against the ready part and that this is
+            // the maker, whose alias is mapped read+write; the caller holds those chunks.
+            unsafe { sys::copy_direct(at, bytes) };
+            return Ok(());
+        }
+        self.write_slow(offset, bytes)
     }
     fn ready(&self) -> usize {
         self.ready.load(Ordering::Acquire)
+    }
+    fn writable_alias(&self) -> Option<(usize, u64)> {
+        self.alias.map(|a| (a, self.epoch))
     }
     fn grow(&self, ready: usize) -> Result<()> {
         let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
@@ -304,8 +334,15 @@ unsafe impl Mapping for DualMapping {
             }
         })
     }
+    #[inline]
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
-        // SAFETY: as in `write`.
+        // The common case, as in `write`.
+        if let Some(at) = self.fast_alias(offset, len) {
+            // SAFETY: as in `write`.
+            unsafe { sys::fill_traps_direct(at, len) };
+            return Ok(());
+        }
+        // SAFETY: as in `write_slow`.
         self.with_alias(offset, len, |at| unsafe { sys::fill_traps_direct(at, len) })
     }
     fn read_base(&self) -> usize {

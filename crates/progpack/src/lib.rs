@@ -25,6 +25,7 @@
 //! |---|---|---|---|---|
 //! | [`BackendChoice::Detect`] (default) | almost always: probes `procmem`, then `dualmap` | – | – | – |
 //! | [`BackendChoice::ProcMem`] | Linux with `/proc/self/mem` writes allowed (the usual case) | one `pwrite` (about 1 µs): batch many programs per write | yes (THP, `madvise` mode is enough) | none |
+//! | [`BackendChoice::ProcMemPerWrite`] | as `ProcMem`, keeping no writable `/proc/self/mem` descriptor open between writes | `open` + `pwrite` + `close` (about 8 µs more): batch many programs per write | yes | none |
 //! | [`BackendChoice::DualMap`] | `/proc/self/mem` forbidden (`proc_mem.force_override=never`, some sandboxes) and loads are frequent | a `memcpy` (nanoseconds) | only with shmem THP enabled | yes, at an address the kernel chose, while the pack lives |
 //! | [`BackendChoice::DualMapPerWrite`] | `/proc/self/mem` forbidden and you want no lasting alias | `mmap` + `munmap` (about 6 µs) | only with shmem THP enabled | only during a write |
 //! | [`BackendChoice::Custom`] | other platforms (e.g. `MAP_JIT` on Apple silicon), tests | yours | yours | yours |
@@ -34,6 +35,12 @@
 //! backs with huge pages. The trait's defaults answer [`Error::Unsupported`], like the kernel's
 //! weak `bpf_arch_text_copy`: a platform without a real backend fails loudly, never falls back
 //! to writable+executable memory.
+//!
+//! ## Security and `fork()`
+//! What each backend still leaves open to an attacker who has a memory-corruption bug (the
+//! `/proc/self/mem` descriptor `procmem` keeps open, `dualmap`'s writable alias), the setting
+//! that closes the first ([`BackendChoice::ProcMemPerWrite`]), and what a `fork()` child can do
+//! with inherited programs per backend: see [`backend`](backend#security-what-each-backend-leaves-open).
 //!
 //! ## What `exec_addr()` means for a code generator
 //! A [`Draft`] is a writable heap buffer that is never executable, plus chunks reserved in a

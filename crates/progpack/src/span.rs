@@ -498,3 +498,35 @@ impl Drop for Span {
         pack.free_span(first, chunks, self.len, program);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendChoice, Config};
+
+    /// On an architecture whose instructions are 4 bytes (aarch64), a random image offset is a
+    /// multiple of 4 even when the caller asks for alignment 1: checked here on any
+    /// architecture by giving the allocator that instruction size.
+    #[test]
+    fn offsets_respect_the_instruction_size() {
+        let config = Config::default()
+            .min_slack(16)
+            .backend(BackendChoice::Custom(Arc::new(
+                crate::backend::NotSupported,
+            )));
+        let mut shared = Shared::new(config).expect("no mapping needed");
+        Arc::get_mut(&mut shared).expect("only handle").entry_align = 4;
+        let mut st = LocalState::new(0x1234_5678_9abc_def1, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for len in [1, 2, 3, 5, 33, 47] {
+            for _ in 0..500 {
+                let span = (len + 16usize).next_multiple_of(64);
+                let off = image_offset(&shared, &mut st, span, len, 1);
+                assert_eq!(off % 4, 0, "offset {off} for {len} bytes");
+                assert!(off + len <= span);
+                seen.insert(off);
+            }
+        }
+        assert!(seen.len() > 4, "{seen:?}");
+    }
+}

@@ -225,19 +225,25 @@ impl JitProgram {
 }
 
 /// A process-wide allocator for JIT code whose packs lie within rel32 reach of this binary
-/// (so helpers defined in it are reached with `call rel32`), created on first use. For
-/// callers without an allocator of their own (the conformance engine, the plugin).
+/// (so helpers defined in it are reached with `call rel32`), created on first use, with the
+/// kernel's 16 bytes of minimum slack for a random start of every program
+/// (`Config::min_slack(16)`). For callers without an allocator of their own (the conformance
+/// engine, the plugin); an allocator given to `Vm::enable_jit` keeps its own settings.
 pub fn shared_allocator() -> Result<Allocator, JitError> {
     static SHARED: Mutex<Option<Allocator>> = Mutex::new(None);
     let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(a) = g.as_ref() {
         return Ok(a.clone());
     }
-    let near = Allocator::new(Config::default().code_range(CodeRange::near_this_binary()));
+    // The kernel's 16 bytes of slack: every program starts at a random offset of at least
+    // 0..=16 bytes, as in the kernel's BPF JIT (eBPF programs may come from users this process
+    // does not trust; see progpack's notes on JIT spraying).
+    let config = Config::default().min_slack(16);
+    let near = Allocator::new(config.clone().code_range(CodeRange::near_this_binary()));
     // Without room near the binary, an allocator anywhere (helpers via absolute calls).
     let a = match near {
         Ok(a) => a,
-        Err(_) => Allocator::new(Config::default())?,
+        Err(_) => Allocator::new(config)?,
     };
     *g = Some(a.clone());
     Ok(a)

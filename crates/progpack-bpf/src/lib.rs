@@ -176,16 +176,28 @@ impl BpfProgram {
     /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
     /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
     /// [`jit_compile`](Self::jit_compile).
+    #[inline]
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
-        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
-        Ok(jit.run_limited(mem, self.options.instruction_limit)?)
+        match &self.jit {
+            Some(j) => match j.run_limited(mem, self.options.instruction_limit) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(Error::Run(e)),
+            },
+            None => Err(jit::JitError::NotCompiled.into()),
+        }
     }
 
     /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
     /// when the JIT code counts instructions, see [`JitOptions`]).
+    #[inline]
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
-        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
-        Ok(jit.run_limited(mem, options.instruction_limit)?)
+        match &self.jit {
+            Some(j) => match j.run_limited(mem, options.instruction_limit) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(Error::Run(e)),
+            },
+            None => Err(jit::JitError::NotCompiled.into()),
+        }
     }
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).

@@ -144,7 +144,13 @@ impl Engine {
         };
         let alloc = progpack::Allocator::new(progpack::Config::default())
             .map_err(|e| format!("allocator: {e}"))?;
-        vm.enable_jit(alloc, JitOptions { count_instructions });
+        vm.enable_jit(
+            alloc,
+            JitOptions {
+                count_instructions,
+                ..Default::default()
+            },
+        );
         Ok(vm)
     }
 }
@@ -201,6 +207,7 @@ fn load_all<'a>(
             let opts = progpack_bpf::jit::CompileOptions {
                 rel_calls: false,
                 budget: true,
+                blind_constants: false,
             };
             let mut compiled = Vec::with_capacity(progs.len());
             let start = Instant::now();

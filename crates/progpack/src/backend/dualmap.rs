@@ -104,8 +104,7 @@ unsafe impl Backend for DualMap {
             placement,
             fd,
             alias: kept_alias,
-            generation: sys::process_generation(),
-            owner: sys::process_identity(),
+            epoch: sys::process_epoch(),
             name: self.name(),
         }))
     }
@@ -118,9 +117,8 @@ struct DualMapping {
     placement: Placement,
     fd: OwnedFd,
     alias: Option<usize>,
-    generation: u64,
-    /// [`sys::process_identity`] at creation.
-    owner: u64,
+    /// [`sys::process_epoch`] at creation: a child process may not write.
+    epoch: u64,
     name: &'static str,
 }
 
@@ -128,15 +126,9 @@ impl DualMapping {
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
         check_range(offset, len, self.len)?;
-        let forked = match self.alias {
-            // MADV_DONTFORK: no child has the persistent alias, however it was made; a child of
-            // fork() is refused here, a child of a raw clone() faults on the missing alias.
-            Some(_) => sys::process_generation() != self.generation,
-            // A fresh view would write the file the parent shares: check the process id too,
-            // since a raw clone() runs no pthread_atfork handler.
-            None => sys::process_identity() != self.owner,
-        };
-        if forked {
+        // A child (of fork() or a raw clone()) has no persistent alias (MADV_DONTFORK), and a
+        // fresh view would write the file the parent shares: either way it may not write.
+        if sys::process_epoch() != self.epoch {
             return Err(Error::Forked { backend: self.name });
         }
         if let Some(alias) = self.alias {
@@ -166,6 +158,15 @@ unsafe impl Mapping for DualMapping {
     }
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
         self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+    }
+    fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        self.with_alias(offset, len, |mut at| {
+            for p in parts {
+                sys::copy_direct(at, p);
+                at += p.len();
+            }
+        })
     }
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         self.with_alias(offset, len, |at| sys::fill_traps_direct(at, len))

@@ -102,6 +102,16 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
             op: "text copy",
         })
     }
+    /// Copies the concatenation of `parts` to `base() + offset` in one operation where the
+    /// backend can (one `pwritev` for `procmem`). The default writes each part in turn.
+    fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        let mut at = offset;
+        for p in parts {
+            self.write(at, p)?;
+            at += p.len();
+        }
+        Ok(())
+    }
     /// Fills `base() + offset .. + len` with traps (the kernel's `text_poke_set`).
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         let _ = (offset, len);

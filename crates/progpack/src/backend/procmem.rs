@@ -7,8 +7,8 @@
 //! address is ever writable and executable, and no writable alias exists.
 //!
 //! After `fork()` the inherited descriptor would still name the parent's memory, so the child
-//! opens its own (see [`sys::process_identity`]: the process id is checked too, so a child made
-//! by a raw `clone` system call, which runs no `pthread_atfork` handler, is caught as well).
+//! opens its own (see [`sys::process_epoch`], which also changes in a child made by a raw
+//! `clone` system call, and costs no system call per write).
 //!
 //! # References
 //! - [proc_pid_mem(5)](https://man7.org/linux/man-pages/man5/proc_pid_mem.5.html)
@@ -44,15 +44,16 @@ pub struct ProcMem {
 #[derive(Debug)]
 struct ProcMemFile {
     fd: OwnedFd,
-    generation: u64,
-    /// The descriptor a `fork()` child opened for itself, with the generation it belongs to.
+    /// [`sys::process_epoch`] of the process that opened `fd`.
+    epoch: u64,
+    /// The descriptor a child process opened for itself, with the epoch it belongs to.
     child: Mutex<Option<(u64, OwnedFd)>>,
 }
 
 impl ProcMemFile {
     fn with_fd<R>(&self, f: impl FnOnce(rustix::fd::BorrowedFd<'_>) -> Result<R>) -> Result<R> {
-        let now = sys::process_identity();
-        if now == self.generation {
+        let now = sys::process_epoch();
+        if now == self.epoch {
             return f(self.fd.as_fd());
         }
         let mut child = self.child.lock().unwrap_or_else(|p| p.into_inner());
@@ -68,12 +69,12 @@ impl ProcMem {
     /// Opens `/proc/self/mem` for writing. Fails if the system forbids it
     /// (`proc_mem.force_override=never`, some sandboxes); [`super::detect`] then falls back.
     pub fn new() -> Result<Self> {
-        let generation = sys::process_identity();
+        let epoch = sys::process_epoch();
         let fd = sys::open_proc_mem()?;
         Ok(ProcMem {
             file: Arc::new(ProcMemFile {
                 fd,
-                generation,
+                epoch,
                 child: Mutex::new(None),
             }),
             huge_pages: sys::thp_for_madvised_anon(),
@@ -152,6 +153,12 @@ unsafe impl Mapping for ProcMemMapping {
         check_range(offset, bytes.len(), self.len)?;
         self.file
             .with_fd(|fd| sys::pwrite_all(fd, bytes, (self.base + offset) as u64))
+    }
+    fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
+        let len = parts.iter().map(|p| p.len()).sum();
+        check_range(offset, len, self.len)?;
+        self.file
+            .with_fd(|fd| sys::pwritev_all(fd, parts, (self.base + offset) as u64))
     }
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         check_range(offset, len, self.len)?;

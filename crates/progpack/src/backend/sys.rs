@@ -13,8 +13,7 @@ use crate::error::{Error, Result};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// The system page size.
 pub fn page_size() -> usize {
@@ -252,7 +251,7 @@ pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64) -> Result<()> {
 }
 
 /// Writes `len` bytes of the trap pattern at `offset` of `fd`, with as few `pwritev` calls as
-/// possible (every iovec points at one static buffer of traps).
+/// possible (every iovec points at one static buffer of traps; no allocation).
 pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
     const BUF: usize = 64 * 1024;
     const IOVS: usize = 32;
@@ -267,14 +266,15 @@ pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
         // Offsets are chunk-aligned, so the pattern's phase is the progress so far; BUF is a
         // multiple of the pattern length, so every iovec of one call starts at the same phase.
         let phase = done % crate::arch::TRAP.len();
-        let mut iov = Vec::with_capacity(IOVS);
-        let mut batch = 0;
-        while iov.len() < IOVS && done + batch < len {
+        let mut iov = [std::io::IoSlice::new(&[]); IOVS];
+        let (mut used, mut batch) = (0, 0);
+        while used < IOVS && done + batch < len {
             let take = BUF.min(len - done - batch);
-            iov.push(std::io::IoSlice::new(&traps[phase..phase + take]));
+            iov[used] = std::io::IoSlice::new(&traps[phase..phase + take]);
+            used += 1;
             batch += take;
         }
-        match rustix::io::pwritev(&fd, &iov, offset + done as u64) {
+        match rustix::io::pwritev(&fd, &iov[..used], offset + done as u64) {
             Ok(0) => {
                 return Err(Error::ShortWrite {
                     wanted: len,
@@ -289,45 +289,164 @@ pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
     Ok(())
 }
 
-static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
-
-extern "C" fn after_fork_in_child() {
-    // Only an atomic increment: async-signal-safe, as a fork handler must be.
-    FORK_GENERATION.fetch_add(1, Ordering::SeqCst);
+/// Writes the concatenation of `parts` at file offset `offset` of `fd` with `pwritev`, as few
+/// calls as the kernel allows (at most `IOV_MAX` = 1024 iovecs per call), retrying short writes;
+/// [`Error::ShortWrite`] if the file stops accepting bytes.
+pub fn pwritev_all(fd: impl AsFd, parts: &[&[u8]], offset: u64) -> Result<()> {
+    const IOVS: usize = 64;
+    let wanted: usize = parts.iter().map(|p| p.len()).sum();
+    let (mut part, mut within, mut done) = (0usize, 0usize, 0usize);
+    while done < wanted {
+        // Skip parts already written (and empty ones).
+        while parts[part].len() == within {
+            part += 1;
+            within = 0;
+        }
+        let mut iov = [std::io::IoSlice::new(&[]); IOVS];
+        let mut used = 0;
+        let mut k = part;
+        while used < IOVS && k < parts.len() {
+            let from = if k == part { within } else { 0 };
+            if from < parts[k].len() {
+                iov[used] = std::io::IoSlice::new(&parts[k][from..]);
+                used += 1;
+            }
+            k += 1;
+        }
+        match rustix::io::pwritev(&fd, &iov[..used], offset + done as u64) {
+            Ok(0) => {
+                return Err(Error::ShortWrite {
+                    wanted,
+                    written: done,
+                })
+            }
+            Ok(mut n) => {
+                done += n;
+                // Advance (part, within) by n bytes.
+                while n > 0 {
+                    let left = parts[part].len() - within;
+                    if n < left {
+                        within += n;
+                        n = 0;
+                    } else {
+                        n -= left;
+                        part += 1;
+                        within = 0;
+                    }
+                }
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) if done > 0 => {
+                let _ = e;
+                return Err(Error::ShortWrite {
+                    wanted,
+                    written: done,
+                });
+            }
+            Err(e) => return Err(Error::os("pwritev /proc/self/mem", e)),
+        }
+    }
+    Ok(())
 }
 
-/// A number that changes in a `fork()` child: backends remember it at creation and compare
-/// it before every write. The first call registers a `pthread_atfork` child handler that
-/// increments a counter; if registration fails, the process id serves instead (one system call
-/// per check).
+/// The page whose contents say which process we are in: mapped private, anonymous and
+/// `MADV_WIPEONFORK`, so every child (of `fork()`, `vfork()` or a raw `clone()` without
+/// `CLONE_VM`) sees it zero-filled. Holds the current epoch, never 0 in the process that set it.
+/// `usize::MAX` until first use; 0 if the kernel refused `MADV_WIPEONFORK` (then the process id
+/// stands in, at one system call per check).
+static EPOCH_PAGE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// A number that is the same for the whole life of a process and differs in every child it
+/// makes, however the child was made (`fork()`, or a raw `clone` system call that runs no
+/// `pthread_atfork` handler). Costs two loads: no system call.
+///
+/// Backends and the allocator remember it when they create something that must not be shared
+/// with a child (a `/proc/self/mem` descriptor, a writable alias, a thread's run of chunks) and
+/// compare it before using that thing.
+///
+/// How: the first call maps one page with `MADV_WIPEONFORK` (Linux 4.14) and stores a random
+/// non-zero epoch in it. A child inherits the mapping zero-filled, so its first call finds 0
+/// and draws a new epoch. If the kernel refuses the advice, the process id (`getpid`, one system
+/// call) is the epoch instead.
 ///
 /// # References
-/// - [pthread_atfork(3)](https://man7.org/linux/man-pages/man3/pthread_atfork.3.html)
-pub fn process_generation() -> u64 {
-    static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only increments an atomic; it is valid for the whole
-        // life of the process (a static function).
-        let rc = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-        REGISTERED.store(rc == 0, Ordering::SeqCst);
-    });
-    if REGISTERED.load(Ordering::Relaxed) {
-        FORK_GENERATION.load(Ordering::SeqCst)
-    } else {
-        (1 << 32) | u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32)
+/// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_WIPEONFORK`
+pub fn process_epoch() -> u64 {
+    let page = EPOCH_PAGE.load(Ordering::Acquire);
+    if page != 0 && page != usize::MAX {
+        // SAFETY: `page` was mapped read+write by `epoch_page` and is never unmapped; the
+        // epoch is only accessed atomically.
+        let epoch = unsafe { &*(page as *const AtomicU64) }.load(Ordering::Acquire);
+        if epoch != 0 {
+            return epoch;
+        }
+    }
+    process_epoch_slow()
+}
+
+#[cold]
+fn process_epoch_slow() -> u64 {
+    let page = match EPOCH_PAGE.load(Ordering::Acquire) {
+        usize::MAX => epoch_page(),
+        p => p,
+    };
+    if page == 0 {
+        return u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) | (1 << 63);
+    }
+    // SAFETY: as in `process_epoch`.
+    let slot = unsafe { &*(page as *const AtomicU64) };
+    // First call in this process (or in a child, where the page reads zero): draw an epoch.
+    // Two threads may race; the first store wins and both return it.
+    let fresh = fresh_epoch();
+    match slot.compare_exchange(0, fresh, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => fresh,
+        Err(current) => current,
     }
 }
 
-/// [`process_generation`] combined with the process id: also changes in a child made by a raw
-/// `fork`/`clone` system call, which runs no `pthread_atfork` handler. Costs a `getpid` system
-/// call per check.
-///
-/// # References
-/// - [getpid(2)](https://man7.org/linux/man-pages/man2/getpid.2.html)
-pub fn process_identity() -> u64 {
-    let pid = rustix::process::getpid().as_raw_nonzero().get() as u32;
-    process_generation() ^ (u64::from(pid) << 32)
+/// Maps the wipe-on-fork page (once per process; a child inherits the mapping) and publishes
+/// its address, or 0 if the kernel cannot wipe on fork.
+fn epoch_page() -> usize {
+    static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = MAPPING.lock().unwrap_or_else(|p| p.into_inner());
+    let current = EPOCH_PAGE.load(Ordering::Acquire);
+    if current != usize::MAX {
+        return current;
+    }
+    let len = page_size();
+    // SAFETY: a fresh private anonymous mapping at an address the kernel chooses cannot alias
+    // any Rust object; it is never unmapped (one page for the life of the process).
+    let mapped = unsafe {
+        mm::mmap_anonymous(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::PRIVATE,
+        )
+    };
+    let page = match mapped {
+        // SAFETY: MADV_WIPEONFORK changes only what a child inherits (zero-filled pages).
+        Ok(p) => match unsafe { mm::madvise(p, len, mm::Advice::LinuxWipeOnFork) } {
+            Ok(()) => p as usize,
+            Err(_) => {
+                // SAFETY: the page was just mapped here and nothing refers to it.
+                let _ = unsafe { mm::munmap(p, len) };
+                0
+            }
+        },
+        Err(_) => 0,
+    };
+    EPOCH_PAGE.store(page, Ordering::Release);
+    page
+}
+
+/// A random non-zero 64-bit number (the standard library's randomly keyed hasher over the
+/// process id and a counter).
+fn fresh_epoch() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    static DRAWN: AtomicU64 = AtomicU64::new(0);
+    let pid = rustix::process::getpid().as_raw_nonzero().get();
+    RandomState::new().hash_one((pid, DRAWN.fetch_add(1, Ordering::Relaxed))) | 1
 }
 
 /// `madvise(addr, len, MADV_DONTFORK)`: a `fork()` child does not inherit the range.
@@ -357,4 +476,53 @@ pub fn name_anon(addr: usize, len: usize, name: &str) -> Result<()> {
     let region = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
     rustix::process::set_virtual_memory_region_name(region, Some(&name))
         .map_err(|e| Error::os("prctl (PR_SET_VMA_ANON_NAME)", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_is_stable_here_and_new_in_a_child() {
+        let here = process_epoch();
+        assert_ne!(here, 0);
+        assert_eq!(process_epoch(), here);
+        // SAFETY: the child only computes an epoch and exits with `_exit`, touching nothing the
+        // parent's other threads could have left locked except the allocator-free paths used.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let child = process_epoch();
+            let stable = process_epoch() == child;
+            // SAFETY: ends the child without running the parent's destructors.
+            unsafe {
+                libc::_exit(if child != here && child != 0 && stable {
+                    0
+                } else {
+                    1
+                })
+            };
+        }
+        let mut status = 0;
+        // SAFETY: waits for the child just made.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+        assert_eq!(process_epoch(), here, "the parent's epoch never changes");
+    }
+
+    #[test]
+    fn pwritev_all_writes_every_part_in_order() {
+        let fd = memfd("pwritev-test", 1 << 16).unwrap();
+        let parts: Vec<Vec<u8>> = (0..200u32)
+            .map(|i| (0..(i % 7) as u8).map(|b| b ^ i as u8).collect())
+            .collect();
+        let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        pwritev_all(&fd, &refs, 100).unwrap();
+        let want: Vec<u8> = parts.concat();
+        let mut got = vec![0u8; want.len()];
+        rustix::io::pread(&fd, &mut got, 100).unwrap();
+        assert_eq!(got, want);
+        pwritev_all(&fd, &[], 0).unwrap();
+        pwritev_all(&fd, &[&[], &[]], 0).unwrap();
+    }
 }

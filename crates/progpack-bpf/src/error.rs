@@ -70,6 +70,12 @@ pub enum Error {
     /// The JIT could not compile or place the program.
     #[error(transparent)]
     Jit(#[from] crate::jit::JitError),
+    /// A map reference (`lddw` with `src` 1 or 2) could not be resolved.
+    #[error(transparent)]
+    Pseudo(#[from] crate::pseudo::PseudoError),
+    /// An ELF object could not be loaded.
+    #[error(transparent)]
+    Elf(#[from] crate::elf::ElfError),
 }
 
 /// Result with this crate's [`Error`].

@@ -223,6 +223,13 @@ pub const CALL_HELPER: u8 = 0;
 /// `src` value of a `call` to a local (bpf-to-bpf) function; `imm` is the relative slot offset.
 pub const CALL_LOCAL: u8 = 1;
 
+/// `src` value of an `lddw` whose `imm` is a map "fd" (its index in the program's map list),
+/// resolved at load to the map's handle.
+pub const PSEUDO_MAP_FD: u8 = 1;
+/// `src` value of an `lddw` whose `imm` is a map "fd" and whose second slot's `imm` is an offset
+/// into that array map's first value, resolved at load to the value's address.
+pub const PSEUDO_MAP_VALUE: u8 = 2;
+
 /// Number of general registers r0..r10.
 pub const NUM_REGS: usize = 11;
 /// The read-only frame pointer register.

@@ -3,22 +3,27 @@
 //! # Execution model (shared with the JIT: both engines must agree on all of it)
 //!
 //! - Registers start at zero, except r1 = host address of the memory region, r2 = its length
-//!   in bytes, r10 = the top of frame 0.
+//!   in bytes, r10 = the top of frame 0. With no memory at all (length 0), r1 = 0 and r2 = 0
+//!   (as the bpf_conformance plugins pass a null pointer).
 //! - The stack is [`MAX_CALL_DEPTH`] frames of [`STACK_FRAME_SIZE`] bytes, contiguous, frame 0
 //!   at the highest addresses. Frame *d* (call depth *d*, the entry being 0) spans
 //!   `[top - (d+1)*512, top - d*512)`, and r10 in it is `top - d*512`. A frame is zeroed when
 //!   it is entered (frame 0 at start, a callee's frame at each `call local`).
 //! - A load, store or atomic of *n* bytes at address *a* is allowed iff `[a, a+n)` lies inside
-//!   the memory region or inside the live frames `[r10 - 512, top)` (the current frame and its
-//!   callers'). Anything else is [`RunError::OutOfBounds`]; nothing outside those ranges is
-//!   ever read or written. Unaligned accesses are allowed.
+//!   the memory region, inside the live frames `[r10 - 512, top)` (the current frame and its
+//!   callers'), or inside one of the environment's extra regions ([`crate::memory`]: map
+//!   values, ring buffers; a store or atomic needs a writable one). Anything else is
+//!   [`RunError::OutOfBounds`]; nothing outside those ranges is ever read or written.
+//!   Unaligned accesses are allowed. Extra regions are shared between threads: they are
+//!   accessed with atomic operations, and the eBPF atomics on them are atomic.
 //! - `call local` saves r6..r9 and the return slot, enters a new frame (r10 -= 512), and fails
 //!   with [`RunError::CallDepthExceeded`] if that would make more than [`MAX_CALL_DEPTH`]
 //!   frames. `exit` in a callee restores r6..r9 and r10; r0..r5 are not restored.
 //! - Helper calls (`call`, `callx`) pass r1..r5 and set r0; r1..r5 keep their values.
 //!   `callx` calls the helper whose id is the low 32 bits of its register. If the registry
 //!   has an unwind helper ([`Helpers::set_unwind`]) and a call to it returns 0, the program
-//!   ends at once with r0 = 0.
+//!   ends at once with r0 = 0. A context helper that calls [`HelperContext::stop`] ends the
+//!   program when it returns, with r0 = 0 (a pending tail call is the caller's to run).
 //! - Division by zero gives 0 and modulo by zero leaves the dividend (truncated to 32 bits
 //!   for 32-bit operations); signed `MIN / -1` is `MIN` and `MIN % -1` is 0 (RFC 9669).
 //! - Every executed instruction counts against the instruction limit
@@ -29,10 +34,12 @@
 #![allow(unsafe_code)]
 
 use crate::check::Checked;
+use crate::context::{HelperContext, ProgramEnv};
 use crate::decode::{AluOp, AtomicOp, Cond, EndOp, Instr, Src, Width};
 use crate::error::RunError;
 use crate::helpers::Helpers;
 use crate::insn::{MAX_CALL_DEPTH, STACK_FRAME_SIZE};
+use crate::memory::{self, Region};
 
 /// Size of the whole stack (all frames).
 pub const STACK_SIZE: usize = MAX_CALL_DEPTH * STACK_FRAME_SIZE;
@@ -55,58 +62,106 @@ impl Default for RunOptions {
     }
 }
 
-/// The two regions a program may touch, as raw pointers with exposed provenance.
-struct Regions {
+/// The regions a program may touch, as raw pointers with exposed provenance: memory and stack
+/// (exclusive to the run), and the environment's extra regions (shared).
+struct Regions<'e> {
     mem_ptr: *mut u8,
     mem_addr: u64,
     mem_len: u64,
     stack_ptr: *mut u8,
     stack_addr: u64,
+    extra: &'e [Region],
 }
 
-impl Regions {
+impl Regions<'_> {
     /// Pointer to `[addr, addr + n)` if it lies in memory or in the live frames (those at or
-    /// above `r10 - 512`).
+    /// above `r10 - 512`), else the address if it lies in an extra region (allowing a store
+    /// if `write`), as `Err`.
     #[inline]
-    fn translate(&self, addr: u64, n: usize, r10: u64) -> Option<*mut u8> {
+    fn translate(
+        &self,
+        addr: u64,
+        n: usize,
+        r10: u64,
+        write: bool,
+    ) -> Option<Result<*mut u8, u64>> {
         let end = addr.checked_add(n as u64)?;
         if addr >= self.mem_addr && end <= self.mem_addr + self.mem_len {
             // In bounds of the memory slice, by the check above.
-            return Some(self.mem_ptr.wrapping_add((addr - self.mem_addr) as usize));
+            return Some(Ok(self
+                .mem_ptr
+                .wrapping_add((addr - self.mem_addr) as usize)));
         }
         let live_lo = r10 - STACK_FRAME_SIZE as u64;
         let top = self.stack_addr + STACK_SIZE as u64;
         if addr >= live_lo && end <= top {
-            return Some(
-                self.stack_ptr
-                    .wrapping_add((addr - self.stack_addr) as usize),
-            );
+            return Some(Ok(self
+                .stack_ptr
+                .wrapping_add((addr - self.stack_addr) as usize)));
         }
-        None
+        memory::find(self.extra, addr, n as u64, write).map(|_| Err(addr))
     }
 
     #[inline]
     fn load(&self, addr: u64, n: usize, r10: u64, pc: usize) -> Result<u64, RunError> {
-        let p = self
-            .translate(addr, n, r10)
-            .ok_or(RunError::OutOfBounds { addr, len: n, pc })?;
-        let mut b = [0u8; 8];
-        // SAFETY: `translate` returned a pointer to `n <= 8` bytes inside the memory slice or
-        // the live frames of the stack buffer, both exclusively ours for the whole run; live
-        // frames were zeroed on entry, so the bytes are initialised; `b` has 8 bytes.
-        unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n) };
-        Ok(u64::from_le_bytes(b))
+        match self.translate(addr, n, r10, false) {
+            Some(Ok(p)) => {
+                let mut b = [0u8; 8];
+                // SAFETY: `translate` returned a pointer to `n <= 8` bytes inside the memory
+                // slice or the live frames of the stack buffer, both exclusively ours for the
+                // whole run; live frames were zeroed on entry, so the bytes are initialised;
+                // `b` has 8 bytes.
+                unsafe { std::ptr::copy_nonoverlapping(p, b.as_mut_ptr(), n) };
+                Ok(u64::from_le_bytes(b))
+            }
+            // SAFETY: the bytes lie in an extra region, valid and initialised for the run
+            // (`ProgramEnv::add_region`'s contract) and shared: read atomically.
+            Some(Err(a)) => Ok(unsafe { memory::load_shared(shared_ptr(a), n) }),
+            None => Err(RunError::OutOfBounds { addr, len: n, pc }),
+        }
     }
 
     #[inline]
     fn store(&self, addr: u64, n: usize, v: u64, r10: u64, pc: usize) -> Result<(), RunError> {
-        let p = self
-            .translate(addr, n, r10)
-            .ok_or(RunError::OutOfBounds { addr, len: n, pc })?;
-        let b = v.to_le_bytes();
-        // SAFETY: as in `load`: `p` points to `n <= 8` writable bytes of our own buffers.
-        unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, n) };
-        Ok(())
+        match self.translate(addr, n, r10, true) {
+            Some(Ok(p)) => {
+                let b = v.to_le_bytes();
+                // SAFETY: as in `load`: `p` points to `n <= 8` writable bytes of our own
+                // buffers.
+                unsafe { std::ptr::copy_nonoverlapping(b.as_ptr(), p, n) };
+                Ok(())
+            }
+            // SAFETY: as in `load`, for a writable extra region.
+            Some(Err(a)) => unsafe {
+                memory::store_shared(shared_ptr(a), n, v);
+                Ok(())
+            },
+            None => Err(RunError::OutOfBounds { addr, len: n, pc }),
+        }
+    }
+
+    /// Atomically replaces the `n`-byte value at `addr` by `f(old)` (when `Some`); returns
+    /// the old value. Memory and stack are exclusive to the run: a plain read and write.
+    fn atomic(
+        &self,
+        addr: u64,
+        n: usize,
+        r10: u64,
+        pc: usize,
+        f: impl Fn(u64) -> Option<u64>,
+    ) -> Result<u64, RunError> {
+        match self.translate(addr, n, r10, true) {
+            Some(Ok(_)) => {
+                let old = self.load(addr, n, r10, pc)?;
+                if let Some(new) = f(old) {
+                    self.store(addr, n, new, r10, pc)?;
+                }
+                Ok(old)
+            }
+            // SAFETY: as in `store`.
+            Some(Err(a)) => Ok(unsafe { memory::atomic_update(shared_ptr(a), n, f) }),
+            None => Err(RunError::OutOfBounds { addr, len: n, pc }),
+        }
     }
 
     /// Zeroes the frame whose r10 is `r10`.
@@ -118,6 +173,12 @@ impl Regions {
         // uninitialised bytes through a raw pointer is allowed.
         unsafe { std::ptr::write_bytes(self.stack_ptr.add(off), 0, STACK_FRAME_SIZE) };
     }
+}
+
+/// The pointer for an address inside an extra region (whose provenance its owner exposed).
+#[inline]
+fn shared_ptr(addr: u64) -> *mut u8 {
+    std::ptr::with_exposed_provenance_mut(addr as usize)
 }
 
 #[derive(Clone, Copy, Default)]
@@ -243,13 +304,27 @@ fn atomic_rmw(op: AtomicOp, old: u64, src: u64) -> u64 {
     }
 }
 
-/// Runs `prog` over `mem` with the execution model of the module documentation.
+/// Runs `prog` over `mem` with the execution model of the module documentation, with no
+/// maps or host data.
 pub fn run(
     prog: &Checked,
     helpers: &Helpers,
     mem: &mut [u8],
     opts: &RunOptions,
 ) -> Result<u64, RunError> {
+    run_env(prog, helpers, &ProgramEnv::default(), mem, opts, 0).map(|(r0, _)| r0)
+}
+
+/// Runs `prog` over `mem` in environment `env`, as the `tail_calls`-th tail call of its run;
+/// returns r0 and the program a helper asked to tail-call, if any (the caller runs it).
+pub fn run_env(
+    prog: &Checked,
+    helpers: &Helpers,
+    env: &ProgramEnv,
+    mem: &mut [u8],
+    opts: &RunOptions,
+    tail_calls: u32,
+) -> Result<(u64, Option<std::sync::Arc<crate::BpfProgram>>), RunError> {
     // Frames are zeroed when entered and only live frames are reachable, so the rest of the
     // stack is never read before it is written: no need to initialise it all.
     let mut stack = std::mem::MaybeUninit::<[u8; STACK_SIZE]>::uninit();
@@ -262,15 +337,26 @@ pub fn run(
         mem_len: mem.len() as u64,
         stack_ptr,
         stack_addr: stack_ptr.expose_provenance() as u64,
+        extra: &env.regions,
     };
     let top = regions.stack_addr + STACK_SIZE as u64;
     regions.zero_frame(top);
+    let mut hcx = HelperContext::new(
+        regions.mem_addr,
+        regions.mem_len,
+        regions.stack_addr,
+        top,
+        env,
+    );
+    hcx.tail_calls = tail_calls;
 
     let code = &prog.instrs[..];
     let unwind = helpers.unwind();
     let mut r = [0u64; 11];
-    r[1] = regions.mem_addr;
-    r[2] = regions.mem_len;
+    if regions.mem_len != 0 {
+        r[1] = regions.mem_addr;
+        r[2] = regions.mem_len;
+    }
     r[10] = top;
     let mut frames = [Frame::default(); MAX_CALL_DEPTH];
     let mut depth = 0usize;
@@ -372,15 +458,15 @@ pub fn run(
                     Width::W32 => (4, u32::MAX as u64),
                     Width::W64 => (8, u64::MAX),
                 };
-                let old = regions.load(addr, n, r[10], pc)?;
                 let s = r[src as usize] & mask;
                 if op == AtomicOp::CmpXchg {
-                    if old == r[0] & mask {
-                        regions.store(addr, n, s, r[10], pc)?;
-                    }
-                    r[0] = old;
+                    let expected = r[0] & mask;
+                    r[0] =
+                        regions.atomic(addr, n, r[10], pc, |old| (old == expected).then_some(s))?;
                 } else {
-                    regions.store(addr, n, atomic_rmw(op, old, s) & mask, r[10], pc)?;
+                    let old = regions.atomic(addr, n, r[10], pc, |old| {
+                        Some(atomic_rmw(op, old, s) & mask)
+                    })?;
                     if fetch {
                         r[src as usize] = old;
                     }
@@ -406,14 +492,14 @@ pub fn run(
                 }
             }
             Instr::Call { id } => {
-                if call_helper(helpers, unwind, id, &mut r, pc)? {
-                    return Ok(r[0]);
+                if call_helper(helpers, unwind, id, &mut r, &mut hcx, pc)? {
+                    return Ok((r[0], hcx.tail_call.take()));
                 }
             }
             Instr::Callx { reg } => {
                 let id = r[reg as usize] as u32;
-                if call_helper(helpers, unwind, id, &mut r, pc)? {
-                    return Ok(r[0]);
+                if call_helper(helpers, unwind, id, &mut r, &mut hcx, pc)? {
+                    return Ok((r[0], hcx.tail_call.take()));
                 }
             }
             Instr::CallLocal { off } => {
@@ -431,7 +517,7 @@ pub fn run(
             }
             Instr::Exit => {
                 if depth == 0 {
-                    return Ok(r[0]);
+                    return Ok((r[0], None));
                 }
                 depth -= 1;
                 let f = frames[depth];
@@ -444,17 +530,24 @@ pub fn run(
     }
 }
 
-/// Calls helper `id`; returns whether the program must stop (the unwind helper returned 0).
+/// Calls helper `id`; returns whether the program must stop (the unwind helper returned 0,
+/// or a context helper asked to stop).
 #[inline]
 fn call_helper(
     helpers: &Helpers,
     unwind: Option<u32>,
     id: u32,
     r: &mut [u64; 11],
+    hcx: &mut HelperContext<'_>,
     pc: usize,
 ) -> Result<bool, RunError> {
     let f = helpers.get(id).ok_or(RunError::UnknownHelper { id, pc })?;
-    r[0] = f(r[1], r[2], r[3], r[4], r[5]);
+    hcx.frame = r[10];
+    r[0] = f.call([r[1], r[2], r[3], r[4], r[5]], hcx);
+    if hcx.stop != 0 {
+        r[0] = 0;
+        return Ok(true);
+    }
     Ok(unwind == Some(id) && r[0] == 0)
 }
 

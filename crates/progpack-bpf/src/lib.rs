@@ -26,24 +26,38 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+/// This crate's README examples (the VM, the JIT, a clang object), compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct CrateReadmeDoctests;
+
 pub mod asm;
 pub mod check;
 pub mod conformance;
+pub mod context;
 pub mod decode;
+pub mod elf;
 pub mod error;
 pub mod gen;
 pub mod helpers;
 pub mod insn;
 pub mod interp;
 pub mod jit;
+pub mod kernel_helpers;
+pub mod maps;
+pub mod memory;
+pub mod pseudo;
 
 use std::sync::Arc;
 
 pub use check::{CheckError, Checked};
+pub use context::{HelperContext, ProgramEnv};
+pub use elf::{ElfError, Object, ObjectProgram};
 pub use error::{Error, Result, RunError};
-pub use helpers::{HelperFn, Helpers};
+pub use helpers::{ContextHelperFn, Helper, HelperFn, Helpers};
 pub use interp::RunOptions;
 pub use jit::{JitOptions, JitProgram};
+pub use maps::{Map, MapDef, MapError, MapKind, UpdateFlag};
 
 use insn::Insn;
 
@@ -51,6 +65,7 @@ use insn::Insn;
 #[derive(Clone, Debug)]
 pub struct Vm {
     helpers: Arc<Helpers>,
+    env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
 }
@@ -60,6 +75,7 @@ impl Vm {
     pub fn new(helpers: Helpers) -> Self {
         Vm {
             helpers: Arc::new(helpers),
+            env: Arc::new(ProgramEnv::new()),
             options: RunOptions::default(),
             jit: None,
         }
@@ -74,6 +90,17 @@ impl Vm {
     /// The helper registry.
     pub fn helpers(&self) -> &Helpers {
         &self.helpers
+    }
+
+    /// The environment given to programs loaded from now on (host data, trace sink; the
+    /// maps a program references are added to it per program).
+    pub fn env(&self) -> &ProgramEnv {
+        &self.env
+    }
+
+    /// Changes the environment given to programs loaded from now on.
+    pub fn env_mut(&mut self) -> &mut ProgramEnv {
+        Arc::make_mut(&mut self.env)
     }
 
     /// Run settings given to programs loaded from now on.
@@ -95,19 +122,41 @@ impl Vm {
 
     /// Loads a program from raw slots.
     pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
+        self.load_slots_in(slots, Arc::clone(&self.env))
+    }
+
+    /// Loads a program (bytecode) that references `maps`: an `lddw` with `src = 1` and
+    /// `imm = i` loads the handle of `maps[i]`, one with `src = 2` the address of a byte of
+    /// array `maps[i]`'s first value ([`pseudo`]). The program's environment is the VM's
+    /// plus these maps.
+    pub fn load_with_maps(&self, code: &[u8], maps: &[Arc<Map>]) -> Result<BpfProgram> {
+        let mut slots =
+            insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+        pseudo::resolve(&mut slots, maps)?;
+        let mut env = (*self.env).clone();
+        for m in maps {
+            env.add_map(Arc::clone(m));
+        }
+        self.load_slots_in(&slots, Arc::new(env))
+    }
+
+    /// Loads `slots` to run in `env`.
+    pub(crate) fn load_slots_in(&self, slots: &[Insn], env: Arc<ProgramEnv>) -> Result<BpfProgram> {
         let checked = check::check(slots, &self.helpers)?;
         let jit = match &self.jit {
-            Some((alloc, o)) => Some(Arc::new(JitProgram::new(
+            Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
                 alloc,
                 &checked.slots,
                 &self.helpers,
                 *o,
+                !env.regions.is_empty(),
             )?)),
             None => None,
         };
         Ok(BpfProgram {
             checked,
             helpers: Arc::clone(&self.helpers),
+            env,
             options: self.options,
             jit,
         })
@@ -126,7 +175,8 @@ impl Vm {
         let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
-                JitProgram::new_batch(alloc, slots, &self.helpers, *o)
+                let extra = !self.env.regions.is_empty();
+                JitProgram::new_batch_with(alloc, slots, &self.helpers, *o, extra)
                     .map_err(|(_, e)| e)?
                     .into_iter()
                     .map(|j| Some(Arc::new(j)))
@@ -140,6 +190,7 @@ impl Vm {
             .map(|(checked, jit)| BpfProgram {
                 checked,
                 helpers: Arc::clone(&self.helpers),
+                env: Arc::clone(&self.env),
                 options: self.options,
                 jit,
             })
@@ -158,19 +209,29 @@ impl Vm {
 pub struct BpfProgram {
     checked: Checked,
     helpers: Arc<Helpers>,
+    env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<Arc<JitProgram>>,
 }
 
 impl BpfProgram {
-    /// Runs the program in the interpreter over `mem` (r1 = its address, r2 = its length).
+    /// Runs the program in the interpreter over `mem` (r1 = its address, r2 = its length; both
+    /// 0 when `mem` is empty). Tail calls run in the interpreter too.
     pub fn run_interp(&self, mem: &mut [u8]) -> Result<u64, RunError> {
-        interp::run(&self.checked, &self.helpers, mem, &self.options)
+        self.run_interp_with(mem, &self.options)
     }
 
-    /// Like [`run_interp`](Self::run_interp) with other run settings.
+    /// Like [`run_interp`](Self::run_interp) with other run settings (each tail-called program
+    /// gets the whole instruction limit).
     pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
-        interp::run(&self.checked, &self.helpers, mem, options)
+        let (mut r0, mut next) =
+            interp::run_env(&self.checked, &self.helpers, &self.env, mem, options, 0)?;
+        let mut n = 0;
+        while let Some(p) = next {
+            n += 1;
+            (r0, next) = interp::run_env(&p.checked, &p.helpers, &p.env, mem, options, n)?;
+        }
+        Ok(r0)
     }
 
     /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
@@ -178,31 +239,51 @@ impl BpfProgram {
     /// [`jit_compile`](Self::jit_compile).
     #[inline]
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
-        match &self.jit {
-            Some(j) => match j.run_limited(mem, self.options.instruction_limit) {
-                Ok(v) => Ok(v),
-                Err(e) => Err(Error::Run(e)),
-            },
-            None => Err(jit::JitError::NotCompiled.into()),
-        }
+        self.run_jit_with(mem, &self.options)
     }
 
     /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
     /// when the JIT code counts instructions, see [`JitOptions`]).
     #[inline]
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
+        let limit = options.instruction_limit;
         match &self.jit {
-            Some(j) => match j.run_limited(mem, options.instruction_limit) {
+            // No environment to build and no tail call possible: one call of the code.
+            Some(j) if !j.needs_env() => match j.run_limited(mem, limit) {
                 Ok(v) => Ok(v),
                 Err(e) => Err(Error::Run(e)),
             },
-            None => Err(jit::JitError::NotCompiled.into()),
+            _ => self.run_jit_in_env(mem, limit),
         }
+    }
+
+    /// A JIT run with the program's environment, and the tail calls it makes.
+    #[inline(never)]
+    fn run_jit_in_env(&self, mem: &mut [u8], limit: u64) -> Result<u64> {
+        let (mut r0, mut next) = self.run_jit_once(mem, limit, 0)?;
+        let mut n = 0;
+        while let Some(p) = next {
+            n += 1;
+            (r0, next) = p.run_jit_once(mem, limit, n)?;
+        }
+        Ok(r0)
+    }
+
+    fn run_jit_once(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
+        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        jit.run_env(mem, limit, &self.env, tail_calls)
+            .map_err(|f| jit::fault_to_run_error(f, limit).into())
+    }
+
+    /// The program's environment (maps' regions, host data).
+    pub fn env(&self) -> &ProgramEnv {
+        &self.env
     }
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
-        let j = JitProgram::new(alloc, &self.checked.slots, &self.helpers, options)?;
+        let extra = !self.env.regions.is_empty();
+        let j = JitProgram::new_with(alloc, &self.checked.slots, &self.helpers, options, extra)?;
         self.jit = Some(Arc::new(j));
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! - `progpack conformance`: run bpf_conformance `.data` files on the eBPF VM.
 //! - `progpack bench`: progpack side by side with the alternatives.
 //! - `progpack map`: a picture of the packs of a workload.
+//! - `progpack bpf`: load eBPF ELF objects from clang, run their programs, list their maps.
 //! - `progpack stress`: a mixed multi-threaded load with W^X watched, results and leaks checked.
 #![deny(unsafe_code)]
 
@@ -13,6 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bpf;
 mod conformance;
 mod demo;
 mod stress;
@@ -39,6 +41,8 @@ enum Command {
     /// Mixed load from many threads while a watcher scans for W+X mappings; non-zero exit on
     /// any W^X violation, wrong result or leaked mapping (see RELIABILITY.md).
     Stress(stress::StressArgs),
+    /// Load an eBPF ELF object (clang -target bpf): run a program, list its maps.
+    Bpf(bpf::BpfArgs),
 }
 
 /// Prints an error with its causes and turns it into a failing exit status.
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
         Command::Conformance(args) => conformance::run(&args),
         Command::Bench(args) => report(bench::run(args)),
         Command::Map(args) => report(progpack_cli::map::run(&args)),
+        Command::Bpf(args) => report(bpf::run(args)),
         Command::Stress(args) => stress::run(args).unwrap_or_else(|e| {
             eprintln!("progpack: {e:#}");
             ExitCode::FAILURE

@@ -45,6 +45,7 @@ mod emit;
 mod program;
 mod x86;
 
+pub(crate) use program::fault_to_run_error;
 pub use program::{shared_allocator, JitOptions, JitProgram};
 
 use x86::AbsCallSite;
@@ -173,12 +174,18 @@ impl Default for CompileOptions {
     }
 }
 
+/// Whether code may access extra regions ([`crate::memory`]): true for programs whose
+/// environment has maps. Code compiled without may only run with an environment without
+/// extra regions.
+pub(crate) type ExtraRegions = bool;
+
 impl CompileOptions {
-    pub(crate) fn emit_options(self) -> emit::Options {
+    pub(crate) fn emit_options(self, extra_regions: ExtraRegions) -> emit::Options {
         emit::Options {
             budget: self.budget,
             rel_calls: self.rel_calls,
             blind: self.blind_constants.then(blinding_key),
+            extra_regions,
         }
     }
 }
@@ -201,11 +208,23 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
-    emit::translate(insns, helpers, opts.emit_options(), |out| JitCode {
-        code: out.code.to_vec(),
-        calls: out.calls.to_vec(),
-        pc_offsets: out.pc_offsets.to_vec(),
-        needs: out.needs,
+    compile_with(insns, helpers, opts, false)
+}
+
+/// [`compile`] for an environment with or without extra regions.
+pub(crate) fn compile_with(
+    insns: &[Insn],
+    helpers: &Helpers,
+    opts: CompileOptions,
+    extra_regions: ExtraRegions,
+) -> Result<JitCode, JitError> {
+    emit::translate(insns, helpers, opts.emit_options(extra_regions), |out| {
+        JitCode {
+            code: out.code.to_vec(),
+            calls: out.calls.to_vec(),
+            pc_offsets: out.pc_offsets.to_vec(),
+            needs: out.needs,
+        }
     })
 }
 
@@ -355,6 +374,10 @@ impl Fault {
     }
 }
 
+/// What a run returns besides faults: r0 and the program a helper asked to tail-call (the
+/// caller runs it).
+pub type Outcome = (u64, Option<std::sync::Arc<crate::BpfProgram>>);
+
 /// What JIT code returns: r0 (or the fault detail) in rax, the fault word (0: none) in rdx.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -364,8 +387,10 @@ pub(crate) struct Ret {
 }
 
 /// The JIT code's entry point: `(r1, r2, budget, stack top, environment) -> Ret` (see the
-/// `emit` module for the convention).
-pub(crate) type EntryFn = extern "C" fn(u64, u64, u64, u64, *mut u8) -> Ret;
+/// `emit` module for the convention). The environment is the run's `HelperContext` for code
+/// that reads it ([`JitProgram`] knows), else null.
+pub(crate) type EntryFn =
+    extern "C" fn(u64, u64, u64, u64, *mut crate::context::HelperContext<'static>) -> Ret;
 
 impl Ret {
     /// The run's result.

@@ -17,7 +17,10 @@ use std::sync::Mutex;
 use progpack::{Allocator, CodeRange, Config, Program};
 
 use super::emit::{self, Output, RunNeeds, STACK_SIZE};
-use super::{link, reaches, CompileOptions, EntryFn, Fault, JitCode, JitError};
+use super::{
+    link, reaches, CompileOptions, EntryFn, ExtraRegions, Fault, JitCode, JitError, Outcome,
+};
+use crate::context::{HelperContext, ProgramEnv};
 use crate::error::RunError;
 use crate::helpers::Helpers;
 use crate::insn::{Insn, STACK_FRAME_SIZE};
@@ -55,6 +58,8 @@ pub struct JitProgram {
     entry: EntryFn,
     needs: RunNeeds,
     counted: bool,
+    /// Compiled to check extra regions (see [`ExtraRegions`]).
+    extra: ExtraRegions,
     prog: Program,
 }
 
@@ -66,6 +71,17 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<JitProgram, JitError> {
+        Self::new_with(alloc, slots, helpers, options, false)
+    }
+
+    /// [`new`](Self::new) for an environment with or without extra regions.
+    pub(crate) fn new_with(
+        alloc: &Allocator,
+        slots: &[Insn],
+        helpers: &Helpers,
+        options: JitOptions,
+        extra: ExtraRegions,
+    ) -> Result<JitProgram, JitError> {
         if !super::available() {
             return Err(JitError::unsupported_arch());
         }
@@ -74,16 +90,16 @@ impl JitProgram {
             budget: options.count_instructions,
             blind_constants: options.blind_constants,
         };
-        let placed = emit::translate(slots, helpers, opts.emit_options(), |out| {
-            place(alloc, out, true, options.count_instructions)
+        let placed = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+            place(alloc, out, true, options.count_instructions, extra)
         })??;
         if let Some(p) = placed {
             return Ok(p);
         }
         // The range did not keep its promise (or there is none): absolute calls.
         opts.rel_calls = false;
-        emit::translate(slots, helpers, opts.emit_options(), |out| {
-            place(alloc, out, false, options.count_instructions)
+        emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+            place(alloc, out, false, options.count_instructions, extra)
         })??
         .ok_or(JitError::Internal("absolute calls need no link"))
     }
@@ -99,6 +115,17 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
+        Self::new_batch_with(alloc, programs, helpers, options, false)
+    }
+
+    /// [`new_batch`](Self::new_batch) for an environment with or without extra regions.
+    pub(crate) fn new_batch_with<'s>(
+        alloc: &Allocator,
+        programs: impl IntoIterator<Item = &'s [Insn]>,
+        helpers: &Helpers,
+        options: JitOptions,
+        extra: ExtraRegions,
+    ) -> Result<Vec<JitProgram>, (usize, JitError)> {
         if !super::available() {
             return Err((0, JitError::unsupported_arch()));
         }
@@ -110,7 +137,7 @@ impl JitProgram {
         let mut batch = alloc.batch();
         let mut needs = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
-            let r = emit::translate(slots, helpers, opts.emit_options(), |out| {
+            let r = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
                 let slot = batch.push(out.code.len(), CODE_ALIGN)?;
                 slot.image.copy_from_slice(out.code);
                 // A rel32 call out of reach means the code range broke its promise: an error
@@ -125,7 +152,9 @@ impl JitProgram {
         Ok(progs
             .into_iter()
             .zip(needs)
-            .map(|(prog, needs)| JitProgram::from_program(prog, needs, options.count_instructions))
+            .map(|(prog, needs)| {
+                JitProgram::from_program(prog, needs, options.count_instructions, extra)
+            })
             .collect())
     }
 
@@ -146,11 +175,17 @@ impl JitProgram {
             draft.finalize()?,
             code.needs,
             counted,
+            false,
         ))
     }
 
     /// A program around placed code whose entry has the [`EntryFn`] signature.
-    fn from_program(prog: Program, needs: RunNeeds, counted: bool) -> JitProgram {
+    fn from_program(
+        prog: Program,
+        needs: RunNeeds,
+        counted: bool,
+        extra: ExtraRegions,
+    ) -> JitProgram {
         #[allow(unsafe_code)]
         // SAFETY: `prog` holds code produced by the translator, linked for the address it was
         // placed at, whose entry has the signature `EntryFn`; the pointer is only called while
@@ -161,6 +196,7 @@ impl JitProgram {
             entry,
             needs,
             counted,
+            extra,
             prog,
         }
     }
@@ -187,36 +223,74 @@ impl JitProgram {
     /// also tells loads from stores).
     #[inline]
     pub fn run_fault(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
-        if self.needs.stack_bytes != 0 {
-            return self.run_with_stack(mem, limit);
+        if self.needs.stack_bytes != 0 || self.needs.env {
+            static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
+            return self.run_env(mem, limit, &EMPTY, 0).map(|(r0, _)| r0);
         }
-        let r = (self.entry)(
-            mem.as_mut_ptr() as u64,
-            mem.len() as u64,
-            limit,
-            0,
-            std::ptr::null_mut(),
-        );
-        r.result()
+        let (r1, len) = entry_memory(mem);
+        (self.entry)(r1, len, limit, 0, std::ptr::null_mut()).result()
     }
 
-    /// A run of code that reads r10: a zeroed frame 0 (all frames with local calls) on this
-    /// function's stack.
+    /// Whether a run needs more than [`run_fault`](Self::run_fault)'s single call: a
+    /// `HelperContext` (context helpers, extra regions, tail calls).
+    #[inline]
+    pub(crate) fn needs_env(&self) -> bool {
+        self.needs.env
+    }
+
+    /// A run in environment `env` (maps, host data), as the `tail_calls`-th tail call of its
+    /// run: with the stack the code needs and, if it reads it, a `HelperContext`. Also returns
+    /// the program a helper asked to tail-call, which the caller runs.
     #[inline(never)]
-    fn run_with_stack(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
-        let mem_start = mem.as_mut_ptr() as u64;
-        let mem_len = mem.len() as u64;
+    pub(crate) fn run_env(
+        &self,
+        mem: &mut [u8],
+        limit: u64,
+        env: &ProgramEnv,
+        tail_calls: u32,
+    ) -> Result<Outcome, Fault> {
         if self.needs.stack_bytes <= STACK_FRAME_SIZE {
             let mut frame = [0u8; STACK_FRAME_SIZE];
-            let top = frame.as_mut_ptr() as u64 + STACK_FRAME_SIZE as u64;
-            return (self.entry)(mem_start, mem_len, limit, top, std::ptr::null_mut()).result();
+            self.run_on(mem, limit, env, tail_calls, &mut frame)
+        } else {
+            let mut region = [MaybeUninit::<u8>::uninit(); STACK_SIZE];
+            // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
+            // it, and never reads a frame that is not live.
+            region[STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
+            self.run_on(mem, limit, env, tail_calls, &mut region)
         }
-        let mut region = [MaybeUninit::<u8>::uninit(); STACK_SIZE];
-        // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
-        // it, and never reads a frame that is not live.
-        region[STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
-        let top = region.as_mut_ptr() as u64 + STACK_SIZE as u64;
-        (self.entry)(mem_start, mem_len, limit, top, std::ptr::null_mut()).result()
+    }
+
+    /// One call of the code with `stack` as stack region (its top is r10; unused if the code
+    /// reads no r10).
+    #[inline(always)]
+    fn run_on<T>(
+        &self,
+        mem: &mut [u8],
+        limit: u64,
+        env: &ProgramEnv,
+        tail_calls: u32,
+        stack: &mut [T],
+    ) -> Result<Outcome, Fault> {
+        debug_assert!(self.extra || env.regions.is_empty());
+        let (r1, len) = entry_memory(mem);
+        let start = stack.as_mut_ptr() as u64;
+        let top = start + std::mem::size_of_val(stack) as u64;
+        let (stack_start, top) = if self.needs.stack_bytes == 0 {
+            (0, 0)
+        } else {
+            (start, top)
+        };
+        if !self.needs.env {
+            let r0 = (self.entry)(r1, len, limit, top, std::ptr::null_mut()).result()?;
+            return Ok((r0, None));
+        }
+        let mut hcx = HelperContext::new(mem.as_mut_ptr() as u64, len, stack_start, top, env);
+        hcx.tail_calls = tail_calls;
+        let hcx_ptr = (&mut hcx as *mut HelperContext<'_>).cast::<HelperContext<'static>>();
+        // Helpers get `hcx` only during the calls the code makes to them.
+        let r0 = (self.entry)(r1, len, limit, top, hcx_ptr).result()?;
+        Ok((r0, hcx.tail_call.take()))
     }
 
     /// Whether runs count instructions.
@@ -230,6 +304,15 @@ impl JitProgram {
     }
 }
 
+/// r1 and r2 at entry for input memory `mem`: its address and length, or 0 and 0 when it is
+/// empty (as the upstream conformance runner's plugins pass a null pointer).
+#[inline(always)]
+fn entry_memory(mem: &mut [u8]) -> (u64, u64) {
+    let len = mem.len() as u64;
+    let r1 = if len == 0 { 0 } else { mem.as_mut_ptr() as u64 };
+    (r1, len)
+}
+
 /// Places translated code with `alloc`; `Ok(None)` if it has relative helper calls that do
 /// not reach from where the draft landed (and `rel` says they were relative).
 fn place(
@@ -237,6 +320,7 @@ fn place(
     out: Output<'_>,
     rel: bool,
     counted: bool,
+    extra: ExtraRegions,
 ) -> Result<Option<JitProgram>, JitError> {
     let mut draft = alloc.draft(out.code.len(), CODE_ALIGN)?;
     let base = draft.exec_addr() as u64;
@@ -250,6 +334,7 @@ fn place(
         draft.finalize()?,
         out.needs,
         counted,
+        extra,
     )))
 }
 
@@ -274,7 +359,7 @@ pub fn shared_allocator() -> Result<Allocator, JitError> {
 
 /// The interpreter's error for a JIT fault.
 #[cold]
-fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
+pub(crate) fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
     match f {
         Fault::OutOfBounds { pc, addr, size, .. } => RunError::OutOfBounds {
             addr,
@@ -295,8 +380,10 @@ fn range_reaches_helpers(alloc: &Allocator, helpers: &Helpers) -> bool {
         return false;
     };
     let (lo, hi) = (base as i128, base as i128 + size as i128);
-    helpers.iter().all(|(_, f)| {
-        let t = f as usize as i128;
+    let own = super::emit::extra_region_check as *const () as usize as u64;
+    let targets = helpers.iter().map(|(_, f)| f.addr()).chain([own]);
+    targets.into_iter().all(|t| {
+        let t = t as i128;
         // Margin for the call's own offset inside the code.
         let reach = i32::MAX as i128 - (1 << 20);
         (t - lo).abs() < reach && (t - hi).abs() < reach

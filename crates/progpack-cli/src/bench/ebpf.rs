@@ -1,5 +1,6 @@
 //! Workload 6, eBPF end to end: load many small eBPF programs (check + JIT + make
-//! executable) and run a packet filter over synthetic packets, for each engine.
+//! executable) and run a packet filter over synthetic packets, for each engine; then the
+//! map-heavy workload of [`super::ebpf_maps`].
 //!
 //! Engines, each loading the same bytecode:
 //! - `rbpf-interp`: `EbpfVmRaw::new` (rbpf's verifier), runs with `execute_program`;
@@ -336,6 +337,7 @@ pub fn run(scale: &Scale, only: &[String], report: &mut Report) {
             Err(e) => report.note("ebpf-filter", engine.name(), format!("{e}; no row")),
         }
     }
+    super::ebpf_maps::run(scale, only, report);
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! calls with their frames and depth limit.
 
 use super::super::analysis::MERGED_JA;
-use super::super::x86::{Alu, Cond, R};
+use super::super::x86::{Alu, Cond, Mem, R};
 use super::layout::Regs;
 use super::{Cx, JitError, FAULT_CALLX, FAULT_DEPTH, MAP};
+use crate::context::{HCTX_FRAME, HCTX_STOP};
+use crate::helpers::Helper;
 use crate::insn::*;
 
 impl Cx<'_> {
@@ -94,7 +96,7 @@ impl Cx<'_> {
                     .helpers
                     .get(id)
                     .ok_or(JitError::UnknownHelper { pc, id })?;
-                self.call_helper(id, f as usize as u64);
+                self.call_helper(id, f);
                 Ok(())
             }
             CALL_LOCAL => {
@@ -161,29 +163,51 @@ impl Cx<'_> {
     }
 
     /// Calls helper `f` with r1-r5 as arguments; r0 = result, r1-r5 kept (saved around the
-    /// call: six pushes keep the native stack 16-byte aligned).
-    fn call_helper(&mut self, id: u32, f: u64) {
+    /// call: six pushes keep the native stack 16-byte aligned). A context helper also gets
+    /// the `HelperContext` in r9, with its `frame` set to r10 first when the program has a
+    /// stack, and a non-zero `stop` word after it returns ends the program like the unwind
+    /// helper ([`crate::context`]).
+    fn call_helper(&mut self, id: u32, f: Helper) {
         const ARGS: [R; 5] = [MAP[1], MAP[2], MAP[3], MAP[4], MAP[5]];
         for r in ARGS {
             self.a.push(r);
         }
         self.a.push(MAP[5]);
-        self.a.call_abs(f);
+        let env = self.lay.env.filter(|_| f.takes_context());
+        if let Some(env) = env {
+            let r = self.value_in(env, R::R9);
+            if r != R::R9 {
+                self.a.mov_rr(true, R::R9, r);
+            }
+            if self.an.usage.stack {
+                self.a.mov_mr(Mem::at(R::R9, HCTX_FRAME), MAP[10]);
+            }
+        }
+        self.a.call_abs(f.addr());
         self.a.pop(R::R9);
         for r in ARGS.iter().rev() {
             self.a.pop(*r);
         }
-        if self.helpers.unwind() == Some(id) {
-            let l = match self.unwind {
-                Some(l) => l,
-                None => {
-                    let l = self.a.label();
-                    self.unwind = Some(l);
-                    l
-                }
-            };
+        let unwind = self.helpers.unwind() == Some(id);
+        if !unwind && env.is_none() {
+            return;
+        }
+        let l = match self.unwind {
+            Some(l) => l,
+            None => {
+                let l = self.a.label();
+                self.unwind = Some(l);
+                l
+            }
+        };
+        if unwind {
             self.a.test_rr(true, R::Rax, R::Rax);
             self.a.jcc(Cond::E, l, false);
+        }
+        if let Some(env) = env {
+            let r = self.value_in(env, R::R9);
+            self.a.alu_mi(Alu::Cmp, Mem::at(r, HCTX_STOP), 0);
+            self.a.jcc(Cond::Ne, l, false);
         }
     }
 
@@ -196,7 +220,7 @@ impl Cx<'_> {
             let next = self.a.label();
             self.a.alu_ri(false, Alu::Cmp, R::R11, id as i32);
             self.a.jcc(Cond::Ne, next, false);
-            self.call_helper(id, f as usize as u64);
+            self.call_helper(id, f);
             self.a.jmp(done, false);
             self.a.bind(next);
         }

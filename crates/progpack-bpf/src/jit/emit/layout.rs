@@ -6,8 +6,9 @@
 //! instruction mentions leaves its host register free; r9 too when nothing needs it as
 //! scratch; r12 always), the busiest first, and in 8-byte slots of the native frame
 //! (`[r12 + 8k]`, r12 then pointing at the frame) when registers run out or local calls need a
-//! fixed frame pointer. Caller-saved registers are free only in programs without helper
-//! calls (a helper call names r1-r5, and clobbers r9).
+//! fixed frame pointer. Caller-saved registers are free only in programs that never call out
+//! (a helper call names r1-r5 and clobbers r9; the extra regions' check is a call from an
+//! access stub).
 //!
 //! Invariants: no two values share a location; a location never is the host register of an
 //! eBPF register the program mentions, nor rdi/rsi (r1/r2, which are set at entry), nor a
@@ -78,8 +79,11 @@ pub(crate) struct Needs {
     pub usage: Usage,
     /// Whether blocks charge the instruction budget.
     pub budget: bool,
-    /// Whether code reads the run environment pointer (helper calls, extra regions).
+    /// Whether code reads the run environment pointer (context helpers, extra regions).
     pub env: bool,
+    /// Whether access stubs call out to check extra regions (a call from anywhere in the
+    /// body: caller-saved registers hold nothing of ours, and the stack stays aligned).
+    pub extra_regions: bool,
     /// Whether the program sees virtual addresses (input memory at a fixed address).
     pub hide: bool,
 }
@@ -139,14 +143,15 @@ impl Layout {
         let uses_rbp = u.stack || u.calls;
         // Bit per x86 register number: free for a value.
         let mut free = 1u32 << R::R12 as u32;
-        if !u.helper_calls {
+        let calls_out = u.helper_calls || n.extra_regions;
+        if !calls_out {
             for r in [3, 4, 5] {
                 if !u.has(r) {
                     free |= 1 << MAP[r] as u32;
                 }
             }
         }
-        if !u.needs_r9 {
+        if !u.needs_r9 && !n.extra_regions {
             free |= 1 << R::R9 as u32;
         }
         for (r, &x) in MAP.iter().enumerate().take(10).skip(6) {
@@ -231,7 +236,7 @@ impl Layout {
         let mut bytes = 8 * slots;
         let pushed = 8 * lay.saved.len() as i32 + bytes;
         let want_mod = if u.calls { 0 } else { 8 };
-        if (u.helper_calls || u.calls) && pushed.rem_euclid(16) != want_mod {
+        if (calls_out || u.calls) && pushed.rem_euclid(16) != want_mod {
             bytes += 8;
         }
         lay.frame_bytes = bytes;

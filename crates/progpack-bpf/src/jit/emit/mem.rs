@@ -15,7 +15,9 @@ use super::super::analysis::{self, access_size};
 use super::super::x86::{Alu, Cond, Label, Mem, R, W};
 use super::layout::Loc;
 use super::{word, Cx, JitError, Stub, FAULT_LOAD, FAULT_STORE, MAP};
+use crate::context::HelperContext;
 use crate::insn::*;
+use crate::memory;
 
 /// One memory operation, without its address.
 #[derive(Clone, Copy, Debug)]
@@ -139,7 +141,8 @@ impl Cx<'_> {
         });
     }
 
-    /// The out-of-line half of a check: the live stack frames, else the fault.
+    /// The out-of-line half of a check: the live stack frames, then the environment's extra
+    /// regions, else the fault.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn access_stub(
         &mut self,
@@ -153,17 +156,70 @@ impl Cx<'_> {
     ) {
         self.a.bind(at);
         self.a.lea(R::R11, Mem::at(base, off));
+        let in_region = self.a.label();
         if self.an.usage.stack {
             let bad = self.a.label();
             self.stack_check(size, bad);
-            self.emit_access(acc, Mem::at(R::R11, 0));
-            self.a.jmp(back, false);
+            self.a.jmp(in_region, false);
             self.a.bind(bad);
+        }
+        if self.opts.extra_regions {
+            // r10 = size | write << 8; the subroutine leaves r9 = 1 if allowed.
+            let write = (word >> 24) & FAULT_STORE != 0;
+            self.a
+                .mov_imm32(R::R10, size as u32 | u32::from(write) << 8);
+            let sub = self.extra_check_label();
+            self.a.call_label(sub);
+            self.a.test_rr(true, R::R9, R::R9);
+            self.a.jcc(Cond::Ne, in_region, false);
         }
         self.a.mov_rr(true, R::Rax, R::R11);
         self.a.mov_imm32(R::Rdx, word);
         let f = self.fault;
         self.a.jmp(f, false);
+        if self.an.usage.stack || self.opts.extra_regions {
+            self.a.bind(in_region);
+            self.emit_access(acc, Mem::at(R::R11, 0));
+            self.a.jmp(back, false);
+        }
+    }
+
+    fn extra_check_label(&mut self) -> Label {
+        match self.extra_check {
+            Some(l) => l,
+            None => {
+                let l = self.a.label();
+                self.extra_check = Some(l);
+                l
+            }
+        }
+    }
+
+    /// The subroutine behind every access stub's last check: with r11 = the address and
+    /// r10 = `size | write << 8`, calls [`extra_region_check`]`(env, r11, r10)` and returns
+    /// its answer in r9; every other register is kept. Called from the body, where the native
+    /// stack is 16-byte aligned: the return address and seven pushes keep it aligned. (With
+    /// extra regions no run-time value lives in a caller-saved register, see `layout`.)
+    pub(super) fn extra_check_subroutine(&mut self, l: Label) {
+        const KEPT: [R; 7] = [R::Rax, R::Rdi, R::Rsi, R::Rdx, R::Rcx, R::R8, R::R11];
+        self.a.bind(l);
+        for r in KEPT {
+            self.a.push(r);
+        }
+        let env = self.lay.env.expect("environment with extra regions");
+        let r = self.value_in(env, R::Rdi);
+        if r != R::Rdi {
+            self.a.mov_rr(true, R::Rdi, r);
+        }
+        self.a.mov_rr(true, R::Rsi, R::R11);
+        self.a.mov_rr(true, R::Rdx, R::R10);
+        self.a
+            .call_abs(extra_region_check as *const () as usize as u64);
+        self.a.mov_rr(true, R::R9, R::Rax);
+        for r in KEPT.iter().rev() {
+            self.a.pop(*r);
+        }
+        self.a.ret();
     }
 
     /// Jumps to `bad` unless `[r11, r11 + size)` lies in the live frames `[r10 - 512, top)`.
@@ -255,4 +311,16 @@ impl Cx<'_> {
             }
         }
     }
+}
+
+/// The last bounds check of JIT code: whether an access of `size_write & 0xff` bytes at
+/// `addr` (a store or atomic if bit 8 is set) lies in an extra region of the run's
+/// environment. Returns 1 if allowed, else 0.
+pub(crate) extern "C" fn extra_region_check(
+    hcx: &HelperContext<'_>,
+    addr: u64,
+    size_write: u64,
+) -> u64 {
+    let (n, write) = (size_write & 0xff, size_write & 0x100 != 0);
+    memory::find(&hcx.env().regions, addr, n, write).is_some() as u64
 }

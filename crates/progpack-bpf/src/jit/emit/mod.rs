@@ -50,6 +50,8 @@ mod flow;
 pub(crate) mod layout;
 mod mem;
 
+pub(crate) use mem::extra_region_check;
+
 use std::cell::RefCell;
 
 use super::analysis::{self, Analysis, LEADER, MERGED_TARGET, START};
@@ -112,6 +114,9 @@ pub(crate) struct Options {
     pub rel_calls: bool,
     /// Blind the program's immediates with keys derived from this (non-zero) key.
     pub blind: Option<u64>,
+    /// The program runs in an environment with extra regions (maps): accesses outside memory
+    /// and stack are checked against them. Without, they fault at once.
+    pub extra_regions: bool,
 }
 
 /// What a run of the code needs from its caller.
@@ -119,6 +124,9 @@ pub(crate) struct Options {
 pub(crate) struct RunNeeds {
     /// Bytes of stack region to pass (0: none; else frame 0, or all frames with local calls).
     pub stack_bytes: usize,
+    /// Whether the code reads the environment argument (a `HelperContext`): it calls context
+    /// helpers or checks extra regions.
+    pub env: bool,
 }
 
 /// Out-of-line code after the body.
@@ -156,6 +164,8 @@ struct Cx<'a> {
     stubs: Vec<Stub>,
     /// The shared frame-zeroing subroutine, once a local call needs it.
     zero_frame: Option<Label>,
+    /// The shared subroutine calling [`mem::extra_region_check`], once an access needs it.
+    extra_check: Option<Label>,
     /// Blinding: constants blinded so far (mixed into each key).
     blinded: u64,
 }
@@ -251,10 +261,13 @@ fn translate_with(
         opts.blind.is_some(),
     )?;
     let usage = an.usage;
+    // The environment pointer: for context helpers, and for the extra regions' check.
+    let context_calls = usage.helper_calls && helpers.iter().any(|(_, h)| h.takes_context());
     let lay = Layout::new(Needs {
         usage,
         budget: opts.budget,
-        env: false,
+        env: context_calls || opts.extra_regions,
+        extra_regions: opts.extra_regions,
         hide: false,
     });
     let size_hint = an.size_before[insns.len()] as usize + 256;
@@ -276,9 +289,11 @@ fn translate_with(
         unwind: None,
         stubs: std::mem::take(stubs),
         zero_frame: None,
+        extra_check: None,
         blinded: 0,
     };
     let r = cx.emit();
+    let lay = cx.lay;
     *stubs = std::mem::take(&mut cx.stubs);
     let mut a = cx.a;
     let patched = r.and_then(|()| a.patch_jumps().map_err(JitError::Internal));
@@ -289,7 +304,10 @@ fn translate_with(
         (true, false) => STACK_FRAME_SIZE,
         (true, true) => STACK_SIZE,
     };
-    Ok(RunNeeds { stack_bytes })
+    Ok(RunNeeds {
+        stack_bytes,
+        env: lay.env.is_some(),
+    })
 }
 
 impl Cx<'_> {
@@ -590,6 +608,9 @@ impl Cx<'_> {
             self.a.alu_rr(false, Alu::Xor, R::Rax, R::Rax);
             let f = self.fault;
             self.a.jmp(f, false);
+        }
+        if let Some(l) = self.extra_check {
+            self.extra_check_subroutine(l);
         }
         if let Some(l) = self.zero_frame {
             // Zeroes [r10 - 512, r10) with 16-byte stores, 64 bytes per iteration. Clobbers

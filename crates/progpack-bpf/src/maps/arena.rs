@@ -1,0 +1,98 @@
+//! [`Arena`]: the preallocated, zeroed, 8-byte aligned storage of a map's values (or a ring
+//! buffer's data area). It never moves or grows, so addresses handed to programs stay valid
+//! while the map lives; its provenance is exposed so that engines and helpers can turn a
+//! program address back into a pointer.
+#![allow(unsafe_code)]
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+
+use super::MapError;
+use crate::memory::{self, Region};
+
+/// Largest arena one map may have.
+pub const MAX_ARENA_BYTES: u64 = 1 << 30;
+
+/// Zeroed memory of a fixed size, shared by every run and by the host.
+#[derive(Debug)]
+pub(crate) struct Arena {
+    ptr: *mut u8,
+    layout: Layout,
+    len: usize,
+}
+
+// SAFETY: the arena is plain memory; all concurrent access goes through `crate::memory`'s
+// atomic accessors (or JIT code's single instructions), never through Rust references.
+unsafe impl Send for Arena {}
+// SAFETY: as above.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// `len` zeroed bytes (at least one 8-byte word is allocated).
+    pub(crate) fn new(len: u64) -> Result<Arena, MapError> {
+        if len > MAX_ARENA_BYTES {
+            return Err(MapError::TooLarge { bytes: len });
+        }
+        let layout = Layout::from_size_align((len as usize).max(8).next_multiple_of(8), 8)
+            .map_err(|_| MapError::TooLarge { bytes: len })?;
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(MapError::TooLarge { bytes: len });
+        }
+        // Programs reach the arena through integer addresses.
+        let _ = ptr.expose_provenance();
+        Ok(Arena {
+            ptr,
+            layout,
+            len: len as usize,
+        })
+    }
+
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Address of byte `off`.
+    pub(crate) fn addr(&self, off: usize) -> u64 {
+        debug_assert!(off <= self.len);
+        self.ptr as u64 + off as u64
+    }
+
+    /// The region programs may access.
+    pub(crate) fn region(&self, writable: bool) -> Region {
+        Region {
+            start: self.ptr as u64,
+            len: self.len as u64,
+            writable,
+        }
+    }
+
+    /// Copies `[off, off + dst.len())` out. Panics if out of range (a bug of the map).
+    pub(crate) fn read(&self, off: usize, dst: &mut [u8]) {
+        assert!(off + dst.len() <= self.len);
+        // SAFETY: in range (checked above) of our live allocation; shared accessors.
+        unsafe { memory::read_shared(self.ptr.add(off), dst) }
+    }
+
+    /// Copies `src` to `[off, off + src.len())`. Panics if out of range (a bug of the map).
+    pub(crate) fn write(&self, off: usize, src: &[u8]) {
+        assert!(off + src.len() <= self.len);
+        // SAFETY: in range (checked above) of our live allocation; shared accessors.
+        unsafe { memory::write_shared(self.ptr.add(off), src) }
+    }
+
+    /// Zeroes `[off, off + n)`.
+    pub(crate) fn zero(&self, off: usize, n: usize) {
+        for k in 0..n {
+            self.write(off + k, &[0]);
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}

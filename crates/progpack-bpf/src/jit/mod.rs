@@ -186,6 +186,7 @@ impl CompileOptions {
             rel_calls: self.rel_calls,
             blind: self.blind_constants.then(blinding_key),
             extra_regions,
+            unchecked: false,
         }
     }
 }

@@ -104,6 +104,36 @@ impl JitProgram {
         .ok_or(JitError::Internal("absolute calls need no link"))
     }
 
+    /// Compiles `slots` *without any bounds check and without instruction counting*, for
+    /// comparisons with JITs that check nothing (the benchmarks' unchecked reference).
+    ///
+    /// # Safety
+    /// Every load, store and atomic of every run of the result must lie in the memory given
+    /// to that run or in the current stack frame (`[r10 - 512, r10)`), and every run must
+    /// end: nothing stops a stray access or an endless loop.
+    #[doc(hidden)]
+    #[allow(unsafe_code)]
+    pub unsafe fn new_unchecked(
+        alloc: &Allocator,
+        slots: &[Insn],
+        helpers: &Helpers,
+    ) -> Result<JitProgram, JitError> {
+        if !super::available() {
+            return Err(JitError::unsupported_arch());
+        }
+        let opts = CompileOptions {
+            rel_calls: false,
+            budget: false,
+            blind_constants: false,
+        };
+        let mut eo = opts.emit_options(false);
+        eo.unchecked = true;
+        emit::translate(slots, helpers, eo, |out| {
+            place(alloc, out, false, false, false)
+        })??
+        .ok_or(JitError::Internal("absolute calls need no link"))
+    }
+
     /// Compiles many programs and places them together with one progpack
     /// [`Batch`](progpack::Batch): consecutive programs share chunks' runs, and the whole
     /// batch costs one backend write per run of chunks (usually one per pack) instead of one

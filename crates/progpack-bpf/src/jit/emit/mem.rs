@@ -95,7 +95,7 @@ impl Cx<'_> {
     fn access(&mut self, pc: usize, base: u8, off: i16, size: usize, acc: Access, kind: u32) {
         let off32 = off as i32;
         let b = MAP[base as usize];
-        if analysis::in_frame(base, off, size as i32) {
+        if analysis::in_frame(base, off, size as i32) || self.opts.unchecked {
             self.emit_access(acc, Mem::at(b, off32));
             return;
         }

@@ -117,6 +117,9 @@ pub(crate) struct Options {
     /// The program runs in an environment with extra regions (maps): accesses outside memory
     /// and stack are checked against them. Without, they fault at once.
     pub extra_regions: bool,
+    /// Emit no bounds check at all (a reference for benchmarks; see
+    /// [`super::JitProgram::new_unchecked`]).
+    pub unchecked: bool,
 }
 
 /// What a run of the code needs from its caller.
@@ -263,6 +266,11 @@ fn translate_with(
     let usage = an.usage;
     // The environment pointer: for context helpers, and for the extra regions' check.
     let context_calls = usage.helper_calls && helpers.iter().any(|(_, h)| h.takes_context());
+    let mut usage = usage;
+    if opts.unchecked {
+        usage.any_checks = false;
+        usage.general_sizes = 0;
+    }
     let lay = Layout::new(Needs {
         usage,
         budget: opts.budget,

@@ -1,8 +1,16 @@
-//! A fixed-size bitmap of chunks, searched a 64-bit word at a time.
+//! A fixed-size bitmap of chunks, searched a 64-bit word at a time, with a summary of which
+//! words are entirely free.
 //!
-//! Invariants: bit `i` is set iff chunk `i` is in use (by a draft, a batch slot or a program);
-//! the bits past `len` in the last word are permanently set, so a search never runs past the
-//! end; `ones` is the number of set bits below `len`.
+//! Invariants:
+//! - bit `i` is set iff chunk `i` is owned (by a live span, a thread's run or a batch's run);
+//! - the bits past `len` are set (up to the end of the last word, and up to the capacity when
+//!   the bitmap can still grow), so a search never runs past the end and a partial word is
+//!   never "free"; [`Bitmap::grow`] clears them as `len` grows;
+//! - `ones` is the number of set bits below `len`;
+//! - summary bit `w` is set iff word `w` is zero, and `free_words` counts them.
+//!
+//! The longest run of clear bits is bounded without a scan: a run of `L` clear bits contains at
+//! least `(L - 126) / 64` whole free words, so `L <= 64 * free_words + 126` (and `L <= zeros`).
 
 const WORD: usize = 64;
 
@@ -10,25 +18,48 @@ const WORD: usize = 64;
 #[derive(Clone, Debug)]
 pub struct Bitmap {
     words: Vec<u64>,
+    /// Bit `w` set iff `words[w] == 0`.
+    summary: Vec<u64>,
     len: usize,
     ones: usize,
-    /// Every word before this index is full: searches start here.
+    free_words: usize,
+    /// Every word before this index is full: first-fit searches start here.
     first_maybe_free: usize,
 }
 
 impl Bitmap {
     /// A bitmap of `len` clear bits.
     pub fn new(len: usize) -> Self {
-        let nwords = len.div_ceil(WORD);
-        let mut words = vec![0u64; nwords];
-        let tail = len % WORD;
-        if tail != 0 {
-            words[nwords - 1] = !0u64 << tail;
+        Self::with_capacity(len, len)
+    }
+
+    /// A bitmap of `len` clear bits that can grow to `capacity` bits (`len <= capacity`).
+    pub fn with_capacity(capacity: usize, len: usize) -> Self {
+        debug_assert!(len <= capacity);
+        let nwords = capacity.div_ceil(WORD).max(1);
+        let mut words = vec![!0u64; nwords];
+        for (w, word) in words.iter_mut().enumerate() {
+            let lo = w * WORD;
+            if lo + WORD <= len {
+                *word = 0;
+            } else if lo < len {
+                *word = !0u64 << (len - lo);
+            }
+        }
+        let mut summary = vec![0u64; nwords.div_ceil(WORD)];
+        let mut free_words = 0;
+        for (w, &word) in words.iter().enumerate() {
+            if word == 0 {
+                summary[w / WORD] |= 1 << (w % WORD);
+                free_words += 1;
+            }
         }
         Bitmap {
             words,
+            summary,
             len,
             ones: 0,
+            free_words,
             first_maybe_free: 0,
         }
     }
@@ -36,6 +67,29 @@ impl Bitmap {
     /// Number of bits.
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Number of bits the bitmap can grow to.
+    pub fn capacity(&self) -> usize {
+        self.words.len() * WORD
+    }
+
+    /// Adds bits `len..new_len`, clear (`new_len` at most the capacity given at creation).
+    pub fn grow(&mut self, new_len: usize) {
+        debug_assert!(new_len <= self.capacity());
+        if new_len <= self.len {
+            return;
+        }
+        let (old, n) = (self.len, new_len - self.len);
+        for (i, m) in word_masks(old, n) {
+            self.words[i] &= !m;
+            if self.words[i] == 0 {
+                self.summary[i / WORD] |= 1 << (i % WORD);
+                self.free_words += 1;
+            }
+        }
+        self.len = new_len;
+        self.first_maybe_free = self.first_maybe_free.min(old / WORD);
     }
 
     /// Number of set bits.
@@ -46,6 +100,17 @@ impl Bitmap {
     /// Number of clear bits.
     pub fn count_zeros(&self) -> usize {
         self.len - self.ones
+    }
+
+    /// Number of words whose 64 bits are all clear.
+    pub fn free_words(&self) -> usize {
+        self.free_words
+    }
+
+    /// An upper bound on the longest run of clear bits, from the counts alone (no scan).
+    pub fn longest_bound(&self) -> usize {
+        self.count_zeros()
+            .min(WORD * self.free_words + 2 * (WORD - 1))
     }
 
     /// Value of bit `i` (`i < len`).
@@ -105,6 +170,96 @@ impl Bitmap {
         None
     }
 
+    /// Index of the first run of `n` clear bits that starts at a multiple of `step` (a power
+    /// of two); `None` if there is none or `n == 0`.
+    pub fn find_clear_run_aligned(&self, n: usize, step: usize) -> Option<usize> {
+        debug_assert!(step.is_power_of_two());
+        if step <= 1 {
+            return self.find_clear_run(n);
+        }
+        if n == 0 || n > self.count_zeros() {
+            return None;
+        }
+        let from = (self.first_maybe_free * WORD).next_multiple_of(step);
+        (from..self.len)
+            .step_by(step)
+            .find(|&start| !self.get(start) && self.is_clear(start, n))
+    }
+
+    /// Takes a run of at least `min` and at most `max` clear bits (`1 <= min <= max <= 64`)
+    /// lying inside one word, sets it and returns `(start, len)`.
+    ///
+    /// A whole free word is preferred: the first one, or with `pick = Some(r)` the one at a
+    /// position drawn from `r` among all free words (a random start against JIT spraying).
+    /// Otherwise the first word holding `min` clear bits in a row gives its first such run,
+    /// extended as far as that word allows.
+    pub fn take_word_run(
+        &mut self,
+        min: usize,
+        max: usize,
+        pick: Option<u64>,
+    ) -> Option<(usize, usize)> {
+        debug_assert!(1 <= min && min <= max && max <= WORD);
+        let (start, len) = if self.free_words > 0 && self.len >= WORD {
+            let k = match pick {
+                // Multiply-shift maps r onto 0..free_words without a division.
+                Some(r) => ((u128::from(r) * self.free_words as u128) >> 64) as usize,
+                None => 0,
+            };
+            (self.nth_free_word(k) * WORD, max)
+        } else {
+            self.first_in_word_run(min, max)?
+        };
+        self.set_range(start, len);
+        Some((start, len))
+    }
+
+    /// The `k`-th (from 0) word whose bits are all clear; `k < free_words`.
+    fn nth_free_word(&self, mut k: usize) -> usize {
+        for (si, &s) in self.summary.iter().enumerate() {
+            let here = s.count_ones() as usize;
+            if k >= here {
+                k -= here;
+                continue;
+            }
+            let mut bits = s;
+            for _ in 0..k {
+                bits &= bits - 1; // drop the lowest set bit
+            }
+            return si * WORD + bits.trailing_zeros() as usize;
+        }
+        unreachable!("k < free_words")
+    }
+
+    /// The first run of at least `min` clear bits inside one word, as `(start, len)` with `len`
+    /// the run's length in that word capped at `max`.
+    fn first_in_word_run(&self, min: usize, max: usize) -> Option<(usize, usize)> {
+        if min > self.count_zeros() {
+            return None;
+        }
+        for (wi, &w) in self.words.iter().enumerate().skip(self.first_maybe_free) {
+            if w == !0 {
+                continue;
+            }
+            let free = !w;
+            // Bit i of `starts` is set iff bits i..i+min of `free` are all set: shift-and by
+            // doubling distances, O(log min).
+            let mut starts = free;
+            let mut have = 1;
+            while have < min {
+                let step = have.min(min - have);
+                starts &= starts >> step;
+                have += step;
+            }
+            if starts != 0 {
+                let bit = starts.trailing_zeros() as usize;
+                let run = ((free >> bit).trailing_ones() as usize).min(max);
+                return Some((wi * WORD + bit, run));
+            }
+        }
+        None
+    }
+
     /// True if bits `start..start + n` are all clear and inside the bitmap.
     pub fn is_clear(&self, start: usize, n: usize) -> bool {
         let Some(end) = start.checked_add(n) else {
@@ -116,32 +271,6 @@ impl Bitmap {
         word_masks(start, n).all(|(i, m)| self.words[i] & m == 0)
     }
 
-    /// Sets bits `start..start + n`, which must all be clear (checked in debug builds).
-    pub fn set_range(&mut self, start: usize, n: usize) {
-        debug_assert!(self.is_clear(start, n), "set_range over used bits");
-        for (i, m) in word_masks(start, n) {
-            self.words[i] |= m;
-        }
-        self.ones += n;
-        if self.words[self.first_maybe_free] == !0 {
-            while self.first_maybe_free + 1 < self.words.len()
-                && self.words[self.first_maybe_free] == !0
-            {
-                self.first_maybe_free += 1;
-            }
-        }
-    }
-
-    /// Clears bits `start..start + n`, which must all be set (checked in debug builds).
-    pub fn clear_range(&mut self, start: usize, n: usize) {
-        debug_assert!(self.is_set(start, n), "clear_range over free bits");
-        for (i, m) in word_masks(start, n) {
-            self.words[i] &= !m;
-        }
-        self.ones -= n;
-        self.first_maybe_free = self.first_maybe_free.min(start / WORD);
-    }
-
     /// True if bits `start..start + n` are all set.
     pub fn is_set(&self, start: usize, n: usize) -> bool {
         if start.checked_add(n).is_none_or(|end| end > self.len) {
@@ -150,31 +279,80 @@ impl Bitmap {
         word_masks(start, n).all(|(i, m)| self.words[i] & m == m)
     }
 
-    /// Length of the run of clear bits containing `start..start + n` (which must be clear),
-    /// found a word at a time in both directions.
-    pub fn clear_run_around(&self, start: usize, n: usize) -> usize {
-        let mut left = start;
-        while left > 0 {
-            let i = left - 1;
-            let below = self.words[i / WORD] & low_bits(i % WORD + 1);
-            if below == 0 {
-                left -= i % WORD + 1;
-            } else {
-                left = i / WORD * WORD + (WORD - 1 - below.leading_zeros() as usize) + 1;
-                break;
+    /// Sets bits `start..start + n`, which must all be clear (checked in debug builds).
+    pub fn set_range(&mut self, start: usize, n: usize) {
+        debug_assert!(self.is_clear(start, n), "set_range over used bits");
+        for (i, m) in word_masks(start, n) {
+            if self.words[i] == 0 {
+                self.summary[i / WORD] &= !(1 << (i % WORD));
+                self.free_words -= 1;
+            }
+            self.words[i] |= m;
+        }
+        self.ones += n;
+        while self.first_maybe_free + 1 < self.words.len()
+            && self.words[self.first_maybe_free] == !0
+        {
+            self.first_maybe_free += 1;
+        }
+    }
+
+    /// Clears bits `start..start + n`, which must all be set (checked in debug builds).
+    pub fn clear_range(&mut self, start: usize, n: usize) {
+        debug_assert!(self.is_set(start, n), "clear_range over free bits");
+        for (i, m) in word_masks(start, n) {
+            self.words[i] &= !m;
+            if self.words[i] == 0 {
+                self.summary[i / WORD] |= 1 << (i % WORD);
+                self.free_words += 1;
             }
         }
-        let mut right = start + n;
-        while right < self.len {
-            let above = self.words[right / WORD] >> (right % WORD);
-            if above == 0 {
-                right += WORD - right % WORD;
-            } else {
-                right += above.trailing_zeros() as usize;
-                break;
-            }
+        self.ones -= n;
+        self.first_maybe_free = self.first_maybe_free.min(start / WORD);
+    }
+
+    /// The length of the longest run of clear bits, by a full scan (for checks and tests).
+    pub fn longest_run(&self) -> usize {
+        let mut best = 0;
+        let mut run = 0;
+        for i in 0..self.len {
+            run = if self.get(i) { 0 } else { run + 1 };
+            best = best.max(run);
         }
-        right.min(self.len) - left
+        best
+    }
+
+    /// Checks the summary against the words; returns what is wrong.
+    pub fn check(&self) -> Result<(), String> {
+        let mut free = 0;
+        let mut ones = 0;
+        for (w, &word) in self.words.iter().enumerate() {
+            let marked = self.summary[w / WORD] >> (w % WORD) & 1 == 1;
+            if marked != (word == 0) {
+                return Err(format!(
+                    "summary bit of word {w} is {marked}, word is {word:#x}"
+                ));
+            }
+            free += usize::from(word == 0);
+            ones += word.count_ones() as usize;
+        }
+        let padding = self.words.len() * WORD - self.len;
+        if (self.len..self.words.len() * WORD).any(|i| self.words[i / WORD] >> (i % WORD) & 1 == 0)
+        {
+            return Err("a bit past the length is clear".into());
+        }
+        if free != self.free_words || ones - padding != self.ones {
+            return Err(format!(
+                "counts: {} free words (counted {free}), {} ones (counted {})",
+                self.free_words,
+                self.ones,
+                ones - padding
+            ));
+        }
+        if self.words[..self.first_maybe_free].iter().any(|&w| w != !0) {
+            return Err("a word before the search start is not full".into());
+        }
+        Ok(())
     }
 }
 
@@ -225,6 +403,7 @@ mod tests {
     fn zero_length_request_finds_nothing() {
         let b = Bitmap::new(100);
         assert_eq!(b.find_clear_run(0), None);
+        assert_eq!(b.find_clear_run_aligned(0, 8), None);
     }
 
     #[test]
@@ -238,6 +417,7 @@ mod tests {
             assert_eq!(b.find_clear_run(1), None);
             b.clear_range(len - 1, 1);
             assert_eq!(b.find_clear_run(1), Some(len - 1), "last bit of len {len}");
+            b.check().unwrap();
         }
     }
 
@@ -255,6 +435,84 @@ mod tests {
         assert!(!b.is_clear(60, 11));
         assert!(!b.is_clear(250, 10), "past the end is never clear");
         assert!(b.is_set(70, 50));
+        assert_eq!(b.free_words(), 2, "words 2 and 3");
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn growing_adds_clear_bits_and_free_words() {
+        let mut b = Bitmap::with_capacity(512, 100);
+        b.check().unwrap();
+        assert_eq!((b.len(), b.count_zeros(), b.free_words()), (100, 100, 1));
+        assert_eq!(b.find_clear_run(101), None, "nothing past the length");
+        b.set_range(90, 10);
+        b.grow(300);
+        b.check().unwrap();
+        assert_eq!((b.count_zeros(), b.free_words()), (290, 3));
+        assert_eq!(b.find_clear_run(200), Some(100));
+        b.grow(512);
+        b.check().unwrap();
+        assert_eq!(b.free_words(), 7);
+        assert_eq!(b.longest_run(), 412);
+    }
+
+    #[test]
+    fn aligned_runs_start_on_the_step() {
+        let mut b = Bitmap::new(512);
+        b.set_range(0, 3);
+        assert_eq!(b.find_clear_run_aligned(10, 64), Some(64));
+        assert_eq!(b.find_clear_run_aligned(10, 4), Some(4));
+        b.set_range(64, 1);
+        assert_eq!(b.find_clear_run_aligned(64, 64), Some(128));
+        assert_eq!(b.find_clear_run_aligned(512, 64), None);
+    }
+
+    #[test]
+    fn word_runs_prefer_whole_free_words_and_fall_back_inside_words() {
+        let mut b = Bitmap::new(192);
+        assert_eq!(b.take_word_run(4, 64, None), Some((0, 64)));
+        assert_eq!(
+            b.take_word_run(4, 64, Some(u64::MAX)),
+            Some((128, 64)),
+            "last free word"
+        );
+        assert_eq!(b.take_word_run(4, 16, None), Some((64, 16)));
+        assert_eq!(b.free_words(), 0);
+        b.clear_range(10, 3);
+        b.clear_range(20, 7);
+        // 10..13 is too short for 4; 20..27 fits and is extended to its end (cap 64).
+        assert_eq!(b.take_word_run(4, 64, None), Some((20, 7)));
+        assert_eq!(b.take_word_run(3, 3, None), Some((10, 3)));
+        assert_eq!(b.take_word_run(1, 64, None), Some((80, 48)));
+        assert_eq!(b.take_word_run(1, 64, None), None);
+        b.check().unwrap();
+    }
+
+    #[test]
+    fn longest_bound_is_never_below_the_truth() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let len = (next() % 700 + 1) as usize;
+            let mut b = Bitmap::new(len);
+            for _ in 0..(next() % 60) {
+                let at = (next() as usize) % len;
+                let n = ((next() % 90) as usize + 1).min(len - at);
+                if b.is_clear(at, n) {
+                    b.set_range(at, n);
+                }
+                if next() % 4 == 0 && b.is_set(at, 1) {
+                    b.clear_range(at, 1);
+                }
+                assert!(b.longest_bound() >= b.longest_run(), "len {len}");
+                b.check().unwrap();
+            }
+        }
     }
 
     #[test]
@@ -292,18 +550,18 @@ mod tests {
                 }
                 for n in 1..=70 {
                     assert_eq!(b.find_clear_run(n), naive(&model, n), "len {len} n {n}");
-                }
-                for i in (0..len).filter(|&i| !model[i]) {
-                    let (mut l, mut r) = (i, i + 1);
-                    while l > 0 && !model[l - 1] {
-                        l -= 1;
-                    }
-                    while r < len && !model[r] {
-                        r += 1;
-                    }
-                    assert_eq!(b.clear_run_around(i, 1), r - l, "len {len} at {i}");
+                    let step = 1 << (n % 5);
+                    let aligned = (0..len)
+                        .step_by(step)
+                        .find(|&s| s + n <= len && model[s..s + n].iter().all(|x| !*x));
+                    assert_eq!(
+                        b.find_clear_run_aligned(n, step),
+                        aligned,
+                        "len {len} n {n}"
+                    );
                 }
                 assert_eq!(b.count_ones(), model.iter().filter(|x| **x).count());
+                b.check().unwrap();
             }
         }
     }

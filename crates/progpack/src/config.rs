@@ -102,6 +102,7 @@ pub struct Config {
     pub(crate) reserve_packs: usize,
     pub(crate) code_range: Option<CodeRange>,
     pub(crate) randomize: bool,
+    pub(crate) min_slack: usize,
     pub(crate) shards: usize,
     pub(crate) max_len: usize,
 }
@@ -115,6 +116,7 @@ impl Default for Config {
             reserve_packs: 1,
             code_range: None,
             randomize: true,
+            min_slack: 0,
             shards: std::thread::available_parallelism()
                 .map_or(1, |n| n.get())
                 .min(16),
@@ -149,11 +151,20 @@ impl Config {
         self.code_range = Some(range);
         self
     }
-    /// Start each image at a random offset inside its first chunk's slack, as the kernel does
-    /// against JIT spraying (default true). Off: images start on a chunk boundary and no
-    /// extra slack is added, which packs tiny programs denser.
+    /// Randomize where code lands, against JIT spraying (default true): each thread's run of
+    /// chunks starts at a random free word of its pack, and each image starts at a random
+    /// offset inside the slack its rounding up to whole chunks leaves (see the crate docs'
+    /// security section). Off: images start on chunk boundaries, first fit.
     pub fn randomize(mut self, on: bool) -> Self {
         self.randomize = on;
+        self
+    }
+    /// Bytes added to every request before it is rounded up to whole chunks, so that the image
+    /// can start at a random offset of at least `0..=bytes` (default 0: no footprint). The
+    /// kernel's BPF JIT adds 16 (`bpf_jit_binary_pack_alloc`); with 64-byte chunks that makes
+    /// a 64-byte program take two chunks. At most the chunk size.
+    pub fn min_slack(mut self, bytes: usize) -> Self {
+        self.min_slack = bytes;
         self
     }
     /// Independent pack lists, each with its own lock; threads spread over them (default: the
@@ -181,13 +192,13 @@ impl Config {
         self.code_range
     }
 
-    /// Extra bytes added before rounding up, for the random start (the kernel adds 16).
-    pub(crate) fn slack(&self) -> usize {
-        if self.randomize {
-            16.min(self.chunk_size)
-        } else {
-            0
-        }
+    /// The bytes added to every request before rounding (see [`Config::min_slack`]).
+    pub fn get_min_slack(&self) -> usize {
+        self.min_slack
+    }
+    /// Whether placement is randomized (see [`Config::randomize`]).
+    pub fn get_randomize(&self) -> bool {
+        self.randomize
     }
 
     /// Checks every field; the allocator calls this once.
@@ -220,6 +231,12 @@ impl Config {
         }
         if self.shards == 0 || self.shards > 1024 {
             return bad(format!("shards {} must be between 1 and 1024", self.shards));
+        }
+        if self.min_slack > self.chunk_size {
+            return bad(format!(
+                "min_slack {} is larger than the chunk size {}",
+                self.min_slack, self.chunk_size
+            ));
         }
         if self.max_len == 0 {
             return bad("max_len must be at least 1".into());
@@ -256,6 +273,7 @@ mod tests {
             Config::default().pack_size(4096).chunk_size(8192),
             Config::default().shards(0),
             Config::default().max_len(0),
+            Config::default().min_slack(65),
             Config::default().code_range(CodeRange::near(0).size(4096)),
         ] {
             assert!(matches!(c.validate(), Err(Error::BadConfig(_))), "{c:?}");

@@ -1,16 +1,17 @@
-//! A draft: chunks reserved in a pack plus a writable heap image that is never executable.
+//! A draft: chunks reserved in a pack plus a writable image that is never executable.
 //!
 //! The JIT emits into [`Draft::image_mut`] but computes every jump and call target against
 //! [`Draft::exec_addr`], where the code will run. [`Draft::finalize`] places the image with one
 //! backend write and returns a [`Program`]. Dropping a draft that was never finalized returns
-//! its chunks (they were never written, so they are still traps).
+//! its chunks (nothing was written into the pack, so they still hold traps).
 
-use crate::allocation::Allocation;
 use crate::error::{Error, Result};
 use crate::program::Program;
+use crate::span::{Fresh, Span};
+use crate::staging::Image;
 use std::fmt;
 
-/// A program being written: chunks reserved in a pack, plus a writable heap image that is never
+/// A program being written: chunks reserved in a pack, plus a writable image that is never
 /// executable. Made by [`Allocator::draft`](crate::Allocator::draft).
 ///
 /// Emit into [`image_mut`](Self::image_mut), but compute every jump and call target against
@@ -18,6 +19,10 @@ use std::fmt;
 /// [`finalize`](Self::finalize) places the image with one backend write and returns a
 /// [`Program`]. Dropping a draft that was never finalized returns its chunks (they were never
 /// written, so they still hold traps).
+///
+/// The image is a slice of a staging buffer the calling thread shares with its other drafts
+/// (laid out like the chunks in the pack); its address stays the same until the draft is
+/// finalized or dropped, even if the draft moves to another thread.
 ///
 /// ```
 /// # use progpack::{Allocator, Config};
@@ -32,80 +37,100 @@ use std::fmt;
 /// # Ok::<(), progpack::Error>(())
 /// ```
 pub struct Draft {
-    pub(crate) alloc: Allocation,
-    /// The whole span (chunk multiple), trap-filled, laid out as it will be in the pack.
-    pub(crate) buf: Vec<u8>,
-    /// Where the image starts inside `buf`.
-    pub(crate) offset: usize,
-    /// Image length.
-    pub(crate) len: usize,
+    span: Span,
+    image: Image,
+    /// Where the image starts inside the span.
+    offset: usize,
 }
 
 impl fmt::Debug for Draft {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Draft")
             .field("exec_addr", &format_args!("{:#x}", self.exec_addr()))
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish()
     }
 }
 
-/// A heap buffer of `len` trap bytes, or [`Error::OutOfMemory`].
-pub(crate) fn trap_buffer(len: usize) -> Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    buf.try_reserve_exact(len)
-        .map_err(|_| Error::OutOfMemory(len))?;
-    crate::arch::extend_traps(&mut buf, len);
-    Ok(buf)
-}
-
 impl Draft {
-    pub(crate) fn new(alloc: Allocation, offset: usize, len: usize) -> Result<Draft> {
-        let buf = trap_buffer(alloc.span())?;
-        Ok(Draft {
-            alloc,
-            buf,
-            offset,
-            len,
-        })
+    pub(crate) fn new(fresh: Fresh) -> Draft {
+        Draft {
+            span: fresh.span,
+            image: fresh.image,
+            offset: fresh.offset,
+        }
     }
 
     /// The address the first byte of the image will have once finalized: the base for every
     /// jump and call target the JIT computes.
     pub fn exec_addr(&self) -> usize {
-        self.alloc.base() + self.offset
+        self.span.base() + self.offset
     }
 
     /// The image, `len()` bytes, initially all trap instructions.
     pub fn image(&self) -> &[u8] {
-        &self.buf[self.offset..self.offset + self.len]
+        self.image.bytes()
     }
 
     /// The writable image, `len()` bytes, initially all trap instructions. It is ordinary heap
     /// memory: it is never executable.
     pub fn image_mut(&mut self) -> &mut [u8] {
-        &mut self.buf[self.offset..self.offset + self.len]
+        self.image.bytes_mut()
     }
 
     /// Image length in bytes.
     pub fn len(&self) -> usize {
-        self.len
+        self.image.bytes().len()
     }
 
     /// Always false: a draft has at least one byte.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Places the image where [`exec_addr`](Self::exec_addr) says with one backend write of the
-    /// whole chunk range, makes it visible to instruction fetch, and frees the buffer.
+    /// Shortens the image to `new_len` bytes (`1..=len()`) and gives back the chunks past its
+    /// new end, for code generators that reserve an upper bound and learn the real size after
+    /// emitting. `exec_addr` does not change; the bytes kept are unchanged. A draft larger
+    /// than a pack keeps its mapping's size.
+    ///
+    /// ```
+    /// # use progpack::{Allocator, Config};
+    /// let alloc = Allocator::new(Config::default())?;
+    /// let mut draft = alloc.draft(4096, 16)?; // an upper bound
+    /// draft.shrink(6)?;                        // what was actually emitted
+    /// assert_eq!(draft.len(), 6);
+    /// assert!(draft.shrink(7).is_err());
+    /// # Ok::<(), progpack::Error>(())
+    /// ```
+    pub fn shrink(&mut self, new_len: usize) -> Result<()> {
+        let len = self.len();
+        if new_len == 0 || new_len > len {
+            return Err(Error::BadShrink { len, new_len });
+        }
+        self.image.truncate(new_len);
+        self.span.shrink(self.offset + new_len, new_len);
+        Ok(())
+    }
+
+    /// Places the image where [`exec_addr`](Self::exec_addr) says with one backend write of
+    /// the image's bytes, makes it visible to instruction fetch, and returns the program.
     ///
     /// If the backend fails, the chunks are trap-filled and freed and the error says why.
-    pub fn finalize(mut self) -> Result<Program> {
-        let (addr, len) = (self.exec_addr(), self.len);
-        self.alloc.dirty = true;
-        let (m, off) = self.alloc.mapping();
-        crate::allocation::place(m, off, &self.buf)?;
-        Ok(Program::new(self.alloc, addr, len))
+    pub fn finalize(self) -> Result<Program> {
+        let Draft {
+            mut span,
+            image,
+            offset,
+        } = self;
+        span.place(offset, image.bytes())?;
+        let len = image.bytes().len();
+        drop(image);
+        span.became_program();
+        Ok(Program::new(span, offset, len))
+    }
+
+    /// Takes the draft apart (for [`Allocator::finalize_all`](crate::Allocator::finalize_all)).
+    pub(crate) fn into_parts(self) -> (Span, Image, usize) {
+        (self.span, self.image, self.offset)
     }
 }

@@ -49,13 +49,22 @@ pub enum Error {
         /// The configured limit.
         max: usize,
     },
-    /// The alignment is not a power of two or is larger than a chunk.
-    #[error("alignment {align} must be a power of two no larger than the chunk size {chunk}")]
+    /// The alignment is not a power of two or is larger than the page size (or the chunk
+    /// size, if that is larger).
+    #[error("alignment {align} must be a power of two no larger than {max}")]
     BadAlign {
         /// Requested alignment.
         align: usize,
-        /// The configured chunk size.
-        chunk: usize,
+        /// The largest alignment accepted: the page size (or the chunk size if larger).
+        max: usize,
+    },
+    /// [`Draft::shrink`](crate::Draft::shrink) was asked to grow the image or make it empty.
+    #[error("cannot shrink an image of {len} bytes to {new_len} bytes")]
+    BadShrink {
+        /// The image's length.
+        len: usize,
+        /// The length asked for.
+        new_len: usize,
     },
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]

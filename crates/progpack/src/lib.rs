@@ -95,8 +95,6 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-mod allocation;
-mod allocator;
 pub mod arch;
 pub mod backend;
 mod batch;
@@ -108,7 +106,12 @@ mod error;
 mod pack;
 mod program;
 mod region;
+mod run;
+mod shared;
+mod span;
+mod staging;
 mod stats;
+mod thread_cache;
 
 pub use backend::{Backend, Caps, Mapping, Placement};
 pub use batch::{Batch, SlotMut};
@@ -118,7 +121,7 @@ pub use error::{Errno, Error, Result};
 pub use program::Program;
 pub use stats::{huge_bytes_in, HugePages, PackSnapshot, Snapshot, Stats};
 
-use allocator::Inner;
+use shared::Shared;
 use std::sync::Arc;
 
 /// Executable memory for JIT code, in packs. Cheap to clone (a shared handle); `Send + Sync`.
@@ -127,82 +130,67 @@ use std::sync::Arc;
 /// and program made from it are gone.
 #[derive(Clone, Debug)]
 pub struct Allocator {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 impl Allocator {
-    /// Creates an allocator; checks the configuration and picks (probes) the backend. Maps
-    /// nothing yet, except the code range reservation if one is configured.
+    /// Creates an allocator; checks the configuration, picks (probes) the backend and checks
+    /// that the instruction-cache sync works here. Maps nothing yet, except the code range
+    /// reservation if one is configured.
     pub fn new(config: Config) -> Result<Allocator> {
         Ok(Allocator {
-            inner: Arc::new(Inner::new(config)?),
+            shared: Shared::new(config)?,
         })
     }
 
     /// Reserves room for an image of `len` bytes whose first byte is aligned to `align` (a
-    /// power of two, at most the chunk size). Requests larger than a pack get a mapping of
-    /// their own.
+    /// power of two, at most the page size). Small requests come from the calling thread's run
+    /// of chunks without a lock; requests larger than a pack get a mapping of their own.
+    #[inline]
     pub fn draft(&self, len: usize, align: usize) -> Result<Draft> {
-        let placed = self.inner.allocate(len, align)?;
-        Draft::new(placed.alloc, placed.offset, len)
+        span::allocate(&self.shared, len, align).map(Draft::new)
     }
 
     /// Starts a batch: drafts laid out contiguously and finalized with one write per run.
     pub fn batch(&self) -> Batch {
-        Batch::new(self.inner.clone())
+        Batch::new(self.shared.clone())
     }
 
-    /// Finalizes many drafts, coalescing drafts that lie next to each other in one pack into a
-    /// single backend write (their images are copied into one buffer). Returns the programs in
-    /// the order given. All or nothing: on error every draft's chunks are trap-filled and freed.
+    /// Finalizes many drafts: drafts that lie next to each other in one pack are placed with a
+    /// single backend write of their images and the trap bytes between them (one `pwritev` on
+    /// procmem; the images are not first copied into one buffer). Returns the programs in the
+    /// order given. All or nothing: on error every draft's chunks are trap-filled and freed.
     pub fn finalize_all(&self, drafts: Vec<Draft>) -> Result<Vec<Program>> {
-        let mut order: Vec<usize> = (0..drafts.len()).collect();
-        order.sort_by_key(|&i| drafts[i].alloc.base());
-        let mut drafts: Vec<Option<Draft>> = drafts.into_iter().map(Some).collect();
-        let mut runs: Vec<Vec<usize>> = Vec::new();
-        for &i in &order {
-            let d = drafts[i].as_ref().expect("each index once");
-            let contiguous = runs.last().and_then(|r| r.last()).is_some_and(|&j| {
-                let prev = drafts[j].as_ref().expect("each index once");
-                let (pm, poff) = prev.alloc.mapping();
-                let (m, off) = d.alloc.mapping();
-                pm.base() == m.base() && poff + prev.buf.len() == off
-            });
-            if contiguous {
-                runs.last_mut().expect("checked").push(i);
-            } else {
-                runs.push(vec![i]);
+        let mut parts: Vec<Option<(span::Span, staging::Image, usize)>> =
+            drafts.into_iter().map(|d| Some(d.into_parts())).collect();
+        let mut order: Vec<usize> = (0..parts.len()).collect();
+        let base = |p: &Option<(span::Span, staging::Image, usize)>| {
+            p.as_ref().map_or(0, |(s, _, _)| s.base())
+        };
+        order.sort_by_key(|&i| base(&parts[i]));
+        let mut i = 0;
+        while i < order.len() {
+            // The longest stretch of drafts whose spans follow each other in one mapping.
+            let mut j = i + 1;
+            while j < order.len() {
+                let (prev, next) = (&parts[order[j - 1]], &parts[order[j]]);
+                let (Some((ps, _, _)), Some((ns, _, _))) = (prev, next) else {
+                    break;
+                };
+                if !ps.followed_by(ns) {
+                    break;
+                }
+                j += 1;
             }
+            place_stretch(&mut parts, &order[i..j])?;
+            i = j;
         }
-        for run in &runs {
-            for &i in run {
-                drafts[i].as_mut().expect("each index once").alloc.dirty = true;
-            }
-            let first = drafts[run[0]].as_ref().expect("each index once");
-            let (m, off) = first.alloc.mapping();
-            if run.len() == 1 {
-                allocation::place(m, off, &first.buf)?;
-                continue;
-            }
-            let total: usize = run
-                .iter()
-                .map(|&i| drafts[i].as_ref().expect("each index once").buf.len())
-                .sum();
-            let mut joined = draft::trap_buffer(0)?;
-            joined
-                .try_reserve_exact(total)
-                .map_err(|_| Error::OutOfMemory(total))?;
-            for &i in run {
-                joined.extend_from_slice(&drafts[i].as_ref().expect("each index once").buf);
-            }
-            allocation::place(m, off, &joined)?;
-        }
-        Ok(drafts
+        Ok(parts
             .into_iter()
-            .map(|d| {
-                let d = d.expect("each index once");
-                let addr = d.exec_addr();
-                Program::new(d.alloc, addr, d.len)
+            .map(|p| {
+                let (mut span, image, offset) = p.expect("each draft once");
+                span.became_program();
+                Program::new(span, offset, image.bytes().len())
             })
             .collect())
     }
@@ -211,26 +199,29 @@ impl Allocator {
     /// trap-filled with a single backend write, then all their chunks are freed. Same result as
     /// dropping each, with one system call per run instead of one per program.
     pub fn free_all(&self, mut programs: Vec<Program>) {
-        programs.sort_by_key(|p| p.alloc.base());
+        programs.sort_by_key(|p| p.addr());
         let mut i = 0;
         while i < programs.len() {
-            let (m, off) = programs[i].alloc.mapping();
-            let (mbase, mut end) = (m.base(), off + programs[i].alloc.span());
             let mut j = i + 1;
             while j < programs.len() {
-                let (mj, offj) = programs[j].alloc.mapping();
-                if mj.base() != mbase || offj != end || programs[j].is_dedicated() {
+                if !programs[j - 1].span().followed_by(programs[j].span()) {
                     break;
                 }
-                end += programs[j].alloc.span();
                 j += 1;
             }
-            // One fill for the run; if it fails, each program's own drop tries again (and
-            // quarantines its chunks if that fails too).
-            let filled = || allocation::invalidate(m, off, end - off);
-            if !programs[i].is_dedicated() && filled().is_ok() {
-                for p in &mut programs[i..j] {
-                    p.alloc.dirty = false;
+            if !programs[i].span().is_dedicated() {
+                // One fill from the first program's code to the last one's end (the bytes
+                // between them are traps already); if it fails, each program's own drop tries
+                // again (and quarantines its chunks if that fails too).
+                let (m, at) = programs[i].span().mapping();
+                let start = at + programs[i].offset();
+                let last = &programs[j - 1];
+                let end = last.addr() + last.len() - m.base();
+                if m.fill_traps(start, end - start).is_ok() {
+                    let _ = arch::sync_icache(m.base() + start, end - start);
+                    for p in &mut programs[i..j] {
+                        p.span_mut().mark_written(0, 0);
+                    }
                 }
             }
             i = j;
@@ -238,56 +229,110 @@ impl Allocator {
         drop(programs);
     }
 
+    /// Gives the calling thread's reserved but unused chunks back to their pack, so that a pack
+    /// left empty can be released (or kept in reserve). Other threads' reservations come back
+    /// when they exit. Costs a lock; allocating again takes a new run.
+    pub fn trim(&self) {
+        thread_cache::with_state(&self.shared, |local, st| {
+            if let Some(run) = st.run.take() {
+                local.made.cached.add((run.left() as u64).wrapping_neg());
+                run.retire();
+            }
+        });
+    }
+
     /// Counters (no system calls).
     pub fn stats(&self) -> Stats {
-        stats::stats(&self.inner)
+        stats::stats(&self.shared)
     }
 
     /// Per-pack occupancy, with huge-page backing per pack where `/proc/self/smaps` tells.
     pub fn snapshot(&self) -> Snapshot {
-        stats::snapshot(&self.inner)
+        stats::snapshot(&self.shared)
     }
 
     /// Per-pack occupancy like [`Self::snapshot`], without reading `/proc/self/smaps`
     /// (`huge_bytes` is `None`): cheap enough to call after every operation in tests.
     pub fn occupancy(&self) -> Snapshot {
-        stats::occupancy(&self.inner)
+        stats::occupancy(&self.shared)
     }
 
     /// How many bytes of the packs the kernel backs with huge pages (reads `/proc/self/smaps`).
     pub fn huge_pages(&self) -> std::io::Result<HugePages> {
-        stats::huge_pages(&self.inner)
+        stats::huge_pages(&self.shared)
     }
 
     /// Name of the backend in use.
     pub fn backend_name(&self) -> &'static str {
-        self.inner.backend.name()
+        self.shared.backend.name()
     }
 
     /// What the backend can do.
     pub fn backend_caps(&self) -> Caps {
-        self.inner.backend.caps()
+        self.shared.backend.caps()
     }
 
-    /// Which backend was picked and why (one line per backend probed).
+    /// Which backend was picked and why (one line per backend probed), and the state of the
+    /// instruction-cache sync.
     pub fn backend_report(&self) -> &str {
-        &self.inner.backend_report
+        &self.shared.backend_report
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        &self.shared.config
     }
 
     /// The code range reservation (base, size), if one is configured.
     pub fn code_range(&self) -> Option<(usize, usize)> {
-        self.inner.space.as_ref().map(|s| (s.base(), s.size()))
+        self.shared.space.as_ref().map(|s| (s.base(), s.size()))
     }
 
-    /// Checks every invariant that can be checked from inside: per pack, free counts match the
-    /// bitmap and every free chunk holds only traps. Returns what is wrong. Costs a read of
-    /// every free chunk: for tests and debugging.
+    /// Checks every invariant that can be checked from inside: per pack, the bitmap's summary
+    /// and counts, the fit hints, and that every free chunk holds only traps. Returns what is
+    /// wrong. Costs a read of every free chunk: for tests and debugging.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        self.inner.packs().iter().try_for_each(|p| p.check())
+        self.shared.packs().iter().try_for_each(|p| p.check())
     }
+}
+
+/// Places a stretch of drafts whose spans follow each other in one pack: one backend write of
+/// their images with the trap bytes between them (`indices` in address order).
+fn place_stretch(
+    parts: &mut [Option<(span::Span, staging::Image, usize)>],
+    indices: &[usize],
+) -> Result<()> {
+    let get = |i: usize| parts[i].as_ref().expect("each draft once");
+    let (first_span, _, first_offset) = get(indices[0]);
+    let (m, at) = first_span.mapping();
+    let start = at + first_offset;
+    let mut pieces: Vec<&[u8]> = Vec::with_capacity(indices.len() * 2);
+    let mut cursor = m.base() + start;
+    for &i in indices {
+        let (span, image, offset) = get(i);
+        let image_at = span.base() + offset;
+        staging::push_traps(&mut pieces, cursor, image_at - cursor);
+        pieces.push(image.bytes());
+        cursor = image_at + image.bytes().len();
+    }
+    let len = cursor - (m.base() + start);
+    let mapping_base = m.base();
+    // Marked whatever the write's outcome: a write that fails half way must still be
+    // trap-filled when the drafts are dropped.
+    let marks: Vec<(usize, usize, usize)> = indices
+        .iter()
+        .map(|&i| {
+            let (_, image, offset) = get(i);
+            (i, *offset, image.bytes().len())
+        })
+        .collect();
+    let written = m.write_parts(start, &pieces);
+    drop(pieces);
+    for (i, offset, len) in marks {
+        if let Some((span, _, _)) = parts[i].as_mut() {
+            span.mark_written(offset, len);
+        }
+    }
+    written?;
+    arch::sync_icache(mapping_base + start, len)
 }

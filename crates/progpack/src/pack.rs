@@ -1,31 +1,87 @@
 //! A pack: one region of `pack_size` bytes, carved into chunks tracked by a [`Bitmap`].
 //!
 //! Invariants (checked by [`Pack::check`]):
-//! - a bit is set iff its chunk belongs to a live draft, batch slot or program;
-//! - every clear chunk holds only trap instructions;
-//! - `longest` is at least the length of the longest run of clear bits (an upper bound that
-//!   failed searches lower and frees raise), so a search that cannot succeed is skipped;
-//! - `fits` equals `min(clear bits, longest)`: read without the lock to skip full or too
-//!   fragmented packs;
+//! - a bit is set iff its chunk is owned by a live span (draft, batch slot or program), a
+//!   thread's run or a batch's run;
+//! - every clear chunk holds only trap instructions; a freed span is trap-filled before its bits
+//!   are cleared (quarantined spans, whose fill failed, keep their bits for good);
+//! - `fits` equals `min(longest_bound, cap)`: an upper bound on the longest run of clear
+//!   chunks, read without the lock to skip full or too fragmented packs (`cap` is lowered by a
+//!   failed first-fit search and lifted by the next free); `run_fits` likewise bounds the
+//!   longest run inside one bitmap word (`word_cap` is lowered by a failed run search);
 //! - the pack is read+execute for its whole life and never writable at any user-space address
-//!   (procmem), or writable only through a separate non-executable alias (dualmap).
+//!   (procmem), or writable only through a separate non-executable alias (dualmap);
+//! - a pack is unmapped only when no span or run owns a chunk in it (owners hold an `Arc`).
 
 use crate::bitmap::Bitmap;
 use crate::region::Region;
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+/// What a pack calls when it becomes empty: the allocator that lists it. A trait so that the
+/// pack, below the allocator in the module stack, does not name it.
+pub(crate) trait PackOwner: Send + Sync {
+    /// The last owned chunk of `pack` was given back.
+    fn pack_became_empty(&self, pack: &Arc<Pack>);
+    /// `n` programs were finalized by a thread that keeps no counters for the allocator.
+    fn count_programs(&self, n: u64);
+}
+
+/// Counts of what was freed in a pack, kept under its lock (so a free writes no shared atomic
+/// of its own); the allocator sums them with what threads made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Freed {
+    /// Spans freed (including quarantined ones).
+    pub(crate) spans: u64,
+    /// Bytes those spans had been asked for.
+    pub(crate) requested: u64,
+    /// Of those spans, finalized programs.
+    pub(crate) programs: u64,
+    /// Chunks kept for good because trap-filling them failed.
+    pub(crate) quarantined: u64,
+}
+
+impl Freed {
+    /// Adds `other` into `self`.
+    pub(crate) fn add(&mut self, other: &Freed) {
+        self.spans += other.spans;
+        self.requested += other.requested;
+        self.programs += other.programs;
+        self.quarantined += other.quarantined;
+    }
+}
 
 /// One pack.
-#[derive(Debug)]
 pub(crate) struct Pack {
     pub(crate) region: Region,
     /// Index of the shard whose list holds this pack.
     pub(crate) shard: usize,
     pub(crate) chunk_size: usize,
-    /// Mirror of `min(clear bits, longest)`: the largest request that might fit, for lock-free
-    /// skipping of full or fragmented packs.
+    /// The allocator listing the pack (gone if the allocator was dropped before its programs).
+    owner: Weak<dyn PackOwner>,
+    /// Mirror of `min(longest_bound, cap)`, for lock-free skipping.
     fits: AtomicUsize,
+    /// Mirror of the bound on the longest clear run inside one word.
+    run_fits: AtomicUsize,
+    /// Chunks in the whole pack; the bitmap covers those ready so far.
+    capacity: usize,
+    /// Chunks ready, mirrored from the bitmap's length for lock-free reads.
+    ready: AtomicUsize,
+    /// Serializes growth (which writes outside the state lock).
+    growing: Mutex<()>,
+    /// Growth failed once (a child process may not grow its parent's file, say): stop trying.
+    stuck: std::sync::atomic::AtomicBool,
     state: Mutex<PackState>,
+}
+
+impl fmt::Debug for Pack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pack")
+            .field("base", &format_args!("{:#x}", self.base()))
+            .field("shard", &self.shard)
+            .finish()
+    }
 }
 
 /// The part of a pack guarded by its lock.
@@ -36,37 +92,49 @@ pub(crate) struct PackState {
     pub(crate) listed: bool,
     /// The pack is empty and counted in the allocator's reserve of empty packs.
     pub(crate) kept_empty: bool,
-    /// Live allocations in this pack (kept here, under the lock already taken, rather than
-    /// in shared atomics that every thread would write).
-    pub(crate) allocations: usize,
-    /// Bytes requested by those allocations.
-    pub(crate) requested: usize,
-    /// Upper bound on the longest run of clear chunks (asmjit's "largest unused area").
-    pub(crate) longest: usize,
+    /// Bound set by a failed first-fit search (no run longer than this); lifted by a free.
+    cap: usize,
+    /// Bound set by a failed run search (no run inside one word longer than this).
+    word_cap: usize,
+    /// What was freed here.
+    pub(crate) freed: Freed,
 }
 
 impl Pack {
     /// Wraps a freshly mapped, trap-filled region.
-    pub(crate) fn new(region: Region, shard: usize, chunk_size: usize) -> Pack {
-        let chunks = region.len() / chunk_size;
+    pub(crate) fn new(
+        region: Region,
+        shard: usize,
+        chunk_size: usize,
+        owner: Weak<dyn PackOwner>,
+    ) -> Pack {
+        let capacity = region.len() / chunk_size;
+        let ready = region.mapping().ready() / chunk_size;
+        let bitmap = Bitmap::with_capacity(capacity, ready);
         Pack {
             region,
             shard,
             chunk_size,
-            fits: AtomicUsize::new(chunks),
+            owner,
+            fits: AtomicUsize::new(bitmap.longest_bound()),
+            run_fits: AtomicUsize::new(64),
+            capacity,
+            ready: AtomicUsize::new(ready),
+            growing: Mutex::new(()),
+            stuck: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(PackState {
-                bitmap: Bitmap::new(chunks),
+                bitmap,
                 listed: true,
                 kept_empty: false,
-                allocations: 0,
-                requested: 0,
-                longest: chunks,
+                cap: usize::MAX,
+                word_cap: usize::MAX,
+                freed: Freed::default(),
             }),
         }
     }
 
-    /// Locks the state. A panic while holding the lock cannot leave the bitmap half-updated
-    /// (updates are single calls), so a poisoned lock is still usable.
+    /// Locks the state. Updates are single calls that cannot leave the bitmap half-updated, so
+    /// a poisoned lock is still usable.
     pub(crate) fn lock(&self) -> MutexGuard<'_, PackState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -78,80 +146,180 @@ impl Pack {
     }
 
     fn publish(&self, st: &PackState) {
-        self.fits
-            .store(st.bitmap.count_zeros().min(st.longest), Ordering::Relaxed);
-    }
-
-    /// Takes the first run of `n` clear chunks for an allocation of `requested` bytes.
-    /// `reserve` is the allocator's count of kept empty packs, decremented if this pack was one.
-    pub(crate) fn take(&self, n: usize, requested: usize, reserve: &AtomicUsize) -> Option<usize> {
-        if self.fits_hint() < n {
-            return None;
-        }
-        let mut st = self.lock();
-        let Some(first) = st.bitmap.find_clear_run(n) else {
-            // No run of n: the longest is shorter, so skip this pack until a free merges one.
-            st.longest = st.longest.min(n - 1);
-            self.publish(&st);
-            return None;
+        let longest = st.bitmap.longest_bound().min(st.cap);
+        self.fits.store(longest, Ordering::Relaxed);
+        let in_word = if st.bitmap.free_words() > 0 {
+            64
+        } else {
+            longest.min(st.word_cap).min(64)
         };
-        self.mark_taken(&mut st, first, n, requested, reserve);
-        Some(first)
+        self.run_fits.store(in_word, Ordering::Relaxed);
     }
 
-    /// Takes exactly chunks `first..first + n` if they are all clear.
-    pub(crate) fn take_at(
-        &self,
-        first: usize,
-        n: usize,
-        requested: usize,
-        reserve: &AtomicUsize,
-    ) -> bool {
-        let mut st = self.lock();
-        if !st.listed || !st.bitmap.is_clear(first, n) {
-            return false;
-        }
-        self.mark_taken(&mut st, first, n, requested, reserve);
-        true
+    /// Lifts the bounds a failed search set: a free may have merged a longer run.
+    fn lift(st: &mut PackState) {
+        st.cap = usize::MAX;
+        st.word_cap = usize::MAX;
     }
 
-    fn mark_taken(
-        &self,
-        st: &mut PackState,
-        first: usize,
-        n: usize,
-        requested: usize,
-        reserve: &AtomicUsize,
-    ) {
-        st.bitmap.set_range(first, n);
-        st.allocations += 1;
-        st.requested += requested;
-        self.publish(st);
+    /// Leaves the reserve of empty packs, if this pack was in it (`reserve` is the allocator's
+    /// count of kept empty packs).
+    fn unreserve(st: &mut PackState, reserve: &AtomicUsize) {
         if st.kept_empty {
             st.kept_empty = false;
             reserve.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    /// Returns chunks whose bytes are traps again. True if the pack is now empty.
-    pub(crate) fn give_back(&self, first: usize, n: usize, requested: usize) -> bool {
+    /// Takes a run of `min..=max` chunks inside one bitmap word for a thread or a batch (see
+    /// [`Bitmap::take_word_run`]; `pick` draws its position). Returns `(first, len)`.
+    pub(crate) fn take_run(
+        &self,
+        min: usize,
+        max: usize,
+        pick: Option<u64>,
+        reserve: &AtomicUsize,
+    ) -> Option<(usize, usize)> {
+        if self.run_fits.load(Ordering::Relaxed) < min {
+            return None;
+        }
         let mut st = self.lock();
+        if !st.listed {
+            return None;
+        }
+        match st.bitmap.take_word_run(min, max, pick) {
+            Some(run) => {
+                Self::unreserve(&mut st, reserve);
+                self.publish(&st);
+                Some(run)
+            }
+            None => {
+                // No run of `min` inside any word: skip this pack for runs until a free.
+                st.word_cap = min - 1;
+                self.publish(&st);
+                None
+            }
+        }
+    }
+
+    /// Takes the first run of `n` clear chunks starting at a multiple of `step` chunks.
+    pub(crate) fn take_span(&self, n: usize, step: usize, reserve: &AtomicUsize) -> Option<usize> {
+        if self.fits_hint() < n {
+            return None;
+        }
+        let mut st = self.lock();
+        if !st.listed {
+            return None;
+        }
+        let Some(first) = st.bitmap.find_clear_run_aligned(n, step) else {
+            if step == 1 {
+                // No run of n at all: skip this pack for such requests until a free.
+                st.cap = st.cap.min(n - 1);
+                self.publish(&st);
+            }
+            return None;
+        };
+        st.bitmap.set_range(first, n);
+        Self::unreserve(&mut st, reserve);
+        self.publish(&st);
+        Some(first)
+    }
+
+    /// Takes exactly chunks `first..first + n` if they are all clear (a batch growing its run).
+    pub(crate) fn take_at(&self, first: usize, n: usize, reserve: &AtomicUsize) -> bool {
+        let mut st = self.lock();
+        if !st.listed || !st.bitmap.is_clear(first, n) {
+            return false;
+        }
+        st.bitmap.set_range(first, n);
+        Self::unreserve(&mut st, reserve);
+        self.publish(&st);
+        true
+    }
+
+    /// Returns chunks `first..first + n` that hold only traps (a run's unused tail), counting
+    /// no free. If that empties the pack, tells the owner.
+    pub(crate) fn give_back(self: &Arc<Self>, first: usize, n: usize) {
+        if self.give_back_quietly(first, n) {
+            self.became_empty();
+        }
+    }
+
+    /// Like [`Pack::give_back`], but only says whether the pack is now empty: the caller
+    /// tells the owner with [`Pack::became_empty`] when it is done with the pack (a thread
+    /// renewing its run looks for the new run before an empty pack is released).
+    pub(crate) fn give_back_quietly(&self, first: usize, n: usize) -> bool {
+        self.release(first, n, 0)
+    }
+
+    /// Returns the tail `first..first + n` of a live span that asked for `less` bytes fewer
+    /// (a draft shrunk); the chunks hold only traps.
+    pub(crate) fn shrink_span(self: &Arc<Self>, first: usize, n: usize, less: usize) {
+        if self.release(first, n, less) {
+            self.became_empty();
+        }
+    }
+
+    /// Clears `first..first + n` and counts `less` bytes freed; true if the pack is now empty.
+    fn release(&self, first: usize, n: usize, less: usize) -> bool {
+        if n == 0 && less == 0 {
+            return false;
+        }
+        let mut st = self.lock();
+        st.freed.requested += less as u64;
         st.bitmap.clear_range(first, n);
-        st.allocations -= 1;
-        st.requested -= requested;
-        // The freed run, merged with its clear neighbours, may be the new longest.
-        let run = st.bitmap.clear_run_around(first, n);
-        st.longest = st.longest.max(run);
+        Self::lift(&mut st);
         self.publish(&st);
         st.bitmap.count_ones() == 0
     }
 
-    /// Ends an allocation whose chunks stay in use for good (quarantined: trap-filling them
-    /// failed), so they are not counted as live any more.
-    pub(crate) fn forget(&self, requested: usize) {
+    /// Frees a span whose chunks hold only traps again: clears its bits and counts the free.
+    /// This is the per-program free under the lock: a few word operations, no scan.
+    pub(crate) fn free_span(
+        self: &Arc<Self>,
+        first: usize,
+        n: usize,
+        requested: usize,
+        program: bool,
+    ) {
+        let empty = {
+            let mut st = self.lock();
+            st.bitmap.clear_range(first, n);
+            Self::lift(&mut st);
+            st.freed.spans += 1;
+            st.freed.requested += requested as u64;
+            st.freed.programs += u64::from(program);
+            self.publish(&st);
+            st.bitmap.count_ones() == 0
+        };
+        if empty {
+            self.became_empty();
+        }
+    }
+
+    /// Ends a span whose chunks stay owned for good (quarantined: trap-filling them failed), so
+    /// it no longer counts as live.
+    pub(crate) fn quarantine(&self, n: usize, requested: usize, program: bool) {
         let mut st = self.lock();
-        st.allocations -= 1;
-        st.requested -= requested;
+        st.freed.spans += 1;
+        st.freed.requested += requested as u64;
+        st.freed.programs += u64::from(program);
+        st.freed.quarantined += n as u64;
+    }
+
+    /// Counts `n` finalized programs with the owner (the rare path: the finalizing thread
+    /// keeps no counters for this allocator).
+    pub(crate) fn count_programs(&self, n: u64) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.count_programs(n);
+        }
+    }
+
+    /// Tells the owner the pack may be empty (it checks again under its locks).
+    pub(crate) fn became_empty(self: &Arc<Self>) {
+        if let Some(owner) = self.owner.upgrade() {
+            owner.pack_became_empty(self);
+        }
     }
 
     /// Base address.
@@ -159,37 +327,75 @@ impl Pack {
         self.region.base()
     }
 
+    /// Chunks in the whole pack.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Chunks ready to be handed out (the rest waits for [`Pack::grow`]).
+    pub(crate) fn ready(&self) -> usize {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// True if part of the pack is not ready yet and growing it has not failed.
+    pub(crate) fn can_grow(&self) -> bool {
+        self.ready() < self.capacity && !self.stuck.load(Ordering::Relaxed)
+    }
+
+    /// Readies twice as many chunks (up to the whole pack): the backend fills them with traps
+    /// (no lock held), then they join the bitmap, clear.
+    pub(crate) fn grow(&self) -> crate::Result<()> {
+        let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.ready();
+        if now == self.capacity {
+            return Ok(()); // another thread grew it meanwhile
+        }
+        let page_chunks = (crate::backend::sys::page_size() / self.chunk_size).max(1);
+        let target = (2 * now)
+            .max(page_chunks)
+            .next_multiple_of(page_chunks)
+            .min(self.capacity);
+        if let Err(e) = self.region.mapping().grow(target * self.chunk_size) {
+            self.stuck.store(true, Ordering::Relaxed);
+            return Err(e);
+        }
+        let mut st = self.lock();
+        st.bitmap.grow(target);
+        Self::lift(&mut st);
+        self.publish(&st);
+        self.ready.store(target, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// Checks the invariants at the top of this file; returns what is wrong.
     pub(crate) fn check(&self) -> Result<(), String> {
         let st = self.lock();
-        if self.fits_hint() != st.bitmap.count_zeros().min(st.longest) {
-            return Err(format!("pack {:#x}: fits hint out of date", self.base()));
+        let at = |what: String| format!("pack {:#x}: {what}", self.base());
+        st.bitmap.check().map_err(at)?;
+        if st.bitmap.len() != self.ready()
+            || self.region.mapping().ready() < self.ready() * self.chunk_size
+        {
+            return Err(at("ready chunks out of step with the mapping".into()));
         }
-        let actual = (0..st.bitmap.len())
-            .fold((0, 0), |(best, run), i| {
-                let run = if st.bitmap.get(i) { 0 } else { run + 1 };
-                (best.max(run), run)
-            })
-            .0;
-        if st.longest < actual {
-            return Err(format!(
-                "pack {:#x}: longest-run bound {} below the real {actual}",
-                self.base(),
-                st.longest
-            ));
+        if self.fits_hint() != st.bitmap.longest_bound().min(st.cap) {
+            return Err(at("fits hint out of date".into()));
+        }
+        let longest = st.bitmap.longest_run();
+        if self.fits_hint() < longest {
+            return Err(at(format!(
+                "longest-run bound {} below the real {longest}",
+                self.fits_hint()
+            )));
         }
         for i in 0..st.bitmap.len() {
             if st.bitmap.get(i) {
                 continue;
             }
-            // A clear chunk is not being written: writes target only set chunks, and the
+            // A clear chunk is not being written: writes target only owned chunks, and the
             // lock is held so no chunk changes state meanwhile.
             let bytes = self.region.bytes(i * self.chunk_size, self.chunk_size);
             if !crate::arch::is_all_traps(bytes) {
-                return Err(format!(
-                    "pack {:#x}: free chunk {i} holds non-trap bytes",
-                    self.base()
-                ));
+                return Err(at(format!("free chunk {i} holds non-trap bytes")));
             }
         }
         Ok(())

@@ -1,16 +1,16 @@
 //! A program: finalized code in a pack (or a dedicated mapping), read+execute, immutable.
 //!
-//! Dropping it fills its chunks with traps through the backend, then frees them: once the
+//! Dropping it fills its bytes with traps through the backend, then frees its chunks: once the
 //! `Program` is gone, calling its old address traps; it never runs stale code.
 
-use crate::allocation::{Allocation, Place};
+use crate::span::Span;
 use std::fmt;
-use std::sync::atomic::Ordering;
 
 /// Finalized, executable code. `Send + Sync`: the bytes never change while it lives.
 pub struct Program {
-    pub(crate) alloc: Allocation,
-    addr: usize,
+    span: Span,
+    /// Where the code starts inside the span.
+    offset: usize,
     len: usize,
 }
 
@@ -25,26 +25,25 @@ const _: () = {
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Program")
-            .field("addr", &format_args!("{:#x}", self.addr))
+            .field("addr", &format_args!("{:#x}", self.addr()))
             .field("len", &self.len)
             .finish()
     }
 }
 
 impl Program {
-    pub(crate) fn new(alloc: Allocation, addr: usize, len: usize) -> Program {
-        alloc.inner.stats.programs.fetch_add(1, Ordering::Relaxed);
-        Program { alloc, addr, len }
+    pub(crate) fn new(span: Span, offset: usize, len: usize) -> Program {
+        Program { span, offset, len }
     }
 
     /// Address of the first byte (the draft's `exec_addr()`).
     pub fn addr(&self) -> usize {
-        self.addr
+        self.span.base() + self.offset
     }
 
     /// The first byte as a pointer.
     pub fn as_ptr(&self) -> *const u8 {
-        self.addr as *const u8
+        self.addr() as *const u8
     }
 
     /// Length of the code in bytes.
@@ -59,12 +58,12 @@ impl Program {
 
     /// The code as placed, read back from executable memory.
     pub fn bytes(&self) -> &[u8] {
-        self.alloc.bytes(self.addr - self.alloc.base(), self.len)
+        self.span.bytes(self.offset, self.len)
     }
 
     /// True if the program has a mapping of its own (it was larger than a pack).
     pub fn is_dedicated(&self) -> bool {
-        matches!(self.alloc.place, Place::Dedicated(_))
+        self.span.is_dedicated()
     }
 
     /// The entry point as a function pointer of type `F`.
@@ -84,19 +83,24 @@ impl Program {
             std::mem::size_of::<usize>(),
             "F must be a function pointer type"
         );
+        let addr = self.addr();
         // SAFETY: F is pointer-sized (checked); the caller promises it is a function pointer
         // type matching the code at `addr`, which is mapped read+execute while `self` lives.
-        unsafe { std::mem::transmute_copy::<usize, F>(&self.addr) }
+        unsafe { std::mem::transmute_copy::<usize, F>(&addr) }
     }
-}
 
-impl Drop for Program {
-    fn drop(&mut self) {
-        self.alloc
-            .inner
-            .stats
-            .programs
-            .fetch_sub(1, Ordering::Relaxed);
-        // The allocation's own drop trap-fills (it is dirty) and then frees the chunks.
+    /// The span (for [`Allocator::free_all`](crate::Allocator::free_all)).
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// The span, writable (for [`Allocator::free_all`](crate::Allocator::free_all)).
+    pub(crate) fn span_mut(&mut self) -> &mut Span {
+        &mut self.span
+    }
+
+    /// Where the code starts inside the span.
+    pub(crate) fn offset(&self) -> usize {
+        self.offset
     }
 }

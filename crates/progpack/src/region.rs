@@ -28,16 +28,25 @@ pub(crate) struct Region {
 }
 
 impl Region {
-    /// Maps `len` bytes aligned to `align`, inside `space` when there is a code range.
+    /// Maps `len` bytes aligned to `align`, inside `space` when there is a code range, with at
+    /// least the first `ready` bytes ready (see [`Backend::map_growable`]).
     pub(crate) fn map(
         backend: &dyn Backend,
         space: Option<&Arc<CodeRangeSpace>>,
         len: usize,
         align: usize,
+        ready: usize,
     ) -> Result<Region> {
+        let map = |placement| {
+            if ready < len {
+                backend.map_growable(len, placement, ready)
+            } else {
+                backend.map(len, placement)
+            }
+        };
         match space {
             None => {
-                let mapping = backend.map(len, Placement::Anywhere { align })?;
+                let mapping = map(Placement::Anywhere { align })?;
                 if mapping.base() % align != 0 || mapping.len() < len {
                     return Err(Error::BadConfig(format!(
                         "backend `{}` returned a misaligned or short mapping",
@@ -57,7 +66,7 @@ impl Region {
                     addr,
                     len,
                 };
-                let mapping = backend.map(len, Placement::Fixed { addr })?;
+                let mapping = map(Placement::Fixed { addr })?;
                 if mapping.base() != addr || mapping.len() < len {
                     return Err(Error::BadConfig(format!(
                         "backend `{}` ignored the fixed placement at {addr:#x}",

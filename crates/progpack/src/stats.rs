@@ -1,7 +1,8 @@
 //! Statistics: counters (cheap, no I/O), a per-pack occupancy snapshot, and how much of the
 //! packs the kernel backs with huge pages (read from `/proc/self/smaps`).
 
-use crate::allocator::Inner;
+use crate::pack::Freed;
+use crate::shared::Shared;
 use std::sync::atomic::Ordering;
 
 /// Counters of an allocator at one moment (no system calls).
@@ -25,10 +26,15 @@ pub struct Stats {
     pub programs: usize,
     /// Live allocations: programs plus unfinalized drafts and batch slots.
     pub allocations: usize,
-    /// Chunks in use in packs.
+    /// Chunks in use in packs: owned by live drafts, batch slots and programs (and quarantined
+    /// chunks).
     pub chunks_used: usize,
     /// Free chunks in packs.
     pub chunks_free: usize,
+    /// Chunks reserved by threads' runs (and unfinished batches) and not handed out yet: they
+    /// hold traps and come back when the run is retired (see
+    /// [`Allocator::trim`](crate::Allocator::trim)).
+    pub chunks_cached: usize,
     /// Chunks never reused because trap-filling them failed.
     pub chunks_quarantined: usize,
     /// Bytes asked for by live allocations.
@@ -57,7 +63,7 @@ impl Stats {
 pub struct PackSnapshot {
     /// Base address.
     pub base: usize,
-    /// Per chunk: in use?
+    /// Per chunk: owned? (by a live span, or reserved by a thread's run or a batch)
     pub used: Vec<bool>,
     /// Bytes of this pack backed by huge pages, if `/proc/self/smaps` could tell.
     pub huge_bytes: Option<usize>,
@@ -114,50 +120,62 @@ impl HugePages {
     }
 }
 
-pub(crate) fn stats(inner: &Inner) -> Stats {
-    let c = &inner.stats;
-    let (mut packs, mut used, mut free) = (0, 0, 0);
-    let mut allocations = c.dedicated.load(Ordering::Relaxed);
-    let mut requested = c.dedicated_requested.load(Ordering::Relaxed);
-    for p in inner.packs() {
-        packs += 1;
-        let st = p.lock();
-        used += st.bitmap.count_ones();
-        free += st.bitmap.count_zeros();
-        allocations += st.allocations;
-        requested += st.requested;
-    }
-    let dedicated_bytes = c.dedicated_bytes.load(Ordering::Relaxed);
+pub(crate) fn stats(shared: &Shared) -> Stats {
+    let (spans, requested, programs, cached) = shared.made_by_threads();
+    let (mut packs, mut set, mut free) = (0, 0, 0);
+    let mut freed = Freed::default();
+    shared.with_shards(|list| {
+        for p in list {
+            packs += 1;
+            let st = p.lock();
+            set += st.bitmap.count_ones();
+            // Chunks not ready yet are free space too (filled when first needed).
+            free += st.bitmap.count_zeros() + (p.capacity() - st.bitmap.len());
+            freed.add(&st.freed);
+        }
+    });
+    let r = shared.retired();
+    freed.add(&r.freed);
+    let spans = spans.wrapping_add(r.spans);
+    let requested = requested.wrapping_add(r.requested);
+    let programs = programs.wrapping_add(r.programs);
+    let cached = cached.wrapping_add(r.cached);
+    drop(r);
+    let dedicated_bytes = shared.dedicated.bytes.load(Ordering::Relaxed);
+    // Differences of wrapping counters: exact when nothing is in flight.
+    let live = |made: u64, gone: u64| made.wrapping_sub(gone) as usize;
+    let cached = cached as usize;
     Stats {
-        backend: inner.backend.name(),
-        pack_size: inner.config.pack_size,
-        chunk_size: inner.config.chunk_size,
+        backend: shared.backend.name(),
+        pack_size: shared.config.pack_size,
+        chunk_size: shared.config.chunk_size,
         packs,
-        reserve_packs: inner.kept_empty.load(Ordering::Relaxed),
-        dedicated_mappings: c.dedicated.load(Ordering::Relaxed),
+        reserve_packs: shared.kept_empty.load(Ordering::Relaxed),
+        dedicated_mappings: shared.dedicated.mappings.load(Ordering::Relaxed),
         dedicated_bytes,
-        programs: c.programs.load(Ordering::Relaxed),
-        allocations,
-        chunks_used: used,
+        programs: live(programs, freed.programs),
+        allocations: live(spans, freed.spans),
+        chunks_used: set.saturating_sub(cached),
         chunks_free: free,
-        chunks_quarantined: c.quarantined.load(Ordering::Relaxed),
-        bytes_requested: requested,
-        bytes_mapped: packs * inner.config.pack_size + dedicated_bytes,
-        packs_mapped_total: c.packs_mapped.load(Ordering::Relaxed),
-        packs_released_total: c.packs_released.load(Ordering::Relaxed),
+        chunks_cached: cached.min(set),
+        chunks_quarantined: freed.quarantined as usize,
+        bytes_requested: live(requested, freed.requested),
+        bytes_mapped: packs * shared.config.pack_size + dedicated_bytes,
+        packs_mapped_total: shared.packs_mapped.load(Ordering::Relaxed),
+        packs_released_total: shared.packs_released.load(Ordering::Relaxed),
     }
 }
 
-pub(crate) fn snapshot(inner: &Inner) -> Snapshot {
-    snapshot_with(inner, true)
+pub(crate) fn snapshot(shared: &Shared) -> Snapshot {
+    snapshot_with(shared, true)
 }
 
 /// Like [`snapshot`], but without reading `/proc/self/smaps` (`huge_bytes` is `None`).
-pub(crate) fn occupancy(inner: &Inner) -> Snapshot {
-    snapshot_with(inner, false)
+pub(crate) fn occupancy(shared: &Shared) -> Snapshot {
+    snapshot_with(shared, false)
 }
 
-fn snapshot_with(inner: &Inner, with_huge: bool) -> Snapshot {
+fn snapshot_with(inner: &Shared, with_huge: bool) -> Snapshot {
     let packs = inner.packs();
     let ranges: Vec<(usize, usize)> = packs
         .iter()
@@ -179,16 +197,19 @@ fn snapshot_with(inner: &Inner, with_huge: bool) -> Snapshot {
                 let st = p.lock();
                 PackSnapshot {
                     base: p.base(),
-                    used: (0..st.bitmap.len()).map(|c| st.bitmap.get(c)).collect(),
+                    // Chunks past the ready part are free (filled when first needed).
+                    used: (0..p.capacity())
+                        .map(|c| c < st.bitmap.len() && st.bitmap.get(c))
+                        .collect(),
                     huge_bytes: huge.as_ref().ok().map(|h| h[i]),
                 }
             })
             .collect(),
-        dedicated_mappings: inner.stats.dedicated.load(Ordering::Relaxed),
+        dedicated_mappings: inner.dedicated.mappings.load(Ordering::Relaxed),
     }
 }
 
-pub(crate) fn huge_pages(inner: &Inner) -> std::io::Result<HugePages> {
+pub(crate) fn huge_pages(inner: &Shared) -> std::io::Result<HugePages> {
     let ranges: Vec<(usize, usize)> = inner
         .packs()
         .iter()

@@ -1,5 +1,7 @@
-//! Model-based property test: random sequences of draft / finalize / batch finalize /
-//! finalize_all / drop, on a tiny configuration (small packs, so packs come and go). After
+//! Model-based property test: random sequences of draft (aligned up to a page) / shrink /
+//! finalize / batch finalize / finalize_all / drop / trim, and short-lived threads that load
+//! programs and hand them over, on a tiny configuration (small packs, so packs come and go).
+//! After
 //! every step: no two live ranges overlap, every program's bytes are intact and it returns its
 //! value, the counters equal the model's, and every free chunk holds only traps. At the end,
 //! the process's code mappings are exactly as before.
@@ -14,23 +16,30 @@ use support::{code_mappings, ret_imm32 as ret_imm};
 #[derive(Clone, Debug)]
 enum Op {
     Draft { len: usize, align_log2: u8 },
+    Shrink { i: usize, keep: u8 },
     Finalize(usize),
     DropDraft(usize),
     DropProgram(usize),
     Batch { n: usize, len: usize },
     FinalizeAll,
     FreeAll(u8),
+    Thread { n: usize, len: usize },
+    Trim,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (6usize..3000, 0u8..7).prop_map(|(len, align_log2)| Op::Draft { len, align_log2 }),
+        1 => (6usize..3000, 7u8..13).prop_map(|(len, align_log2)| Op::Draft { len, align_log2 }),
+        1 => (any::<usize>(), any::<u8>()).prop_map(|(i, keep)| Op::Shrink { i, keep }),
         3 => any::<usize>().prop_map(Op::Finalize),
         1 => any::<usize>().prop_map(Op::DropDraft),
         3 => any::<usize>().prop_map(Op::DropProgram),
         1 => (1usize..40, 6usize..200).prop_map(|(n, len)| Op::Batch { n, len }),
         1 => Just(Op::FinalizeAll),
         1 => (0u8..3).prop_map(Op::FreeAll),
+        1 => (1usize..30, 6usize..300).prop_map(|(n, len)| Op::Thread { n, len }),
+        1 => Just(Op::Trim),
     ]
 }
 
@@ -110,11 +119,21 @@ fn run(ops: Vec<Op>, backend: BackendChoice) {
                     d.image_mut().copy_from_slice(&image(m.next, len));
                     m.drafts.push((m.next, d));
                 }
+                Op::Shrink { i, keep } if !m.drafts.is_empty() => {
+                    let at = i % m.drafts.len();
+                    let (_, d) = &mut m.drafts[at];
+                    let before = d.exec_addr();
+                    let new_len = (d.len() * (usize::from(keep) + 1) / 256).max(6);
+                    d.shrink(new_len).unwrap();
+                    assert_eq!((d.exec_addr(), d.len()), (before, new_len));
+                    assert!(d.shrink(new_len + 1).is_err() && d.shrink(0).is_err());
+                }
                 Op::Finalize(i) if !m.drafts.is_empty() => {
                     let (v, d) = m.drafts.swap_remove(i % m.drafts.len());
                     let addr = d.exec_addr();
                     let p = d.finalize().unwrap();
                     assert_eq!(p.addr(), addr);
+                    assert_eq!(p.bytes(), image(v, p.len()).as_slice());
                     m.programs.push((v, p));
                 }
                 Op::DropDraft(i) if !m.drafts.is_empty() => {
@@ -156,6 +175,29 @@ fn run(ops: Vec<Op>, backend: BackendChoice) {
                     m.programs = keep;
                     alloc.free_all(free);
                 }
+                Op::Thread { n, len } => {
+                    // A thread that loads, frees half, hands the rest over and exits: its run
+                    // must come back, and its programs stay valid here.
+                    let first = m.next + 1;
+                    m.next += n as u32;
+                    let a = alloc.clone();
+                    let progs = std::thread::spawn(move || {
+                        let mut kept = Vec::new();
+                        for k in 0..n as u32 {
+                            let mut d = a.draft(len, 1).unwrap();
+                            d.image_mut().copy_from_slice(&image(first + k, len));
+                            let p = d.finalize().unwrap();
+                            if k % 2 == 0 {
+                                kept.push((first + k, p));
+                            }
+                        }
+                        kept
+                    })
+                    .join()
+                    .unwrap();
+                    m.programs.extend(progs);
+                }
+                Op::Trim => alloc.trim(),
                 _ => {}
             }
             m.check(&alloc);
@@ -163,7 +205,9 @@ fn run(ops: Vec<Op>, backend: BackendChoice) {
         let st = alloc.stats();
         assert!(st.reserve_packs <= 1);
         drop(m);
+        alloc.trim();
         let st = alloc.stats();
+        assert_eq!(st.chunks_cached, 0, "{st:?}");
         assert_eq!(
             (
                 st.programs,

@@ -94,7 +94,9 @@ fn child_work(
     // Load new programs: first fit puts the first ones in the parent's holes. A dualmap child
     // is refused there (each refused draft's chunks are quarantined in the child), until the
     // inherited free space is used up and it maps packs of its own.
-    let inherited_free = alloc.stats().chunks_free;
+    // Free chunks, and those the forking thread's run held (the child gives them back).
+    let st = alloc.stats();
+    let inherited_free = st.chunks_free + st.chunks_cached;
     let (mut ok, mut refused) = (0, 0);
     let mut mine = Vec::new();
     for i in 0..(600 + inherited_free as u64) {
@@ -132,7 +134,8 @@ fn child_work(
     // A grandchild loads through the (twice) inherited allocator.
     let grand = run_in_child(|| {
         let (mut ok, mut refused) = (0, 0);
-        let inherited_free = alloc.stats().chunks_free as u64;
+        let st = alloc.stats();
+        let inherited_free = (st.chunks_free + st.chunks_cached) as u64;
         for i in 0..(300 + inherited_free) {
             if ok == 300 {
                 break;

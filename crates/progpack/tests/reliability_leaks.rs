@@ -98,6 +98,8 @@ fn cycle(config: &Config, seed: u64) -> Result<Vec<Round>, String> {
             progs.swap_remove(i);
         }
         alloc.check_invariants()?;
+        // This thread's run still holds a few chunks (of at most one pack): give them back.
+        alloc.trim();
         let st = alloc.stats();
         if st.allocations != 0 || st.chunks_used != 0 || st.dedicated_mappings != 0 {
             return Err(format!("round {r}: left after freeing everything: {st:?}"));

@@ -17,6 +17,7 @@ fn setups() -> Vec<Setup> {
         pack_size: 4096,
         chunk_size: 16,
         randomize: true,
+        min_slack: 0,
         reserve: 1,
         shards: 1,
         backend: BackendKind::ProcMem,
@@ -30,6 +31,13 @@ fn setups() -> Vec<Setup> {
             randomize: false,
             reserve: 0,
             backend: BackendKind::DualMap,
+            ..base
+        },
+        Setup {
+            min_slack: 16,
+            chunk_size: 64,
+            pack_size: 8192,
+            max_len: 3 * 8192,
             ..base
         },
         Setup {

@@ -6,6 +6,11 @@
 //! per-write mode the alias exists only during each write (a `mmap` + `munmap` per write,
 //! about 6 µs). Neither view is ever writable and executable.
 //!
+//! Packs are filled lazily: the file starts with only the first part of the pack, written as
+//! traps with `pwrite` (no page faults), and grows by further `pwrite`s of traps as the pack
+//! fills up ([`Mapping::grow`]). Both views span the whole pack from the start; touching them
+//! past the end of the file faults (`SIGBUS`), so nothing there is ever executable.
+//!
 //! The file is shared memory, so after `fork()` parent and child would share the code: the
 //! alias is marked `MADV_DONTFORK`, and a child that tries to write gets [`Error::Forked`].
 //! Huge pages need shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is
@@ -18,6 +23,8 @@
 use super::{check_range, sys, Backend, Caps, Mapping, Placement};
 use crate::error::{Error, Result};
 use rustix::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Writes code through a second, writable view of a `memfd`: packs are the `memfd` mapped
 /// read+execute where code runs, and read+write at another address where code is written.
@@ -72,9 +79,30 @@ unsafe impl Backend for DualMap {
     }
 
     fn map(&self, len: usize, placement: Placement) -> Result<Box<dyn Mapping>> {
-        let fd = sys::memfd("progpack", len)?;
+        self.map_growable(len, placement, len)
+    }
+
+    fn map_growable(
+        &self,
+        len: usize,
+        placement: Placement,
+        ready: usize,
+    ) -> Result<Box<dyn Mapping>> {
+        let mut ready = ready.clamp(sys::page_size().min(len), len);
+        // The file holds only what is ready, written as traps (pwrite allocates the pages
+        // without faulting them in one by one); past its end, both views fault. Where pwrite
+        // is not allowed (a seccomp filter), the whole file is filled through the alias
+        // before the executable view exists, and never grows.
+        let fd = sys::memfd("progpack", 0)?;
+        let filled = sys::pwrite_traps(&fd, 0, ready).is_ok();
+        if !filled {
+            ready = len;
+            sys::truncate(&fd, len)?;
+        }
         let alias = sys::map_shared(&fd, None, len, 0, sys::View::Write)?;
-        sys::fill_traps_direct(alias, len);
+        if !filled {
+            sys::fill_traps_direct(alias, len);
+        }
         let kept_alias = if self.per_write {
             sys::unmap(alias, len)?;
             None
@@ -101,6 +129,8 @@ unsafe impl Backend for DualMap {
         Ok(Box::new(DualMapping {
             base,
             len,
+            ready: AtomicUsize::new(ready),
+            growing: Mutex::new(()),
             placement,
             fd,
             alias: kept_alias,
@@ -114,6 +144,10 @@ unsafe impl Backend for DualMap {
 struct DualMapping {
     base: usize,
     len: usize,
+    /// Bytes of the file (trap-filled, mapped): the rest of both views faults.
+    ready: AtomicUsize,
+    /// Serializes growth: a stale grow must never write traps over ready (live) bytes.
+    growing: Mutex<()>,
     placement: Placement,
     fd: OwnedFd,
     alias: Option<usize>,
@@ -125,7 +159,7 @@ struct DualMapping {
 impl DualMapping {
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
-        check_range(offset, len, self.len)?;
+        check_range(offset, len, self.ready.load(Ordering::Acquire))?;
         // A child (of fork() or a raw clone()) has no persistent alias (MADV_DONTFORK), and a
         // fresh view would write the file the parent shares: either way it may not write.
         if sys::process_epoch() != self.epoch {
@@ -158,6 +192,24 @@ unsafe impl Mapping for DualMapping {
     }
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
         self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+    }
+    fn ready(&self) -> usize {
+        self.ready.load(Ordering::Acquire)
+    }
+    fn grow(&self, ready: usize) -> Result<()> {
+        let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.ready.load(Ordering::Acquire);
+        if ready <= now {
+            return Ok(());
+        }
+        check_range(0, ready, self.len)?;
+        // The file is shared with any child: only its creator grows it.
+        if sys::process_epoch() != self.epoch {
+            return Err(Error::Forked { backend: self.name });
+        }
+        sys::pwrite_traps(&self.fd, now as u64, ready - now)?;
+        self.ready.store(ready, Ordering::Release);
+        Ok(())
     }
     fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();

@@ -77,7 +77,9 @@ impl Placement {
 /// Implementers promise that for as long as the value lives:
 /// - `base()..base() + len()` is mapped readable and executable, and no user-space address
 ///   maps any of it writable and executable at once;
-/// - at creation every byte holds the trap pattern ([`crate::arch::TRAP`]);
+/// - at creation every byte of the first `ready()` bytes holds the trap pattern
+///   ([`crate::arch::TRAP`]), and no byte past `ready()` can be executed (touching it faults);
+///   after `grow(n)` returns `Ok`, the same holds with `ready() >= n`;
 /// - `write` and `fill_traps` change only the bytes they are asked to, and when they return
 ///   `Ok` the bytes are visible at `base() + offset` to reads on every thread;
 /// - dropping it releases the range with the [`Placement`] it was made with.
@@ -111,6 +113,21 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
             at += p.len();
         }
         Ok(())
+    }
+    /// Bytes from the start that are ready: mapped read+execute and trap-filled. The rest
+    /// (of a mapping made by [`Backend::map_growable`]) is reserved and faults if touched,
+    /// until [`Mapping::grow`] makes it ready. The default: all of it.
+    fn ready(&self) -> usize {
+        self.len()
+    }
+    /// Makes the first `ready` bytes ready (trap-filled, then executable), for a mapping made by
+    /// [`Backend::map_growable`]; `ready` is a multiple of the page size, at most `len()`.
+    fn grow(&self, ready: usize) -> Result<()> {
+        let _ = ready;
+        Err(Error::Unsupported {
+            backend: self.backend_name(),
+            op: "growing a mapping",
+        })
     }
     /// Fills `base() + offset .. + len` with traps (the kernel's `text_poke_set`).
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
@@ -148,6 +165,19 @@ pub unsafe trait Backend: Send + Sync + fmt::Debug {
             backend: self.name(),
             op: "map executable memory",
         })
+    }
+    /// Maps `len` bytes of which at least the first `ready` (a multiple of the page size) are
+    /// trap-filled and read+execute; [`Mapping::grow`] readies more later. For backends where
+    /// filling a whole pack up front is costly (a `memfd` fills page by page). The default
+    /// maps everything ready.
+    fn map_growable(
+        &self,
+        len: usize,
+        placement: Placement,
+        ready: usize,
+    ) -> Result<Box<dyn Mapping>> {
+        let _ = ready;
+        self.map(len, placement)
     }
 }
 

@@ -210,6 +210,14 @@ pub fn memfd(name: &str, len: usize) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// `ftruncate(fd, len)`: sets the size of a file (a `memfd`).
+///
+/// # References
+/// - [ftruncate(2)](https://man7.org/linux/man-pages/man2/ftruncate.2.html)
+pub fn truncate(fd: impl AsFd, len: usize) -> Result<()> {
+    rustix::fs::ftruncate(fd, len as u64).map_err(|e| Error::os("ftruncate (memfd)", e))
+}
+
 /// `open("/proc/self/mem", O_RDWR|O_CLOEXEC)`.
 ///
 /// # References

@@ -1,15 +1,17 @@
 //! A model of the allocator, checked after every operation.
 //!
-//! Operations go through the public API only: drafts (written, finalized, dropped), batches
-//! (pushed, finalized, dropped), `finalize_all`, programs (called, dropped), with odd lengths and
-//! alignments including invalid ones, on small configurations (4 KiB packs, 16-byte chunks) so
-//! that packs fill, empty and get released all the time. The model keeps, for each live draft,
-//! batch slot and program, its address, length and the bytes it should hold, and after every
-//! step checks:
+//! Operations go through the public API only: drafts (written, shrunk, finalized, dropped),
+//! batches (pushed, finalized, dropped), `finalize_all`, programs (called, dropped), `trim`, and
+//! short-lived threads that load programs and hand them over, with odd lengths and alignments
+//! (up to the page size, and invalid ones), on small configurations (4 KiB packs, 16-byte
+//! chunks) so that packs fill, empty and get released all the time. The model keeps, for each
+//! live draft, batch slot and program, its address, length and the bytes it should hold, and
+//! after every step checks:
 //!
 //! - `Allocator::check_invariants()` (free counts, every free chunk all traps);
-//! - no two live items overlap, and the pack bitmaps are exactly the union of the live items'
-//!   chunk spans (nothing leaked, nothing freed twice);
+//! - no two live items overlap, and the pack bitmaps are the union of the live items' chunk
+//!   spans plus exactly `chunks_cached` chunks that threads' runs and open batches reserved,
+//!   which hold only traps (nothing leaked, nothing freed twice, no chunk handed out twice);
 //! - every live program's bytes are what was written (read in place and through
 //!   `Program::bytes`), every unfinalized image is still traps in the pack, and the rest of each
 //!   item's chunk span is traps;
@@ -45,6 +47,8 @@ pub struct Setup {
     pub chunk_size: usize,
     /// Random image start.
     pub randomize: bool,
+    /// Bytes added to each request before rounding (`Config::min_slack`).
+    pub min_slack: usize,
     /// Empty packs kept.
     pub reserve: usize,
     /// Shards.
@@ -75,6 +79,11 @@ impl Setup {
             pack_size,
             chunk_size,
             randomize: flags & 1 != 0,
+            min_slack: if flags & 0x20 != 0 {
+                16.min(chunk_size)
+            } else {
+                0
+            },
             reserve: ((flags >> 1) % 3) as usize,
             shards: 1 + ((flags >> 3) % 3) as usize,
             backend,
@@ -94,6 +103,7 @@ impl Setup {
             .pack_size(self.pack_size)
             .chunk_size(self.chunk_size)
             .randomize(self.randomize)
+            .min_slack(self.min_slack)
             .reserve_packs(self.reserve)
             .shards(self.shards)
             .max_len(self.max_len)
@@ -105,11 +115,21 @@ impl Setup {
     }
 
     fn slack(&self) -> usize {
-        if self.randomize {
-            16.min(self.chunk_size)
-        } else {
-            0
-        }
+        self.min_slack
+    }
+
+    /// Chunks in a thread's run (the allocator takes at most 4 KiB of chunks, at most one
+    /// bitmap word, at most a pack).
+    fn run_chunks(&self) -> usize {
+        (4096 / self.chunk_size)
+            .clamp(1, 64)
+            .min(self.pack_size / self.chunk_size)
+    }
+
+    /// True if a request of `chunks` chunks aligned to `align` comes from a thread's run (it
+    /// then needs room inside one bitmap word when the run is renewed).
+    fn served_by_run(&self, chunks: usize, align: usize) -> bool {
+        chunks <= (self.run_chunks() / 4).max(1) && align <= self.chunk_size
     }
 
     /// Bytes spanned by a valid request of `len` bytes (a chunk multiple).
@@ -191,6 +211,12 @@ pub enum Op {
     FinalizeAll { pick: usize, count: usize },
     /// Call the program picked by `pick` (if it is code).
     Call { pick: usize },
+    /// Shrink the draft picked by `pick` to `(len * (keep + 1)) / 256` bytes (at least 1).
+    Shrink { pick: usize, keep: u8 },
+    /// Give this thread's unused run back.
+    Trim,
+    /// A thread loads `count` programs of `len` bytes, hands them over and exits.
+    Thread { count: usize, len: usize },
     /// Drop every draft, slot and program.
     DropAll,
     /// `free_all` on up to `count` programs starting at `pick`.
@@ -217,7 +243,9 @@ impl Op {
     }
 
     fn align_from(sel: u8, s: &Setup) -> usize {
-        match sel % 12 {
+        match sel % 14 {
+            12 => page_size(),
+            13 => 2 * page_size(),
             0..=3 => 1,
             4 => 2,
             5 => 4,
@@ -273,6 +301,12 @@ impl Op {
                 pick,
                 count: 1 + a as usize % 6,
             },
+            29 if a.is_multiple_of(4) => Op::Trim,
+            29 if a % 4 == 1 => Op::Thread {
+                count: 1 + b as usize % 20,
+                len: Op::len_from(a, raw, s).clamp(1, s.pack_size),
+            },
+            29 if a % 4 == 2 => Op::Shrink { pick, keep: b },
             29 => Op::Call { pick },
             30 => Op::FreeAll {
                 pick,
@@ -295,10 +329,28 @@ struct Item {
     /// Where the image runs.
     addr: usize,
     len: usize,
+    /// Chunks of its span (if not dedicated).
+    chunks: usize,
+    /// Bytes of its mapping of its own, if it has one.
+    dedicated: Option<usize>,
     /// What the image holds in the draft (and in the pack once finalized).
     content: Vec<u8>,
     /// The value its code returns, if it is code.
     value: Option<u64>,
+}
+
+impl Item {
+    /// A fresh item of `len` bytes at `addr`, as `setup` lays it out.
+    fn new(s: &Setup, addr: usize, len: usize, content: Vec<u8>, value: Option<u64>) -> Item {
+        Item {
+            addr,
+            len,
+            chunks: s.span(len) / s.chunk_size,
+            dedicated: s.dedicated(len).then(|| s.dedicated_bytes(len)),
+            content,
+            value,
+        }
+    }
 }
 
 /// Counts of what a run did.
@@ -396,7 +448,9 @@ impl Model {
         match e {
             Error::ZeroLength => len == 0,
             Error::TooLarge { .. } => len > s.max_len,
-            Error::BadAlign { .. } => !align.is_power_of_two() || align > s.chunk_size,
+            Error::BadAlign { .. } => {
+                !align.is_power_of_two() || align > rustix::param::page_size().max(s.chunk_size)
+            }
             _ => false,
         }
     }
@@ -405,11 +459,11 @@ impl Model {
         len > 0
             && len <= self.setup.max_len
             && align.is_power_of_two()
-            && align <= self.setup.chunk_size
+            && align <= rustix::param::page_size().max(self.setup.chunk_size)
     }
 
     /// True if `CodeRangeFull` is a correct answer to a valid request of `len` bytes now.
-    fn code_range_may_be_full(&self, len: usize) -> Result<bool, String> {
+    fn code_range_may_be_full(&self, len: usize, align: usize) -> Result<bool, String> {
         let s = &self.setup;
         let Some(slots) = s.code_range_packs else {
             return Ok(false);
@@ -417,8 +471,8 @@ impl Model {
         let snap = self.alloc.occupancy();
         let dedicated_slots: usize = self
             .items()
-            .filter(|(_, it)| s.dedicated(it.len))
-            .map(|(_, it)| s.dedicated_bytes(it.len).div_ceil(s.pack_size))
+            .filter_map(|(_, it)| it.dedicated)
+            .map(|bytes| bytes.div_ceil(s.pack_size))
             .sum();
         let used = snap.packs.len() + dedicated_slots;
         if s.dedicated(len) {
@@ -428,7 +482,7 @@ impl Model {
         }
         // A packed request fails only if no pack has room and no slot is free.
         let chunks = s.span(len) / s.chunk_size;
-        if snap.packs.iter().any(|p| has_clear_run(&p.used, chunks)) {
+        if self.room_for(chunks, align, s.served_by_run(chunks, align)) {
             return Err(format!(
                 "CodeRangeFull for {len} bytes while a pack has {chunks} free chunks in a row"
             ));
@@ -487,20 +541,33 @@ impl Model {
     ) -> Result<(), String> {
         let after = self.alloc.stats();
         if chunks.is_some() && room && after.packs_mapped_total > before.packs_mapped_total {
+            let maps: Vec<String> = self
+                .alloc
+                .occupancy()
+                .packs
+                .iter()
+                .map(|p| p.used.iter().map(|u| if *u { '#' } else { '.' }).collect())
+                .collect();
             return Err(format!(
-                "mapped a new pack for {} chunks while an existing pack had room",
+                "mapped a new pack for {} chunks while an existing pack had room: {maps:#?}",
                 chunks.unwrap_or(0)
             ));
         }
         Ok(())
     }
 
-    fn room_for(&self, chunks: usize) -> bool {
-        self.alloc
-            .occupancy()
-            .packs
-            .iter()
-            .any(|p| has_clear_run(&p.used, chunks))
+    /// True if some pack has `chunks` clear chunks in a row starting at a multiple of `align`
+    /// (inside one 64-chunk bitmap word when the request comes from a thread's run, whose
+    /// renewal looks only there).
+    fn room_for(&self, chunks: usize, align: usize, in_word: bool) -> bool {
+        let step = (align / self.setup.chunk_size).max(1);
+        self.alloc.occupancy().packs.iter().any(|p| {
+            if in_word {
+                p.used.chunks(64).any(|w| has_clear_run(w, chunks))
+            } else {
+                has_clear_run_aligned(&p.used, chunks, step)
+            }
+        })
     }
 
     /// Applies one operation and checks everything. `Err` describes the first violation.
@@ -514,7 +581,8 @@ impl Model {
                 }
                 let chunks = (self.request_is_valid(len, align) && !s.dedicated(len))
                     .then(|| s.span(len) / s.chunk_size);
-                let room = chunks.is_some_and(|c| self.room_for(c));
+                let room =
+                    chunks.is_some_and(|c| self.room_for(c, align, s.served_by_run(c, align)));
                 let before = self.alloc.stats();
                 match self.alloc.draft(len, align) {
                     Ok(mut d) => {
@@ -529,15 +597,8 @@ impl Model {
                         if d.image() != content.as_slice() || d.len() != len {
                             return Err("draft image does not read back".into());
                         }
-                        self.drafts.push((
-                            d,
-                            Item {
-                                addr,
-                                len,
-                                content,
-                                value,
-                            },
-                        ));
+                        self.drafts
+                            .push((d, Item::new(&s, addr, len, content, value)));
                     }
                     Err(e) => self.expect_error(len, align, &e, "draft")?,
                 }
@@ -592,12 +653,7 @@ impl Model {
                         let image = batch.image_mut(index).ok_or("slot vanished")?;
                         self.check_new_image(addr, align, image, image_len)?;
                         image.copy_from_slice(&content);
-                        slots.push(Item {
-                            addr,
-                            len,
-                            content,
-                            value,
-                        });
+                        slots.push(Item::new(&s, addr, len, content, value));
                     }
                     Err(e) => {
                         self.batch = Some((batch, slots));
@@ -698,6 +754,79 @@ impl Model {
                     }
                 }
             }
+            Op::Shrink { pick, keep } => {
+                if let Some(i) = Self::pick(&self.drafts, pick) {
+                    let (d, it) = &mut self.drafts[i];
+                    let new_len = (it.len * (usize::from(keep) + 1) / 256).max(1);
+                    let before = self.alloc.stats();
+                    if d.shrink(it.len + 1).is_ok() || d.shrink(0).is_ok() {
+                        return Err("shrink to a longer or empty image accepted".into());
+                    }
+                    d.shrink(new_len).map_err(|e| format!("shrink: {e}"))?;
+                    if d.exec_addr() != it.addr || d.len() != new_len {
+                        return Err("shrink moved the draft or missed the length".into());
+                    }
+                    if d.image() != &it.content[..new_len] {
+                        return Err("shrink changed the image".into());
+                    }
+                    it.len = new_len;
+                    it.content.truncate(new_len);
+                    if it.value.is_some() && new_len < ret_imm64(0).len() {
+                        it.value = None;
+                    }
+                    if it.dedicated.is_none() {
+                        let head = (it.addr % s.chunk_size) + new_len;
+                        let keep_chunks = head.div_ceil(s.chunk_size).max(1).min(it.chunks);
+                        let given = it.chunks - keep_chunks;
+                        it.chunks = keep_chunks;
+                        let after = self.alloc.stats();
+                        if before.chunks_free + given != after.chunks_free {
+                            return Err(format!(
+                                "shrink gave back {} chunks, expected {given}",
+                                after.chunks_free - before.chunks_free
+                            ));
+                        }
+                    }
+                }
+            }
+            Op::Trim => {
+                self.alloc.trim();
+                // An open batch keeps its reservation; nothing else may stay cached.
+                if self.batch.is_none() && self.alloc.stats().chunks_cached != 0 {
+                    return Err("trim left chunks cached by this (only) thread".into());
+                }
+            }
+            Op::Thread { count, len } => {
+                if self.live() + count > MAX_LIVE {
+                    return self.verify();
+                }
+                let contents: Vec<(Vec<u8>, Option<u64>)> =
+                    (0..count).map(|_| self.content(len, true)).collect();
+                let alloc = self.alloc.clone();
+                let loaded = std::thread::spawn(move || {
+                    contents
+                        .into_iter()
+                        .map(|(content, value)| {
+                            let mut d = alloc.draft(len, 1)?;
+                            d.image_mut().copy_from_slice(&content);
+                            let addr = d.exec_addr();
+                            Ok((d.finalize()?, addr, content, value))
+                        })
+                        .collect::<Result<Vec<_>, Error>>()
+                })
+                .join()
+                .map_err(|_| "loading thread panicked".to_string())?;
+                match loaded {
+                    Ok(progs) => {
+                        // The thread exited: its run came back (only this thread may cache).
+                        for (p, addr, content, value) in progs {
+                            let item = Item::new(&s, addr, len, content, value);
+                            self.adopt(p, item)?;
+                        }
+                    }
+                    Err(e) => self.expect_error(len, 1, &e, "thread draft")?,
+                }
+            }
             Op::DropAll => {
                 let items: Vec<Item> = self.items().map(|(_, i)| i.clone()).collect();
                 self.drafts.clear();
@@ -706,8 +835,14 @@ impl Model {
                 for it in &items {
                     self.check_freed(it)?;
                 }
+                // This thread's run is all that is left; trimming gives it back.
+                self.alloc.trim();
                 let st = self.alloc.stats();
-                if st.chunks_used != 0 || st.allocations != 0 || st.packs > s.reserve {
+                if st.chunks_used != 0
+                    || st.allocations != 0
+                    || st.chunks_cached != 0
+                    || st.packs > s.reserve
+                {
                     return Err(format!("after dropping everything: {st:?}"));
                 }
             }
@@ -726,7 +861,7 @@ impl Model {
             self.tally.expected_errors += 1;
             return Ok(());
         }
-        if matches!(e, Error::CodeRangeFull { .. }) && self.code_range_may_be_full(len)? {
+        if matches!(e, Error::CodeRangeFull { .. }) && self.code_range_may_be_full(len, align)? {
             self.tally.expected_errors += 1;
             self.tally.code_range_full += 1;
             return Ok(());
@@ -751,7 +886,7 @@ impl Model {
                 item.addr
             ));
         }
-        if p.is_dedicated() != self.setup.dedicated(item.len) {
+        if p.is_dedicated() != item.dedicated.is_some() {
             return Err(format!(
                 "program of {} bytes: dedicated = {}",
                 item.len,
@@ -774,7 +909,7 @@ impl Model {
     /// its bytes are traps.
     fn check_freed(&self, item: &Item) -> Result<(), String> {
         let s = &self.setup;
-        if s.dedicated(item.len) {
+        if item.dedicated.is_some() {
             return Ok(()); // unmapped: nothing left to run
         }
         let snap = self.alloc.occupancy();
@@ -814,14 +949,16 @@ impl Model {
         let (mut requested, mut used_chunks, mut dedicated, mut dedicated_bytes) = (0, 0, 0, 0);
         for (_, it) in self.items() {
             requested += it.len;
-            if s.dedicated(it.len) {
-                dedicated += 1;
-                dedicated_bytes += s.dedicated_bytes(it.len);
-            } else {
-                used_chunks += s.span(it.len) / s.chunk_size;
+            match it.dedicated {
+                Some(bytes) => {
+                    dedicated += 1;
+                    dedicated_bytes += bytes;
+                }
+                None => used_chunks += it.chunks,
             }
         }
         let empty = snap.packs.iter().filter(|p| p.used_chunks() == 0).count();
+        let total_chunks = snap.packs.len() * (s.pack_size / s.chunk_size);
         let expect = [
             ("programs", st.programs, self.programs.len()),
             ("allocations", st.allocations, self.live()),
@@ -840,7 +977,7 @@ impl Model {
             (
                 "chunks_free",
                 st.chunks_free,
-                snap.packs.len() * (s.pack_size / s.chunk_size) - used_chunks,
+                total_chunks - used_chunks - st.chunks_cached.min(total_chunks - used_chunks),
             ),
             (
                 "packs mapped - released",
@@ -892,7 +1029,7 @@ impl Model {
                 }
             }
             let inside = pack_of(it.addr);
-            if s.dedicated(it.len) {
+            if it.dedicated.is_some() {
                 if inside.is_some() {
                     return Err(format!("dedicated {kind} at {:#x} lies in a pack", it.addr));
                 }
@@ -903,7 +1040,7 @@ impl Model {
             };
             let base = snap.packs[pi].base;
             let first = (it.addr - base) / s.chunk_size;
-            let n = s.span(it.len) / s.chunk_size;
+            let n = it.chunks;
             if it.addr + it.len > base + (first + n) * s.chunk_size
                 || first + n > expected[pi].len()
             {
@@ -942,21 +1079,35 @@ impl Model {
                 ));
             }
         }
+        // Every live chunk is set; the other set chunks are what runs and open batches
+        // reserve: exactly `chunks_cached` of them, all traps.
+        let mut reserved = 0;
         for (pi, p) in snap.packs.iter().enumerate() {
-            if p.used != expected[pi] {
-                let diff = p
-                    .used
-                    .iter()
-                    .zip(&expected[pi])
-                    .position(|(a, b)| a != b)
-                    .unwrap_or(0);
-                return Err(format!(
-                    "pack {:#x}: chunk {diff} is {} in the bitmap but {} in the model",
-                    p.base,
-                    if p.used[diff] { "used" } else { "free" },
-                    if expected[pi][diff] { "used" } else { "free" },
-                ));
+            for (c, (&used, &live)) in p.used.iter().zip(&expected[pi]).enumerate() {
+                if live && !used {
+                    return Err(format!(
+                        "pack {:#x}: chunk {c} is free in the bitmap but live in the model",
+                        p.base
+                    ));
+                }
+                if used && !live {
+                    reserved += 1;
+                    // SAFETY: the pack is mapped while listed; reserved chunks are not written.
+                    let bytes = unsafe { mem(p.base + c * s.chunk_size, s.chunk_size) };
+                    if !all_traps(bytes) {
+                        return Err(format!(
+                            "pack {:#x}: reserved chunk {c} holds non-trap bytes",
+                            p.base
+                        ));
+                    }
+                }
             }
+        }
+        if reserved != st.chunks_cached {
+            return Err(format!(
+                "{reserved} chunks set beyond the live items, stats.chunks_cached = {}",
+                st.chunks_cached
+            ));
         }
         ranges.sort_unstable();
         for w in ranges.windows(2) {
@@ -975,7 +1126,7 @@ impl Model {
         }
         for (_, it) in &self.drafts {
             // SAFETY: the draft owns these bytes of a live mapping.
-            if s.dedicated(it.len) && !all_traps(unsafe { mem(it.addr, it.len) }) {
+            if it.dedicated.is_some() && !all_traps(unsafe { mem(it.addr, it.len) }) {
                 return Err(format!("dedicated draft at {:#x} is not traps", it.addr));
             }
         }
@@ -993,6 +1144,12 @@ impl Model {
         }
         Ok(self.tally)
     }
+}
+
+fn has_clear_run_aligned(used: &[bool], n: usize, step: usize) -> bool {
+    (0..used.len())
+        .step_by(step)
+        .any(|i| i + n <= used.len() && used[i..i + n].iter().all(|u| !u))
 }
 
 fn has_clear_run(used: &[bool], n: usize) -> bool {

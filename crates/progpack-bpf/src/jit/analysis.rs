@@ -66,6 +66,9 @@ pub(crate) struct Usage {
     pub general_sizes: u8,
     /// Whether some access may be checked against the input memory at all.
     pub any_checks: bool,
+    /// Whether the program may read r2 while it still holds the input length (only then can
+    /// it compare addresses with the end of the input, see [`super::ranges`]).
+    pub len_read: bool,
 }
 
 impl Usage {
@@ -285,7 +288,8 @@ impl Analysis {
             read: 0,
             written: 0,
             regs: 1,
-            undef: ZERO_AT_ENTRY,
+            // r2 tracked too: "still the input length".
+            undef: ZERO_AT_ENTRY | 1 << 2,
             need_zero: 0,
             helpers,
         };
@@ -345,11 +349,13 @@ impl Analysis {
                 }
             }
         }
-        u.zero_on_entry = if u.backward || u.calls {
-            w.read & ZERO_AT_ENTRY & u.regs
+        let first_reads = if u.backward || u.calls {
+            w.read
         } else {
-            w.need_zero & ZERO_AT_ENTRY & u.regs
+            w.need_zero
         };
+        u.zero_on_entry = first_reads & ZERO_AT_ENTRY & u.regs;
+        u.len_read = first_reads & (1 << 2) != 0;
         self.usage = u;
         self.charges.clear();
         if budget {
@@ -446,6 +452,28 @@ impl Analysis {
             }
         }
         Ok((r, wr, bytes))
+    }
+
+    /// Recomputes which checks remain once the accesses marked in `proven` need none:
+    /// `any_checks` and `general_sizes` of [`Usage`].
+    pub(crate) fn drop_proven(&mut self, insns: &[Insn], proven: &[bool]) {
+        let u = &mut self.usage;
+        u.any_checks = false;
+        u.general_sizes = 0;
+        for (pc, i) in insns.iter().enumerate() {
+            let p = PROPS[i.opc as usize];
+            if self.flags[pc] & START == 0 || p.f & MEM == 0 || proven.get(pc) == Some(&true) {
+                continue;
+            }
+            let base = if p.f & LOAD != 0 { i.src } else { i.dst };
+            if in_frame(base, i.off, 1 << p.log) {
+                continue;
+            }
+            u.any_checks = true;
+            if !(base == 1 && i.off >= 0 && !u.writes(1)) {
+                u.general_sizes |= 1 << p.log;
+            }
+        }
     }
 
     /// Block charges with merged `ja`s (see the module invariants), and the charges' code in

@@ -43,6 +43,7 @@
 mod analysis;
 mod emit;
 mod program;
+mod ranges;
 mod x86;
 
 pub(crate) use program::fault_to_run_error;
@@ -257,6 +258,12 @@ impl JitCode {
     /// it could only reach the stack through a guessed address, which is out of bounds.
     pub fn uses_stack(&self) -> bool {
         self.needs.stack_bytes != 0
+    }
+
+    /// How many loads and stores the JIT proved inside the input memory (the program compared
+    /// their addresses with the end of the input first) and emitted without a run-time check.
+    pub fn proven_accesses(&self) -> usize {
+        self.needs.proven as usize
     }
 
     /// Whether helper calls depend on the final address (`call rel32`).

@@ -13,6 +13,8 @@
 //!   interpreter);
 //! - `progpack-bpf-jit-batch` (load only): `Vm::load_many` over groups of [`BATCH`] programs:
 //!   compiled one by one, placed with one progpack `Batch` per group;
+//! - `progpack-bpf-jit-dualmap` (load only): one by one like `progpack-bpf-jit`, the allocator
+//!   on the dualmap backend (a write is a copy through the writable alias, no system call);
 //! - `progpack-bpf-jit-nocount`: the same as `progpack-bpf-jit` with `count_instructions: false` (like rbpf's JIT,
 //!   which has no instruction limit);
 //! - `progpack-bpf-jit-unplaced` (load only, a breakdown, not an engine): decode + check +
@@ -115,12 +117,14 @@ enum Engine {
     PpJitUnplaced,
     PpJitCompile,
     PpJitBatch,
+    PpJitDualmap,
 }
 
 impl Engine {
-    const ALL: [Engine; 8] = [
+    const ALL: [Engine; 9] = [
         Engine::PpJit,
         Engine::PpJitBatch,
+        Engine::PpJitDualmap,
         Engine::PpJitNoCount,
         Engine::PpJitUnplaced,
         Engine::PpJitCompile,
@@ -133,7 +137,10 @@ impl Engine {
     fn runs_filter(&self) -> bool {
         !matches!(
             self,
-            Engine::PpJitUnplaced | Engine::PpJitCompile | Engine::PpJitBatch
+            Engine::PpJitUnplaced
+                | Engine::PpJitCompile
+                | Engine::PpJitBatch
+                | Engine::PpJitDualmap
         )
     }
 
@@ -147,6 +154,7 @@ impl Engine {
             Engine::PpJitUnplaced => "progpack-bpf-jit-unplaced",
             Engine::PpJitCompile => "progpack-bpf-jit-compile",
             Engine::PpJitBatch => "progpack-bpf-jit-batch",
+            Engine::PpJitDualmap => "progpack-bpf-jit-dualmap",
         }
     }
 
@@ -154,12 +162,17 @@ impl Engine {
     fn vm(self) -> Result<Vm, String> {
         let mut vm = Vm::new(Helpers::new());
         let count_instructions = match self {
-            Engine::PpJit | Engine::PpJitBatch => true,
+            Engine::PpJit | Engine::PpJitBatch | Engine::PpJitDualmap => true,
             Engine::PpJitNoCount => false,
             _ => return Ok(vm), // interpreters, and the breakdowns (which compile themselves)
         };
-        let alloc = progpack::Allocator::new(progpack::Config::default())
-            .map_err(|e| format!("allocator: {e}"))?;
+        let config = match self {
+            Engine::PpJitDualmap => {
+                progpack::Config::default().backend(progpack::BackendChoice::DualMap)
+            }
+            _ => progpack::Config::default(),
+        };
+        let alloc = progpack::Allocator::new(config).map_err(|e| format!("allocator: {e}"))?;
         vm.enable_jit(
             alloc,
             JitOptions {
@@ -207,7 +220,7 @@ fn load_all<'a>(
             }
             Ok((start.elapsed(), Box::new(vms)))
         }
-        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount => {
+        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount | Engine::PpJitDualmap => {
             let vm = engine.vm()?;
             let mut loaded = Vec::with_capacity(progs.len());
             let start = Instant::now();
@@ -333,9 +346,10 @@ fn filter(
                 p.run_jit(mem).map_err(|e| e.to_string())
             })
         }
-        Engine::PpJitUnplaced | Engine::PpJitCompile | Engine::PpJitBatch => {
-            Err("load only (runs the same code as progpack-bpf-jit)".into())
-        }
+        Engine::PpJitUnplaced
+        | Engine::PpJitCompile
+        | Engine::PpJitBatch
+        | Engine::PpJitDualmap => Err("load only (runs the same code as progpack-bpf-jit)".into()),
     }
 }
 

@@ -2,7 +2,8 @@
 //! the parent module).
 //!
 //! Fast paths, in order:
-//! - `[r10 + off]` inside the current frame: no check.
+//! - `[r10 + off]` inside the current frame, or an access [`super::super::ranges`] proves
+//!   inside the input memory: no check.
 //! - `[r1 + off]`, `off >= 0`, in a program that never writes r1: `cmp len, off + n` and
 //!   a branch to the stub.
 //! - anything else: `a - start` (one `lea`, one `sub`) against the number of valid start
@@ -95,7 +96,8 @@ impl Cx<'_> {
     fn access(&mut self, pc: usize, base: u8, off: i16, size: usize, acc: Access, kind: u32) {
         let off32 = off as i32;
         let b = MAP[base as usize];
-        if analysis::in_frame(base, off, size as i32) || self.opts.unchecked {
+        let proven = self.proven.get(pc).copied().unwrap_or(false);
+        if analysis::in_frame(base, off, size as i32) || self.opts.unchecked || proven {
             self.emit_access(acc, Mem::at(b, off32));
             return;
         }

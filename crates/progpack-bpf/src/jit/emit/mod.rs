@@ -55,6 +55,7 @@ pub(crate) use mem::extra_region_check;
 use std::cell::RefCell;
 
 use super::analysis::{self, Analysis, LEADER, MERGED_TARGET, START};
+use super::ranges::Ranges;
 use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Mem, R};
 use super::JitError;
 use crate::helpers::Helpers;
@@ -130,6 +131,8 @@ pub(crate) struct RunNeeds {
     /// Whether the code reads the environment argument (a `HelperContext`): it calls context
     /// helpers or checks extra regions.
     pub env: bool,
+    /// Accesses emitted without a check because [`Ranges`] proved them in bounds.
+    pub proven: u32,
 }
 
 /// Out-of-line code after the body.
@@ -155,6 +158,8 @@ struct Cx<'a> {
     a: Asm,
     insns: &'a [Insn],
     an: &'a Analysis,
+    /// Per slot: the access there is proven in bounds (empty: no proofs).
+    proven: &'a [bool],
     lay: Layout,
     helpers: &'a Helpers,
     opts: Options,
@@ -178,6 +183,7 @@ struct Cx<'a> {
 #[derive(Default)]
 pub(crate) struct Scratch {
     an: Analysis,
+    ranges: Ranges,
     stubs: Vec<Stub>,
     asm: AsmVecs,
 }
@@ -187,7 +193,10 @@ impl Scratch {
     const KEEP: usize = 1 << 20;
 
     fn capacity(&self) -> usize {
-        self.an.capacity() + 40 * self.stubs.capacity() + self.asm.capacity()
+        self.an.capacity()
+            + self.ranges.capacity()
+            + 40 * self.stubs.capacity()
+            + self.asm.capacity()
     }
 }
 
@@ -256,13 +265,24 @@ fn translate_with(
     if insns.len() >= MAX_SLOTS {
         return Err(JitError::TooLarge { slots: insns.len() });
     }
-    let Scratch { an, stubs, asm } = scratch;
+    let Scratch {
+        an,
+        ranges,
+        stubs,
+        asm,
+    } = scratch;
     an.run(
         insns,
         opts.budget,
         helpers.iter().count(),
         opts.blind.is_some(),
     )?;
+    // Bounds proofs only where the program can have compared addresses with the end.
+    let prove = an.usage.any_checks && an.usage.len_read && !opts.unchecked;
+    if prove {
+        ranges.run(insns, an);
+        an.drop_proven(insns, &ranges.proven);
+    }
     let usage = an.usage;
     // The environment pointer: for context helpers, and for the extra regions' check.
     let context_calls = usage.helper_calls && helpers.iter().any(|(_, h)| h.takes_context());
@@ -288,6 +308,7 @@ fn translate_with(
         a,
         insns,
         an,
+        proven: if prove { &ranges.proven } else { &[] },
         lay,
         helpers,
         opts,
@@ -312,9 +333,15 @@ fn translate_with(
         (true, false) => STACK_FRAME_SIZE,
         (true, true) => STACK_SIZE,
     };
+    let proven = if prove {
+        ranges.proven.iter().filter(|&&p| p).count() as u32
+    } else {
+        0
+    };
     Ok(RunNeeds {
         stack_bytes,
         env: lay.env.is_some(),
+        proven,
     })
 }
 

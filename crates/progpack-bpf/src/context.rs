@@ -9,8 +9,8 @@
 //! convention the context pointer is the sixth argument, in `r9`, so JIT code calls it exactly
 //! like a plain five-argument helper after one `mov r9, [ctx + hctx]` (a plain helper ignores
 //! `r9`). Before the call the JIT stores the program's r10 at offset 0 of the context
-//! ([`HelperContext::frame`]); after a call to a context helper it reads the word at offset 8
-//! ([`HelperContext::stop`]) and, if non-zero, ends the program at once (as the unwind helper
+//! (`HelperContext::frame`); after a call to a context helper it reads the word at offset 8
+//! (`HelperContext::stop`) and, if non-zero, ends the program at once (as the unwind helper
 //! does), which is how `tail_call` leaves the current program.
 //!
 //! # Invariants
@@ -125,7 +125,7 @@ impl ProgramEnv {
 }
 
 /// The running program as a helper sees it. `#[repr(C)]`: JIT code writes
-/// [`frame`](Self::frame) (offset 0) and reads [`stop`](Self::stop) (offset 8).
+/// `frame` (offset 0) and reads `stop` (offset 8).
 #[repr(C)]
 pub struct HelperContext<'r> {
     /// The program's r10 at the current helper call: the live frames are

@@ -121,18 +121,13 @@ fn vm() -> Vm {
 /// fd 0 at the second slot's offset.
 fn load(vm: &Vm, text: &str, maps: &[Arc<Map>]) -> BpfProgram {
     let mut slots = asm::assemble(text).unwrap();
-    for i in 0..slots.len() {
-        match slots[i].imm {
-            0xfd0 if slots[i].opc == 0x18 => {
-                slots[i].src = PSEUDO_MAP_FD;
-                slots[i].imm = 0;
-            }
-            0xfd1 if slots[i].opc == 0x18 => {
-                slots[i].src = PSEUDO_MAP_VALUE;
-                slots[i].imm = 0;
-            }
-            _ => {}
+    for s in slots.iter_mut().filter(|s| s.opc == 0x18) {
+        match s.imm {
+            0xfd0 => s.src = PSEUDO_MAP_FD,
+            0xfd1 => s.src = PSEUDO_MAP_VALUE,
+            _ => continue,
         }
+        s.imm = 0;
     }
     vm.load_with_maps(&encode_slots(&slots), maps).unwrap()
 }

@@ -67,23 +67,27 @@ pub(crate) fn link(cx: &Ctx, prog: Range, code: &[u8]) -> Result<Vec<Insn>, ElfE
     })?;
     let main_len = slots.len();
     // Calls into .text append it once.
-    let needs_text = relocs(cx, prog.section)?.iter().any(|r| {
-        in_range(prog, r.offset)
-            && r.r_type == R_BPF_64_32
-            && r.target_section == cx.text.map(|t| t.0)
-    });
-    let text_base = if needs_text {
-        let (_, text) = cx.text.expect("needs_text implies .text");
-        let t = decode_slots(text).ok_or(ElfError::Truncated {
-            section: ".text".into(),
-        })?;
-        slots.extend(t);
-        Some(main_len)
-    } else {
-        None
+    let calls_text = |index: usize| -> Result<bool, ElfError> {
+        Ok(relocs(cx, prog.section)?.iter().any(|r| {
+            in_range(prog, r.offset) && r.r_type == R_BPF_64_32 && r.target_section == Some(index)
+        }))
+    };
+    let text = match cx.text {
+        Some(t) if calls_text(t.0)? => Some(t),
+        _ => None,
+    };
+    let text_base = match text {
+        Some((_, code)) => {
+            let t = decode_slots(code).ok_or(ElfError::Truncated {
+                section: ".text".into(),
+            })?;
+            slots.extend(t);
+            Some(main_len)
+        }
+        None => None,
     };
     apply(cx, &mut slots, prog, 0, None, text_base)?;
-    if let (Some(base), Some((text_index, text))) = (text_base, cx.text) {
+    if let (Some(base), Some((text_index, text))) = (text_base, text) {
         let range = Range {
             section: text_index,
             start: 0,
@@ -115,8 +119,15 @@ fn relocs(cx: &Ctx, section: usize) -> Result<Vec<Reloc>, ElfError> {
         .section_by_index(object::SectionIndex(section))
         .map_err(|e| ElfError::Parse(e.to_string()))?;
     let sname = section_name(cx.file, section);
+    let size = sec.size();
     let mut out = Vec::new();
     for (offset, r) in sec.relocations() {
+        if offset.checked_add(8).is_none_or(|end| end > size) {
+            return Err(ElfError::RelocationOutOfRange {
+                section: sname.clone(),
+                offset,
+            });
+        }
         if out.len() >= MAX_RELOCS {
             return Err(ElfError::TooMany {
                 what: "relocations",

@@ -7,16 +7,16 @@
 //! - Programs: every function symbol of an executable section other than `.text` (a section
 //!   without function symbols is one program). A program that calls into `.text` gets all of
 //!   `.text` appended (bpf-to-bpf calls).
-//! - Maps: BTF-defined ones in `.maps` (read from `.BTF`, see [`btf`]), legacy
+//! - Maps: BTF-defined ones in `.maps` (read from `.BTF` by the `btf` module), legacy
 //!   `struct bpf_map_def`s in `maps`, and `.data*`, `.rodata*` (read-only) and `.bss*` as
 //!   one-element arrays holding the section.
-//! - Relocations: see [`link`]; `lddw` map references become map handles and value addresses
+//! - Relocations: see the `link` module; `lddw` map references become map handles and value addresses
 //!   ([`crate::pseudo`]).
 //!
 //! Everything is checked: a malformed or hostile object gives an [`ElfError`], never a panic;
 //! sizes and counts are bounded before anything is allocated for them.
 //!
-//! BTF is read by our own small parser ([`btf`]) rather than a crate: the `btfparse` crate
+//! BTF is read by our own small parser (module `btf`) rather than a crate: the `btfparse` crate
 //! targets kernel BTF (its pointer size comes from the kernel's `struct list_head`) and
 //! resolves sizes by unbounded recursion, which a cyclic type graph in a hostile object turns
 //! into a stack overflow; `aya-obj` brings aya's whole object model.

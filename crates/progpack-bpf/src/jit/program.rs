@@ -218,9 +218,13 @@ impl JitProgram {
     ) -> JitProgram {
         #[allow(unsafe_code)]
         // SAFETY: `prog` holds code produced by the translator, linked for the address it was
-        // placed at, whose entry has the signature `EntryFn`; the pointer is only called while
-        // `self` (which owns `prog`) is alive, by `run_fault`, whose safety argument covers the
-        // call itself.
+        // placed at, whose entry has the signature `EntryFn`; the pointer is kept in `self`
+        // next to `prog`, which keeps the code mapped, and is called only through `&self`.
+        // A call touches only the memory slice and the stack region the run passes (both
+        // borrowed for the call), the extra regions of the run's environment (every access is
+        // bounds-checked; the environment keeps their maps alive), and calls only registered
+        // helpers, safe `extern "C"` functions of five `u64`s (and the `HelperContext` the run
+        // owns), and `extra_region_check`.
         let entry = unsafe { prog.as_fn::<EntryFn>() };
         JitProgram {
             entry,

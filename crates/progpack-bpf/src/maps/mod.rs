@@ -229,6 +229,11 @@ impl std::fmt::Debug for Map {
     }
 }
 
+/// Largest value of a per-CPU map (the kernel's limit too).
+pub const MAX_PER_CPU_VALUE: u32 = 32 << 10;
+/// Largest value of any other map (global data sections are one value).
+pub const MAX_VALUE: u32 = 64 << 20;
+
 /// High bits of every map handle (so that a handle is never a small integer or an address
 /// of user space).
 const HANDLE_TAG: u64 = 0xffff_fffe_0000_0000;
@@ -246,6 +251,18 @@ impl Map {
 
     fn create(name: &str, def: MapDef, read_only: bool) -> Result<Arc<Map>, MapError> {
         static NEXT_ID: AtomicU32 = AtomicU32::new(1);
+        let per_cpu = matches!(
+            def.kind,
+            MapKind::PerCpuArray | MapKind::PerCpuHash | MapKind::LruPerCpuHash
+        );
+        let max_value = if per_cpu {
+            MAX_PER_CPU_VALUE
+        } else {
+            MAX_VALUE
+        };
+        if def.value_size > max_value {
+            return Err(MapError::BadDef("value too large"));
+        }
         let store = match def.kind {
             MapKind::Array | MapKind::PerCpuArray => {
                 if def.key_size != 4 {

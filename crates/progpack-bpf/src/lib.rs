@@ -39,6 +39,7 @@ pub mod decode;
 pub mod elf;
 pub mod error;
 pub mod gen;
+pub mod hardening;
 pub mod helpers;
 pub mod insn;
 pub mod interp;
@@ -54,6 +55,7 @@ pub use check::{CheckError, Checked};
 pub use context::{HelperContext, ProgramEnv};
 pub use elf::{ElfError, Object, ObjectProgram};
 pub use error::{Error, Result, RunError};
+pub use hardening::Hardening;
 pub use helpers::{ContextHelperFn, Helper, HelperFn, Helpers};
 pub use interp::RunOptions;
 pub use jit::{JitOptions, JitProgram};
@@ -68,6 +70,7 @@ pub struct Vm {
     env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
+    hardening: Hardening,
 }
 
 impl Vm {
@@ -78,6 +81,34 @@ impl Vm {
             env: Arc::new(ProgramEnv::new()),
             options: RunOptions::default(),
             jit: None,
+            hardening: Hardening::NONE,
+        }
+    }
+
+    /// A VM for programs whose author you do not trust: [`Hardening::UNTRUSTED`] (constant
+    /// blinding in the JIT; see [`hardening`]).
+    pub fn untrusted(helpers: Helpers) -> Self {
+        let mut vm = Vm::new(helpers);
+        vm.hardening = Hardening::UNTRUSTED;
+        vm
+    }
+
+    /// The protections applied to programs loaded from now on.
+    pub fn hardening(&self) -> Hardening {
+        self.hardening
+    }
+
+    /// Changes the protections applied to programs loaded from now on.
+    pub fn set_hardening(&mut self, hardening: Hardening) -> &mut Self {
+        self.hardening = hardening;
+        self
+    }
+
+    /// The JIT options loads use: the VM's, with its hardening added.
+    fn jit_options(&self, o: JitOptions) -> JitOptions {
+        JitOptions {
+            blind_constants: o.blind_constants || self.hardening.blind_constants,
+            ..o
         }
     }
 
@@ -148,7 +179,7 @@ impl Vm {
                 alloc,
                 &checked.slots,
                 &self.helpers,
-                *o,
+                self.jit_options(*o),
                 !env.regions.is_empty(),
             )?)),
             None => None,
@@ -176,7 +207,7 @@ impl Vm {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
                 let extra = !self.env.regions.is_empty();
-                JitProgram::new_batch_with(alloc, slots, &self.helpers, *o, extra)
+                JitProgram::new_batch_with(alloc, slots, &self.helpers, self.jit_options(*o), extra)
                     .map_err(|(_, e)| e)?
                     .into_iter()
                     .map(|j| Some(Arc::new(j)))

@@ -48,6 +48,7 @@ pub mod kernel_helpers;
 pub mod maps;
 pub mod memory;
 pub mod pseudo;
+pub mod vaddr;
 
 use std::sync::Arc;
 
@@ -86,10 +87,10 @@ impl Vm {
     }
 
     /// A VM for programs whose author you do not trust: [`Hardening::UNTRUSTED`] (constant
-    /// blinding in the JIT; see [`hardening`]).
+    /// blinding in the JIT, host addresses hidden from programs; see [`hardening`]).
     pub fn untrusted(helpers: Helpers) -> Self {
         let mut vm = Vm::new(helpers);
-        vm.hardening = Hardening::UNTRUSTED;
+        vm.set_hardening(Hardening::UNTRUSTED);
         vm
     }
 
@@ -101,6 +102,9 @@ impl Vm {
     /// Changes the protections applied to programs loaded from now on.
     pub fn set_hardening(&mut self, hardening: Hardening) -> &mut Self {
         self.hardening = hardening;
+        if self.env.hidden != hardening.hide_addresses {
+            Arc::make_mut(&mut self.env).hidden = hardening.hide_addresses;
+        }
         self
     }
 
@@ -163,11 +167,11 @@ impl Vm {
     pub fn load_with_maps(&self, code: &[u8], maps: &[Arc<Map>]) -> Result<BpfProgram> {
         let mut slots =
             insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        pseudo::resolve(&mut slots, maps)?;
         let mut env = (*self.env).clone();
         for m in maps {
             env.add_map(Arc::clone(m));
         }
+        vaddr::resolve(&mut slots, maps, &env)?;
         self.load_slots_in(&slots, Arc::new(env))
     }
 
@@ -180,7 +184,7 @@ impl Vm {
                 &checked.slots,
                 &self.helpers,
                 self.jit_options(*o),
-                !env.regions.is_empty(),
+                jit::EnvShape::of(&env),
             )?)),
             None => None,
         };
@@ -206,7 +210,7 @@ impl Vm {
         let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
-                let extra = !self.env.regions.is_empty();
+                let extra = jit::EnvShape::of(&self.env);
                 JitProgram::new_batch_with(alloc, slots, &self.helpers, self.jit_options(*o), extra)
                     .map_err(|(_, e)| e)?
                     .into_iter()
@@ -313,7 +317,7 @@ impl BpfProgram {
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
-        let extra = !self.env.regions.is_empty();
+        let extra = jit::EnvShape::of(&self.env);
         let j = JitProgram::new_with(alloc, &self.checked.slots, &self.helpers, options, extra)?;
         self.jit = Some(Arc::new(j));
         Ok(())

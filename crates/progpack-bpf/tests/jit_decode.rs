@@ -181,6 +181,7 @@ fn helper_calls_reach_the_helper() {
             rel_calls: false,
             budget: false,
             blind_constants: false,
+            hide_addresses: false,
         },
     )
     .unwrap();
@@ -256,6 +257,7 @@ fn a_stackless_filter_compiles_to_compact_code() {
         rel_calls: true,
         budget: false,
         blind_constants: false,
+        hide_addresses: false,
     };
     let code = compile(&p, &Helpers::new(), opts).unwrap();
     assert!(!code.uses_stack());

@@ -115,6 +115,7 @@ fn opts(blind: bool) -> CompileOptions {
         rel_calls: false,
         budget: true,
         blind_constants: blind,
+        hide_addresses: false,
     }
 }
 

@@ -389,6 +389,7 @@ fn helper_calls_pass_arguments_and_keep_r1_to_r5() {
             rel_calls: false,
             budget: false,
             blind_constants: false,
+            hide_addresses: false,
         },
     )
     .unwrap();

@@ -12,6 +12,7 @@ const OPTS: CompileOptions = CompileOptions {
     rel_calls: true,
     budget: true,
     blind_constants: false,
+    hide_addresses: false,
 };
 
 /// Runs accepted code over a memory region surrounded by guard bytes, which must stay intact.

@@ -66,6 +66,9 @@ pub(crate) struct Usage {
     pub general_sizes: u8,
     /// Whether some access may be checked against the input memory at all.
     pub any_checks: bool,
+    /// Whether some access is not `r10 + off` inside the current frame (stays true when
+    /// proofs remove its check).
+    pub any_mem: bool,
     /// Whether the program may read r2 while it still holds the input length (only then can
     /// it compare addresses with the end of the input, see [`super::ranges`]).
     pub len_read: bool,
@@ -396,6 +399,7 @@ impl Analysis {
             let base = if p.f & LOAD != 0 { i.src } else { i.dst };
             if !in_frame(base, i.off, 1 << p.log) {
                 u.any_checks = true;
+                u.any_mem = true;
                 // Base r1 with a non-negative offset: decided once `written` is known.
                 if !(base == 1 && i.off >= 0) {
                     u.general_sizes |= 1 << p.log;

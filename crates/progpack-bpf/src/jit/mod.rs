@@ -163,6 +163,9 @@ pub struct CompileOptions {
     pub budget: bool,
     /// Blind the program's immediates with a random key (see the module documentation).
     pub blind_constants: bool,
+    /// The program sees virtual addresses instead of host ones ([`crate::vaddr`]); the code
+    /// must then run in an environment that hides addresses.
+    pub hide_addresses: bool,
 }
 
 impl Default for CompileOptions {
@@ -171,23 +174,41 @@ impl Default for CompileOptions {
             rel_calls: true,
             budget: false,
             blind_constants: false,
+            hide_addresses: false,
         }
     }
 }
 
-/// Whether code may access extra regions ([`crate::memory`]): true for programs whose
-/// environment has maps. Code compiled without may only run with an environment without
-/// extra regions.
-pub(crate) type ExtraRegions = bool;
+/// What the environment a program will run in asks of its code: checks of extra regions
+/// ([`crate::memory`]; programs whose environment has maps) and hidden addresses
+/// ([`crate::vaddr`]). Code compiled for one shape runs only in environments of that shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EnvShape {
+    /// Accesses outside memory and stack are checked against the environment's regions.
+    pub extra_regions: bool,
+    /// The program sees virtual addresses.
+    pub hide: bool,
+}
+
+impl EnvShape {
+    /// The shape of `env`.
+    pub(crate) fn of(env: &crate::ProgramEnv) -> EnvShape {
+        EnvShape {
+            extra_regions: !env.regions().is_empty(),
+            hide: env.hides_addresses(),
+        }
+    }
+}
 
 impl CompileOptions {
-    pub(crate) fn emit_options(self, extra_regions: ExtraRegions) -> emit::Options {
+    pub(crate) fn emit_options(self, shape: EnvShape) -> emit::Options {
         emit::Options {
             budget: self.budget,
             rel_calls: self.rel_calls,
             blind: self.blind_constants.then(blinding_key),
-            extra_regions,
+            extra_regions: shape.extra_regions,
             unchecked: false,
+            hide: self.hide_addresses || shape.hide,
         }
     }
 }
@@ -210,23 +231,12 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
-    compile_with(insns, helpers, opts, false)
-}
-
-/// [`compile`] for an environment with or without extra regions.
-pub(crate) fn compile_with(
-    insns: &[Insn],
-    helpers: &Helpers,
-    opts: CompileOptions,
-    extra_regions: ExtraRegions,
-) -> Result<JitCode, JitError> {
-    emit::translate(insns, helpers, opts.emit_options(extra_regions), |out| {
-        JitCode {
-            code: out.code.to_vec(),
-            calls: out.calls.to_vec(),
-            pc_offsets: out.pc_offsets.to_vec(),
-            needs: out.needs,
-        }
+    let shape = EnvShape::default();
+    emit::translate(insns, helpers, opts.emit_options(shape), |out| JitCode {
+        code: out.code.to_vec(),
+        calls: out.calls.to_vec(),
+        pc_offsets: out.pc_offsets.to_vec(),
+        needs: out.needs,
     })
 }
 
@@ -348,6 +358,12 @@ pub enum Fault {
         pc: usize,
         /// The id (register value).
         id: u64,
+    },
+    /// The input memory is too large for code that hides addresses
+    /// ([`crate::vaddr::MAX_INPUT`]).
+    InputTooLarge {
+        /// The input's length.
+        len: u64,
     },
     /// Execution ran past the last instruction.
     FellOffEnd {

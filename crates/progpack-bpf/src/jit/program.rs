@@ -17,9 +17,7 @@ use std::sync::Mutex;
 use progpack::{Allocator, CodeRange, Config, Program};
 
 use super::emit::{self, Output, RunNeeds, STACK_SIZE};
-use super::{
-    link, reaches, CompileOptions, EntryFn, ExtraRegions, Fault, JitCode, JitError, Outcome,
-};
+use super::{link, reaches, CompileOptions, EntryFn, EnvShape, Fault, JitCode, JitError, Outcome};
 use crate::context::{HelperContext, ProgramEnv};
 use crate::error::RunError;
 use crate::helpers::Helpers;
@@ -58,8 +56,8 @@ pub struct JitProgram {
     entry: EntryFn,
     needs: RunNeeds,
     counted: bool,
-    /// Compiled to check extra regions (see [`ExtraRegions`]).
-    extra: ExtraRegions,
+    /// Compiled to check extra regions (see [`EnvShape`]).
+    extra: EnvShape,
     prog: Program,
 }
 
@@ -71,16 +69,17 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<JitProgram, JitError> {
-        Self::new_with(alloc, slots, helpers, options, false)
+        Self::new_with(alloc, slots, helpers, options, EnvShape::default())
     }
 
-    /// [`new`](Self::new) for an environment with or without extra regions.
+    /// [`new`](Self::new) for an environment of shape `extra` (extra regions, hidden
+    /// addresses).
     pub(crate) fn new_with(
         alloc: &Allocator,
         slots: &[Insn],
         helpers: &Helpers,
         options: JitOptions,
-        extra: ExtraRegions,
+        extra: EnvShape,
     ) -> Result<JitProgram, JitError> {
         if !super::available() {
             return Err(JitError::unsupported_arch());
@@ -89,6 +88,7 @@ impl JitProgram {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
             blind_constants: options.blind_constants,
+            hide_addresses: false,
         };
         let placed = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
             place(alloc, out, true, options.count_instructions, extra)
@@ -125,11 +125,12 @@ impl JitProgram {
             rel_calls: false,
             budget: false,
             blind_constants: false,
+            hide_addresses: false,
         };
-        let mut eo = opts.emit_options(false);
+        let mut eo = opts.emit_options(EnvShape::default());
         eo.unchecked = true;
         emit::translate(slots, helpers, eo, |out| {
-            place(alloc, out, false, false, false)
+            place(alloc, out, false, false, EnvShape::default())
         })??
         .ok_or(JitError::Internal("absolute calls need no link"))
     }
@@ -145,16 +146,16 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
-        Self::new_batch_with(alloc, programs, helpers, options, false)
+        Self::new_batch_with(alloc, programs, helpers, options, EnvShape::default())
     }
 
-    /// [`new_batch`](Self::new_batch) for an environment with or without extra regions.
+    /// [`new_batch`](Self::new_batch) for an environment of shape `extra`.
     pub(crate) fn new_batch_with<'s>(
         alloc: &Allocator,
         programs: impl IntoIterator<Item = &'s [Insn]>,
         helpers: &Helpers,
         options: JitOptions,
-        extra: ExtraRegions,
+        extra: EnvShape,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
         if !super::available() {
             return Err((0, JitError::unsupported_arch()));
@@ -163,6 +164,7 @@ impl JitProgram {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
             blind_constants: options.blind_constants,
+            hide_addresses: false,
         };
         let mut batch = alloc.batch();
         let mut needs = Vec::new();
@@ -205,17 +207,15 @@ impl JitProgram {
             draft.finalize()?,
             code.needs,
             counted,
-            false,
+            EnvShape {
+                hide: code.needs.hide,
+                ..EnvShape::default()
+            },
         ))
     }
 
     /// A program around placed code whose entry has the [`EntryFn`] signature.
-    fn from_program(
-        prog: Program,
-        needs: RunNeeds,
-        counted: bool,
-        extra: ExtraRegions,
-    ) -> JitProgram {
+    fn from_program(prog: Program, needs: RunNeeds, counted: bool, extra: EnvShape) -> JitProgram {
         #[allow(unsafe_code)]
         // SAFETY: `prog` holds code produced by the translator, linked for the address it was
         // placed at, whose entry has the signature `EntryFn`; the pointer is kept in `self`
@@ -257,19 +257,32 @@ impl JitProgram {
     /// also tells loads from stores).
     #[inline]
     pub fn run_fault(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
-        if self.needs.stack_bytes != 0 || self.needs.env {
-            static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
-            return self.run_env(mem, limit, &EMPTY, 0).map(|(r0, _)| r0);
+        if self.needs.stack_bytes != 0 || self.needs.env || self.extra.hide {
+            return self.run_without_env(mem, limit);
         }
         let (r1, len) = entry_memory(mem);
         (self.entry)(r1, len, limit, 0, std::ptr::null_mut()).result()
     }
 
+    /// [`run_fault`](Self::run_fault) for code that needs a stack, a `HelperContext` or hides
+    /// addresses: in an empty environment of its shape.
+    #[inline(never)]
+    fn run_without_env(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
+        static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
+        static EMPTY_HIDDEN: ProgramEnv = ProgramEnv::EMPTY_HIDDEN;
+        let env = if self.extra.hide {
+            &EMPTY_HIDDEN
+        } else {
+            &EMPTY
+        };
+        self.run_env(mem, limit, env, 0).map(|(r0, _)| r0)
+    }
+
     /// Whether a run needs more than [`run_fault`](Self::run_fault)'s single call: a
-    /// `HelperContext` (context helpers, extra regions, tail calls).
+    /// `HelperContext` (context helpers, extra regions, tail calls) or hidden addresses.
     #[inline]
     pub(crate) fn needs_env(&self) -> bool {
-        self.needs.env
+        self.needs.env || self.extra.hide
     }
 
     /// A run in environment `env` (maps, host data), as the `tail_calls`-th tail call of its
@@ -306,8 +319,12 @@ impl JitProgram {
         tail_calls: u32,
         stack: &mut [T],
     ) -> Result<Outcome, Fault> {
-        debug_assert!(self.extra || env.regions.is_empty());
+        debug_assert!(self.extra.extra_regions || env.regions().is_empty());
+        debug_assert_eq!(self.extra.hide, env.hides_addresses());
         let (r1, len) = entry_memory(mem);
+        if self.extra.hide && len > crate::vaddr::MAX_INPUT {
+            return Err(Fault::InputTooLarge { len });
+        }
         let start = stack.as_mut_ptr() as u64;
         let top = start + std::mem::size_of_val(stack) as u64;
         let (stack_start, top) = if self.needs.stack_bytes == 0 {
@@ -354,7 +371,7 @@ fn place(
     out: Output<'_>,
     rel: bool,
     counted: bool,
-    extra: ExtraRegions,
+    extra: EnvShape,
 ) -> Result<Option<JitProgram>, JitError> {
     let mut draft = alloc.draft(out.code.len(), CODE_ALIGN)?;
     let base = draft.exec_addr() as u64;
@@ -403,6 +420,10 @@ pub(crate) fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
         Fault::CallDepth { pc } => RunError::CallDepthExceeded { pc },
         Fault::UnknownHelper { pc, id } => RunError::UnknownHelper { id: id as u32, pc },
         Fault::FellOffEnd { pc } => RunError::InvalidInstruction { pc },
+        Fault::InputTooLarge { len } => RunError::InputTooLarge {
+            len,
+            max: crate::vaddr::MAX_INPUT,
+        },
         Fault::Budget { .. } => RunError::InstructionLimit { limit },
     }
 }

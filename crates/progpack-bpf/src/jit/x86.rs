@@ -71,6 +71,14 @@ impl Mem {
             disp,
         }
     }
+    /// `[base + index + disp]`.
+    pub(crate) fn indexed(base: R, index: R, disp: i32) -> Mem {
+        Mem {
+            base,
+            index: Some(index),
+            disp,
+        }
+    }
 }
 
 /// A jump target inside the code being emitted.

@@ -54,6 +54,7 @@ pub fn jit_with(insns: &[Insn], helpers: &Helpers, budget: bool) -> Mapped {
             rel_calls: true,
             budget,
             blind_constants: false,
+            hide_addresses: false,
         },
     )
     .expect("compiles");

@@ -190,6 +190,7 @@ const COMPILE: progpack_bpf::jit::CompileOptions = progpack_bpf::jit::CompileOpt
     rel_calls: false,
     budget: true,
     blind_constants: false,
+    hide_addresses: false,
 };
 
 /// Anything kept alive until dropped (loaded programs of any engine).

@@ -12,7 +12,19 @@ impl Cx<'_> {
         let op = i.opc & 0xf0;
         let bad = JitError::InvalidOpcode { pc, opc: i.opc };
         let d = self.dst_w(pc, i)?;
-        let s = if x { Some(self.src_r(pc, i)?) } else { None };
+        let s = if x {
+            self.src_r(pc, i)?;
+            // r10 as a value (virtual with hidden addresses), in a scratch the operation
+            // leaves alone until it has read it.
+            let scratch = if matches!(op, ALU_LSH | ALU_RSH | ALU_ARSH) {
+                R::R10
+            } else {
+                R::R11
+            };
+            Some(self.value_of(i.src, scratch))
+        } else {
+            None
+        };
         let simple = match op {
             ALU_ADD => Some(Alu::Add),
             ALU_SUB => Some(Alu::Sub),

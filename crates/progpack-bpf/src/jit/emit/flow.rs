@@ -62,9 +62,22 @@ impl Cx<'_> {
             JMP_JSET => Cond::Ne,
             _ => return Err(bad),
         };
-        let d = self.dst_r(pc, i)?;
-        let s = if x { Some(self.src_r(pc, i)?) } else { None };
+        self.dst_r(pc, i)?;
+        if x {
+            self.src_r(pc, i)?;
+        }
         let t = self.target(pc, i.off as i64)?;
+        // Operands as values (r10 virtual with hidden addresses: dst in r10, src in r11).
+        let d = self.value_of(i.dst, R::R10);
+        let s = if x {
+            Some(if i.src == i.dst {
+                d
+            } else {
+                self.value_of(i.src, R::R11)
+            })
+        } else {
+            None
+        };
         let w64 = !j32;
         let s = match s {
             Some(s) => Some(s),
@@ -86,7 +99,8 @@ impl Cx<'_> {
     fn call(&mut self, pc: usize, i: Insn) -> Result<(), JitError> {
         let bad = JitError::InvalidOpcode { pc, opc: i.opc };
         if i.opc == CALLX {
-            let r = self.dst_r(pc, i)?;
+            self.dst_r(pc, i)?;
+            let r = self.value_of(i.dst, R::R11);
             return self.callx(pc, r);
         }
         match i.src {
@@ -180,7 +194,8 @@ impl Cx<'_> {
                 self.a.mov_rr(true, R::R9, r);
             }
             if self.an.usage.stack {
-                self.a.mov_mr(Mem::at(R::R9, HCTX_FRAME), MAP[10]);
+                let frame = self.value_of(FRAME_REG, R::R11);
+                self.a.mov_mr(Mem::at(R::R9, HCTX_FRAME), frame);
             }
         }
         self.a.call_abs(f.addr());

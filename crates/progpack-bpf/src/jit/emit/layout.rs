@@ -98,6 +98,9 @@ pub(crate) struct Layout {
     /// Host address of the input memory (for the general check, and every access when
     /// addresses are hidden).
     pub mem: Option<Loc>,
+    /// With hidden addresses and a stack: host top of the stack minus its virtual top, so
+    /// that the program's r10 is `rbp - delta`.
+    pub vdelta: Option<Loc>,
     /// For access size `1 << i` (i = 1..3): the number of valid start offsets
     /// `len - size + 1` (0 when `len < size`). Size 1 uses `len`.
     pub cnt: [Option<Loc>; 4],
@@ -164,18 +167,19 @@ impl Layout {
         }
 
         // The values needed, busiest first.
-        let checks = u.any_checks || n.hide;
+        let checks = u.any_checks;
         let window_calls = u.calls && u.stack;
         let wanted = [
             n.budget,
-            checks && (u.writes(2) || n.hide),
-            n.hide || (u.general_sizes != 0 && u.writes(1)),
+            checks && u.writes(2),
+            (n.hide && u.any_mem) || (u.general_sizes != 0 && u.writes(1)),
             u.general_sizes & 2 != 0,
             u.general_sizes & 4 != 0,
             u.general_sizes & 8 != 0,
             window_calls,
             window_calls,
             n.env,
+            n.hide && u.stack,
         ];
         let count = wanted.iter().filter(|&&w| w).count() as u32;
         let frame = u.calls || count > free.count_ones();
@@ -188,7 +192,7 @@ impl Layout {
         };
         let mut order = ORDER.iter().filter(|&&r| free & (1 << r as u32) != 0);
         let mut slots = 0;
-        let mut locs = [None; 9];
+        let mut locs = [None; 10];
         for (k, &w) in wanted.iter().enumerate() {
             if w {
                 locs[k] = Some(match order.next() {
@@ -200,11 +204,12 @@ impl Layout {
                 });
             }
         }
-        let [budget, len, mem, cnt2, cnt4, cnt8, top, depth_limit, env] = locs;
+        let [budget, len, mem, cnt2, cnt4, cnt8, top, depth_limit, env, vdelta] = locs;
         lay.budget = budget;
-        // Values that stay where the entry put them.
+        lay.vdelta = vdelta;
+        // Values that stay where the entry put them (with hidden addresses r1 is virtual).
         lay.len = len.or(checks.then_some(Loc::Reg(MAP[2])));
-        lay.mem = mem.or(u.any_checks.then_some(Loc::Reg(MAP[1])));
+        lay.mem = mem.or((u.any_checks && !n.hide).then_some(Loc::Reg(MAP[1])));
         lay.cnt = [lay.len, cnt2, cnt4, cnt8];
         lay.top = top;
         lay.depth_limit = depth_limit;

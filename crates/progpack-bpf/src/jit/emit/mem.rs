@@ -96,16 +96,22 @@ impl Cx<'_> {
     fn access(&mut self, pc: usize, base: u8, off: i16, size: usize, acc: Access, kind: u32) {
         let off32 = off as i32;
         let b = MAP[base as usize];
-        let proven = self.proven.get(pc).copied().unwrap_or(false);
-        if analysis::in_frame(base, off, size as i32) || self.opts.unchecked || proven {
+        if analysis::in_frame(base, off, size as i32) {
             self.emit_access(acc, Mem::at(b, off32));
+            return;
+        }
+        let proven = self.proven.get(pc).copied().unwrap_or(false);
+        if proven || self.opts.unchecked {
+            // (Proofs are about addresses derived from r1, never from r10.)
+            let m = self.input_operand(base, off32);
+            self.emit_access(acc, m);
             return;
         }
         let log = size.trailing_zeros() as usize;
         let at = self.a.label();
         let back = self.a.label();
         let lay = self.lay;
-        if base == 1 && !self.an.usage.writes(1) && off >= 0 {
+        let m = if base == 1 && !self.an.usage.writes(1) && off >= 0 {
             // [r1 + off] with r1 = start: in bounds iff off + size <= len.
             let end = off32 + size as i32;
             match lay.len.expect("input length with checks") {
@@ -113,29 +119,43 @@ impl Cx<'_> {
                 s => self.a.alu_mi(Alu::Cmp, s.mem().expect("slot"), end),
             }
             self.a.jcc(Cond::B, at, false);
+            self.input_operand(base, off32)
         } else {
             // Offset into the input memory, against the count of valid start offsets.
-            if off32 == 0 {
-                self.a.mov_rr(true, R::R11, b);
+            self.address(base, off32, R::R11);
+            if self.opts.hide {
+                self.a
+                    .alu_ri(true, Alu::Sub, R::R11, crate::vaddr::INPUT as i32);
             } else {
-                self.a.lea(R::R11, Mem::at(b, off32));
-            }
-            match lay.mem.expect("input start with checks") {
-                Loc::Reg(r) => self.a.alu_rr(true, Alu::Sub, R::R11, r),
-                s => self.a.alu_rm(Alu::Sub, R::R11, s.mem().expect("slot")),
+                match lay.mem.expect("input start with checks") {
+                    Loc::Reg(r) => self.a.alu_rr(true, Alu::Sub, R::R11, r),
+                    s => self.a.alu_rm(Alu::Sub, R::R11, s.mem().expect("slot")),
+                }
             }
             match lay.cnt[log].expect("limit for this size") {
                 Loc::Reg(r) => self.a.alu_rr(true, Alu::Cmp, R::R11, r),
                 s => self.a.alu_rm(Alu::Cmp, R::R11, s.mem().expect("slot")),
             }
             self.a.jcc(Cond::Ae, at, false);
-        }
-        self.emit_access(acc, Mem::at(b, off32));
+            if self.opts.hide {
+                // r11 = offset into the input: the host address is start + r11.
+                match lay.mem.expect("input start with hidden addresses") {
+                    Loc::Reg(r) => Mem::indexed(r, R::R11, 0),
+                    s => {
+                        self.a.alu_rm(Alu::Add, R::R11, s.mem().expect("slot"));
+                        Mem::at(R::R11, 0)
+                    }
+                }
+            } else {
+                Mem::at(b, off32)
+            }
+        };
+        self.emit_access(acc, m);
         self.a.bind(back);
         self.stubs.push(Stub::Access {
             at,
             back,
-            base: b,
+            base,
             off: off32,
             size,
             acc,
@@ -143,37 +163,79 @@ impl Cx<'_> {
         });
     }
 
+    /// The program address `base + off` into `r` (virtual r10 with hidden addresses).
+    fn address(&mut self, base: u8, off: i32, r: R) {
+        let b = self.value_of(base, r);
+        if off == 0 {
+            if b != r {
+                self.a.mov_rr(true, r, b);
+            }
+        } else {
+            self.a.lea(r, Mem::at(b, off));
+        }
+    }
+
+    /// The host operand of `[base + off]`, an address inside the input memory derived from
+    /// r1: the address itself, or with hidden addresses `start + (base + off - INPUT)`.
+    fn input_operand(&mut self, base: u8, off: i32) -> Mem {
+        let b = MAP[base as usize];
+        if !self.opts.hide {
+            return Mem::at(b, off);
+        }
+        let disp = off - crate::vaddr::INPUT as i32;
+        match self.lay.mem.expect("input start with hidden addresses") {
+            Loc::Reg(r) => Mem::indexed(r, b, disp),
+            s => {
+                self.a.mov_rm(R::R11, s.mem().expect("slot"));
+                Mem::indexed(R::R11, b, disp)
+            }
+        }
+    }
+
     /// The out-of-line half of a check: the live stack frames, then the environment's extra
-    /// regions, else the fault.
+    /// regions, else the fault (its detail: the program's address).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn access_stub(
         &mut self,
         at: Label,
         back: Label,
-        base: R,
+        base: u8,
         off: i32,
         size: usize,
         acc: Access,
         word: u32,
     ) {
         self.a.bind(at);
-        self.a.lea(R::R11, Mem::at(base, off));
+        self.address(base, off, R::R11);
         let in_region = self.a.label();
         if self.an.usage.stack {
             let bad = self.a.label();
+            // With hidden addresses, the host address a stack address stands for (a bijection,
+            // so nothing else lands in the frames).
+            let vd = self.lay.vdelta.filter(|_| self.opts.hide);
+            if let Some(vd) = vd {
+                self.add_value(R::R11, vd, Alu::Add);
+            }
             self.stack_check(size, bad);
             self.a.jmp(in_region, false);
             self.a.bind(bad);
+            if let Some(vd) = vd {
+                self.add_value(R::R11, vd, Alu::Sub);
+            }
         }
         if self.opts.extra_regions {
-            // r10 = size | write << 8; the subroutine leaves r9 = 1 if allowed.
+            // r10 = size | write << 8; the subroutine leaves in r9 the host address, or 0.
             let write = (word >> 24) & FAULT_STORE != 0;
             self.a
                 .mov_imm32(R::R10, size as u32 | u32::from(write) << 8);
             let sub = self.extra_check_label();
             self.a.call_label(sub);
             self.a.test_rr(true, R::R9, R::R9);
-            self.a.jcc(Cond::Ne, in_region, false);
+            let none = self.a.label();
+            self.a.jcc(Cond::E, none, true);
+            self.a.mov_rr(true, R::R11, R::R9);
+            self.a.jmp(in_region, false);
+            self.a.bind(none);
         }
         self.a.mov_rr(true, R::Rax, R::R11);
         self.a.mov_imm32(R::Rdx, word);
@@ -199,9 +261,10 @@ impl Cx<'_> {
 
     /// The subroutine behind every access stub's last check: with r11 = the address and
     /// r10 = `size | write << 8`, calls [`extra_region_check`]`(env, r11, r10)` and returns
-    /// its answer in r9; every other register is kept. Called from the body, where the native
-    /// stack is 16-byte aligned: the return address and seven pushes keep it aligned. (With
-    /// extra regions no run-time value lives in a caller-saved register, see `layout`.)
+    /// its answer (the host address, or 0) in r9; every other register is kept. Called from
+    /// the body, where the native stack is 16-byte aligned: the return address and seven
+    /// pushes keep it aligned. (With extra regions no run-time value lives in a caller-saved
+    /// register, see `layout`.)
     pub(super) fn extra_check_subroutine(&mut self, l: Label) {
         const KEPT: [R; 7] = [R::Rax, R::Rdi, R::Rsi, R::Rdx, R::Rcx, R::R8, R::R11];
         self.a.bind(l);
@@ -222,6 +285,14 @@ impl Cx<'_> {
             self.a.pop(*r);
         }
         self.a.ret();
+    }
+
+    /// `r op= value` for a run-time value in a register or slot.
+    fn add_value(&mut self, r: R, v: Loc, op: Alu) {
+        match v {
+            Loc::Reg(x) => self.a.alu_rr(true, op, r, x),
+            s => self.a.alu_rm(op, r, s.mem().expect("slot")),
+        }
     }
 
     /// Jumps to `bad` unless `[r11, r11 + size)` lies in the live frames `[r10 - 512, top)`.
@@ -253,14 +324,28 @@ impl Cx<'_> {
 
     /// Emits the access itself at `m`.
     fn emit_access(&mut self, acc: Access, m: Mem) {
+        // A stored (or atomically added) r10 is its program value.
+        let src_value = |cx: &mut Self, src: R| {
+            if cx.opts.hide && src == MAP[10] {
+                cx.virtual_r10(R::R10)
+            } else {
+                src
+            }
+        };
         match acc {
             Access::Load { w, signed, dst } => self.a.load(w, signed, dst, m),
-            Access::Store { w, src } => self.a.store(w, m, src),
+            Access::Store { w, src } => {
+                let src = src_value(self, src);
+                self.a.store(w, m, src)
+            }
             Access::StoreImm { w, imm } => match self.blinded_imm(w == W::B64, R::R10, imm) {
                 Some(r) => self.a.store(w, m, r),
                 None => self.a.store_imm(w, m, imm),
             },
-            Access::Atomic { w64, imm, src } => self.atomic(w64, imm, src, m),
+            Access::Atomic { w64, imm, src } => {
+                let src = src_value(self, src);
+                self.atomic(w64, imm, src, m)
+            }
         }
     }
 
@@ -316,13 +401,18 @@ impl Cx<'_> {
 }
 
 /// The last bounds check of JIT code: whether an access of `size_write & 0xff` bytes at
-/// `addr` (a store or atomic if bit 8 is set) lies in an extra region of the run's
-/// environment. Returns 1 if allowed, else 0.
+/// program address `addr` (a store or atomic if bit 8 is set) lies in an extra region of the
+/// run's environment. Returns its host address if allowed (`addr` itself unless the
+/// environment hides addresses), else 0.
 pub(crate) extern "C" fn extra_region_check(
     hcx: &HelperContext<'_>,
     addr: u64,
     size_write: u64,
 ) -> u64 {
     let (n, write) = (size_write & 0xff, size_write & 0x100 != 0);
-    memory::find(&hcx.env().regions, addr, n, write).is_some() as u64
+    let regions = &hcx.env().regions;
+    if hcx.env().hides_addresses() {
+        return crate::vaddr::extra_to_host(regions, addr, n, write).map_or(0, |(h, _)| h);
+    }
+    memory::find(regions, addr, n, write).map_or(0, |_| addr)
 }

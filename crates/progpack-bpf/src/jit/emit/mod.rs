@@ -121,6 +121,9 @@ pub(crate) struct Options {
     /// Emit no bounds check at all (a reference for benchmarks; see
     /// [`super::JitProgram::new_unchecked`]).
     pub unchecked: bool,
+    /// The program sees virtual addresses ([`crate::vaddr`]): r1 is `INPUT`, r10 is virtual,
+    /// accesses translate.
+    pub hide: bool,
 }
 
 /// What a run of the code needs from its caller.
@@ -133,6 +136,8 @@ pub(crate) struct RunNeeds {
     pub env: bool,
     /// Accesses emitted without a check because [`Ranges`] proved them in bounds.
     pub proven: u32,
+    /// The code hides addresses: it must run in an environment that does.
+    pub hide: bool,
 }
 
 /// Out-of-line code after the body.
@@ -145,7 +150,7 @@ enum Stub {
     Access {
         at: Label,
         back: Label,
-        base: R,
+        base: u8,
         off: i32,
         size: usize,
         acc: mem::Access,
@@ -296,7 +301,7 @@ fn translate_with(
         budget: opts.budget,
         env: context_calls || opts.extra_regions,
         extra_regions: opts.extra_regions,
-        hide: false,
+        hide: opts.hide,
     });
     let size_hint = an.size_before[insns.len()] as usize + 256;
     let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
@@ -342,6 +347,7 @@ fn translate_with(
         stack_bytes,
         env: lay.env.is_some(),
         proven,
+        hide: opts.hide,
     })
 }
 
@@ -438,6 +444,22 @@ impl Cx<'_> {
         if u.calls && !u.stack {
             self.a
                 .mov_imm32(MAP[10], (NO_STACK + STACK_SIZE as u64) as u32);
+        }
+        if let Some(vd) = lay.vdelta {
+            // delta = host top - virtual top: the program's r10 is rbp - delta.
+            self.a.movabs(R::R11, crate::vaddr::STACK_TOP);
+            self.a.mov_rr(true, R::R10, MAP[10]);
+            self.a.alu_rr(true, Alu::Sub, R::R10, R::R11);
+            self.set_value(vd, R::R10);
+        }
+        if self.opts.hide && u.has(1) {
+            // r1 = INPUT, or 0 without input (the host start stays in `mem`).
+            self.a.alu_rr(false, Alu::Xor, MAP[1], MAP[1]);
+            self.a.test_rr(true, MAP[2], MAP[2]);
+            let empty = self.a.label();
+            self.a.jcc(Cond::E, empty, true);
+            self.a.mov_imm32(MAP[1], crate::vaddr::INPUT as u32);
+            self.a.bind(empty);
         }
         for log in 1..4 {
             if let Some(c) = lay.cnt[log] {
@@ -738,6 +760,30 @@ impl Cx<'_> {
                 self.a.alu_rr(true, Alu::Xor, dst, R::R10);
             }
             _ => self.a.mov_imm64(dst, v),
+        }
+    }
+
+    /// With hidden addresses, the program's value of r10 in scratch register `r`.
+    fn virtual_r10(&mut self, r: R) -> R {
+        let vd = self
+            .lay
+            .vdelta
+            .expect("delta with hidden addresses and a stack");
+        self.a.mov_rr(true, r, MAP[10]);
+        match vd {
+            Loc::Reg(x) => self.a.alu_rr(true, Alu::Sub, r, x),
+            s => self.a.alu_rm(Alu::Sub, r, s.mem().expect("slot")),
+        }
+        r
+    }
+
+    /// Register `reg` of the program as a value: its host register, or, for r10 with hidden
+    /// addresses, its virtual value computed into scratch `scratch`.
+    fn value_of(&mut self, reg: u8, scratch: R) -> R {
+        if self.opts.hide && reg == FRAME_REG {
+            self.virtual_r10(scratch)
+        } else {
+            MAP[reg as usize]
         }
     }
 

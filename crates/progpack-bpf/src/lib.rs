@@ -152,7 +152,7 @@ impl Vm {
     /// Loads a program from its bytecode (8-byte little-endian slots): decode and check.
     pub fn load(&self, code: &[u8]) -> Result<BpfProgram> {
         let slots = insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        self.load_slots(&slots)
+        self.load_vec_in(slots, Arc::clone(&self.env))
     }
 
     /// Loads a program from raw slots.
@@ -177,7 +177,12 @@ impl Vm {
 
     /// Loads `slots` to run in `env`.
     pub(crate) fn load_slots_in(&self, slots: &[Insn], env: Arc<ProgramEnv>) -> Result<BpfProgram> {
-        let checked = check::check(slots, &self.helpers)?;
+        self.load_vec_in(slots.to_vec(), env)
+    }
+
+    /// [`load_slots_in`](Self::load_slots_in) of slots handed over.
+    fn load_vec_in(&self, slots: Vec<Insn>, env: Arc<ProgramEnv>) -> Result<BpfProgram> {
+        let checked = check::check_vec(slots, &self.helpers)?;
         let jit = match &self.jit {
             Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
                 alloc,
@@ -205,7 +210,7 @@ impl Vm {
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-            checked.push(check::check(&slots, &self.helpers)?);
+            checked.push(check::check_vec(slots, &self.helpers)?);
         }
         let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
             Some((alloc, o)) => {

@@ -98,6 +98,8 @@ pub(crate) struct Analysis {
     undef_in: Vec<u16>,
     /// What the program uses.
     pub usage: Usage,
+    /// Whether some `ja` is merged with its target (so labels past charges are needed).
+    pub merged: bool,
 }
 
 // ---- per-opcode facts ----
@@ -361,6 +363,7 @@ impl Analysis {
         u.len_read = first_reads & (1 << 2) != 0;
         self.usage = u;
         self.charges.clear();
+        self.merged = false;
         if budget {
             self.block_charges(insns);
         }
@@ -528,6 +531,7 @@ impl Analysis {
                 continue;
             }
             self.charges[leader] += self.charges[t];
+            self.merged = true;
             self.flags[pc] |= MERGED_JA;
             self.flags[t] |= MERGED_TARGET;
         }

@@ -54,6 +54,8 @@ impl Default for JitOptions {
 pub struct JitProgram {
     /// The entry point, inside `prog`.
     entry: EntryFn,
+    /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
+    simple: bool,
     needs: RunNeeds,
     counted: bool,
     /// Compiled to check extra regions (see [`EnvShape`]).
@@ -228,6 +230,7 @@ impl JitProgram {
         let entry = unsafe { prog.as_fn::<EntryFn>() };
         JitProgram {
             entry,
+            simple: needs.stack_bytes == 0 && !needs.env && !extra.hide,
             needs,
             counted,
             extra,
@@ -257,7 +260,7 @@ impl JitProgram {
     /// also tells loads from stores).
     #[inline]
     pub fn run_fault(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
-        if self.needs.stack_bytes != 0 || self.needs.env || self.extra.hide {
+        if !self.simple {
             return self.run_without_env(mem, limit);
         }
         let (r1, len) = entry_memory(mem);
@@ -278,11 +281,11 @@ impl JitProgram {
         self.run_env(mem, limit, env, 0).map(|(r0, _)| r0)
     }
 
-    /// Whether a run needs more than [`run_fault`](Self::run_fault)'s single call: a
-    /// `HelperContext` (context helpers, extra regions, tail calls) or hidden addresses.
+    /// Whether a run needs more than one call of the code: a stack, a `HelperContext`
+    /// (context helpers, extra regions, tail calls) or hidden addresses.
     #[inline]
     pub(crate) fn needs_env(&self) -> bool {
-        self.needs.env || self.extra.hide
+        !self.simple
     }
 
     /// A run in environment `env` (maps, host data), as the `tail_calls`-th tail call of its

@@ -198,7 +198,10 @@ pub(crate) const UNBOUND: u32 = u32::MAX;
 /// The vectors of an [`Asm`], kept between compiles to save allocations.
 #[derive(Default)]
 pub(crate) struct AsmVecs {
+    /// Code buffer (longer than the code: its length is kept between compiles).
     buf: Vec<u8>,
+    /// Bytes of code in `buf`.
+    len: usize,
     labels: Vec<u32>,
     fixups: Vec<Fixup>,
     calls: Vec<AbsCallSite>,
@@ -215,7 +218,7 @@ impl AsmVecs {
 
     /// The code of the last compile.
     pub(crate) fn code(&self) -> &[u8] {
-        &self.buf
+        &self.buf[..self.len]
     }
 
     /// The helper-call sites of the last compile.
@@ -250,6 +253,7 @@ impl Asm {
     pub(crate) fn new(rel_calls: bool, reuse: AsmVecs, size_hint: usize) -> Asm {
         let AsmVecs {
             mut buf,
+            len: _,
             mut labels,
             mut fixups,
             mut calls,
@@ -328,9 +332,9 @@ impl Asm {
 
     /// Ends the compile: the code (truncated to its length) and the other vectors, to read
     /// the results from and to reuse.
-    pub(crate) fn finish(mut self) -> AsmVecs {
-        self.buf.truncate(self.len as usize);
+    pub(crate) fn finish(self) -> AsmVecs {
         AsmVecs {
+            len: self.len as usize,
             buf: self.buf,
             labels: self.labels,
             fixups: self.fixups,

@@ -306,7 +306,11 @@ fn translate_with(
     let size_hint = an.size_before[insns.len()] as usize + 256;
     let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
     let pcs = a.labels(insns.len());
-    let charged = a.labels(insns.len());
+    let charged = if an.merged {
+        a.labels(insns.len())
+    } else {
+        Label::default()
+    };
     let fault = a.label();
     stubs.clear();
     let mut cx = Cx {

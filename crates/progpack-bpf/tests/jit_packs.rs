@@ -112,12 +112,18 @@ fn batch_loading_places_many_programs_with_few_writes() {
     let refs: Vec<&[u8]> = codes.iter().map(|c| &c[..]).collect();
     let progs = vm.load_many(&refs).expect("batch loads");
     assert_eq!(alloc.stats().programs, 1000);
-    // Consecutive programs are adjacent in one pack.
+    // Consecutive programs are adjacent in one pack, in a few stretches (a batch starts at a
+    // random free spot of the pack and goes on elsewhere where it meets used chunks or the
+    // end of the pack).
     let addrs: Vec<usize> = progs
         .iter()
         .map(|p| p.jit().unwrap().program().addr())
         .collect();
-    assert!(addrs.windows(2).all(|w| w[0] < w[1] && w[1] - w[0] < 1024));
+    let breaks = addrs
+        .windows(2)
+        .filter(|w| !(w[0] < w[1] && w[1] - w[0] < 1024))
+        .count();
+    assert!(breaks <= 3, "{breaks} breaks in 1000 programs");
     for (k, p) in progs.iter().enumerate() {
         let mut mem = [1u8];
         assert_eq!(p.run_jit(&mut mem).unwrap(), 1 + k as u64);

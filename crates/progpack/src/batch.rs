@@ -55,9 +55,6 @@ struct Slot {
     block: usize,
     /// Offset of the image inside the block.
     at: usize,
-    /// Offset of the image inside the span.
-    offset: usize,
-    len: usize,
 }
 
 impl fmt::Debug for Batch {
@@ -110,7 +107,8 @@ impl Batch {
             _ => self.push_alone(len, align)?,
         };
         let s = &self.slots[index];
-        let image = &mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + s.len];
+        let len = s.span.len();
+        let image = &mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + len];
         Ok(SlotMut {
             index,
             exec_addr,
@@ -174,19 +172,19 @@ impl Batch {
         let pack = seg.pack.clone().expect("a packed segment");
         seg.next += n;
         span::count_cached(&self.shared, (n as u64).wrapping_neg());
-        let random = thread_cache::with_state(&self.shared, |_, st| st.random()).unwrap_or(0);
-        let span = Span::packed(pack, first, n, len, self.shared.id);
-        let offset = span::image_offset(&self.shared, random, n << shift, len, align);
+        let offset = thread_cache::with_state(&self.shared, |_, st| {
+            span::image_offset(&self.shared, st, n << shift, len, align)
+        })
+        .unwrap_or(0);
+        let span = Span::new(pack, first, n, offset, len);
         let at = ((first - seg.blocks[block].start) << shift) + offset;
         span::count_made(&self.shared, len);
-        let exec_addr = span.base() + offset;
+        let exec_addr = span.exec_addr();
         self.slots.push(Slot {
             span,
             seg: seg_index,
             block,
             at,
-            offset,
-            len,
         });
         Ok((self.slots.len() - 1, exec_addr))
     }
@@ -219,7 +217,7 @@ impl Batch {
     fn push_alone(&mut self, len: usize, align: usize) -> Result<(usize, usize)> {
         let fresh = span::allocate(&self.shared, len, align)?;
         let buf = trap_buffer(len)?;
-        let exec_addr = fresh.span.base() + fresh.offset;
+        let exec_addr = fresh.span.exec_addr();
         self.segments.push(Segment {
             pack: None,
             first: 0,
@@ -232,8 +230,6 @@ impl Batch {
             seg: self.segments.len() - 1,
             block: 0,
             at: 0,
-            offset: fresh.offset,
-            len,
         });
         Ok((self.slots.len() - 1, exec_addr))
     }
@@ -256,13 +252,14 @@ impl Batch {
     /// Where slot `index` will run, or `None` if there is no such slot.
     pub fn exec_addr(&self, index: usize) -> Option<usize> {
         let s = self.slots.get(index)?;
-        Some(s.span.base() + s.offset)
+        Some(s.span.exec_addr())
     }
 
     /// The writable image of slot `index`, or `None` if there is no such slot.
     pub fn image_mut(&mut self, index: usize) -> Option<&mut [u8]> {
         let s = self.slots.get(index)?;
-        Some(&mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + s.len])
+        let len = s.span.len();
+        Some(&mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + len])
     }
 
     /// Places every image with one backend write per segment, then syncs the instruction
@@ -279,7 +276,7 @@ impl Batch {
             // Only the slots of a segment about to be written may hold code afterwards.
             for &i in slots {
                 let s = &mut self.slots[i];
-                s.span.mark_written(s.offset, s.len);
+                s.span.mark_written(true);
             }
             let Some(&first_slot) = slots.first() else {
                 continue;
@@ -287,7 +284,7 @@ impl Batch {
             if seg.pack.is_none() {
                 let s = &mut self.slots[first_slot];
                 let image = &seg.blocks[0].buf[..];
-                s.span.place(s.offset, image)?;
+                s.span.place(image)?;
                 continue;
             }
             // Each block's used part runs up to the next block's start, the last one up to
@@ -309,7 +306,7 @@ impl Batch {
         let mut programs = Vec::with_capacity(self.slots.len());
         for mut s in std::mem::take(&mut self.slots) {
             s.span.became_program();
-            programs.push(Program::new(s.span, s.offset, s.len));
+            programs.push(Program::new(s.span));
         }
         Ok(programs)
     }

@@ -189,10 +189,10 @@ impl Bitmap {
     /// Takes a run of at least `min` and at most `max` clear bits (`1 <= min <= max <= 64`)
     /// lying inside one word, sets it and returns `(start, len)`.
     ///
-    /// A whole free word is preferred: the first one, or with `pick = Some(r)` the one at a
-    /// position drawn from `r` among all free words (a random start against JIT spraying).
-    /// Otherwise the first word holding `min` clear bits in a row gives its first such run,
-    /// extended as far as that word allows.
+    /// A whole free word is preferred: the first one, or with `pick = Some(r)` the first one
+    /// at or after a word drawn from `r` (wrapping around; a random start against JIT
+    /// spraying). Otherwise the first word holding `min` clear bits in a row gives its first
+    /// such run, extended as far as that word allows.
     pub fn take_word_run(
         &mut self,
         min: usize,
@@ -200,13 +200,13 @@ impl Bitmap {
         pick: Option<u64>,
     ) -> Option<(usize, usize)> {
         debug_assert!(1 <= min && min <= max && max <= WORD);
-        let (start, len) = if self.free_words > 0 && self.len >= WORD {
-            let k = match pick {
-                // Multiply-shift maps r onto 0..free_words without a division.
-                Some(r) => ((u128::from(r) * self.free_words as u128) >> 64) as usize,
-                None => 0,
+        let (start, len) = if self.free_words > 0 {
+            let from = match pick {
+                // Multiply-shift maps r onto 0..words without a division.
+                Some(r) => ((u128::from(r) * self.words.len() as u128) >> 64) as usize,
+                None => self.first_maybe_free,
             };
-            (self.nth_free_word(k) * WORD, max)
+            (self.free_word_from(from) * WORD, max)
         } else {
             self.first_in_word_run(min, max)?
         };
@@ -214,21 +214,23 @@ impl Bitmap {
         Some((start, len))
     }
 
-    /// The `k`-th (from 0) word whose bits are all clear; `k < free_words`.
-    fn nth_free_word(&self, mut k: usize) -> usize {
-        for (si, &s) in self.summary.iter().enumerate() {
-            let here = s.count_ones() as usize;
-            if k >= here {
-                k -= here;
-                continue;
-            }
-            let mut bits = s;
-            for _ in 0..k {
-                bits &= bits - 1; // drop the lowest set bit
-            }
-            return si * WORD + bits.trailing_zeros() as usize;
+    /// The first free word at or after word `from`, wrapping around (there is one).
+    fn free_word_from(&self, from: usize) -> usize {
+        let n = self.summary.len();
+        let (s0, bit) = (from / WORD, from % WORD);
+        // The rest of the first summary word, then the others in turn, then its beginning.
+        let first = self.summary[s0] >> bit << bit;
+        if first != 0 {
+            return s0 * WORD + first.trailing_zeros() as usize;
         }
-        unreachable!("k < free_words")
+        for k in 1..=n {
+            let si = (s0 + k) % n;
+            let s = self.summary[si];
+            if s != 0 {
+                return si * WORD + s.trailing_zeros() as usize;
+            }
+        }
+        unreachable!("free_words > 0")
     }
 
     /// The first run of at least `min` clear bits inside one word, as `(start, len)` with `len`
@@ -298,17 +300,28 @@ impl Bitmap {
     }
 
     /// Clears bits `start..start + n`, which must all be set (checked in debug builds).
+    #[inline]
     pub fn clear_range(&mut self, start: usize, n: usize) {
         debug_assert!(self.is_set(start, n), "clear_range over free bits");
-        for (i, m) in word_masks(start, n) {
-            self.words[i] &= !m;
-            if self.words[i] == 0 {
-                self.summary[i / WORD] |= 1 << (i % WORD);
+        let (w, bit) = (start / WORD, start % WORD);
+        if n != 0 && bit + n <= WORD {
+            // One word (every span of a thread's run): a mask, no loop.
+            self.words[w] &= !(low_bits(n) << bit);
+            if self.words[w] == 0 {
+                self.summary[w / WORD] |= 1 << (w % WORD);
                 self.free_words += 1;
+            }
+        } else {
+            for (i, m) in word_masks(start, n) {
+                self.words[i] &= !m;
+                if self.words[i] == 0 {
+                    self.summary[i / WORD] |= 1 << (i % WORD);
+                    self.free_words += 1;
+                }
             }
         }
         self.ones -= n;
-        self.first_maybe_free = self.first_maybe_free.min(start / WORD);
+        self.first_maybe_free = self.first_maybe_free.min(w);
     }
 
     /// The length of the longest run of clear bits, by a full scan (for checks and tests).
@@ -372,12 +385,9 @@ fn word_masks(start: usize, n: usize) -> impl Iterator<Item = (usize, u64)> {
 }
 
 /// The low `k` bits set (`1 <= k <= 64`).
+#[inline]
 fn low_bits(k: usize) -> u64 {
-    if k == WORD {
-        !0
-    } else {
-        (1u64 << k) - 1
-    }
+    u64::MAX >> (WORD - k)
 }
 
 #[cfg(test)]

@@ -17,12 +17,14 @@ use std::fmt;
 /// Emit into [`image_mut`](Self::image_mut), but compute every jump and call target against
 /// [`exec_addr`](Self::exec_addr): that is where the first byte will run.
 /// [`finalize`](Self::finalize) places the image with one backend write and returns a
-/// [`Program`]. Dropping a draft that was never finalized returns its chunks (they were never
-/// written, so they still hold traps).
+/// [`Program`]. Dropping a draft that was never finalized returns its chunks (trap-filled
+/// first if its image lived in the pack).
 ///
 /// The image is a slice of a staging buffer the calling thread shares with its other drafts
-/// (laid out like the chunks in the pack); its address stays the same until the draft is
-/// finalized or dropped, even if the draft moves to another thread.
+/// (laid out like the chunks in the pack) or, with the persistent `dualmap` backend, the
+/// draft's own bytes of the pack's writable alias (never executable; nothing is copied at
+/// finalize). Its address stays the same until the draft is finalized or dropped, even if the
+/// draft moves to another thread.
 ///
 /// ```
 /// # use progpack::{Allocator, Config};
@@ -37,10 +39,8 @@ use std::fmt;
 /// # Ok::<(), progpack::Error>(())
 /// ```
 pub struct Draft {
-    span: Span,
-    image: Image,
-    /// Where the image starts inside the span.
-    offset: usize,
+    /// The span and the image, as the allocator made them.
+    inner: Fresh,
 }
 
 impl fmt::Debug for Draft {
@@ -53,34 +53,33 @@ impl fmt::Debug for Draft {
 }
 
 impl Draft {
-    pub(crate) fn new(fresh: Fresh) -> Draft {
-        Draft {
-            span: fresh.span,
-            image: fresh.image,
-            offset: fresh.offset,
-        }
+    #[inline(always)]
+    pub(crate) fn new(inner: Fresh) -> Draft {
+        Draft { inner }
     }
 
     /// The address the first byte of the image will have once finalized: the base for every
     /// jump and call target the JIT computes.
+    #[inline]
     pub fn exec_addr(&self) -> usize {
-        self.span.base() + self.offset
+        self.inner.span.exec_addr()
     }
 
     /// The image, `len()` bytes, initially all trap instructions.
     pub fn image(&self) -> &[u8] {
-        self.image.bytes()
+        self.inner.image.bytes()
     }
 
     /// The writable image, `len()` bytes, initially all trap instructions. It is ordinary heap
     /// memory: it is never executable.
+    #[inline]
     pub fn image_mut(&mut self) -> &mut [u8] {
-        self.image.bytes_mut()
+        self.inner.image.bytes_mut()
     }
 
     /// Image length in bytes.
     pub fn len(&self) -> usize {
-        self.image.bytes().len()
+        self.inner.image.bytes().len()
     }
 
     /// Always false: a draft has at least one byte.
@@ -107,8 +106,8 @@ impl Draft {
         if new_len == 0 || new_len > len {
             return Err(Error::BadShrink { len, new_len });
         }
-        self.image.truncate(new_len);
-        self.span.shrink(self.offset + new_len, new_len);
+        self.inner.span.shrink(new_len)?;
+        self.inner.image.truncate(new_len);
         Ok(())
     }
 
@@ -116,21 +115,21 @@ impl Draft {
     /// the image's bytes, makes it visible to instruction fetch, and returns the program.
     ///
     /// If the backend fails, the chunks are trap-filled and freed and the error says why.
+    #[inline(always)]
     pub fn finalize(self) -> Result<Program> {
-        let Draft {
-            mut span,
-            image,
-            offset,
-        } = self;
-        span.place(offset, image.bytes())?;
-        let len = image.bytes().len();
+        let Fresh { mut span, image } = self.inner;
+        if image.in_place() {
+            span.publish_in_place()?;
+        } else {
+            span.place(image.bytes())?;
+        }
         drop(image);
         span.became_program();
-        Ok(Program::new(span, offset, len))
+        Ok(Program::new(span))
     }
 
     /// Takes the draft apart (for [`Allocator::finalize_all`](crate::Allocator::finalize_all)).
-    pub(crate) fn into_parts(self) -> (Span, Image, usize) {
-        (self.span, self.image, self.offset)
+    pub(crate) fn into_parts(self) -> (Span, Image) {
+        (self.inner.span, self.inner.image)
     }
 }

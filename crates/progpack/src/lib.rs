@@ -146,7 +146,7 @@ impl Allocator {
     /// Reserves room for an image of `len` bytes whose first byte is aligned to `align` (a
     /// power of two, at most the page size). Small requests come from the calling thread's run
     /// of chunks without a lock; requests larger than a pack get a mapping of their own.
-    #[inline]
+    #[inline(always)]
     pub fn draft(&self, len: usize, align: usize) -> Result<Draft> {
         span::allocate(&self.shared, len, align).map(Draft::new)
     }
@@ -161,23 +161,31 @@ impl Allocator {
     /// procmem; the images are not first copied into one buffer). Returns the programs in the
     /// order given. All or nothing: on error every draft's chunks are trap-filled and freed.
     pub fn finalize_all(&self, drafts: Vec<Draft>) -> Result<Vec<Program>> {
-        let mut parts: Vec<Option<(span::Span, staging::Image, usize)>> =
+        let mut parts: Vec<Option<(span::Span, staging::Image)>> =
             drafts.into_iter().map(|d| Some(d.into_parts())).collect();
         let mut order: Vec<usize> = (0..parts.len()).collect();
-        let base = |p: &Option<(span::Span, staging::Image, usize)>| {
-            p.as_ref().map_or(0, |(s, _, _)| s.base())
-        };
+        let base =
+            |p: &Option<(span::Span, staging::Image)>| p.as_ref().map_or(0, |(s, _)| s.base());
         order.sort_by_key(|&i| base(&parts[i]));
         let mut i = 0;
         while i < order.len() {
-            // The longest stretch of drafts whose spans follow each other in one mapping.
+            // Images already in place (in the pack's alias) need only the instruction-cache
+            // sync; the others go in stretches of drafts whose spans follow each other in one
+            // mapping, one write each.
+            if let Some((span, image)) = parts[order[i]].as_mut() {
+                if image.in_place() {
+                    span.publish_in_place()?;
+                    i += 1;
+                    continue;
+                }
+            }
             let mut j = i + 1;
             while j < order.len() {
                 let (prev, next) = (&parts[order[j - 1]], &parts[order[j]]);
-                let (Some((ps, _, _)), Some((ns, _, _))) = (prev, next) else {
+                let (Some((ps, _)), Some((ns, ni))) = (prev, next) else {
                     break;
                 };
-                if !ps.followed_by(ns) {
+                if ni.in_place() || !ps.followed_by(ns) {
                     break;
                 }
                 j += 1;
@@ -188,9 +196,9 @@ impl Allocator {
         Ok(parts
             .into_iter()
             .map(|p| {
-                let (mut span, image, offset) = p.expect("each draft once");
+                let (mut span, _image) = p.expect("each draft once");
                 span.became_program();
-                Program::new(span, offset, image.bytes().len())
+                Program::new(span)
             })
             .collect())
     }
@@ -214,13 +222,13 @@ impl Allocator {
                 // between them are traps already); if it fails, each program's own drop tries
                 // again (and quarantines its chunks if that fails too).
                 let (m, at) = programs[i].span().mapping();
-                let start = at + programs[i].offset();
+                let start = at + programs[i].span().image_at();
                 let last = &programs[j - 1];
                 let end = last.addr() + last.len() - m.base();
                 if m.fill_traps(start, end - start).is_ok() {
                     let _ = arch::sync_icache(m.base() + start, end - start);
                     for p in &mut programs[i..j] {
-                        p.span_mut().mark_written(0, 0);
+                        p.span_mut().mark_written(false);
                     }
                 }
             }
@@ -299,38 +307,31 @@ impl Allocator {
 /// Places a stretch of drafts whose spans follow each other in one pack: one backend write of
 /// their images with the trap bytes between them (`indices` in address order).
 fn place_stretch(
-    parts: &mut [Option<(span::Span, staging::Image, usize)>],
+    parts: &mut [Option<(span::Span, staging::Image)>],
     indices: &[usize],
 ) -> Result<()> {
     let get = |i: usize| parts[i].as_ref().expect("each draft once");
-    let (first_span, _, first_offset) = get(indices[0]);
+    let (first_span, _) = get(indices[0]);
     let (m, at) = first_span.mapping();
-    let start = at + first_offset;
+    let start = at + first_span.image_at();
+    let mapping_base = m.base();
     let mut pieces: Vec<&[u8]> = Vec::with_capacity(indices.len() * 2);
-    let mut cursor = m.base() + start;
+    let mut cursor = mapping_base + start;
     for &i in indices {
-        let (span, image, offset) = get(i);
-        let image_at = span.base() + offset;
+        let (span, image) = get(i);
+        let image_at = span.exec_addr();
         staging::push_traps(&mut pieces, cursor, image_at - cursor);
         pieces.push(image.bytes());
         cursor = image_at + image.bytes().len();
     }
-    let len = cursor - (m.base() + start);
-    let mapping_base = m.base();
-    // Marked whatever the write's outcome: a write that fails half way must still be
-    // trap-filled when the drafts are dropped.
-    let marks: Vec<(usize, usize, usize)> = indices
-        .iter()
-        .map(|&i| {
-            let (_, image, offset) = get(i);
-            (i, *offset, image.bytes().len())
-        })
-        .collect();
+    let len = cursor - (mapping_base + start);
     let written = m.write_parts(start, &pieces);
     drop(pieces);
-    for (i, offset, len) in marks {
-        if let Some((span, _, _)) = parts[i].as_mut() {
-            span.mark_written(offset, len);
+    // Marked whatever the write's outcome: a write that fails half way must still be
+    // trap-filled when the drafts are dropped.
+    for &i in indices {
+        if let Some((span, _)) = parts[i].as_mut() {
+            span.mark_written(true);
         }
     }
     written?;

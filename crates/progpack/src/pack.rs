@@ -15,15 +15,20 @@
 
 use crate::bitmap::Bitmap;
 use crate::region::Region;
+use parking_lot::{Mutex, MutexGuard};
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 
 /// What a pack calls when it becomes empty: the allocator that lists it. A trait so that the
 /// pack, below the allocator in the module stack, does not name it.
 pub(crate) trait PackOwner: Send + Sync {
     /// The last owned chunk of `pack` was given back.
     fn pack_became_empty(&self, pack: &Arc<Pack>);
+    /// The span of a dedicated mapping (`pack`) was freed: it unmaps when `pack` goes.
+    fn dedicated_freed(&self, pack: &Pack, freed: &Freed);
+    /// A dedicated span asked for fewer bytes (a draft shrunk): count `freed`.
+    fn dedicated_freed_bytes(&self, freed: &Freed);
     /// `n` programs were finalized by a thread that keeps no counters for the allocator.
     fn count_programs(&self, n: u64);
 }
@@ -52,9 +57,19 @@ impl Freed {
     }
 }
 
-/// One pack.
+/// One pack (or one dedicated mapping: a pack of one chunk that no shard lists).
 pub(crate) struct Pack {
     pub(crate) region: Region,
+    /// The region's base address (read on every address computation: no call through the
+    /// mapping).
+    pub(crate) base: usize,
+    /// Id of the allocator (its threads' counters are keyed by it).
+    pub(crate) owner_id: u64,
+    /// A mapping of its own for one program larger than a pack.
+    pub(crate) dedicated: bool,
+    /// The mapping's persistent writable alias (0: none) and the process it is valid in.
+    alias: usize,
+    alias_epoch: u64,
     /// Index of the shard whose list holds this pack.
     pub(crate) shard: usize,
     pub(crate) chunk_size: usize,
@@ -107,11 +122,18 @@ impl Pack {
         shard: usize,
         chunk_size: usize,
         owner: Weak<dyn PackOwner>,
+        owner_id: u64,
     ) -> Pack {
         let capacity = region.len() / chunk_size;
         let ready = region.mapping().ready() / chunk_size;
         let bitmap = Bitmap::with_capacity(capacity, ready);
+        let (alias, alias_epoch) = region.mapping().writable_alias().unwrap_or((0, 0));
         Pack {
+            base: region.base(),
+            alias,
+            alias_epoch,
+            owner_id,
+            dedicated: false,
             region,
             shard,
             chunk_size,
@@ -133,10 +155,23 @@ impl Pack {
         }
     }
 
-    /// Locks the state. Updates are single calls that cannot leave the bitmap half-updated, so
-    /// a poisoned lock is still usable.
+    /// Wraps a region that holds one program larger than a pack: one chunk, owned from the
+    /// start, never listed.
+    pub(crate) fn dedicated(region: Region, owner: Weak<dyn PackOwner>, owner_id: u64) -> Pack {
+        let len = region.len();
+        let mut pack = Pack::new(region, 0, len, owner, owner_id);
+        pack.dedicated = true;
+        let st = pack.state.get_mut();
+        st.bitmap.set_range(0, 1);
+        st.listed = false;
+        pack
+    }
+
+    /// Locks the state (a `parking_lot` mutex: one compare-and-swap each way, no poisoning;
+    /// updates are single calls that cannot leave the bitmap half-updated).
+    #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, PackState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
     }
 
     /// The largest request that might fit, read without the lock (may be stale by the time
@@ -255,6 +290,16 @@ impl Pack {
     /// Returns the tail `first..first + n` of a live span that asked for `less` bytes fewer
     /// (a draft shrunk); the chunks hold only traps.
     pub(crate) fn shrink_span(self: &Arc<Self>, first: usize, n: usize, less: usize) {
+        if self.dedicated {
+            if let Some(owner) = self.owner.upgrade() {
+                let freed = Freed {
+                    requested: less as u64,
+                    ..Freed::default()
+                };
+                owner.dedicated_freed_bytes(&freed);
+            }
+            return;
+        }
         if self.release(first, n, less) {
             self.became_empty();
         }
@@ -282,6 +327,18 @@ impl Pack {
         requested: usize,
         program: bool,
     ) {
+        if self.dedicated {
+            let freed = Freed {
+                spans: 1,
+                requested: requested as u64,
+                programs: u64::from(program),
+                quarantined: 0,
+            };
+            if let Some(owner) = self.owner.upgrade() {
+                owner.dedicated_freed(self, &freed);
+            }
+            return;
+        }
         let empty = {
             let mut st = self.lock();
             st.bitmap.clear_range(first, n);
@@ -322,9 +379,57 @@ impl Pack {
         }
     }
 
+    /// The persistent writable alias's address of `offset`, if there is one usable in this
+    /// process, and the epoch it belongs to.
+    #[inline]
+    pub(crate) fn alias_of(&self, offset: usize) -> Option<(usize, u64)> {
+        (self.alias != 0 && crate::backend::sys::is_process_epoch(self.alias_epoch))
+            .then_some((self.alias + offset, self.alias_epoch))
+    }
+
+    /// Writes `bytes` at `offset` of the pack, which must lie in chunks the caller owns: a
+    /// plain copy through the persistent alias when there is one (in the process that made it),
+    /// else one backend write.
+    #[inline]
+    pub(crate) fn write(&self, offset: usize, bytes: &[u8]) -> crate::Result<()> {
+        if self.alias != 0 && crate::backend::sys::is_process_epoch(self.alias_epoch) {
+            debug_assert!(offset + bytes.len() <= self.ready() * self.chunk_size);
+            // SAFETY: the caller owns these chunks, which lie in the ready part of the mapping;
+            // the mapping promises (`Mapping::writable_alias`) that the alias stays mapped
+            // read+write while it lives (the pack owns it) and that a store there is the write;
+            // `bytes` is a separate heap buffer, so the ranges do not overlap.
+            #[allow(unsafe_code)]
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    bytes.as_ptr(),
+                    (self.alias + offset) as *mut u8,
+                    bytes.len(),
+                )
+            };
+            return Ok(());
+        }
+        self.region.mapping().write(offset, bytes)
+    }
+
+    /// Fills `offset..offset + len` of the pack, chunks the caller owns, with traps: through
+    /// the persistent alias when there is one, else one backend call.
+    #[inline]
+    pub(crate) fn fill_traps(&self, offset: usize, len: usize) -> crate::Result<()> {
+        if self.alias != 0 && crate::backend::sys::is_process_epoch(self.alias_epoch) {
+            debug_assert!(offset + len <= self.ready() * self.chunk_size);
+            // SAFETY: as in `write`.
+            #[allow(unsafe_code)]
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut((self.alias + offset) as *mut u8, len) };
+            crate::arch::fill_traps(bytes);
+            return Ok(());
+        }
+        self.region.mapping().fill_traps(offset, len)
+    }
+
     /// Base address.
     pub(crate) fn base(&self) -> usize {
-        self.region.base()
+        self.base
     }
 
     /// Chunks in the whole pack.
@@ -345,7 +450,7 @@ impl Pack {
     /// Readies twice as many chunks (up to the whole pack): the backend fills them with traps
     /// (no lock held), then they join the bitmap, clear.
     pub(crate) fn grow(&self) -> crate::Result<()> {
-        let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.growing.lock();
         let now = self.ready();
         if now == self.capacity {
             return Ok(()); // another thread grew it meanwhile

@@ -8,10 +8,8 @@ use std::fmt;
 
 /// Finalized, executable code. `Send + Sync`: the bytes never change while it lives.
 pub struct Program {
+    /// The span; its written part is the code.
     span: Span,
-    /// Where the code starts inside the span.
-    offset: usize,
-    len: usize,
 }
 
 // Programs are shared across threads by design; keep that true at compile time.
@@ -26,19 +24,22 @@ impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Program")
             .field("addr", &format_args!("{:#x}", self.addr()))
-            .field("len", &self.len)
+            .field("len", &self.len())
             .finish()
     }
 }
 
 impl Program {
-    pub(crate) fn new(span: Span, offset: usize, len: usize) -> Program {
-        Program { span, offset, len }
+    /// A program whose code is the span's image, placed.
+    #[inline]
+    pub(crate) fn new(span: Span) -> Program {
+        Program { span }
     }
 
     /// Address of the first byte (the draft's `exec_addr()`).
+    #[inline]
     pub fn addr(&self) -> usize {
-        self.span.base() + self.offset
+        self.span.exec_addr()
     }
 
     /// The first byte as a pointer.
@@ -47,18 +48,19 @@ impl Program {
     }
 
     /// Length of the code in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.len
+        self.span.len()
     }
 
     /// Always false: a program has at least one byte.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The code as placed, read back from executable memory.
     pub fn bytes(&self) -> &[u8] {
-        self.span.bytes(self.offset, self.len)
+        self.span.bytes()
     }
 
     /// True if the program has a mapping of its own (it was larger than a pack).
@@ -97,10 +99,5 @@ impl Program {
     /// The span, writable (for [`Allocator::free_all`](crate::Allocator::free_all)).
     pub(crate) fn span_mut(&mut self) -> &mut Span {
         &mut self.span
-    }
-
-    /// Where the code starts inside the span.
-    pub(crate) fn offset(&self) -> usize {
-        self.offset
     }
 }

@@ -42,26 +42,37 @@ impl Run {
     }
 
     /// Hands out the next `n` chunks (`n <= left()`), with the image `offset..offset + len` of
-    /// them carved from the staging block (`shift` is log2 of the chunk size). Returns the
-    /// first chunk.
-    #[inline]
+    /// them: the same bytes of the pack's writable alias when there is one here (and the image
+    /// is short enough), else carved from the staging block (`shift` is log2 of the chunk
+    /// size). Returns the first chunk, the image, and whether it is in the alias.
+    #[inline(always)]
     pub(crate) fn hand_out(
         &mut self,
         n: usize,
         shift: u32,
         offset: usize,
         len: usize,
-    ) -> (usize, Image) {
+    ) -> (usize, Image, bool) {
         debug_assert!(n <= self.left() && offset + len <= n << shift);
         let first = self.next;
         self.next += n;
+        if len <= Image::ALIAS_MAX {
+            if let Some((addr, epoch)) = self.pack.alias_of((first << shift) + offset) {
+                // SAFETY: chunks `first..first + n` were just handed out, once, to the caller's
+                // span; the alias stays mapped (in this process, checked) while the pack lives,
+                // which the span holds; `len` fits the image limit (checked).
+                #[allow(unsafe_code)]
+                let image = unsafe { Image::in_alias(addr, len, epoch) };
+                return (first, image, true);
+            }
+        }
         let at = ((first - self.first) << shift) + offset;
         // SAFETY: `next` only grows, so chunks `first..first + n` are handed out once and the
         // image lies inside their part of the block (checked by `carve`, and `offset + len`
         // fits the chunks by the caller's contract); no other image overlaps it.
         #[allow(unsafe_code)]
         let image = unsafe { self.block.carve(at, len) };
-        (first, image)
+        (first, image, false)
     }
 
     /// Gives the chunks not handed out back to the pack (they were never written).
@@ -110,6 +121,8 @@ pub(crate) struct Made {
 #[derive(Debug)]
 pub(crate) struct LocalState {
     pub(crate) run: Option<Run>,
+    /// The last run's staging block, reused by the next run once no image of it is left.
+    pub(crate) spare: Option<Arc<Block>>,
     /// xorshift64* state for image offsets and run positions.
     pub(crate) rng: u64,
     /// [`crate::backend::sys::process_epoch`] when this state was last used: a mismatch means
@@ -118,6 +131,16 @@ pub(crate) struct LocalState {
 }
 
 impl LocalState {
+    /// A state with no run, drawing random numbers from `seed`, at `epoch`.
+    pub(crate) fn new(seed: u64, epoch: u64) -> LocalState {
+        LocalState {
+            run: None,
+            spare: None,
+            rng: seed | 1,
+            epoch,
+        }
+    }
+
     /// The next random number (xorshift64*: fast; enough to place images unpredictably).
     #[inline]
     pub(crate) fn random(&mut self) -> u64 {
@@ -155,11 +178,7 @@ impl Local {
     pub(crate) fn new(shard: usize, epoch: u64) -> Local {
         Local {
             shard,
-            state: UnsafeCell::new(LocalState {
-                run: None,
-                rng: seed(),
-                epoch,
-            }),
+            state: UnsafeCell::new(LocalState::new(seed(), epoch)),
             made: Made::default(),
         }
     }

@@ -81,12 +81,16 @@ pub(crate) struct Shared {
     next_shard: AtomicUsize,
     /// The longest run a thread takes, in chunks (at most one bitmap word).
     pub(crate) run_chunks: usize,
-    /// Requests of more chunks than this skip the thread's run.
-    pub(crate) run_max_request: usize,
+    /// The longest image (in bytes) that comes from a thread's run: one that takes at most a
+    /// quarter of a run (larger requests would waste too much of the run they end), and no
+    /// longer than `max_len`.
+    pub(crate) run_max_len: usize,
     /// log2 of the chunk size.
     pub(crate) chunk_shift: u32,
     /// Every image starts at a multiple of this (the architecture's instruction size).
     pub(crate) entry_align: usize,
+    /// The largest alignment accepted: the page size (or the chunk size, if larger).
+    pub(crate) max_align: usize,
     /// [`sys::process_epoch`] when the registry was last checked for threads a fork left
     /// behind.
     epoch: AtomicU64,
@@ -138,9 +142,12 @@ impl Shared {
             locals: Mutex::new(Vec::new()),
             next_shard: AtomicUsize::new(0),
             run_chunks,
-            run_max_request: (run_chunks / 4).max(1),
+            run_max_len: ((run_chunks / 4).max(1) * chunk)
+                .saturating_sub(config.min_slack)
+                .min(config.max_len),
             chunk_shift: chunk.trailing_zeros(),
             entry_align: crate::arch::TRAP.len(),
+            max_align: sys::page_size().max(chunk),
             epoch: AtomicU64::new(sys::process_epoch()),
             config,
         }))
@@ -310,7 +317,13 @@ impl Shared {
         )?;
         self.packs_mapped.fetch_add(1, Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        let pack = Arc::new(Pack::new(region, shard, self.config.chunk_size, owner));
+        let pack = Arc::new(Pack::new(
+            region,
+            shard,
+            self.config.chunk_size,
+            owner,
+            self.id,
+        ));
         let mut found = take(&pack);
         // A new pack may start with only part of it ready: grow it until the request fits.
         while found.is_none() && pack.can_grow() {
@@ -355,8 +368,8 @@ impl Shared {
         }
     }
 
-    /// A mapping of its own for a program larger than a pack.
-    pub(crate) fn map_dedicated(&self, bytes: usize) -> Result<Region> {
+    /// A mapping of its own for a program larger than a pack, as a pack of one chunk.
+    pub(crate) fn map_dedicated(self: &Arc<Self>, bytes: usize) -> Result<Arc<Pack>> {
         let region = Region::map(
             &*self.backend,
             self.space.as_ref(),
@@ -368,13 +381,8 @@ impl Shared {
         self.dedicated
             .bytes
             .fetch_add(region.len(), Ordering::Relaxed);
-        Ok(region)
-    }
-
-    /// A dedicated mapping of `bytes` bytes is gone.
-    pub(crate) fn unmapped_dedicated(&self, bytes: usize) {
-        self.dedicated.mappings.fetch_sub(1, Ordering::Relaxed);
-        self.dedicated.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
+        Ok(Arc::new(Pack::dedicated(region, owner, self.id)))
     }
 
     /// All listed packs, in shard order.
@@ -426,6 +434,18 @@ impl PackOwner for Shared {
 
     fn count_programs(&self, n: u64) {
         self.count_programs_retired(n);
+    }
+
+    fn dedicated_freed_bytes(&self, freed: &Freed) {
+        self.retired().freed.add(freed);
+    }
+
+    fn dedicated_freed(&self, pack: &Pack, freed: &Freed) {
+        self.dedicated.mappings.fetch_sub(1, Ordering::Relaxed);
+        self.dedicated
+            .bytes
+            .fetch_sub(pack.region.len(), Ordering::Relaxed);
+        self.retired().freed.add(freed);
     }
 }
 

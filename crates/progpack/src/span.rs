@@ -26,53 +26,38 @@
 use crate::backend::Mapping;
 use crate::error::{Error, Result};
 use crate::pack::Pack;
-use crate::region::Region;
 use crate::run::{Local, LocalState};
 use crate::shared::Shared;
 use crate::staging::{Block, Image};
 use crate::thread_cache;
 use std::sync::Arc;
 
-/// Where a span lives.
-#[derive(Debug)]
-pub(crate) enum Place {
-    /// `chunks` chunks from `first` in a shared pack.
-    Packed {
-        pack: Arc<Pack>,
-        first: usize,
-        chunks: usize,
-    },
-    /// A mapping of its own (larger than a pack).
-    Dedicated(Box<DedicatedSpan>),
-}
-
-/// A program larger than a pack: its mapping, and the allocator that counts it.
-#[derive(Debug)]
-pub(crate) struct DedicatedSpan {
-    region: Region,
-    shared: Arc<Shared>,
-}
-
-/// Chunks owned by one draft, batch slot or program. See the module docs for the drop contract.
+/// Chunks owned by one draft, batch slot or program (a dedicated mapping is a pack of one
+/// chunk), and where in them the image lies. See the module docs for the drop contract.
 #[derive(Debug)]
 pub(crate) struct Span {
-    pub(crate) place: Place,
-    /// Bytes the user asked for (for statistics).
-    requested: usize,
-    /// Bytes `offset..offset + len` of the span may hold code: trap-filled when it is dropped.
-    written: (usize, usize),
-    /// A finalized program (for statistics).
-    program: bool,
-    /// Id of the allocator (for the thread's counters).
-    shared_id: u64,
+    pack: Arc<Pack>,
+    first: u32,
+    chunks: u32,
+    /// Where the image starts inside the span (below a chunk, or 0).
+    at: u32,
+    /// [`WRITTEN`] and [`PROGRAM`].
+    flags: u8,
+    /// Length of the image: the bytes asked for, and the bytes trap-filled on drop once
+    /// written.
+    len: usize,
 }
 
-/// A span just allocated, its image, and where in the span the image starts.
+/// The image's bytes may hold code: trap-fill them on drop.
+const WRITTEN: u8 = 1;
+/// A finalized program (for statistics).
+const PROGRAM: u8 = 2;
+
+/// A span just allocated, and its writable image.
 #[derive(Debug)]
 pub(crate) struct Fresh {
     pub(crate) span: Span,
     pub(crate) image: Image,
-    pub(crate) offset: usize,
 }
 
 /// A checked request.
@@ -91,27 +76,26 @@ pub(crate) fn request(shared: &Shared, len: usize, align: usize) -> Result<Reque
     if len == 0 {
         return Err(Error::ZeroLength);
     }
-    let too_large = Error::TooLarge {
+    let too_large = || Error::TooLarge {
         len,
         max: config.max_len,
     };
     if len > config.max_len {
-        return Err(too_large);
+        return Err(too_large());
     }
-    let page = crate::backend::sys::page_size();
-    if !align.is_power_of_two() || align > page.max(config.chunk_size) {
+    if !align.is_power_of_two() || align > shared.max_align {
         return Err(Error::BadAlign {
             align,
-            max: page.max(config.chunk_size),
+            max: shared.max_align,
         });
     }
     let bytes = len
         .checked_add(config.min_slack)
         .and_then(|n| n.checked_next_multiple_of(config.chunk_size))
-        .ok_or(too_large)?;
+        .ok_or_else(too_large)?;
     if bytes > config.pack_size {
         let bytes = bytes
-            .checked_next_multiple_of(page)
+            .checked_next_multiple_of(crate::backend::sys::page_size())
             .ok_or(Error::TooLarge {
                 len,
                 max: config.max_len,
@@ -129,43 +113,68 @@ pub(crate) fn request(shared: &Shared, len: usize, align: usize) -> Result<Reque
 
 /// Where the image starts inside a span of `span` bytes: random in the slack the rounding left
 /// (at most a chunk minus one), at a multiple of `align` and of the instruction size; 0 when
-/// randomization is off.
-#[inline]
+/// randomization is off or there is no slack (no random number is drawn then).
+#[inline(always)]
 pub(crate) fn image_offset(
     shared: &Shared,
-    random: u64,
+    st: &mut LocalState,
     span: usize,
     len: usize,
     align: usize,
 ) -> usize {
-    if !shared.config.randomize {
+    let hole = (span - len).min(shared.config.chunk_size - 1);
+    if hole == 0 || !shared.config.randomize {
         return 0;
     }
-    let hole = (span - len).min(shared.config.chunk_size - 1);
     // Multiply-shift maps the high 32 random bits onto 0..=hole without a division.
-    let r = ((random >> 32) * (hole as u64 + 1)) >> 32;
+    let r = ((st.random() >> 32) * (hole as u64 + 1)) >> 32;
     r as usize & !(align.max(shared.entry_align) - 1)
 }
 
 /// Allocates a span for an image of `len` bytes aligned to `align`: from the calling thread's
 /// run when the request is small, else by the slow paths.
-#[inline]
+#[inline(always)]
 pub(crate) fn allocate(shared: &Arc<Shared>, len: usize, align: usize) -> Result<Fresh> {
-    let req = request(shared, len, align)?;
-    if let Some(n) = req.chunks {
-        if n <= shared.run_max_request && align <= shared.config.chunk_size {
-            if let Some(fresh) = thread_cache::with_state(shared, |local, st| {
-                from_run(shared, local, st, n, len, align)
-            }) {
-                return fresh;
-            }
+    // One compare says whether the thread's run can serve it: `len` in 1..=run_max_len (the
+    // wrapping subtraction sends 0 far above) and `align` a power of two up to a chunk.
+    if len.wrapping_sub(1) < shared.run_max_len
+        && align.is_power_of_two()
+        && align <= shared.config.chunk_size
+    {
+        let n =
+            (len + shared.config.min_slack + shared.config.chunk_size - 1) >> shared.chunk_shift;
+        // SAFETY: `shared` is held by the caller for the whole call; the references do not
+        // leave `from_run`, which reaches no thread-local state (a new run comes from the
+        // shared lists).
+        #[allow(unsafe_code)]
+        if let Some((local, st)) = unsafe { thread_cache::current(shared) } {
+            return from_run(shared, local, st, n, len, align);
         }
     }
-    slow_path(shared, req, len, align)
+    allocate_slow(shared, len, align)
+}
+
+/// Everything [`allocate`] does not do inline: a thread's first use, large or aligned
+/// requests, bad input.
+#[cold]
+#[inline(never)]
+fn allocate_slow(shared: &Arc<Shared>, len: usize, align: usize) -> Result<Fresh> {
+    let n = (len + shared.config.min_slack + shared.config.chunk_size - 1) >> shared.chunk_shift;
+    if len.wrapping_sub(1) < shared.run_max_len
+        && align.is_power_of_two()
+        && align <= shared.config.chunk_size
+    {
+        if let Some(fresh) = thread_cache::with_state(shared, |local, st| {
+            from_run(shared, local, st, n, len, align)
+        }) {
+            return fresh;
+        }
+    }
+    slow_path(shared, request(shared, len, align)?, len, align)
 }
 
 /// The fast path: bump the thread's run.
-#[inline]
+#[inline(always)]
 fn from_run(
     shared: &Arc<Shared>,
     local: &Local,
@@ -174,21 +183,20 @@ fn from_run(
     len: usize,
     align: usize,
 ) -> Result<Fresh> {
-    let offset = image_offset(shared, st.random(), n << shared.chunk_shift, len, align);
+    let offset = image_offset(shared, st, n << shared.chunk_shift, len, align);
     let run = match &mut st.run {
         Some(run) if run.left() >= n => run,
         _ => refill(shared, local, st, n)?,
     };
-    let (first, image) = run.hand_out(n, shared.chunk_shift, offset, len);
+    let (first, image, in_alias) = run.hand_out(n, shared.chunk_shift, offset, len);
     let pack = run.pack.clone();
     local.made.cached.add((n as u64).wrapping_neg());
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
-    Ok(Fresh {
-        span: Span::packed(pack, first, n, len, shared.id),
-        image,
-        offset,
-    })
+    let mut span = Span::new(pack, first, n, offset, len);
+    // The user writes straight into the pack's chunks: they must be trap-filled when freed.
+    span.mark_written(in_alias);
+    Ok(Fresh { span, image })
 }
 
 /// Retires the thread's run (its unused chunks go back) and takes a new one of at least `n`.
@@ -205,8 +213,13 @@ fn refill<'a>(
     let emptied = st.run.take().and_then(|old| {
         local.made.cached.add((old.left() as u64).wrapping_neg());
         let crate::run::Run {
-            pack, next, end, ..
+            pack,
+            next,
+            end,
+            block,
+            ..
         } = old;
+        st.spare = Some(block);
         pack.give_back_quietly(next, end - next).then_some(pack)
     });
     let pick = shared.config.randomize.then(|| st.random());
@@ -215,12 +228,22 @@ fn refill<'a>(
         pack.became_empty();
     }
     let (pack, first, len) = taken?;
-    let block = match Block::new(len << shared.chunk_shift) {
-        Ok(block) => block,
-        Err(e) => {
-            pack.give_back(first, len);
-            return Err(e);
-        }
+    // The old run's staging block serves again when no image of it is left (the usual case
+    // for a thread that finalizes what it drafts).
+    let bytes = len << shared.chunk_shift;
+    let spare = st.spare.take().and_then(|mut b| {
+        // `get_mut` (an acquire) proves no image of it is left anywhere.
+        (Arc::get_mut(&mut b).is_some() && b.len() >= bytes).then_some(b)
+    });
+    let block = match spare {
+        Some(b) => b,
+        None => match Block::new(shared.run_chunks << shared.chunk_shift) {
+            Ok(block) => block,
+            Err(e) => {
+                pack.give_back(first, len);
+                return Err(e);
+            }
+        },
     };
     local.made.cached.add(len as u64);
     Ok(st.run.insert(crate::run::Run {
@@ -236,38 +259,28 @@ fn refill<'a>(
 /// or made while the thread is being torn down. The image gets a staging block of its own.
 #[cold]
 fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Result<Fresh> {
-    let (shard, random) = thread_cache::with_state(shared, |local, st| (local.shard, st.random()))
-        .unwrap_or((0, crate::run::seed()));
-    let (span, offset) = match req.chunks {
+    let mut fallback = LocalState::new(crate::run::seed(), 0);
+    let shard = thread_cache::with_state(shared, |local, st| {
+        fallback.rng = st.random() | 1;
+        local.shard
+    })
+    .unwrap_or(0);
+    let span = match req.chunks {
         Some(n) => {
             let step = (align >> shared.chunk_shift).max(1);
             let (pack, first) = shared.take_span(shard, n, step)?;
-            let offset = image_offset(shared, random, req.bytes, len, align);
-            (Span::packed(pack, first, n, len, shared.id), offset)
+            let offset = image_offset(shared, &mut fallback, req.bytes, len, align);
+            Span::new(pack, first, n, offset, len)
         }
         None => {
-            let region = shared.map_dedicated(req.bytes)?;
-            let offset = image_offset(shared, random, region.len(), len, align);
-            let span = Span {
-                place: Place::Dedicated(Box::new(DedicatedSpan {
-                    region,
-                    shared: shared.clone(),
-                })),
-                requested: len,
-                written: (0, 0),
-                program: false,
-                shared_id: shared.id,
-            };
-            (span, offset)
+            let pack = shared.map_dedicated(req.bytes)?;
+            let offset = image_offset(shared, &mut fallback, pack.region.len(), len, align);
+            Span::new(pack, 0, 1, offset, len)
         }
     };
     count_made(shared, len);
     let image = Block::image(len)?;
-    Ok(Fresh {
-        span,
-        image,
-        offset,
-    })
+    Ok(Fresh { span, image })
 }
 
 /// Counts `delta` (wrapping) chunks reserved ahead, by a batch, in the calling thread's
@@ -293,155 +306,159 @@ pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
 }
 
 impl Span {
-    /// A span of `chunks` chunks from `first` in `pack`, for `requested` bytes.
-    pub(crate) fn packed(
-        pack: Arc<Pack>,
-        first: usize,
-        chunks: usize,
-        requested: usize,
-        shared_id: u64,
-    ) -> Span {
+    /// A span of `chunks` chunks from `first` in `pack`, for an image of `len` bytes at `at`.
+    #[inline]
+    pub(crate) fn new(pack: Arc<Pack>, first: usize, chunks: usize, at: usize, len: usize) -> Span {
         Span {
-            place: Place::Packed {
-                pack,
-                first,
-                chunks,
-            },
-            requested,
-            written: (0, 0),
-            program: false,
-            shared_id,
+            pack,
+            first: first as u32,
+            chunks: chunks as u32,
+            at: at as u32,
+            flags: 0,
+            len,
         }
     }
 
     /// The mapping the span lies in, and its offset there.
     #[inline]
     pub(crate) fn mapping(&self) -> (&dyn Mapping, usize) {
-        match &self.place {
-            Place::Packed { pack, first, .. } => (pack.region.mapping(), first * pack.chunk_size),
-            Place::Dedicated(d) => (d.region.mapping(), 0),
-        }
+        (self.pack.region.mapping(), self.offset_in_pack())
+    }
+
+    #[inline]
+    fn offset_in_pack(&self) -> usize {
+        self.first as usize * self.pack.chunk_size
     }
 
     /// Address of the span's first byte.
+    #[inline]
     pub(crate) fn base(&self) -> usize {
-        let (m, off) = self.mapping();
-        m.base() + off
+        self.pack.base + self.offset_in_pack()
+    }
+
+    /// Where the image starts inside the span.
+    #[inline]
+    pub(crate) fn image_at(&self) -> usize {
+        self.at as usize
+    }
+
+    /// Address of the image's first byte: where the code runs.
+    #[inline]
+    pub(crate) fn exec_addr(&self) -> usize {
+        self.base() + self.image_at()
+    }
+
+    /// Length of the image.
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        self.len
     }
 
     /// True if `next` starts right where this span ends, in the same pack.
     pub(crate) fn followed_by(&self, next: &Span) -> bool {
-        match (&self.place, &next.place) {
-            (
-                Place::Packed {
-                    pack: a,
-                    first,
-                    chunks,
-                },
-                Place::Packed {
-                    pack: b, first: f, ..
-                },
-            ) => Arc::ptr_eq(a, b) && first + chunks == *f,
-            _ => false,
-        }
+        !self.pack.dedicated
+            && Arc::ptr_eq(&self.pack, &next.pack)
+            && self.first + self.chunks == next.first
     }
 
     /// True if the span has a mapping of its own.
     pub(crate) fn is_dedicated(&self) -> bool {
-        matches!(self.place, Place::Dedicated(_))
+        self.pack.dedicated
     }
 
-    /// Reads `offset..offset + len` of the span in place (a program's own bytes).
-    pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
-        match &self.place {
-            Place::Packed { pack, first, .. } => {
-                pack.region.bytes(first * pack.chunk_size + offset, len)
-            }
-            Place::Dedicated(d) => d.region.bytes(offset, len),
+    /// Reads the image's bytes in place (a program's code).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.pack
+            .region
+            .bytes(self.offset_in_pack() + self.image_at(), self.len)
+    }
+
+    /// Records that the image's bytes may now hold code (before the write: a write that fails
+    /// half way must still be trap-filled), or, with `false`, that they hold traps again.
+    #[inline]
+    pub(crate) fn mark_written(&mut self, written: bool) {
+        if written {
+            self.flags |= WRITTEN;
+        } else {
+            self.flags &= !WRITTEN;
         }
     }
 
-    /// Records that `offset..offset + len` of the span may now hold code (before the write:
-    /// a write that fails half way must still be trap-filled).
-    pub(crate) fn mark_written(&mut self, offset: usize, len: usize) {
-        self.written = (offset, len);
-    }
-
-    /// Places `image` at `offset` of the span with one backend write, then makes it visible to
+    /// Places `image` (the image's bytes) with one backend write, then makes it visible to
     /// instruction fetch (the kernel's text copy followed by the icache flush). Only the
     /// image's bytes are written: the rest of the span holds traps already.
     #[inline]
-    pub(crate) fn place(&mut self, offset: usize, image: &[u8]) -> Result<()> {
-        self.mark_written(offset, image.len());
-        let (m, at) = self.mapping();
-        m.write(at + offset, image)?;
-        crate::arch::sync_icache(m.base() + at + offset, image.len())
+    pub(crate) fn place(&mut self, image: &[u8]) -> Result<()> {
+        debug_assert_eq!(image.len(), self.len);
+        self.flags |= WRITTEN;
+        let at = self.offset_in_pack() + self.image_at();
+        self.pack.write(at, image)?;
+        crate::arch::sync_icache(self.pack.base + at, image.len())
     }
 
     /// Counts this span as a finalized program, in the calling thread's counters.
     #[inline]
     pub(crate) fn became_program(&mut self) {
-        self.program = true;
-        if thread_cache::with_counters(self.shared_id, |l| l.made.programs.add(1)) {
-            return;
-        }
-        match &self.place {
-            Place::Packed { pack, .. } => pack.count_programs(1),
-            Place::Dedicated(d) => d.shared.count_programs_retired(1),
+        self.flags |= PROGRAM;
+        if !thread_cache::with_counters(self.pack.owner_id, |l| l.made.programs.add(1)) {
+            self.pack.count_programs(1);
         }
     }
 
-    /// Gives back the chunks past the first `keep` bytes (nothing was written yet: they never
-    /// held code), for a request now `requested` bytes long. A dedicated mapping keeps its size.
-    pub(crate) fn shrink(&mut self, keep: usize, requested: usize) {
-        let less = self.requested - requested;
-        self.requested = requested;
-        match &mut self.place {
-            Place::Packed {
-                pack,
-                first,
-                chunks,
-            } => {
-                let keep_chunks = keep.div_ceil(pack.chunk_size).max(1).min(*chunks);
-                pack.shrink_span(*first + keep_chunks, *chunks - keep_chunks, less);
-                *chunks = keep_chunks;
-            }
-            Place::Dedicated(d) => d.shared.retired().freed.requested += less as u64,
+    /// Shortens the image to `len` bytes and gives back the chunks past its end (trap-filled
+    /// first if the image lives in the pack and may have been written there). A dedicated
+    /// mapping keeps its size.
+    pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
+        if self.flags & WRITTEN != 0 && !self.pack.dedicated {
+            let at = self.offset_in_pack() + self.image_at() + len;
+            self.pack.fill_traps(at, self.len - len)?;
         }
+        let less = self.len - len;
+        self.len = len;
+        let chunks = self.chunks as usize;
+        let keep_chunks = if self.pack.dedicated {
+            chunks
+        } else {
+            (self.image_at() + len)
+                .div_ceil(self.pack.chunk_size)
+                .clamp(1, chunks)
+        };
+        self.pack.shrink_span(
+            self.first as usize + keep_chunks,
+            chunks - keep_chunks,
+            less,
+        );
+        self.chunks = keep_chunks as u32;
+        Ok(())
+    }
+
+    /// Makes the image, already written in place (through the pack's alias), visible to
+    /// instruction fetch.
+    #[inline]
+    pub(crate) fn publish_in_place(&mut self) -> Result<()> {
+        self.flags |= WRITTEN;
+        let at = self.offset_in_pack() + self.image_at();
+        crate::arch::sync_icache(self.pack.base + at, self.len)
     }
 }
 
 impl Drop for Span {
     fn drop(&mut self) {
-        let (offset, len) = self.written;
-        match &self.place {
-            Place::Dedicated(d) => {
-                // Unmapped (or re-reserved) when the region drops: no stale code can remain.
-                d.shared.unmapped_dedicated(d.region.len());
-                let mut r = d.shared.retired();
-                r.freed.spans += 1;
-                r.freed.requested += self.requested as u64;
-                r.freed.programs += u64::from(self.program);
+        let pack = &self.pack;
+        let (first, chunks) = (self.first as usize, self.chunks as usize);
+        let program = self.flags & PROGRAM != 0;
+        if self.flags & WRITTEN != 0 && !pack.dedicated {
+            // Traps first ("text invalidate"), bits cleared after: a chunk is never free while
+            // it still holds code. Only a failed fill quarantines: the instruction-cache sync
+            // after it was checked to work when the allocator was made. (A dedicated mapping
+            // is unmapped instead, when the pack goes.)
+            let at = first * pack.chunk_size + self.image_at();
+            if pack.fill_traps(at, self.len).is_err() {
+                pack.quarantine(chunks, self.len, program);
+                return;
             }
-            Place::Packed {
-                pack,
-                first,
-                chunks,
-            } => {
-                if len > 0 {
-                    // Traps first ("text invalidate"), bits cleared after: a chunk is never
-                    // free while it still holds code. Only a failed fill quarantines: the
-                    // instruction-cache sync after it was checked to work when the allocator
-                    // was made.
-                    let (m, at) = (pack.region.mapping(), first * pack.chunk_size + offset);
-                    if m.fill_traps(at, len).is_err() {
-                        pack.quarantine(*chunks, self.requested, self.program);
-                        return;
-                    }
-                    let _ = crate::arch::sync_icache(m.base() + at, len);
-                }
-                pack.free_span(*first, *chunks, self.requested, self.program);
-            }
+            let _ = crate::arch::sync_icache(pack.base + at, self.len);
         }
+        pack.free_span(first, chunks, self.len, program);
     }
 }

@@ -1,12 +1,18 @@
-//! Staging blocks: trap-filled heap buffers, never executable, laid out like a run of chunks,
-//! where drafts are written before one copy places them.
+//! Where drafts are written: a draft's [`Image`] is a slice of a staging block (a heap buffer,
+//! never executable, laid out like a run of chunks) or, with a backend that keeps a persistent
+//! writable alias of the pack (dualmap), the draft's own bytes of that alias, as jit-allocator
+//! does: then nothing is copied at finalize.
 //!
 //! A thread's run of chunks has one block; each draft carved from the run gets the matching
-//! slice of it as its image ([`Image`]), so no draft allocates or trap-fills a buffer of its
-//! own. The block lives while the run or any image carved from it does.
+//! slice of it, so no draft allocates or trap-fills a buffer of its own. The block lives while
+//! the run or any image carved from it does.
 //!
 //! Invariants: images carved from one block never overlap (the run hands out each chunk once),
-//! so each image's bytes are reachable through that image only; a block's bytes start as traps.
+//! and an alias image covers chunks its draft owns, so each image's bytes are reachable through
+//! that image only; an image's bytes are traps when it is made (the rest of a block is never
+//! read: only images are written to packs); an alias image is used only in the process whose
+//! alias it is (in a child process, where the alias is not mapped, it is swapped for a heap
+//! buffer first).
 #![allow(unsafe_code)] // images are disjoint slices of one shared buffer
 
 use crate::error::{Error, Result};
@@ -34,12 +40,13 @@ impl fmt::Debug for Block {
 }
 
 impl Block {
-    /// A block of `len` trap bytes, or [`Error::OutOfMemory`].
+    /// A block of `len` bytes (filled with traps where images are carved), or
+    /// [`Error::OutOfMemory`].
     pub(crate) fn new(len: usize) -> Result<Arc<Block>> {
         let mut buf = Vec::new();
         buf.try_reserve_exact(len)
             .map_err(|_| Error::OutOfMemory(len))?;
-        crate::arch::extend_traps(&mut buf, len);
+        buf.resize(len, 0);
         let boxed = buf.into_boxed_slice();
         let len = boxed.len();
         let ptr = NonNull::new(Box::into_raw(boxed).cast::<u8>()).expect("Box is non-null");
@@ -53,7 +60,12 @@ impl Block {
         Ok(unsafe { block.carve(0, len) })
     }
 
-    /// Carves the image `at..at + len` out of the block.
+    /// The block's size in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Carves the image `at..at + len` out of the block, filled with traps.
     ///
     /// # Safety
     /// No other image carved from this block may overlap `at..at + len` while the returned
@@ -61,16 +73,22 @@ impl Block {
     ///
     /// # Panics
     /// If the range is not inside the block.
+    #[inline(always)]
     pub(crate) unsafe fn carve(self: &Arc<Self>, at: usize, len: usize) -> Image {
         assert!(
             at.checked_add(len).is_some_and(|end| end <= self.len),
             "image outside its staging block"
         );
-        Image {
-            block: self.clone(),
-            at,
+        // SAFETY: `at + len` is inside the block (checked above).
+        let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(at)) };
+        let mut image = Image {
+            ptr,
             len,
-        }
+            block: Some(self.clone()),
+            epoch: 0,
+        };
+        crate::arch::fill_traps(image.bytes_mut());
+        image
     }
 }
 
@@ -83,38 +101,114 @@ impl Drop for Block {
     }
 }
 
-/// A draft's writable image: a slice of a staging block that only this value reaches.
+/// A draft's writable image: a slice of a staging block, or of the pack's writable alias, that
+/// only this value reaches.
 pub(crate) struct Image {
-    block: Arc<Block>,
-    at: usize,
+    ptr: NonNull<u8>,
     len: usize,
+    /// The staging block the bytes are in (`None`: the pack's alias).
+    block: Option<Arc<Block>>,
+    /// For an alias image, the process epoch the alias is mapped in.
+    epoch: u64,
 }
+
+// SAFETY: the bytes are reachable through this value only (module invariants), and the memory
+// stays mapped while it lives (the block, or the pack the draft holds).
+unsafe impl Send for Image {}
+// SAFETY: shared access only reads, and nothing else writes these bytes.
+unsafe impl Sync for Image {}
 
 impl fmt::Debug for Image {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Image").field("len", &self.len).finish()
+        f.debug_struct("Image")
+            .field("len", &self.len)
+            .field("in_alias", &self.block.is_none())
+            .finish()
     }
 }
 
+/// Trap bytes to show for an alias image in a process where the alias is not mapped.
+const TRAP_VIEW: usize = 4096;
+
 impl Image {
+    /// The draft's bytes `addr..addr + len` of the pack's writable alias, as its image. They
+    /// hold traps already (the chunks were free).
+    ///
+    /// # Safety
+    /// The range lies in chunks the caller's draft owns for as long as the image lives, inside
+    /// a writable alias that stays mapped (in the process with epoch `epoch`) while the pack
+    /// the draft holds lives; `len` is at most [`Image::ALIAS_MAX`].
+    #[inline]
+    pub(crate) unsafe fn in_alias(addr: usize, len: usize, epoch: u64) -> Image {
+        debug_assert!(len <= Self::ALIAS_MAX);
+        Image {
+            ptr: NonNull::new(addr as *mut u8).expect("an alias is not at address 0"),
+            len,
+            block: None,
+            epoch,
+        }
+    }
+
+    /// The longest image that may live in the alias.
+    pub(crate) const ALIAS_MAX: usize = TRAP_VIEW;
+
+    /// True if the bytes are in the pack's alias (nothing to copy at finalize).
+    #[inline]
+    pub(crate) fn in_place(&self) -> bool {
+        self.block.is_none() && crate::backend::sys::is_process_epoch(self.epoch)
+    }
+
     /// The image's bytes.
+    #[inline]
     pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `at..at + len` lies in the block (checked by `carve`), which `self.block`
-        // keeps alive; no other image overlaps it (the contract of `carve`), so the only
-        // writer is `bytes_mut`, which needs `&mut self`.
-        unsafe { std::slice::from_raw_parts(self.block.ptr.as_ptr().add(self.at), self.len) }
+        if self.block.is_none() && !crate::backend::sys::is_process_epoch(self.epoch) {
+            // A child process: the alias is not mapped here, and nothing was written in this
+            // process yet (writing swaps in a heap buffer first).
+            return &trap_view()[..self.len];
+        }
+        // SAFETY: the bytes are mapped (a live block, or the alias in this process) and
+        // reachable through this image only; `&self` rules out a writer.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// The image's bytes, writable.
+    #[inline]
     pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
-        // SAFETY: as in `bytes`; `&mut self` makes this the only reference to these bytes.
-        unsafe { std::slice::from_raw_parts_mut(self.block.ptr.as_ptr().add(self.at), self.len) }
+        if self.block.is_none() && !crate::backend::sys::is_process_epoch(self.epoch) {
+            self.leave_alias();
+        }
+        // SAFETY: as in `bytes`; `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// In a child process: moves the image to a heap buffer of traps (the alias belongs to the
+    /// parent and is not mapped here; finalizing will be refused by the backend).
+    #[cold]
+    fn leave_alias(&mut self) {
+        let block = match Block::new(self.len) {
+            Ok(b) => b,
+            Err(_) => std::alloc::handle_alloc_error(
+                std::alloc::Layout::array::<u8>(self.len).expect("a small image"),
+            ),
+        };
+        // SAFETY: a new block: this is its only image.
+        *self = unsafe { block.carve(0, self.len) };
     }
 
     /// Shortens the image to its first `len` bytes (`len` at most the current length).
     pub(crate) fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);
     }
+}
+
+/// A page of trap bytes.
+fn trap_view() -> &'static [u8] {
+    static VIEW: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
+    VIEW.get_or_init(|| {
+        let mut b = vec![0u8; TRAP_VIEW].into_boxed_slice();
+        crate::arch::fill_traps(&mut b);
+        b
+    })
 }
 
 /// Appends to `parts` slices of trap bytes covering `len` bytes that start at address `addr`

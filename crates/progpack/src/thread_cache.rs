@@ -81,10 +81,38 @@ pub(crate) fn with_state<R>(
 /// random numbers: drop the one, reseed the other.
 #[inline]
 fn adopt_after_fork(shared: &Shared, local: &Local, st: &mut LocalState) {
-    let epoch = crate::backend::sys::process_epoch();
-    if st.epoch != epoch {
-        shared.adopt_after_fork(local, st, epoch);
+    if !crate::backend::sys::is_process_epoch(st.epoch) {
+        let epoch = crate::backend::sys::process_epoch();
+        if st.epoch != epoch {
+            shared.adopt_after_fork(local, st, epoch);
+        }
     }
+}
+
+/// The calling thread's state for `shared` when it is the one this thread used last (the
+/// fast case: one thread-local read, one compare, and the fork check); `None` otherwise (then
+/// [`with_state`] finds or makes it).
+///
+/// # Safety
+/// The caller holds `shared` (a strong reference) while it uses the references, uses them only
+/// within its own call (they must not outlive it), and meanwhile calls nothing that reaches
+/// this thread's state again (no `with_state`, `current` or `with_counters`).
+#[inline(always)]
+#[allow(clippy::mut_from_ref)] // the state is the thread's own, not `shared`'s (see Safety)
+pub(crate) unsafe fn current(shared: &Shared) -> Option<(&Local, &mut LocalState)> {
+    let (id, ptr) = CURRENT.get();
+    if id != shared.id {
+        return None;
+    }
+    // SAFETY: `CURRENT` points to a `Local` kept alive by an entry of `OWNED` (module
+    // invariant); this is its owner thread; the caller's contract rules out a second
+    // reference to the state and keeps the allocator alive.
+    let (local, st) = unsafe {
+        let local = &*ptr;
+        (local, local.state_mut())
+    };
+    adopt_after_fork(shared, local, st);
+    Some((local, st))
 }
 
 /// Runs `f` with the calling thread's counters for the allocator with id `id`, if this thread

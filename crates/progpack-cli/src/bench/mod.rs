@@ -11,6 +11,7 @@
 
 pub mod chart;
 pub mod churn;
+pub mod count;
 pub mod dispatch;
 pub mod ebpf;
 pub mod ebpf_loop;
@@ -47,7 +48,7 @@ pub struct BenchArgs {
     /// Write a chart of the main results as PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
-    /// Run only these workloads (load, dispatch, footprint, churn, threads, ebpf).
+    /// Run only these workloads (count, load, dispatch, footprint, churn, threads, ebpf).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
     /// Run only these systems or eBPF engines (e.g. progpack-procmem,mmap+mprotect,rbpf-jit).
@@ -63,6 +64,9 @@ pub struct BenchArgs {
     /// Only this size in the load workload: `64` or `mix` (e.g. under callgrind).
     #[arg(long, value_name = "SIZE")]
     pub load_size: Option<String>,
+    /// Internal: the process the `count` workload runs under callgrind (`SYSTEM:N`).
+    #[arg(long, value_name = "SYSTEM:N", hide = true)]
+    pub count_child: Option<String>,
 }
 
 /// The sizes of one run.
@@ -194,6 +198,9 @@ fn loadavg() -> String {
 
 /// Runs the suite.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Some(spec) = &args.count_child {
+        return count::child(spec);
+    }
     let scale = if args.quick {
         Scale::quick()
     } else {
@@ -235,6 +242,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         ("churn", churn::run),
         ("threads", threads::run),
     ];
+    if wants("count") {
+        eprintln!("== count (callgrind)");
+        count::run(&args.systems, &mut report);
+    }
     for (name, workload) in workloads {
         if wants(name) {
             eprintln!("== {name}");

@@ -178,6 +178,14 @@ impl DualMapping {
     }
 }
 
+impl DualMapping {
+    /// A write off the common path: per-write alias, out of range, or in a child process.
+    #[cold]
+    fn write_slow(&self, offset: usize, bytes: &[u8]) -> Result<()> {
+        self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+    }
+}
+
 // SAFETY: the executable view is read+execute for the mapping's life; writes go through the
 // separate writable view, inside the range (checked), and a forked child may not write.
 unsafe impl Mapping for DualMapping {
@@ -190,11 +198,25 @@ unsafe impl Mapping for DualMapping {
     fn backend_name(&self) -> &'static str {
         self.name
     }
+    #[inline]
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+        // The common case, kept small: a persistent alias, in range, in the creating process.
+        if let Some(alias) = self.alias {
+            let in_range = offset
+                .checked_add(bytes.len())
+                .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
+            if in_range && sys::is_process_epoch(self.epoch) {
+                sys::copy_direct(alias + offset, bytes);
+                return Ok(());
+            }
+        }
+        self.write_slow(offset, bytes)
     }
     fn ready(&self) -> usize {
         self.ready.load(Ordering::Acquire)
+    }
+    fn writable_alias(&self) -> Option<(usize, u64)> {
+        self.alias.map(|a| (a, self.epoch))
     }
     fn grow(&self, ready: usize) -> Result<()> {
         let _one_at_a_time = self.growing.lock().unwrap_or_else(|p| p.into_inner());
@@ -220,7 +242,18 @@ unsafe impl Mapping for DualMapping {
             }
         })
     }
+    #[inline]
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
+        // The common case, as in `write`.
+        if let Some(alias) = self.alias {
+            let in_range = offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
+            if in_range && sys::is_process_epoch(self.epoch) {
+                sys::fill_traps_direct(alias + offset, len);
+                return Ok(());
+            }
+        }
         self.with_alias(offset, len, |at| sys::fill_traps_direct(at, len))
     }
 }

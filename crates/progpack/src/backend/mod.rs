@@ -114,6 +114,15 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
         }
         Ok(())
     }
+    /// A writable view of the whole mapping at another address that lives as long as the
+    /// mapping (dualmap's persistent alias), and the [`sys::process_epoch`] of the only process
+    /// where it may be used. The allocator then writes code and traps for chunks it owns, inside
+    /// [`Mapping::ready`], with plain stores at `alias + offset` instead of calling
+    /// [`Mapping::write`] and [`Mapping::fill_traps`]: implementers promise that such stores
+    /// have exactly their effect. The default: none.
+    fn writable_alias(&self) -> Option<(usize, u64)> {
+        None
+    }
     /// Bytes from the start that are ready: mapped read+execute and trap-filled. The rest
     /// (of a mapping made by [`Backend::map_growable`]) is reserved and faults if touched,
     /// until [`Mapping::grow`] makes it ready. The default: all of it.

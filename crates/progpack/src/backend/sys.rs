@@ -379,6 +379,7 @@ static EPOCH_PAGE: AtomicUsize = AtomicUsize::new(usize::MAX);
 ///
 /// # References
 /// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_WIPEONFORK`
+#[inline]
 pub fn process_epoch() -> u64 {
     let page = EPOCH_PAGE.load(Ordering::Acquire);
     if page != 0 && page != usize::MAX {
@@ -390,6 +391,19 @@ pub fn process_epoch() -> u64 {
         }
     }
     process_epoch_slow()
+}
+
+/// True if `epoch` is [`process_epoch`]: two loads and compares, and never a call, so that hot
+/// paths stay small. `false` may also mean "not known yet" (the first check in a process):
+/// callers then take their slow path, which calls [`process_epoch`].
+#[inline]
+pub fn is_process_epoch(epoch: u64) -> bool {
+    let page = EPOCH_PAGE.load(Ordering::Acquire);
+    if page == 0 || page == usize::MAX {
+        return false;
+    }
+    // SAFETY: as in `process_epoch`.
+    unsafe { &*(page as *const AtomicU64) }.load(Ordering::Acquire) == epoch
 }
 
 #[cold]

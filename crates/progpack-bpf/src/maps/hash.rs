@@ -5,7 +5,7 @@
 //! programs on other threads may use a value pointer while the host or another program
 //! updates it.
 //!
-//! Keys of at most [`INLINE_KEY`] bytes are stored inline in the index (no allocation, no
+//! Keys of at most 8 bytes are stored as a `u64`, of at most [`INLINE_KEY`] inline in the index (no allocation, no
 //! pointer to chase on lookup); longer ones are boxed. Each slot's key is also kept in
 //! `slot_keys` (for LRU eviction and listings).
 //!
@@ -32,14 +32,30 @@ pub const MAX_ENTRIES: u32 = 1 << 22;
 /// Longest key stored inline.
 const INLINE_KEY: usize = 16;
 
-/// Key -> slot.
+/// Key -> slot: keys of up to 8 bytes as a `u64`, up to [`INLINE_KEY`] inline, longer boxed
+/// (the smaller the entries, the more of a large map's index stays in cache).
 #[derive(Debug)]
 enum Keys {
+    Word(HashMap<u64, u32>),
     Inline(HashMap<[u8; INLINE_KEY], u32>),
     Boxed(HashMap<Box<[u8]>, u32>),
 }
 
 impl Keys {
+    fn new(key_size: usize) -> Keys {
+        match key_size {
+            0..=8 => Keys::Word(HashMap::new()),
+            9..=INLINE_KEY => Keys::Inline(HashMap::new()),
+            _ => Keys::Boxed(HashMap::new()),
+        }
+    }
+
+    fn word(key: &[u8]) -> u64 {
+        let mut k = [0u8; 8];
+        k[..key.len()].copy_from_slice(key);
+        u64::from_le_bytes(k)
+    }
+
     fn inline(key: &[u8]) -> [u8; INLINE_KEY] {
         let mut k = [0u8; INLINE_KEY];
         k[..key.len()].copy_from_slice(key);
@@ -48,6 +64,7 @@ impl Keys {
 
     fn get(&self, key: &[u8]) -> Option<u32> {
         match self {
+            Keys::Word(m) => m.get(&Self::word(key)).copied(),
             Keys::Inline(m) => m.get(&Self::inline(key)).copied(),
             Keys::Boxed(m) => m.get(key).copied(),
         }
@@ -55,6 +72,7 @@ impl Keys {
 
     fn insert(&mut self, key: &[u8], s: u32) {
         match self {
+            Keys::Word(m) => m.insert(Self::word(key), s),
             Keys::Inline(m) => m.insert(Self::inline(key), s),
             Keys::Boxed(m) => m.insert(key.into(), s),
         };
@@ -62,6 +80,7 @@ impl Keys {
 
     fn remove(&mut self, key: &[u8]) -> Option<u32> {
         match self {
+            Keys::Word(m) => m.remove(&Self::word(key)),
             Keys::Inline(m) => m.remove(&Self::inline(key)),
             Keys::Boxed(m) => m.remove(key),
         }
@@ -119,11 +138,7 @@ impl HashMapImpl {
             });
         }
         let arena = Arena::new(bytes)?;
-        let index = if key_size as usize <= INLINE_KEY {
-            Keys::Inline(HashMap::new())
-        } else {
-            Keys::Boxed(HashMap::new())
-        };
+        let index = Keys::new(key_size as usize);
         let state = Index {
             index,
             slot_keys: vec![0; max as usize * key_size as usize],

@@ -300,12 +300,14 @@ impl Analysis {
         };
         let blind_extra: u32 = if blind { 24 } else { 0 };
         let mut size = 0u32;
+        let mut has_ja = false;
         let mut pc = 0;
         while pc < n {
             let i = insns[pc];
             let p = PROPS[i.opc as usize];
             self.flags[pc] |= START;
             self.size_before[pc] = size;
+            has_ja |= p.f & (JUMP | NO_FALL) == JUMP | NO_FALL;
             let d = 1u16 << (i.dst & 15);
             let s = 1u16 << (i.src & 15);
             // Plain instructions read/write dst and src as the table says.
@@ -365,7 +367,7 @@ impl Analysis {
         self.charges.clear();
         self.merged = false;
         if budget {
-            self.block_charges(insns);
+            self.block_charges(insns, has_ja);
         }
         Ok(())
     }
@@ -485,7 +487,7 @@ impl Analysis {
 
     /// Block charges with merged `ja`s (see the module invariants), and the charges' code in
     /// the size bounds.
-    fn block_charges(&mut self, insns: &[Insn]) {
+    fn block_charges(&mut self, insns: &[Insn], has_ja: bool) {
         let n = insns.len();
         self.charges.resize(n, 0);
         let mut current = 0;
@@ -502,6 +504,9 @@ impl Analysis {
             }
         }
         self.size_before[n] += extra;
+        if !has_ja {
+            return;
+        }
         // Merge `ja T` into its block's charge when T's block does not end in a `ja`.
         let mut leader = 0;
         for pc in 0..n {

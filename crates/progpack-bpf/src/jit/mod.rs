@@ -214,7 +214,7 @@ impl CompileOptions {
 }
 
 /// Machine code for one program, not yet placed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JitCode {
     code: Vec<u8>,
     calls: Vec<AbsCallSite>,
@@ -237,6 +237,26 @@ pub fn compile(
         calls: out.calls.to_vec(),
         pc_offsets: out.pc_offsets.to_vec(),
         needs: out.needs,
+    })
+}
+
+/// [`compile`] into `code`, reusing its buffers (no allocation once they are large enough):
+/// for callers that compile many programs and keep only what they place.
+pub fn compile_into(
+    code: &mut JitCode,
+    insns: &[Insn],
+    helpers: &Helpers,
+    opts: CompileOptions,
+) -> Result<(), JitError> {
+    let shape = EnvShape::default();
+    emit::translate(insns, helpers, opts.emit_options(shape), |out| {
+        code.code.clear();
+        code.code.extend_from_slice(out.code);
+        code.calls.clear();
+        code.calls.extend_from_slice(out.calls);
+        code.pc_offsets.clear();
+        code.pc_offsets.extend_from_slice(out.pc_offsets);
+        code.needs = out.needs;
     })
 }
 

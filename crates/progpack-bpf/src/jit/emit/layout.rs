@@ -144,45 +144,37 @@ impl Layout {
     pub(crate) fn new(n: Needs) -> Layout {
         let u = n.usage;
         let uses_rbp = u.stack || u.calls;
-        // Bit per x86 register number: free for a value.
-        let mut free = 1u32 << R::R12 as u32;
+        // Bit per x86 register number: free for a value. The registers of r3-r9 and r10 are
+        // free when the program never names them (r3-r5 only if nothing calls out).
         let calls_out = u.helper_calls || n.extra_regions;
-        if !calls_out {
-            for r in [3, 4, 5] {
-                if !u.has(r) {
-                    free |= 1 << MAP[r] as u32;
-                }
+        let mut free = 1u32 << R::R12 as u32;
+        let mut unused = !u.regs;
+        if calls_out {
+            unused &= !0x38;
+        }
+        if uses_rbp {
+            unused &= !(1 << 10);
+        }
+        for (r, &x) in MAP.iter().enumerate().skip(3) {
+            if unused & (1 << r) != 0 {
+                free |= 1 << x as u32;
             }
         }
         if !u.needs_r9 && !n.extra_regions {
             free |= 1 << R::R9 as u32;
         }
-        for (r, &x) in MAP.iter().enumerate().take(10).skip(6) {
-            if !u.has(r) {
-                free |= 1 << x as u32;
-            }
-        }
-        if !uses_rbp {
-            free |= 1 << R::Rbp as u32;
-        }
 
-        // The values needed, busiest first.
+        // The values needed, busiest first (bit k: value k of `locs` below).
         let checks = u.any_checks;
         let window_calls = u.calls && u.stack;
-        let wanted = [
-            n.budget,
-            checks && u.writes(2),
-            (n.hide && u.any_mem) || (u.general_sizes != 0 && u.writes(1)),
-            u.general_sizes & 2 != 0,
-            u.general_sizes & 4 != 0,
-            u.general_sizes & 8 != 0,
-            window_calls,
-            window_calls,
-            n.env,
-            n.hide && u.stack,
-        ];
-        let count = wanted.iter().filter(|&&w| w).count() as u32;
-        let frame = u.calls || count > free.count_ones();
+        let wanted = u16::from(n.budget)
+            | u16::from(checks && u.writes(2)) << 1
+            | u16::from((n.hide && u.any_mem) || (u.general_sizes != 0 && u.writes(1))) << 2
+            | u16::from(u.general_sizes & 0b1110) << 2
+            | u16::from(window_calls) * 0b11 << 6
+            | u16::from(n.env) << 8
+            | u16::from(n.hide && u.stack) << 9;
+        let frame = u.calls || wanted.count_ones() > free.count_ones();
         if frame {
             free &= !(1 << R::R12 as u32);
         }
@@ -190,19 +182,30 @@ impl Layout {
             frame,
             ..Layout::default()
         };
-        let mut order = ORDER.iter().filter(|&&r| free & (1 << r as u32) != 0);
         let mut slots = 0;
         let mut locs = [None; 10];
-        for (k, &w) in wanted.iter().enumerate() {
-            if w {
-                locs[k] = Some(match order.next() {
-                    Some(&r) => Loc::Reg(r),
-                    None => {
-                        slots += 1;
-                        Loc::Slot(8 * (slots - 1))
-                    }
-                });
+        let mut order = 0;
+        let mut saved_values = Regs::default();
+        for (k, loc) in locs.iter_mut().enumerate() {
+            if wanted & (1 << k) == 0 {
+                continue;
             }
+            while order < ORDER.len() && free & (1 << ORDER[order] as u32) == 0 {
+                order += 1;
+            }
+            *loc = Some(match ORDER.get(order) {
+                Some(&r) => {
+                    order += 1;
+                    if callee_saved(r) {
+                        saved_values.push(r);
+                    }
+                    Loc::Reg(r)
+                }
+                None => {
+                    slots += 1;
+                    Loc::Slot(8 * (slots - 1))
+                }
+            });
         }
         let [budget, len, mem, cnt2, cnt4, cnt8, top, depth_limit, env, vdelta] = locs;
         lay.budget = budget;
@@ -228,12 +231,8 @@ impl Layout {
         if frame {
             lay.saved.push(R::R12);
         }
-        for loc in locs.into_iter().flatten() {
-            if let Loc::Reg(r) = loc {
-                if callee_saved(r) {
-                    lay.saved.push(r);
-                }
-            }
+        for &r in saved_values.as_slice() {
+            lay.saved.push(r);
         }
         // Native stack alignment at helper calls (System V: 16 bytes at the call). Entry
         // rsp is 8 mod 16; the body must be at 0 mod 16 when entered by falling through, at

@@ -171,7 +171,7 @@ impl Layout {
             | u16::from(checks && u.writes(2)) << 1
             | u16::from((n.hide && u.any_mem) || (u.general_sizes != 0 && u.writes(1))) << 2
             | u16::from(u.general_sizes & 0b1110) << 2
-            | u16::from(window_calls) * 0b11 << 6
+            | (u16::from(window_calls) * 0b11) << 6
             | u16::from(n.env) << 8
             | u16::from(n.hide && u.stack) << 9;
         let frame = u.calls || wanted.count_ones() > free.count_ones();

@@ -17,6 +17,10 @@
 //!
 //! Anything else (libcalls, GOT-relative forms) is reported as an error rather than guessed.
 //!
+//! For the whole `cranelift_module::Module` (declarations, data objects, library calls,
+//! freeing single functions), as a drop-in for `cranelift-jit`'s `JITModule`, see the
+//! `progpack-cranelift` crate.
+//!
 //! Run: `cargo run --release -p progpack --example cranelift`
 //!
 //! [`Draft`]: progpack::Draft

@@ -8,14 +8,22 @@
 //! in order, written with one `pwritev` (procmem) without first copying them into one buffer.
 //! Blocks never move, so a slot's image keeps its address until the batch is finalized.
 //!
-//! Invariants: each segment covers chunks `first..next` of one pack, used by its slots in
-//! order, and owns `next..end` (reserved, still traps) until finalize or drop gives them back;
-//! every slot's chunks lie inside its segment; a slot's image lies inside one block; the batch
-//! owns every slot's chunks until `finalize` turns them into programs (or drop frees them).
+//! A push touches only the batch: it bumps the segment, draws the image offset from the
+//! batch's own generator (seeded from the thread's), and records a slot of a few integers.
+//! Until it is finalized, a batch is a reservation: [`Stats`](crate::Stats) counts all its
+//! chunks as cached (`chunks_cached`), and its slots become allocations and programs when
+//! [`Batch::finalize`] makes them programs.
+//!
+//! Invariants: each packed segment covers chunks `first..next` of one pack, used by its slots
+//! in order, and owns `next..end` (reserved, still traps) until finalize or drop gives them
+//! back; every slot's chunks lie inside its segment; a slot's image lies inside one block;
+//! the batch owns every slot's chunks until `finalize` turns them into programs (or drop frees
+//! them, trap-filling first whatever a failed finalize wrote).
 
 use crate::error::{Error, Result};
 use crate::pack::Pack;
 use crate::program::Program;
+use crate::run::LocalState;
 use crate::shared::Shared;
 use crate::span::{self, Span};
 use crate::thread_cache;
@@ -27,13 +35,20 @@ pub struct Batch {
     shared: Arc<Shared>,
     segments: Vec<Segment>,
     slots: Vec<Slot>,
+    /// Slots that do not share a segment (larger than a pack, or aligned beyond a chunk): a
+    /// span each, already counted as an allocation.
+    alone: Vec<Option<Span>>,
+    /// The batch's random numbers (image offsets, segment positions).
+    rng: LocalState,
+    /// Chunks of packed segments counted as cached in the counters.
+    cached: usize,
 }
 
-/// A contiguous stretch of one pack (or one dedicated mapping).
+/// A contiguous stretch of one pack (or the staging of one slot of its own).
 struct Segment {
-    /// The pack (`None`: one dedicated slot).
+    /// The pack (`None`: the slot of its own [`Batch::alone`] at this index).
     pack: Option<Arc<Pack>>,
-    /// First chunk.
+    /// First chunk (for `None`: the index into `alone`).
     first: usize,
     /// Next chunk to hand out.
     next: usize,
@@ -41,6 +56,8 @@ struct Segment {
     end: usize,
     /// Staging, in chunk order.
     blocks: Vec<Block>,
+    /// Written by a finalize that then failed: trap-fill `first..next` before giving back.
+    written: bool,
 }
 
 /// A staging block of a segment: covers chunks from `start`, trap-filled.
@@ -49,12 +66,19 @@ struct Block {
     buf: Box<[u8]>,
 }
 
+/// One pushed image: where it is in its segment and block.
+#[derive(Clone, Copy)]
 struct Slot {
-    span: Span,
-    seg: usize,
-    block: usize,
-    /// Offset of the image inside the block.
-    at: usize,
+    seg: u32,
+    block: u32,
+    /// First chunk and chunk count (in the pack).
+    first: u32,
+    chunks: u32,
+    /// Where the image starts in its chunks.
+    at: u32,
+    /// Where the image starts in its block.
+    block_at: u32,
+    len: usize,
 }
 
 impl fmt::Debug for Batch {
@@ -91,24 +115,38 @@ fn trap_buffer(len: usize) -> Result<Box<[u8]>> {
 
 impl Batch {
     pub(crate) fn new(shared: Arc<Shared>) -> Batch {
+        let seed =
+            thread_cache::with_state(&shared, |_, st| st.random()).unwrap_or_else(crate::run::seed);
         Batch {
             shared,
             segments: Vec::new(),
             slots: Vec::new(),
+            alone: Vec::new(),
+            rng: LocalState::new(seed, 0),
+            cached: 0,
         }
     }
 
     /// Reserves room for an image of `len` bytes aligned to `align`, right after the previous
     /// slot when the pack has room there (so the run stays one write).
     pub fn push(&mut self, len: usize, align: usize) -> Result<SlotMut<'_>> {
-        let req = span::request(&self.shared, len, align)?;
-        let (index, exec_addr) = match req.chunks {
-            Some(n) if align <= self.shared.config.chunk_size => self.push_packed(n, len, align)?,
-            _ => self.push_alone(len, align)?,
+        let shared = &self.shared;
+        let index = if len.wrapping_sub(1) < shared.run_max_len
+            && align.is_power_of_two()
+            && align <= shared.config.chunk_size
+        {
+            // Small (as in `span::allocate`): no need for the full checks.
+            let n = (len + shared.config.min_slack + shared.config.chunk_size - 1)
+                >> shared.chunk_shift;
+            self.push_packed(n, len, align)?
+        } else {
+            match span::request(shared, len, align)?.chunks {
+                Some(n) if align <= shared.config.chunk_size => self.push_packed(n, len, align)?,
+                _ => self.push_alone(len, align)?,
+            }
         };
-        let s = &self.slots[index];
-        let len = s.span.len();
-        let image = &mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + len];
+        let exec_addr = self.exec_addr(index).expect("just pushed");
+        let image = self.image_mut(index).expect("just pushed");
         Ok(SlotMut {
             index,
             exec_addr,
@@ -117,27 +155,9 @@ impl Batch {
     }
 
     /// A slot of `n` chunks in the last segment, growing it or starting a new one.
-    fn push_packed(&mut self, n: usize, len: usize, align: usize) -> Result<(usize, usize)> {
+    fn push_packed(&mut self, n: usize, len: usize, align: usize) -> Result<usize> {
         let shift = self.shared.chunk_shift;
-        let fits = self.segments.last_mut().is_some_and(|seg| {
-            let Some(pack) = &seg.pack else { return false };
-            if seg.next + n <= seg.end {
-                return true;
-            }
-            // Grow into the chunks right after the segment: a bigger step first (fewer
-            // blocks), then just what this slot needs.
-            let need = seg.next + n - seg.end;
-            [need.max(GROW_CHUNKS), need.max(64), need]
-                .into_iter()
-                .any(|k| {
-                    pack.take_at(seg.end, k, &self.shared.kept_empty) && {
-                        seg.end += k;
-                        span::count_cached(&self.shared, k as u64);
-                        true
-                    }
-                })
-        });
-        if !fits {
+        if !self.last_has_room(n) {
             self.new_segment(n)?;
         }
         let seg_index = self.segments.len() - 1;
@@ -158,80 +178,101 @@ impl Batch {
                     if seg.blocks.is_empty() {
                         // A segment made for this slot: without it, it goes again.
                         let seg = self.segments.pop().expect("a segment exists");
-                        if let Some(pack) = seg.pack {
-                            let left = seg.end - seg.next;
-                            pack.give_back(seg.next, left);
-                            span::count_cached(&self.shared, (left as u64).wrapping_neg());
-                        }
+                        self.give_back(seg, &[]);
                     }
                     return Err(e);
                 }
             }
         }
         let block = seg.blocks.len() - 1;
-        let pack = seg.pack.clone().expect("a packed segment");
         seg.next += n;
-        span::count_cached(&self.shared, (n as u64).wrapping_neg());
-        let offset = thread_cache::with_state(&self.shared, |_, st| {
-            span::image_offset(&self.shared, st, n << shift, len, align)
-        })
-        .unwrap_or(0);
-        let span = Span::new(pack, first, n, offset, len);
-        let at = ((first - seg.blocks[block].start) << shift) + offset;
-        span::count_made(&self.shared, len);
-        let exec_addr = span.exec_addr();
+        let at = span::image_offset(&self.shared, &mut self.rng, n << shift, len, align);
+        let block_at = ((first - seg.blocks[block].start) << shift) + at;
         self.slots.push(Slot {
-            span,
-            seg: seg_index,
-            block,
-            at,
+            seg: seg_index as u32,
+            block: block as u32,
+            first: first as u32,
+            chunks: n as u32,
+            at: at as u32,
+            block_at: block_at as u32,
+            len,
         });
-        Ok((self.slots.len() - 1, exec_addr))
+        Ok(self.slots.len() - 1)
+    }
+
+    /// True if the last segment has `n` chunks free after its used part, growing it into the
+    /// chunks right after it if the pack has them.
+    fn last_has_room(&mut self, n: usize) -> bool {
+        let Some(seg) = self.segments.last_mut() else {
+            return false;
+        };
+        let Some(pack) = &seg.pack else {
+            return false;
+        };
+        if seg.next + n <= seg.end {
+            return true;
+        }
+        // A bigger step first (fewer blocks), then just what this slot needs.
+        let need = seg.next + n - seg.end;
+        for k in [need.max(GROW_CHUNKS), need.max(64), need] {
+            if pack.take_at(seg.end, k, &self.shared.kept_empty) {
+                seg.end += k;
+                self.cached += k;
+                span::count_cached(&self.shared, k as u64);
+                return true;
+            }
+        }
+        false
     }
 
     /// Starts a segment with room for at least `n` chunks.
     fn new_segment(&mut self, n: usize) -> Result<()> {
         let shared = &self.shared;
-        let (shard, pick) = thread_cache::with_state(shared, |local, st| {
-            (local.shard, shared.config.randomize.then(|| st.random()))
-        })
-        .unwrap_or((0, None));
+        let shard = thread_cache::with_state(shared, |local, _| local.shard).unwrap_or(0);
+        let pick = shared.config.randomize.then(|| self.rng.random());
         let (pack, first, got) = if n <= shared.run_chunks {
             shared.take_run(shard, n, pick)?
         } else {
             let (pack, first) = shared.take_span(shard, n, 1)?;
             (pack, first, n)
         };
+        self.cached += got;
+        span::count_cached(shared, got as u64);
         self.segments.push(Segment {
             pack: Some(pack),
             first,
             next: first,
             end: first + got,
             blocks: Vec::new(),
+            written: false,
         });
-        span::count_cached(shared, got as u64);
         Ok(())
     }
 
     /// A slot that does not share a segment: larger than a pack, or aligned beyond a chunk.
-    fn push_alone(&mut self, len: usize, align: usize) -> Result<(usize, usize)> {
+    fn push_alone(&mut self, len: usize, align: usize) -> Result<usize> {
         let fresh = span::allocate(&self.shared, len, align)?;
         let buf = trap_buffer(len)?;
-        let exec_addr = fresh.span.exec_addr();
         self.segments.push(Segment {
             pack: None,
-            first: 0,
+            first: self.alone.len(),
             next: 0,
             end: 0,
             blocks: vec![Block { start: 0, buf }],
+            written: false,
         });
+        let at = fresh.span.image_at();
+        self.alone.push(Some(fresh.span));
         self.slots.push(Slot {
-            span: fresh.span,
-            seg: self.segments.len() - 1,
+            seg: (self.segments.len() - 1) as u32,
             block: 0,
-            at: 0,
+            first: 0,
+            chunks: 0,
+            at: at as u32,
+            block_at: 0,
+            len,
         });
-        Ok((self.slots.len() - 1, exec_addr))
+        Ok(self.slots.len() - 1)
     }
 
     /// Number of slots pushed.
@@ -252,14 +293,18 @@ impl Batch {
     /// Where slot `index` will run, or `None` if there is no such slot.
     pub fn exec_addr(&self, index: usize) -> Option<usize> {
         let s = self.slots.get(index)?;
-        Some(s.span.exec_addr())
+        let seg = &self.segments[s.seg as usize];
+        Some(match &seg.pack {
+            Some(pack) => pack.base + (s.first as usize * pack.chunk_size) + s.at as usize,
+            None => self.alone[seg.first].as_ref()?.exec_addr(),
+        })
     }
 
     /// The writable image of slot `index`, or `None` if there is no such slot.
     pub fn image_mut(&mut self, index: usize) -> Option<&mut [u8]> {
-        let s = self.slots.get(index)?;
-        let len = s.span.len();
-        Some(&mut self.segments[s.seg].blocks[s.block].buf[s.at..s.at + len])
+        let s = *self.slots.get(index)?;
+        let at = s.block_at as usize;
+        Some(&mut self.segments[s.seg as usize].blocks[s.block as usize].buf[at..at + s.len])
     }
 
     /// Places every image with one backend write per segment, then syncs the instruction
@@ -268,23 +313,14 @@ impl Batch {
     /// is returned.
     pub fn finalize(mut self) -> Result<Vec<Program>> {
         let shift = self.shared.chunk_shift;
-        let mut by_segment: Vec<Vec<usize>> = vec![Vec::new(); self.segments.len()];
-        for (i, s) in self.slots.iter().enumerate() {
-            by_segment[s.seg].push(i);
-        }
-        for (seg, slots) in self.segments.iter().zip(&by_segment) {
-            // Only the slots of a segment about to be written may hold code afterwards.
-            for &i in slots {
-                let s = &mut self.slots[i];
-                s.span.mark_written(true);
-            }
-            let Some(&first_slot) = slots.first() else {
+        for seg in &mut self.segments {
+            let Some(pack) = &seg.pack else {
+                // A slot of its own: its span writes its image.
+                let span = self.alone[seg.first].as_mut().expect("each slot once");
+                span.place(&seg.blocks[0].buf)?;
                 continue;
             };
-            if seg.pack.is_none() {
-                let s = &mut self.slots[first_slot];
-                let image = &seg.blocks[0].buf[..];
-                s.span.place(image)?;
+            if seg.next == seg.first {
                 continue;
             }
             // Each block's used part runs up to the next block's start, the last one up to
@@ -298,32 +334,98 @@ impl Batch {
                     &b.buf[..(until - b.start) << shift]
                 })
                 .collect();
-            let (m, at) = self.slots[first_slot].span.mapping();
-            let bytes = (seg.next - seg.first) << shift;
-            m.write_parts(at, &parts)?;
-            crate::arch::sync_icache(m.base() + at, bytes)?;
+            let at = seg.first << shift;
+            // Marked before writing: a write that fails half way must be trap-filled.
+            seg.written = true;
+            pack.write_parts(at, &parts)?;
+            crate::arch::sync_icache(pack.base + at, (seg.next - seg.first) << shift)?;
         }
-        let mut programs = Vec::with_capacity(self.slots.len());
-        for mut s in std::mem::take(&mut self.slots) {
-            s.span.became_program();
-            programs.push(Program::new(s.span));
+        // Every slot becomes a program: the packed ones leave the batch's reservation.
+        let slots = std::mem::take(&mut self.slots);
+        let (mut packed, mut chunks, mut requested) = (0u64, 0usize, 0u64);
+        let mut programs = Vec::with_capacity(slots.len());
+        for s in &slots {
+            let seg = &self.segments[s.seg as usize];
+            let mut span = match &seg.pack {
+                Some(pack) => {
+                    packed += 1;
+                    chunks += s.chunks as usize;
+                    requested += s.len as u64;
+                    Span::new(
+                        pack.clone(),
+                        s.first as usize,
+                        s.chunks as usize,
+                        s.at as usize,
+                        s.len,
+                    )
+                }
+                None => self.alone[seg.first].take().expect("each slot once"),
+            };
+            span.mark_written(true);
+            span.mark_program();
+            programs.push(Program::new(span));
         }
+        // The programs own the slots' chunks now: what drop gives back is the unused reserve.
+        for seg in &mut self.segments {
+            seg.first = seg.next;
+            seg.written = false;
+        }
+        self.cached -= chunks;
+        span::count_batch(&self.shared, packed, requested, chunks, slots.len());
         Ok(programs)
+    }
+
+    /// Gives a packed segment's chunks back (trap-filling first what a failed finalize wrote)
+    /// and ends its reservation. `slots` are the segment's slots, for a fill that must be
+    /// retried slot by slot.
+    fn give_back(&mut self, seg: Segment, slots: &[Slot]) {
+        let Some(pack) = seg.pack else {
+            return;
+        };
+        let shift = self.shared.chunk_shift;
+        let (first, next, end) = (seg.first, seg.next, seg.end);
+        let n = end - first;
+        self.cached -= n;
+        span::count_cached(&self.shared, (n as u64).wrapping_neg());
+        if seg.written
+            && pack
+                .fill_traps(first << shift, (next - first) << shift)
+                .is_err()
+        {
+            // One fill for the segment failed: each slot tries again, and only a slot whose
+            // fill fails too keeps its chunks for good (never reused with code in them).
+            for s in slots {
+                let (f, c) = (s.first as usize, s.chunks as usize);
+                let at = (f << shift) + s.at as usize;
+                if pack.fill_traps(at, s.len).is_ok() {
+                    pack.give_back(f, c);
+                } else {
+                    pack.quarantine_chunks(c);
+                }
+            }
+            pack.give_back(next, end - next);
+            return;
+        }
+        pack.give_back(first, end - first);
     }
 }
 
 impl Drop for Batch {
     fn drop(&mut self) {
-        // The reserved chunks no slot took were never written: give them back.
-        let mut left = 0;
-        for seg in self.segments.drain(..) {
-            if let Some(pack) = seg.pack {
-                left += seg.end - seg.next;
-                pack.give_back(seg.next, seg.end - seg.next);
-            }
-        }
-        if left > 0 {
-            span::count_cached(&self.shared, (left as u64).wrapping_neg());
+        // The reserved chunks and the slots' chunks go back (slots of their own are spans and
+        // go back when `alone` drops).
+        let slots = std::mem::take(&mut self.slots);
+        for (i, seg) in std::mem::take(&mut self.segments).into_iter().enumerate() {
+            let mine: Vec<Slot> = if seg.written {
+                slots
+                    .iter()
+                    .filter(|s| s.seg as usize == i)
+                    .copied()
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            self.give_back(seg, &mine);
         }
     }
 }

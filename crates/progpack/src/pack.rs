@@ -364,6 +364,12 @@ impl Pack {
         st.freed.quarantined += n as u64;
     }
 
+    /// Keeps `n` chunks for good (trap-filling them failed) that belonged to no counted span
+    /// (a batch's reservation).
+    pub(crate) fn quarantine_chunks(&self, n: usize) {
+        self.lock().freed.quarantined += n as u64;
+    }
+
     /// Counts `n` finalized programs with the owner (the rare path: the finalizing thread
     /// keeps no counters for this allocator).
     pub(crate) fn count_programs(&self, n: u64) {
@@ -409,6 +415,20 @@ impl Pack {
             return Ok(());
         }
         self.region.mapping().write(offset, bytes)
+    }
+
+    /// Writes the concatenation of `parts` at `offset` (chunks the caller owns): through the
+    /// persistent alias when there is one, else one backend write (one `pwritev` on procmem).
+    pub(crate) fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> crate::Result<()> {
+        if self.alias_of(0).is_some() {
+            let mut at = offset;
+            for p in parts {
+                self.write(at, p)?;
+                at += p.len();
+            }
+            return Ok(());
+        }
+        self.region.mapping().write_parts(offset, parts)
     }
 
     /// Fills `offset..offset + len` of the pack, chunks the caller owns, with traps: through

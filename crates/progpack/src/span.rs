@@ -292,6 +292,31 @@ pub(crate) fn count_cached(shared: &Arc<Shared>, delta: u64) {
     }
 }
 
+/// Counts a finalized batch in the calling thread's counters: `spans` spans of `requested`
+/// bytes made from `chunks` chunks of its reservation, and `programs` programs (its slots of
+/// their own were counted as spans when they were allocated).
+pub(crate) fn count_batch(
+    shared: &Arc<Shared>,
+    spans: u64,
+    requested: u64,
+    chunks: usize,
+    programs: usize,
+) {
+    let counted = thread_cache::with_state(shared, |local, _| {
+        local.made.spans.add(spans);
+        local.made.requested.add(requested);
+        local.made.cached.add((chunks as u64).wrapping_neg());
+        local.made.programs.add(programs as u64);
+    });
+    if counted.is_none() {
+        let mut r = shared.retired();
+        r.spans = r.spans.wrapping_add(spans);
+        r.requested = r.requested.wrapping_add(requested);
+        r.cached = r.cached.wrapping_sub(chunks as u64);
+        r.programs = r.programs.wrapping_add(programs as u64);
+    }
+}
+
 /// Counts a span made off the fast path.
 pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
     let counted = thread_cache::with_state(shared, |local, _| {
@@ -396,6 +421,13 @@ impl Span {
         crate::arch::sync_icache(self.pack.base + at, image.len())
     }
 
+    /// Marks the span as a finalized program whose count the caller has already made (see
+    /// [`count_programs`]).
+    #[inline]
+    pub(crate) fn mark_program(&mut self) {
+        self.flags |= PROGRAM;
+    }
+
     /// Counts this span as a finalized program, in the calling thread's counters.
     #[inline]
     pub(crate) fn became_program(&mut self) {
@@ -410,8 +442,12 @@ impl Span {
     /// mapping keeps its size.
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
         if self.flags & WRITTEN != 0 && !self.pack.dedicated {
-            let at = self.offset_in_pack() + self.image_at() + len;
-            self.pack.fill_traps(at, self.len - len)?;
+            // From the instruction boundary after the kept bytes (a whole pattern of traps).
+            let end = self.offset_in_pack() + self.image_at() + self.len;
+            let at = (self.offset_in_pack() + self.image_at() + len)
+                .next_multiple_of(crate::arch::TRAP.len())
+                .min(end);
+            self.pack.fill_traps(at, end - at)?;
         }
         let less = self.len - len;
         self.len = len;

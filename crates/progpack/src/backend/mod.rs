@@ -115,7 +115,7 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
         Ok(())
     }
     /// A writable view of the whole mapping at another address that lives as long as the
-    /// mapping (dualmap's persistent alias), and the [`sys::process_epoch`] of the only process
+    /// mapping (dualmap's persistent alias), and the `process_epoch` (the wipe-on-fork epoch) of the only process
     /// where it may be used. The allocator then writes code and traps for chunks it owns, inside
     /// [`Mapping::ready`], with plain stores at `alias + offset` instead of calling
     /// [`Mapping::write`] and [`Mapping::fill_traps`]: implementers promise that such stores

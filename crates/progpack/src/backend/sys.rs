@@ -15,9 +15,24 @@ use rustix::mm::{self, MapFlags, MprotectFlags, ProtFlags};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-/// The system page size.
+/// The system page size: `sysconf(_SC_PAGESIZE)`, read once. (Not `rustix::param::page_size`,
+/// whose auxiliary-vector parsing faults under valgrind, where the instruction counts of
+/// `progpack bench --only count` come from.)
 pub fn page_size() -> usize {
-    rustix::param::page_size()
+    static PAGE: AtomicUsize = AtomicUsize::new(0);
+    match PAGE.load(Ordering::Relaxed) {
+        0 => {
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+            let page = usize::try_from(page)
+                .ok()
+                .filter(|p| p.is_power_of_two())
+                .unwrap_or(4096);
+            PAGE.store(page, Ordering::Relaxed);
+            page
+        }
+        page => page,
+    }
 }
 
 fn ptr(addr: usize) -> *mut c_void {
@@ -269,11 +284,17 @@ pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
         crate::arch::fill_traps(&mut b);
         b
     });
+    // The pattern starts where the address is an instruction boundary.
+    let phase0 = offset as usize % crate::arch::TRAP.len();
+    if len <= BUF {
+        // The usual case (a program's bytes): one plain pwrite.
+        return pwrite_all(fd, &traps[phase0..phase0 + len], offset);
+    }
     let mut done = 0usize;
     while done < len {
-        // Offsets are chunk-aligned, so the pattern's phase is the progress so far; BUF is a
-        // multiple of the pattern length, so every iovec of one call starts at the same phase.
-        let phase = done % crate::arch::TRAP.len();
+        // BUF is a multiple of the pattern length, so every iovec of one call starts at the
+        // same phase.
+        let phase = (phase0 + done) % crate::arch::TRAP.len();
         let mut iov = [std::io::IoSlice::new(&[]); IOVS];
         let (mut used, mut batch) = (0, 0);
         while used < IOVS && done + batch < len {

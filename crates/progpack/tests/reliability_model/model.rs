@@ -336,6 +336,9 @@ struct Item {
     /// A draft written straight into the pack through its alias (persistent dualmap, from the
     /// thread's run): its bytes show in the pack before it is finalized.
     in_alias: bool,
+    /// A batch slot in the batch's reservation (not larger than a pack, not aligned beyond a
+    /// chunk): counted as cached chunks, not as an allocation, until the batch is finalized.
+    reserved: bool,
     /// What the image holds in the draft (and in the pack once finalized).
     content: Vec<u8>,
     /// The value its code returns, if it is code.
@@ -351,6 +354,7 @@ impl Item {
             chunks: s.span(len) / s.chunk_size,
             dedicated: s.dedicated(len).then(|| s.dedicated_bytes(len)),
             in_alias: false,
+            reserved: false,
             content,
             value,
         }
@@ -661,7 +665,9 @@ impl Model {
                         let image = batch.image_mut(index).ok_or("slot vanished")?;
                         self.check_new_image(addr, align, image, image_len)?;
                         image.copy_from_slice(&content);
-                        slots.push(Item::new(&s, addr, len, content, value));
+                        let mut item = Item::new(&s, addr, len, content, value);
+                        item.reserved = !s.dedicated(len) && align <= s.chunk_size;
+                        slots.push(item);
                     }
                     Err(e) => {
                         self.batch = Some((batch, slots));
@@ -878,7 +884,9 @@ impl Model {
     }
 
     /// Takes a freshly finalized program, checking it against its draft.
-    fn adopt(&mut self, p: Program, item: Item) -> Result<(), String> {
+    fn adopt(&mut self, p: Program, mut item: Item) -> Result<(), String> {
+        item.reserved = false;
+        item.in_alias = false;
         if p.addr() != item.addr || p.len() != item.len {
             return Err(format!(
                 "program at {:#x}+{} but its draft was at {:#x}+{}",
@@ -955,7 +963,12 @@ impl Model {
         // Counters.
         let n_slots = self.batch.as_ref().map_or(0, |b| b.1.len());
         let (mut requested, mut used_chunks, mut dedicated, mut dedicated_bytes) = (0, 0, 0, 0);
+        let mut slot_chunks = 0;
         for (_, it) in self.items() {
+            if it.reserved {
+                slot_chunks += it.chunks;
+                continue;
+            }
             requested += it.len;
             match it.dedicated {
                 Some(bytes) => {
@@ -969,7 +982,11 @@ impl Model {
         let total_chunks = snap.packs.len() * (s.pack_size / s.chunk_size);
         let expect = [
             ("programs", st.programs, self.programs.len()),
-            ("allocations", st.allocations, self.live()),
+            (
+                "allocations",
+                st.allocations,
+                self.live() - self.items().filter(|(_, i)| i.reserved).count(),
+            ),
             ("bytes_requested", st.bytes_requested, requested),
             ("dedicated_mappings", st.dedicated_mappings, dedicated),
             ("dedicated_bytes", st.dedicated_bytes, dedicated_bytes),
@@ -1113,9 +1130,10 @@ impl Model {
                 }
             }
         }
-        if reserved != st.chunks_cached {
+        if reserved + slot_chunks != st.chunks_cached {
             return Err(format!(
-                "{reserved} chunks set beyond the live items, stats.chunks_cached = {}",
+                "{reserved} chunks set beyond the live items and {slot_chunks} in an open \
+                 batch's slots, stats.chunks_cached = {}",
                 st.chunks_cached
             ));
         }

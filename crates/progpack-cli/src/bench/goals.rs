@@ -144,7 +144,7 @@ pub fn evaluate(r: &Report) -> Vec<Goal> {
     let mut goals = Vec::new();
     allocator_goals(r, &mut goals);
     footprint_goals(r, &mut goals);
-    ebpf_goals(r, &mut goals);
+    goals.extend(ebpf_goals(r));
     goals
 }
 
@@ -262,32 +262,85 @@ fn footprint_goals(r: &Report, goals: &mut Vec<Goal>) {
     }
 }
 
-/// The eBPF VM against rbpf.
-fn ebpf_goals(r: &Report, goals: &mut Vec<Goal>) {
+/// A goal "`num / den <= limit`" (both times: "num is at most limit times den").
+fn max_ratio_goal(
+    text: &str,
+    num: Option<(f64, &str)>,
+    den: Option<(f64, &str)>,
+    limit: f64,
+) -> Goal {
+    let mut g = ratio_goal(text, num, den, 0.0);
+    if let (Some((a, _)), Some((b, _))) = (num, den) {
+        if b > 0.0 {
+            g.verdict = if a / b <= limit {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            };
+        }
+    }
+    g
+}
+
+/// The eBPF goals: compile and load times against rbpf's JIT, the packet filter with packets
+/// in cache, and the byte-sum loop against JIT code without checks.
+fn ebpf_goals(r: &Report) -> Vec<Goal> {
+    let mut goals = Vec::new();
     let eb_n = largest_n(r, "ebpf-load", 10_000);
     let eb = |system: &'static str| {
         value(r, "ebpf-load", system, eb_n, "10 insns", "ns/program").map(|v| (v, system))
     };
-    for system in ["progpack-bpf-jit", "progpack-bpf-jit-batch"] {
+    let text = "eBPF: compile of a 10-instruction program <= 300 ns (progpack-bpf-jit-compile)";
+    goals.push(match eb("progpack-bpf-jit-compile") {
+        Some((v, _)) => Goal {
+            text: text.into(),
+            measured: format!("{} ns", fmt_value(v)),
+            verdict: if v <= 300.0 {
+                Verdict::Met
+            } else {
+                Verdict::Missed
+            },
+        },
+        None => Goal {
+            text: text.into(),
+            measured: "not measured".into(),
+            verdict: Verdict::NotMeasured,
+        },
+    });
+    for (system, target, how) in [
+        ("progpack-bpf-jit", 10.0, "one by one"),
+        ("progpack-bpf-jit-batch", 20.0, "batched"),
+    ] {
         goals.push(ratio_goal(
             &format!(
-                "eBPF: progpack-bpf loads {eb_n} programs >= 10x faster than rbpf's JIT ({system})"
+                "eBPF: load {eb_n} programs {how} with JIT >= {target}x faster than rbpf's JIT ({system})"
             ),
             eb("rbpf-jit"),
             eb(system),
-            10.0,
+            target,
         ));
     }
-    let pk_n = largest_n(r, "ebpf-filter", 1_000_000);
-    let pk = |system: &'static str| {
-        value(r, "ebpf-filter", system, pk_n, "64-128", "ns/packet").map(|v| (v, system))
+    let hot_n = largest_n(r, "ebpf-filter-hot", 1_000_000);
+    let hot = |system: &'static str| {
+        value(r, "ebpf-filter-hot", system, hot_n, "64-128", "ns/packet").map(|v| (v, system))
     };
     goals.push(ratio_goal(
-        "eBPF: progpack-bpf's JIT runs the packet filter at least as fast as rbpf's JIT",
-        pk("rbpf-jit"),
-        pk("progpack-bpf-jit"),
-        1.0,
+        "eBPF: packet filter, packets in cache, checks and instruction limit on: >= 1.5x faster than rbpf's JIT",
+        hot("rbpf-jit"),
+        hot("progpack-bpf-jit"),
+        1.5,
     ));
+    let sum_n = largest_n(r, "ebpf-sum", 0);
+    let sum = |system: &'static str| {
+        value(r, "ebpf-sum", system, sum_n, "4 KiB", "ns/run").map(|v| (v, system))
+    };
+    goals.push(max_ratio_goal(
+        "eBPF: 4 KiB byte-sum loop, checks and instruction limit on: within 1.2x of JIT code without checks",
+        sum("progpack-bpf-jit"),
+        sum("progpack-bpf-jit-unchecked"),
+        1.2,
+    ));
+    goals
 }
 
 fn verdict_word(v: &Verdict) -> &'static str {
@@ -382,6 +435,47 @@ mod tests {
         assert_eq!(
             find("one by one at least as fast").verdict,
             Verdict::NotMeasured
+        );
+    }
+
+    #[test]
+    fn ebpf_goals_met_and_missed() {
+        let mut r = Report::default();
+        let load = |r: &mut Report, s: &str, v: f64| {
+            r.push("ebpf-load", s, 2000, "10 insns", v, "ns/program")
+        };
+        load(&mut r, "progpack-bpf-jit-compile", 250.0);
+        load(&mut r, "rbpf-jit", 6000.0);
+        load(&mut r, "progpack-bpf-jit", 1000.0);
+        load(&mut r, "progpack-bpf-jit-batch", 250.0);
+        r.push(
+            "ebpf-sum",
+            "progpack-bpf-jit",
+            100,
+            "4 KiB",
+            1300.0,
+            "ns/run",
+        );
+        r.push(
+            "ebpf-sum",
+            "progpack-bpf-jit-unchecked",
+            100,
+            "4 KiB",
+            1000.0,
+            "ns/run",
+        );
+        let g = ebpf_goals(&r);
+        let verdicts: Vec<&Verdict> = g.iter().map(|g| &g.verdict).collect();
+        assert_eq!(
+            verdicts,
+            [
+                &Verdict::Met,         // 250 ns <= 300
+                &Verdict::Missed,      // 6x < 10x
+                &Verdict::Met,         // 24x >= 20x
+                &Verdict::NotMeasured, // no filter rows
+                &Verdict::Missed,      // 1.3x > 1.2x
+            ],
+            "{g:?}"
         );
     }
 

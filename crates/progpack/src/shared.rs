@@ -394,6 +394,7 @@ impl Shared {
             .fetch_add(region.len(), Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
         let pack = Arc::new(Pack::dedicated(region, owner, self.id));
+        pack.pin_dedicated();
         self.attach_side(&pack);
         Ok(pack)
     }
@@ -499,7 +500,10 @@ impl Drop for Shared {
             // allocator any more (every owner access needs a strong reference to it).
             #[allow(unsafe_code)]
             let st = unsafe { local.state_mut() };
-            drop(st.run.take());
+            // Its chunks go back, so that the pack no longer holds itself for them.
+            if let Some(run) = st.run.take() {
+                run.retire();
+            }
         }
     }
 }

@@ -25,7 +25,7 @@
 
 use crate::backend::Mapping;
 use crate::error::{Error, Result};
-use crate::pack::Pack;
+use crate::pack::{Pack, PackRef};
 use crate::run::{Local, LocalState};
 use crate::shared::Shared;
 use crate::staging::{Block, Image};
@@ -36,7 +36,8 @@ use std::sync::Arc;
 /// chunk), and where in them the image lies. See the module docs for the drop contract.
 #[derive(Debug)]
 pub(crate) struct Span {
-    pack: Arc<Pack>,
+    /// The pack (no count of its own: the pack keeps itself while the span owns chunks).
+    pack: PackRef,
     first: u32,
     chunks: u32,
     /// Where the image starts inside the span (below a chunk, or 0).
@@ -189,7 +190,10 @@ fn from_run(
         _ => refill(shared, local, st, n)?,
     };
     let (first, image, in_alias) = run.hand_out(n, shared.chunk_shift, offset, len);
-    let pack = run.pack.clone();
+    // SAFETY: chunks `first..first + n` were just handed out to this span, which gives them
+    // back (dropping) through this reference.
+    #[allow(unsafe_code)]
+    let pack = unsafe { PackRef::new(&run.pack) };
     local.made.cached.add((n as u64).wrapping_neg());
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
@@ -270,11 +274,17 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             let step = (align >> shared.chunk_shift).max(1);
             let (pack, first) = shared.take_span(shard, n, step)?;
             let offset = image_offset(shared, &mut fallback, req.bytes, len, align);
+            // SAFETY: the chunks were just taken for this span.
+            #[allow(unsafe_code)]
+            let pack = unsafe { PackRef::new(&pack) };
             Span::new(pack, first, n, offset, len)
         }
         None => {
             let pack = shared.map_dedicated(req.bytes)?;
             let offset = image_offset(shared, &mut fallback, pack.region.len(), len, align);
+            // SAFETY: a dedicated pack's one chunk is owned from its making, by this span.
+            #[allow(unsafe_code)]
+            let pack = unsafe { PackRef::new(&pack) };
             Span::new(pack, 0, 1, offset, len)
         }
     };
@@ -333,7 +343,7 @@ pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
 impl Span {
     /// A span of `chunks` chunks from `first` in `pack`, for an image of `len` bytes at `at`.
     #[inline]
-    pub(crate) fn new(pack: Arc<Pack>, first: usize, chunks: usize, at: usize, len: usize) -> Span {
+    pub(crate) fn new(pack: PackRef, first: usize, chunks: usize, at: usize, len: usize) -> Span {
         Span {
             pack,
             first: first as u32,
@@ -344,21 +354,27 @@ impl Span {
         }
     }
 
+    /// The pack.
+    #[inline]
+    fn pack(&self) -> &Pack {
+        self.pack.get()
+    }
+
     /// The mapping the span lies in, and its offset there.
     #[inline]
     pub(crate) fn mapping(&self) -> (&dyn Mapping, usize) {
-        (self.pack.region.mapping(), self.offset_in_pack())
+        (self.pack().region.mapping(), self.offset_in_pack())
     }
 
     #[inline]
     fn offset_in_pack(&self) -> usize {
-        self.first as usize * self.pack.chunk_size
+        self.first as usize * self.pack().chunk_size
     }
 
     /// Address of the span's first byte.
     #[inline]
     pub(crate) fn base(&self) -> usize {
-        self.pack.base + self.offset_in_pack()
+        self.pack().base + self.offset_in_pack()
     }
 
     /// Where the image starts inside the span.
@@ -381,19 +397,19 @@ impl Span {
 
     /// True if `next` starts right where this span ends, in the same pack.
     pub(crate) fn followed_by(&self, next: &Span) -> bool {
-        !self.pack.dedicated
-            && Arc::ptr_eq(&self.pack, &next.pack)
+        !self.pack().dedicated
+            && self.pack.same(&next.pack)
             && self.first + self.chunks == next.first
     }
 
     /// True if the span has a mapping of its own.
     pub(crate) fn is_dedicated(&self) -> bool {
-        self.pack.dedicated
+        self.pack().dedicated
     }
 
     /// Reads the image's bytes in place (a program's code).
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.pack
+        self.pack()
             .region
             .bytes(self.offset_in_pack() + self.image_at(), self.len)
     }
@@ -417,8 +433,8 @@ impl Span {
         debug_assert_eq!(image.len(), self.len);
         self.flags |= WRITTEN;
         let at = self.offset_in_pack() + self.image_at();
-        self.pack.write(at, image)?;
-        crate::arch::sync_icache(self.pack.base + at, image.len())
+        self.pack().write(at, image)?;
+        crate::arch::sync_icache(self.pack().base + at, image.len())
     }
 
     /// Marks the span as a finalized program whose count the caller has already made (see
@@ -432,8 +448,8 @@ impl Span {
     #[inline]
     pub(crate) fn became_program(&mut self) {
         self.flags |= PROGRAM;
-        if !thread_cache::with_counters(self.pack.owner_id, |l| l.made.programs.add(1)) {
-            self.pack.count_programs(1);
+        if !thread_cache::with_counters(self.pack().owner_id, |l| l.made.programs.add(1)) {
+            self.pack().count_programs(1);
         }
     }
 
@@ -441,25 +457,25 @@ impl Span {
     /// first if the image lives in the pack and may have been written there). A dedicated
     /// mapping keeps its size.
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
-        if self.flags & WRITTEN != 0 && !self.pack.dedicated {
+        if self.flags & WRITTEN != 0 && !self.pack().dedicated {
             // From the instruction boundary after the kept bytes (a whole pattern of traps).
             let end = self.offset_in_pack() + self.image_at() + self.len;
             let at = (self.offset_in_pack() + self.image_at() + len)
                 .next_multiple_of(crate::arch::TRAP.len())
                 .min(end);
-            self.pack.fill_traps(at, end - at)?;
+            self.pack().fill_traps(at, end - at)?;
         }
         let less = self.len - len;
         self.len = len;
         let chunks = self.chunks as usize;
-        let keep_chunks = if self.pack.dedicated {
+        let keep_chunks = if self.pack().dedicated {
             chunks
         } else {
             (self.image_at() + len)
-                .div_ceil(self.pack.chunk_size)
+                .div_ceil(self.pack().chunk_size)
                 .clamp(1, chunks)
         };
-        self.pack.shrink_span(
+        self.pack().shrink_span(
             self.first as usize + keep_chunks,
             chunks - keep_chunks,
             less,
@@ -471,12 +487,12 @@ impl Span {
     /// The pack's side table (names, announcements), if it has one: one load and one test.
     #[inline(always)]
     pub(crate) fn side(&self) -> Option<&crate::observe::Side> {
-        self.pack.side.get()
+        self.pack().side.get()
     }
 
     /// The pack's side table, attached now if it has none (a draft being named).
     pub(crate) fn side_or_attach(&self) -> &crate::observe::Side {
-        self.pack.side_or_attach()
+        self.pack().side_or_attach()
     }
 
     /// First chunk of the span in its pack.
@@ -493,7 +509,7 @@ impl Span {
     /// entries removed): the first step of a free, before the trap fill.
     #[inline(always)]
     pub(crate) fn unannounce(&self) {
-        if let Some(side) = self.pack.side.get() {
+        if let Some(side) = self.pack().side.get() {
             crate::observe::freeing(side, self.first as usize, self.chunks as usize);
         }
     }
@@ -504,14 +520,14 @@ impl Span {
     pub(crate) fn publish_in_place(&mut self) -> Result<()> {
         self.flags |= WRITTEN;
         let at = self.offset_in_pack() + self.image_at();
-        crate::arch::sync_icache(self.pack.base + at, self.len)
+        crate::arch::sync_icache(self.pack().base + at, self.len)
     }
 }
 
 impl Drop for Span {
     fn drop(&mut self) {
         self.unannounce();
-        let pack = &self.pack;
+        let pack = self.pack.get();
         let (first, chunks) = (self.first as usize, self.chunks as usize);
         let program = self.flags & PROGRAM != 0;
         if self.flags & WRITTEN != 0 && !pack.dedicated {
@@ -527,5 +543,37 @@ impl Drop for Span {
             let _ = crate::arch::sync_icache(pack.base + at, self.len);
         }
         pack.free_span(first, chunks, self.len, program);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendChoice, Config};
+
+    /// On an architecture whose instructions are 4 bytes (aarch64), a random image offset is a
+    /// multiple of 4 even when the caller asks for alignment 1: checked here on any
+    /// architecture by giving the allocator that instruction size.
+    #[test]
+    fn offsets_respect_the_instruction_size() {
+        let config = Config::default()
+            .min_slack(16)
+            .backend(BackendChoice::Custom(Arc::new(
+                crate::backend::NotSupported,
+            )));
+        let mut shared = Shared::new(config).expect("no mapping needed");
+        Arc::get_mut(&mut shared).expect("only handle").entry_align = 4;
+        let mut st = LocalState::new(0x1234_5678_9abc_def1, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for len in [1, 2, 3, 5, 33, 47] {
+            for _ in 0..500 {
+                let span = (len + 16usize).next_multiple_of(64);
+                let off = image_offset(&shared, &mut st, span, len, 1);
+                assert_eq!(off % 4, 0, "offset {off} for {len} bytes");
+                assert!(off + len <= span);
+                seen.insert(off);
+            }
+        }
+        assert!(seen.len() > 4, "{seen:?}");
     }
 }

@@ -56,8 +56,8 @@ impl fmt::Debug for Draft {
 #[cold]
 #[inline(never)]
 fn announced(span: Span) -> Result<Program> {
-    let program = Program::new(span);
-    crate::observe::announce(std::slice::from_ref(&program), None)?;
+    let mut program = Program::new(span);
+    crate::observe::announce(std::slice::from_mut(&mut program), None)?;
     Ok(program)
 }
 
@@ -134,7 +134,7 @@ impl Draft {
         }
         drop(image);
         span.became_program();
-        if span.side().is_some() {
+        if span.announced() {
             // Named, or the allocator announces its code.
             return announced(span);
         }

@@ -233,7 +233,7 @@ impl Allocator {
             place_stretch(&mut parts, &order[i..j])?;
             i = j;
         }
-        let programs: Vec<Program> = parts
+        let mut programs: Vec<Program> = parts
             .into_iter()
             .map(|p| {
                 let (mut span, _image) = p.expect("each draft once");
@@ -241,9 +241,9 @@ impl Allocator {
                 Program::new(span)
             })
             .collect();
-        if programs.iter().any(|p| p.span().side().is_some()) {
+        if programs.iter().any(|p| p.span().announced()) {
             // Named drafts, or the allocator announces its code.
-            observe::announce(&programs, None)?;
+            observe::announce(&mut programs, None)?;
         }
         Ok(programs)
     }

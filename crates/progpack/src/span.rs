@@ -53,6 +53,10 @@ pub(crate) struct Span {
 const WRITTEN: u8 = 1;
 /// A finalized program (for statistics).
 const PROGRAM: u8 = 2;
+/// The span's program has (or, its pack announcing every program, will have) a record in the
+/// pack's side table: finalize announces it, free retires it. Set when the span is made in a
+/// pack with a side table, or when the draft is named.
+const ANNOUNCED: u8 = 4;
 
 /// A span just allocated, and its writable image.
 #[derive(Debug)]
@@ -199,7 +203,7 @@ fn from_run(
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, first, n, offset, len);
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
-    span.mark_written(in_alias);
+    span.flags = run.span_flags | in_alias as u8 * WRITTEN;
     Ok(Fresh { span, image })
 }
 
@@ -250,12 +254,14 @@ fn refill<'a>(
         },
     };
     local.made.cached.add(len as u64);
+    let span_flags = Span::flags_for(&pack);
     Ok(st.run.insert(crate::run::Run {
         pack,
         first,
         next: first,
         end: first + len,
         block,
+        span_flags,
     }))
 }
 
@@ -269,7 +275,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
         local.shard
     })
     .unwrap_or(0);
-    let span = match req.chunks {
+    let mut span = match req.chunks {
         Some(n) => {
             let step = (align >> shared.chunk_shift).max(1);
             let (pack, first) = shared.take_span(shard, n, step)?;
@@ -288,6 +294,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             Span::new(pack, 0, 1, offset, len)
         }
     };
+    span.flags = Span::flags_for(span.pack());
     count_made(shared, len);
     let image = Block::image(len)?;
     Ok(Fresh { span, image })
@@ -484,7 +491,29 @@ impl Span {
         Ok(())
     }
 
-    /// The pack's side table (names, announcements), if it has one: one load and one test.
+    /// The flags a span made in `pack` starts with: [`ANNOUNCED`] if the pack has a side
+    /// table.
+    pub(crate) fn flags_for(pack: &Pack) -> u8 {
+        if pack.side.get().is_some() {
+            ANNOUNCED
+        } else {
+            0
+        }
+    }
+
+    /// True if the span's program is to be announced at finalize (see [`ANNOUNCED`]): one
+    /// test of a byte of the span.
+    #[inline(always)]
+    pub(crate) fn announced(&self) -> bool {
+        self.flags & ANNOUNCED != 0
+    }
+
+    /// Marks the span's program as recorded in the side table (named, or announced).
+    pub(crate) fn mark_announced(&mut self) {
+        self.flags |= ANNOUNCED;
+    }
+
+    /// The pack's side table (names, announcements), if it has one.
     #[inline(always)]
     pub(crate) fn side(&self) -> Option<&crate::observe::Side> {
         self.pack().side.get()
@@ -509,8 +538,10 @@ impl Span {
     /// entries removed): the first step of a free, before the trap fill.
     #[inline(always)]
     pub(crate) fn unannounce(&self) {
-        if let Some(side) = self.pack().side.get() {
-            crate::observe::freeing(side, self.first as usize, self.chunks as usize);
+        if self.flags & ANNOUNCED != 0 {
+            if let Some(side) = self.pack().side.get() {
+                crate::observe::freeing(side, self.first as usize, self.chunks as usize);
+            }
         }
     }
 

@@ -318,6 +318,7 @@ impl Drop for SideCell {
 /// The owner-only side data of the draft owning `span`, made if needed (for `set_name` and
 /// `set_eh_frame`).
 pub(crate) fn draft_extra(span: &mut Span) -> &mut Extra {
+    span.mark_announced();
     let side = span.side_or_attach();
     let table = side.table();
     let first = span.first_chunk();
@@ -356,36 +357,16 @@ pub(crate) fn name_of(span: &Span) -> Cow<'_, str> {
 ///
 /// Fails only if a program's unwind information no longer fits its code (a draft shrunk
 /// after it was given); nothing is announced then, and the caller drops the programs.
-pub(crate) fn announce(programs: &[Program], mut meta: Option<&mut BatchMeta>) -> Result<()> {
+pub(crate) fn announce(programs: &mut [Program], mut meta: Option<&mut BatchMeta>) -> Result<()> {
     // Attach records and check everything first, so that a failure announces nothing.
-    for (i, p) in programs.iter().enumerate() {
-        let span = p.span();
+    for (i, p) in programs.iter_mut().enumerate() {
         let given = meta.as_deref_mut().and_then(|m| m.take(i));
-        let side = match (span.side(), &given) {
-            (Some(s), _) => s,
-            (None, Some(_)) => span.side_or_attach(),
-            (None, None) => continue,
+        let Some(fits) = attach(p.span(), given) else {
+            continue;
         };
-        let table = side.table();
-        let first = span.first_chunk();
-        let record = match table.get(first) {
-            Some(r) => r,
-            None if given.is_none() && !side.observer.announce => continue,
-            None => {
-                let r = side.observer.records.take();
-                table.set(first, 1, Some(r));
-                r
-            }
-        };
-        // SAFETY: the caller owns the programs (it is finalizing them); no other reference to
-        // this record's extra is alive.
-        let extra = unsafe { record.extra() };
-        if let Some(g) = given {
-            *extra = Some(g);
-        }
-        if let Some(frames) = extra.as_ref().and_then(|e| e.frames.as_ref()) {
-            frames.check_fits(span.len())?;
-        }
+        // Recorded: its free must retire the record, whatever happens next.
+        p.span_mut().mark_announced();
+        fits?;
     }
     // Then publish and announce each program that has a record now.
     let mut out = Outputs::default();
@@ -399,6 +380,38 @@ pub(crate) fn announce(programs: &[Program], mut meta: Option<&mut BatchMeta>) -
     }
     out.flush();
     Ok(())
+}
+
+/// Gives the program of `span` its record (with `given`, a batch slot's side data) if it is
+/// named or its allocator announces every program; `None` if it has no record. The result
+/// says whether its unwind information fits its code.
+fn attach(span: &Span, given: Option<Box<Extra>>) -> Option<Result<()>> {
+    let side = match (span.side(), &given) {
+        (Some(s), _) => s,
+        (None, Some(_)) => span.side_or_attach(),
+        (None, None) => return None,
+    };
+    let table = side.table();
+    let first = span.first_chunk();
+    let record = match table.get(first) {
+        Some(r) => r,
+        None if given.is_none() && !side.observer.announce => return None,
+        None => {
+            let r = side.observer.records.take();
+            table.set(first, 1, Some(r));
+            r
+        }
+    };
+    // SAFETY: the caller owns the program (it is finalizing it); no other reference to this
+    // record's extra is alive.
+    let extra = unsafe { record.extra() };
+    if let Some(g) = given {
+        *extra = Some(g);
+    }
+    Some(match extra.as_ref().and_then(|e| e.frames.as_ref()) {
+        Some(frames) => frames.check_fits(span.len()),
+        None => Ok(()),
+    })
 }
 
 /// Publishes one program's record and gathers its announcements into `out`.

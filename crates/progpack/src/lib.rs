@@ -313,8 +313,7 @@ impl Allocator {
     /// # use progpack::{Allocator, Config};
     /// let alloc = Allocator::new(Config::default())?;
     /// let mut draft = alloc.draft(16, 1)?.named("handler")?;
-    /// # #[cfg(target_arch = "x86_64")]
-    /// draft.image_mut()[0] = 0xc3;
+    /// draft.image_mut()[0] = 0xc3; // x86-64 `ret` (never called here)
     /// let program = draft.finalize()?;
     /// let found = alloc.program_at(program.addr() + 5).expect("inside the code");
     /// assert_eq!((found.addr(), found.len(), &*found.name()), (program.addr(), 16, "handler"));

@@ -16,8 +16,10 @@
 //! What stays off the hot path: a new run (every `run_chunks` programs: one pack lock, and a
 //! staging block allocated and trap-filled), a request larger than a quarter run or aligned
 //! beyond a chunk (first fit under the locks, with an image of its own), a program larger than
-//! a pack (a mapping of its own), the first use of an allocator by a thread (registration), and
-//! a fork child's first use (the parent's runs are dropped, the generator reseeded).
+//! a pack (a mapping of its own), the first use of an allocator by a thread (registration), a
+//! fork child's first use (the parent's runs are dropped, the generator reseeded), and naming
+//! and announcing programs (`crate::observe`: finalize and free test the span's
+//! `ANNOUNCED` flag, which spans get from runs in packs with a side table and from a name).
 //!
 //! Invariants: while a span lives its chunks' bits are set. When it is dropped the bytes it
 //! wrote are traps again before its bits are cleared; if the trap fill fails the chunks are

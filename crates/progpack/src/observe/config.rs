@@ -28,11 +28,12 @@ use std::path::{Path, PathBuf};
 ///     Config::default().observe(Observe::default().perf_map_in(&dir).ignore_env()),
 /// )?;
 /// let mut draft = alloc.draft(1, 1)?.named("answer")?;
-/// # #[cfg(target_arch = "x86_64")]
-/// draft.image_mut()[0] = 0xc3; // ret
+/// draft.image_mut()[0] = 0xc3; // x86-64 `ret` (never called here)
 /// let program = draft.finalize()?;
-/// let map = std::fs::read_to_string(dir.join(format!("perf-{}.map", std::process::id())))?;
+/// let path = dir.join(format!("perf-{}.map", std::process::id()));
+/// let map = std::fs::read_to_string(&path)?;
 /// assert!(map.contains(&format!("{:x} 1 answer\n", program.addr())));
+/// # std::fs::remove_file(&path)?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -104,6 +104,15 @@
 //! To see the packs, `progpack map` (in the `progpack-cli` crate) draws a [`Snapshot`] as a PNG,
 //! an SVG or a terminal map; its `progpack_cli::map` module renders any allocator's snapshot.
 //!
+//! ## Names for JIT code
+//! [`Draft::set_name`] and [`Batch::push_named`] name programs ([`Program::name`]; unnamed ones
+//! are `jit_<addr>`). [`Observe`] (in [`Config::observe`], or `PROGPACK_PERF_MAP=1`,
+//! `PROGPACK_JITDUMP=DIR`, `PROGPACK_GDB_JIT=1` in the environment) announces every program to
+//! perf (a perf map, a jitdump for `perf inject --jit`) and to debuggers (the GDB JIT
+//! interface); [`Draft::set_eh_frame`] registers a program's unwind information so panics and
+//! backtraces walk through it; [`Allocator::program_at`] says which program covers an address,
+//! from a signal handler. None of it costs anything but a flag test when it is not used.
+//!
 //! ## Safe and unsafe
 //! Allocating, writing and finalizing are safe: the worst a wrong image can do is be wrong
 //! code. Running code is `unsafe` ([`Program::as_fn`]): the compiler cannot check machine code.

@@ -205,7 +205,7 @@ fn from_run(
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, first, n, offset, len);
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
-    span.flags = run.span_flags | in_alias as u8 * WRITTEN;
+    span.flags = run.span_flags | (in_alias as u8 * WRITTEN);
     Ok(Fresh { span, image })
 }
 

@@ -3,7 +3,7 @@
 //! the program is freed, gdb no longer knows the name.
 //!
 //! Without gdb the test prints SKIPPED.
-#![cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#![cfg(all(target_os = "linux", target_arch = "x86_64", feature = "gdb-jit"))]
 
 mod observe_support;
 

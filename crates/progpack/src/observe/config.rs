@@ -137,7 +137,16 @@ impl Observe {
             }
         }
         if var("PROGPACK_GDB_JIT").is_some_and(|v| v == "1") {
-            o.gdb = true;
+            if cfg!(feature = "gdb-jit") {
+                o.gdb = true;
+            } else {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    eprintln!(
+                        "progpack: PROGPACK_GDB_JIT ignored: built without the `gdb-jit` feature"
+                    )
+                });
+            }
         }
         o
     }
@@ -161,7 +170,8 @@ mod tests {
         ]));
         assert_eq!(o.get_perf_map(), Some(Path::new("/tmp")));
         assert_eq!(o.get_jitdump(), Some(Path::new("/var/tmp/jd")));
-        assert!(o.get_gdb() && o.is_on());
+        assert_eq!(o.get_gdb(), cfg!(feature = "gdb-jit"));
+        assert!(o.is_on());
         let o = Observe::default().with(env(&[("PROGPACK_PERF_MAP", "/srv/maps")]));
         assert_eq!(o.get_perf_map(), Some(Path::new("/srv/maps")));
     }

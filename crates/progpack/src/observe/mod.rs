@@ -132,6 +132,7 @@ pub(crate) struct Observer {
     announce: bool,
     perf_map: Option<Arc<perf_map::PerfMap>>,
     jitdump: Option<Arc<jitdump::Jitdump>>,
+    #[cfg_attr(not(feature = "gdb-jit"), allow(dead_code))]
     gdb: bool,
     settings: Observe,
     tables: Tables,

@@ -61,6 +61,7 @@ fn hex_escape(b: u8, out: &mut Vec<u8>) {
 }
 
 /// `name` escaped, as a string (it is valid UTF-8 by construction).
+#[cfg_attr(not(any(test, feature = "gdb-jit")), allow(dead_code))]
 pub(crate) fn escaped(name: &[u8]) -> String {
     let mut out = Vec::with_capacity(name.len());
     escape(name, &mut out);

@@ -45,6 +45,8 @@ struct Fde {
 /// Registered unwind information: deregistered when dropped.
 #[derive(Debug)]
 pub(crate) struct Registered {
+    /// The relocated section the unwinder points into (kept unchanged until deregistered).
+    #[cfg_attr(not(feature = "gdb-jit"), allow(dead_code))]
     bytes: Box<[u8]>,
     /// What was passed to `__register_frame` (the section, or each FDE).
     registered: Vec<usize>,
@@ -237,6 +239,7 @@ impl Frames {
 
 impl Registered {
     /// The relocated section (for a debugger's copy).
+    #[cfg(feature = "gdb-jit")]
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -17,9 +17,10 @@
 //! function; unregistering (before the program's trap fill) unlinks it the same way. A global
 //! lock serializes both, as the interface requires.
 //!
-//! Only one definition of these symbols may exist in a process: the `gdb-jit` feature (on by
-//! default) can be turned off where another library (for example wasmtime with its
-//! `debug-builtins` feature) defines them.
+//! Only one definition of these symbols may exist in a process. wasmtime defines them weak (so
+//! these win, and its registrations go to this same list, under its own lock: do not let both
+//! register at the same moment); LLVM's JIT defines them strong, which would not link with
+//! these: turn off the `gdb-jit` feature (on by default) there.
 #![allow(unsafe_code)] // the debugger's C interface
 
 use std::cell::UnsafeCell;

@@ -301,7 +301,10 @@ impl Pack {
         self.run_fits.store(in_word, Ordering::Relaxed);
     }
 
-    /// Lifts the bounds a failed search set: a free may have merged a longer run.
+    /// Lifts the bounds a failed search set: a free may have merged a longer run. (Bounding
+    /// the merged run instead, from the words around the freed range, costs about 25
+    /// instructions per free and measured no faster under churn.)
+    #[inline]
     fn lift(st: &mut PackState) {
         st.cap = usize::MAX;
         st.word_cap = usize::MAX;
@@ -437,8 +440,10 @@ impl Pack {
         }
         let mut st = self.lock();
         st.freed.requested += less as u64;
-        st.bitmap.clear_range(first, n);
-        Self::lift(&mut st);
+        if n > 0 {
+            st.bitmap.clear_range(first, n);
+            Self::lift(&mut st);
+        }
         self.publish(&st);
         (st.bitmap.count_ones() == 0, Self::unpin(&mut st))
     }

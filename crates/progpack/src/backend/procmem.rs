@@ -272,9 +272,6 @@ mod tests {
     /// forked child, which starts with whatever descriptors other tests had open.
     #[test]
     fn per_write_mode_keeps_no_descriptor_open() {
-        // The lazily made trap buffer is made here first: a fork while another test thread is
-        // making it would leave the child waiting for that thread forever.
-        open_after_writes(&ProcMem::open_per_write().expect("open_per_write"));
         // SAFETY: the child only uses this module's code and leaves with `_exit`.
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");

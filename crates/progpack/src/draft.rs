@@ -55,7 +55,8 @@ impl fmt::Debug for Draft {
 /// The rest of [`Draft::finalize`] for a program that is named or announced.
 #[cold]
 #[inline(never)]
-fn announced(span: Span) -> Result<Program> {
+fn announced(mut span: Span) -> Result<Program> {
+    span.became_program();
     let mut program = Program::new(span);
     crate::observe::announce(std::slice::from_mut(&mut program), None)?;
     Ok(program)
@@ -128,16 +129,20 @@ impl Draft {
     pub fn finalize(self) -> Result<Program> {
         let Fresh { mut span, image } = self.inner;
         if image.in_place() {
+            // Never announced: packs that announce every program hand out no image in place,
+            // and a draft being named leaves its place (so this path pays nothing for names).
+            debug_assert!(!span.announced());
             span.publish_in_place()?;
         } else {
             span.place(image.bytes())?;
+            if span.side().is_some() {
+                // Named, or the allocator announces its code.
+                drop(image);
+                return announced(span);
+            }
         }
         drop(image);
         span.became_program();
-        if span.announced() {
-            // Named, or the allocator announces its code.
-            return announced(span);
-        }
         Ok(Program::new(span))
     }
 
@@ -150,6 +155,7 @@ impl Draft {
     pub fn set_name(&mut self, name: impl AsRef<[u8]>) -> Result<()> {
         let name = name.as_ref();
         crate::observe::names::check(name)?;
+        self.inner.image.leave_alias_with_bytes()?;
         crate::observe::draft_extra(&mut self.inner.span).set_name(name);
         Ok(())
     }
@@ -178,6 +184,7 @@ impl Draft {
     /// this makes [`finalize`](Self::finalize) fail with the same error.)
     pub fn set_eh_frame(&mut self, eh_frame: &[u8]) -> Result<()> {
         let frames = crate::observe::Frames::parse(eh_frame, self.len())?;
+        self.inner.image.leave_alias_with_bytes()?;
         crate::observe::draft_extra(&mut self.inner.span).set_frames(frames);
         Ok(())
     }

@@ -549,6 +549,14 @@ impl Pack {
         }
     }
 
+    /// The pack without a persistent writable alias for images (writes still go through the
+    /// mapping's own means): a pack of an allocator that announces every program, so that no
+    /// draft there is finalized in place (that path has nothing to announce with).
+    pub(crate) fn without_image_alias(mut self) -> Pack {
+        self.alias = 0;
+        self
+    }
+
     /// The side table, if the pack has one.
     #[inline(always)]
     pub(crate) fn side(&self) -> Option<&crate::observe::Side> {

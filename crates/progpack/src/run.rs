@@ -33,8 +33,6 @@ pub(crate) struct Run {
     pub(crate) end: usize,
     /// Staging laid out like `first..end`.
     pub(crate) block: Arc<Block>,
-    /// Flags every span handed out starts with (whether the pack announces its programs).
-    pub(crate) span_flags: u8,
 }
 
 impl Run {

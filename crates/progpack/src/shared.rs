@@ -327,13 +327,12 @@ impl Shared {
         )?;
         self.packs_mapped.fetch_add(1, Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        let pack = Arc::new(Pack::new(
-            region,
-            shard,
-            self.config.chunk_size,
-            owner,
-            self.id,
-        ));
+        let pack = Pack::new(region, shard, self.config.chunk_size, owner, self.id);
+        let pack = Arc::new(if self.announces() {
+            pack.without_image_alias()
+        } else {
+            pack
+        });
         self.attach_side(&pack);
         let mut found = take(&pack);
         // A new pack may start with only part of it ready: grow it until the request fits.

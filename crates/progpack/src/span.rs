@@ -18,8 +18,10 @@
 //! beyond a chunk (first fit under the locks, with an image of its own), a program larger than
 //! a pack (a mapping of its own), the first use of an allocator by a thread (registration), a
 //! fork child's first use (the parent's runs are dropped, the generator reseeded), and naming
-//! and announcing programs (`crate::observe`: finalize and free test the span's
-//! `ANNOUNCED` flag, which spans get from runs in packs with a side table and from a name).
+//! and announcing programs (`crate::observe`: a finalize in place never has anything to
+//! announce, since packs that announce every program hand out no image in place and a draft
+//! being named leaves its place; a finalize that writes looks at the pack's side table; a free
+//! tests the span's `ANNOUNCED` bit, set where a record is made).
 //!
 //! Invariants: while a span lives its chunks' bits are set. When it is dropped the bytes it
 //! wrote are traps again before its bits are cleared; if the trap fill fails the chunks are
@@ -55,9 +57,8 @@ pub(crate) struct Span {
 const WRITTEN: u8 = 1;
 /// A finalized program (for statistics).
 const PROGRAM: u8 = 2;
-/// The span's program has (or, its pack announcing every program, will have) a record in the
-/// pack's side table: finalize announces it, free retires it. Set when the span is made in a
-/// pack with a side table, or when the draft is named.
+/// The span (a draft being named, or a program) has a record in its pack's side table: its
+/// free retires it. Set on the cold paths that make records, so that a free tests one bit.
 const ANNOUNCED: u8 = 4;
 
 /// A span just allocated, and its writable image.
@@ -205,7 +206,8 @@ fn from_run(
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, first, n, offset, len);
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
-    span.flags = run.span_flags | (in_alias as u8 * WRITTEN);
+    // The user writes straight into the pack's chunks: they must be trap-filled when freed.
+    span.mark_written(in_alias);
     Ok(Fresh { span, image })
 }
 
@@ -256,14 +258,12 @@ fn refill<'a>(
         },
     };
     local.made.cached.add(len as u64);
-    let span_flags = Span::flags_for(&pack);
     Ok(st.run.insert(crate::run::Run {
         pack,
         first,
         next: first,
         end: first + len,
         block,
-        span_flags,
     }))
 }
 
@@ -277,7 +277,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
         local.shard
     })
     .unwrap_or(0);
-    let mut span = match req.chunks {
+    let span = match req.chunks {
         Some(n) => {
             let step = (align >> shared.chunk_shift).max(1);
             let (pack, first) = shared.take_span(shard, n, step)?;
@@ -296,7 +296,6 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             Span::new(pack, 0, 1, offset, len)
         }
     };
-    span.flags = Span::flags_for(span.pack());
     count_made(shared, len);
     let image = Block::image(len)?;
     Ok(Fresh { span, image })
@@ -493,18 +492,7 @@ impl Span {
         Ok(())
     }
 
-    /// The flags a span made in `pack` starts with: [`ANNOUNCED`] if the pack has a side
-    /// table.
-    pub(crate) fn flags_for(pack: &Pack) -> u8 {
-        if pack.side.get().is_some() {
-            ANNOUNCED
-        } else {
-            0
-        }
-    }
-
-    /// True if the span's program is to be announced at finalize (see [`ANNOUNCED`]): one
-    /// test of a byte of the span.
+    /// True if the span's program has a record in the side table (see [`ANNOUNCED`]).
     #[inline(always)]
     pub(crate) fn announced(&self) -> bool {
         self.flags & ANNOUNCED != 0

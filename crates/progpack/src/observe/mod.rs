@@ -3,10 +3,12 @@
 //!
 //! A program's name and other side data live in a [`Record`] found through its pack's
 //! [`SideTable`] (by chunk), never in [`Span`] or `Program`: an allocator that names nothing
-//! and announces nothing has no tables, and its finalize and free pay one predictable branch
-//! (the pack's side pointer is null). Tables exist for every pack of an allocator with an
-//! announcement on ([`Observe`]), and for a pack where a draft was given a name or unwind
-//! information.
+//! and announces nothing has no tables. Its finalize in place (the dualmap fast path) has no
+//! test at all: packs of an allocator that announces every program hand out no image in place,
+//! and a draft given a name or unwind information leaves its place first. A finalize that
+//! writes tests the pack's side pointer; a free tests one bit of the span (set where a record
+//! is made). Tables exist for every pack of an allocator with an announcement on
+//! ([`Observe`]), and for a pack where a draft was given a name or unwind information.
 //!
 //! Order of events: a draft's name and unwind information go into its record when given; at
 //! finalize, after the code is placed, the record is published (the lookup sees it), the
@@ -579,6 +581,42 @@ mod tests {
         // Records are reused: one for the one named program.
         let (records, tables) = alloc.shared.observer.get().unwrap().made();
         assert_eq!((records, tables), (1, 1));
+    }
+
+    /// On dualmap, small images are written straight into the pack's alias and finalized in
+    /// place, a path that pays nothing for names: a draft named after its code was written
+    /// leaves the alias with its bytes, and an announcing allocator's packs hand out no image
+    /// in place.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn dualmap_images_written_in_place_keep_their_code_when_named() {
+        use crate::BackendChoice;
+        for observe in [Observe::default(), Observe::default().index(true)] {
+            let alloc = Allocator::new(
+                Config::default()
+                    .backend(BackendChoice::DualMap)
+                    .observe(observe.clone().ignore_env()),
+            )
+            .unwrap();
+            let mut d = alloc.draft(6, 16).unwrap();
+            d.image_mut().copy_from_slice(&[0xb8, 7, 0, 0, 0, 0xc3]); // mov eax, 7; ret
+            d.set_name("seven").unwrap();
+            assert_eq!(d.image(), &[0xb8, 7, 0, 0, 0, 0xc3], "bytes kept");
+            let p = d.finalize().unwrap();
+            // SAFETY: the code above.
+            let f = unsafe { p.as_fn::<extern "C" fn() -> u32>() };
+            assert_eq!(f(), 7);
+            assert_eq!(alloc.program_at(p.addr()).unwrap().name(), "seven");
+            // Unnamed: found only when every program is indexed.
+            let mut d = alloc.draft(6, 16).unwrap();
+            d.image_mut().copy_from_slice(&[0xb8, 8, 0, 0, 0, 0xc3]);
+            let q = d.finalize().unwrap();
+            // SAFETY: as above.
+            assert_eq!(unsafe { q.as_fn::<extern "C" fn() -> u32>() }(), 8);
+            assert_eq!(alloc.program_at(q.addr()).is_some(), observe.is_on());
+            drop((p, q));
+            alloc.check_invariants().unwrap();
+        }
     }
 
     #[test]

@@ -88,6 +88,8 @@ fn perf_works(test: &str) -> bool {
     }
     let dir = TempDir::new("perf-probe");
     let ok = Command::new("perf")
+        .arg("--buildid-dir")
+        .arg(dir.path())
         .args(["record", "-q", "-e", "cpu-clock", "-o"])
         .arg(dir.path().join("probe.data"))
         .args(["--", "true"])
@@ -99,12 +101,20 @@ fn perf_works(test: &str) -> bool {
     ok
 }
 
+/// perf's build-id cache for the data file `data`: next to it, in the test's directory (not
+/// in `~/.debug`, which perf fills by default with copies of every binary it sees).
+fn buildid_dir(data: &std::path::Path) -> std::path::PathBuf {
+    data.parent().expect("a directory").join("buildid")
+}
+
 /// `perf record ARGS -o DATA -- <this binary's child workload MODE>`, with the child's
 /// environment (no announcement unless the caller adds one).
 fn perf_record(args: &[&str], data: &std::path::Path, mode: &str) -> Command {
     let template = child("child_workload", mode);
     let mut c = Command::new("perf");
-    c.args(["record", "-q"])
+    c.arg("--buildid-dir")
+        .arg(buildid_dir(data))
+        .args(["record", "-q"])
         .args(args)
         .arg("-o")
         .arg(data)
@@ -121,6 +131,8 @@ fn perf_record(args: &[&str], data: &std::path::Path, mode: &str) -> Command {
 fn report(data: &std::path::Path) -> String {
     let out = run_ok(
         Command::new("perf")
+            .arg("--buildid-dir")
+            .arg(buildid_dir(data))
             .args(["report", "--stdio", "--sort", "sym", "-i"])
             .arg(data),
     );
@@ -168,6 +180,8 @@ fn record_with_jitdump(mode: &str, dir: &TempDir) -> (String, Vec<u8>) {
     );
     run_ok(
         Command::new("perf")
+            .arg("--buildid-dir")
+            .arg(buildid_dir(&data))
             .args(["inject", "--jit", "-i"])
             .arg(&data)
             .arg("-o")

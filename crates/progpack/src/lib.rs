@@ -104,6 +104,7 @@ mod config;
 mod draft;
 mod error;
 mod pack;
+pub mod patch;
 mod program;
 mod region;
 mod run;

@@ -169,6 +169,11 @@ pub struct Checked {
 /// Checks `slots` against the rules in the module documentation. `helpers` decides which
 /// static `call` ids are known.
 pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
+    check_vec(slots.to_vec(), helpers)
+}
+
+/// [`check`] of slots the caller hands over (no copy).
+pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, CheckError> {
     if slots.is_empty() {
         return Err(CheckError::Empty);
     }
@@ -177,13 +182,12 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
     }
     let n = slots.len();
 
-    // Pass 1: decode, registers, helpers; collect function entries.
+    // Pass 1: decode, registers, helpers; note whether there are local calls.
     let mut instrs = Vec::with_capacity(n);
-    let mut is_function = vec![false; n];
-    is_function[0] = true;
+    let mut has_calls = false;
     let mut pc = 0;
     while pc < n {
-        let ins = decode_at(slots, pc)?;
+        let ins = decode_at(&slots, pc)?;
         if ins.written_regs().contains(&Some(FRAME_REG)) {
             return Err(CheckError::WriteToR10 { pc });
         }
@@ -196,7 +200,7 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
                 if target < 0 || target >= n as i64 {
                     return Err(CheckError::CallOutOfRange { pc, target });
                 }
-                is_function[target as usize] = true;
+                has_calls = true;
             }
             _ => {}
         }
@@ -206,14 +210,26 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
         }
         pc += ins.slots();
     }
+    if !has_calls {
+        // One function: no function table, no call graph.
+        control_flow(&instrs, None, None)?;
+        return Ok(Checked {
+            slots,
+            instrs,
+            functions: vec![0],
+        });
+    }
 
-    // Local call targets must be instructions, not second halves of lddw.
+    let mut is_function = vec![false; n];
+    is_function[0] = true;
     for (pc, ins) in instrs.iter().enumerate() {
         if let Instr::CallLocal { off } = *ins {
             let target = (pc as i64 + 1 + off as i64) as usize;
+            // Local call targets must be instructions, not second halves of lddw.
             if matches!(instrs[target], Instr::LddwHi) {
                 return Err(CheckError::JumpIntoLddw { pc, target });
             }
+            is_function[target] = true;
         }
     }
 
@@ -229,29 +245,7 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
     }
 
     // Pass 2: control flow.
-    for (pc, ins) in instrs.iter().enumerate() {
-        if matches!(ins, Instr::LddwHi) {
-            continue;
-        }
-        if let (Some(off), false) = (ins.branch_offset(), matches!(ins, Instr::CallLocal { .. })) {
-            let target = pc as i64 + 1 + off;
-            if target < 0 || target >= n as i64 {
-                return Err(CheckError::JumpOutOfRange { pc, target });
-            }
-            let target = target as usize;
-            if matches!(instrs[target], Instr::LddwHi) {
-                return Err(CheckError::JumpIntoLddw { pc, target });
-            }
-            if func_of[target] != func_of[pc] {
-                return Err(CheckError::JumpAcrossFunctions { pc, target });
-            }
-        }
-        // The last instruction of each function must not fall through.
-        let last_of_function = pc + ins.slots() == n || is_function[pc + ins.slots()];
-        if last_of_function && !matches!(ins, Instr::Exit | Instr::Ja { .. }) {
-            return Err(CheckError::FallsOffEnd { pc });
-        }
-    }
+    control_flow(&instrs, Some(&is_function), Some(&func_of))?;
 
     // Pass 3: call depth over the function call graph, when acyclic.
     let mut callees: Vec<Vec<usize>> = vec![Vec::new(); functions.len()];
@@ -268,10 +262,47 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
     }
 
     Ok(Checked {
-        slots: slots.to_vec(),
+        slots,
         instrs,
         functions,
     })
+}
+
+/// Pass 2: every jump lands on an instruction of its own function, and no function falls
+/// off its end. Without `is_function` / `func_of` the program is one function.
+fn control_flow(
+    instrs: &[Instr],
+    is_function: Option<&[bool]>,
+    func_of: Option<&[usize]>,
+) -> Result<(), CheckError> {
+    let n = instrs.len();
+    for (pc, ins) in instrs.iter().enumerate() {
+        if matches!(ins, Instr::LddwHi) {
+            continue;
+        }
+        if let (Some(off), false) = (ins.branch_offset(), matches!(ins, Instr::CallLocal { .. })) {
+            let target = pc as i64 + 1 + off;
+            if target < 0 || target >= n as i64 {
+                return Err(CheckError::JumpOutOfRange { pc, target });
+            }
+            let target = target as usize;
+            if matches!(instrs[target], Instr::LddwHi) {
+                return Err(CheckError::JumpIntoLddw { pc, target });
+            }
+            if let Some(func_of) = func_of {
+                if func_of[target] != func_of[pc] {
+                    return Err(CheckError::JumpAcrossFunctions { pc, target });
+                }
+            }
+        }
+        // The last instruction of each function must not fall through.
+        let next = pc + ins.slots();
+        let last_of_function = next == n || is_function.is_some_and(|f| f[next]);
+        if last_of_function && !matches!(ins, Instr::Exit | Instr::Ja { .. }) {
+            return Err(CheckError::FallsOffEnd { pc });
+        }
+    }
+    Ok(())
 }
 
 /// Deepest chain of frames from function 0, or `None` if a cycle is reachable.

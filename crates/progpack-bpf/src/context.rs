@@ -47,6 +47,8 @@ pub struct ProgramEnv {
     pub(crate) host: Option<Arc<dyn Any + Send + Sync>>,
     /// Sink of `bpf_trace_printk` ([`HelperContext::trace`]).
     pub(crate) trace: Option<TraceSink>,
+    /// Programs see virtual addresses, never host ones ([`crate::vaddr`]).
+    pub(crate) hidden: bool,
 }
 
 impl fmt::Debug for ProgramEnv {
@@ -56,6 +58,7 @@ impl fmt::Debug for ProgramEnv {
             .field("maps", &self.maps)
             .field("host", &self.host.is_some())
             .field("trace", &self.trace.is_some())
+            .field("hidden", &self.hidden)
             .finish()
     }
 }
@@ -67,11 +70,26 @@ impl ProgramEnv {
         maps: Vec::new(),
         host: None,
         trace: None,
+        hidden: false,
+    };
+
+    /// [`EMPTY`](Self::EMPTY), hiding host addresses.
+    pub(crate) const EMPTY_HIDDEN: ProgramEnv = ProgramEnv {
+        regions: Vec::new(),
+        maps: Vec::new(),
+        host: None,
+        trace: None,
+        hidden: true,
     };
 
     /// An environment without maps, host data or trace sink.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether programs see virtual addresses instead of host ones ([`crate::vaddr`]).
+    pub fn hides_addresses(&self) -> bool {
+        self.hidden
     }
 
     /// The extra regions (besides input memory and stack) runs may access.
@@ -201,22 +219,66 @@ impl<'r> HelperContext<'r> {
         if len == 0 {
             return None;
         }
-        if self.mem.contains(addr, len) {
-            return Some((std::ptr::with_exposed_provenance_mut(addr as usize), false));
+        let ptr = |a: u64| std::ptr::with_exposed_provenance_mut(a as usize);
+        // Program addresses of the input and the stack: the host's, or fixed virtual ones.
+        let (mem_base, stack_top) = if self.env.hidden {
+            (crate::vaddr::INPUT, crate::vaddr::STACK_TOP)
+        } else {
+            (self.mem.start, self.stack_top)
+        };
+        let mem = Region {
+            start: mem_base,
+            ..self.mem
+        };
+        if mem.contains(addr, len) {
+            return Some((ptr(self.mem.start + (addr - mem_base)), false));
         }
         let live = Region {
             start: self.frame.wrapping_sub(STACK_FRAME_SIZE as u64),
-            len: self.stack_top.wrapping_sub(self.frame) + STACK_FRAME_SIZE as u64,
+            len: stack_top.wrapping_sub(self.frame) + STACK_FRAME_SIZE as u64,
             writable: true,
         };
+        let frames = stack_top.wrapping_sub(self.frame) + STACK_FRAME_SIZE as u64;
         if self.stack_top > self.stack_start
-            && self.frame >= self.stack_start + STACK_FRAME_SIZE as u64
+            && frames <= self.stack_top - self.stack_start
             && live.contains(addr, len)
         {
-            return Some((std::ptr::with_exposed_provenance_mut(addr as usize), false));
+            return Some((ptr(self.stack_top - (stack_top - addr)), false));
         }
-        memory::find(&self.env.regions, addr, len, write)
-            .map(|_| (std::ptr::with_exposed_provenance_mut(addr as usize), true))
+        if self.env.hidden {
+            return crate::vaddr::extra_to_host(&self.env.regions, addr, len, write)
+                .map(|(h, _)| (ptr(h), true));
+        }
+        memory::find(&self.env.regions, addr, len, write).map(|_| (ptr(addr), true))
+    }
+
+    /// The host address of program address `addr` of an extra region: `addr` itself, or its
+    /// translation when the environment hides host addresses (0 if it lies in none). The
+    /// inverse of [`expose`](Self::expose) for extra regions.
+    pub fn host_of(&self, addr: u64) -> u64 {
+        if !self.env.hidden {
+            return addr;
+        }
+        crate::vaddr::extra_to_host(&self.env.regions, addr, 1, false).map_or(0, |(h, _)| h)
+    }
+
+    /// The address the program sees for host address `host` of its input, stack or extra
+    /// regions: `host` itself, or its virtual address when the environment hides host
+    /// addresses (0 if it lies in none of them). For helpers that return pointers.
+    pub fn expose(&self, host: u64) -> u64 {
+        if !self.env.hidden {
+            return host;
+        }
+        if let Some(off) = host
+            .checked_sub(self.mem.start)
+            .filter(|&o| o < self.mem.len)
+        {
+            return crate::vaddr::INPUT + off;
+        }
+        if (self.stack_start..self.stack_top).contains(&host) {
+            return crate::vaddr::STACK_TOP - (self.stack_top - host);
+        }
+        crate::vaddr::extra_to_virtual(&self.env.regions, host).unwrap_or(0)
     }
 
     /// Copies `dst.len()` bytes of program memory at `addr` into `dst`; false (and nothing

@@ -45,6 +45,15 @@ pub enum RunError {
         /// The limit that was hit.
         limit: u64,
     },
+    /// The input memory is larger than a run that hides host addresses can map
+    /// ([`crate::vaddr::MAX_INPUT`]).
+    #[error("input memory of {len} bytes is larger than {max} (hidden addresses)")]
+    InputTooLarge {
+        /// The input's length.
+        len: u64,
+        /// The largest input.
+        max: u64,
+    },
     /// Execution reached a slot that is not a valid instruction. The checker makes this
     /// impossible for loaded programs; engines report it instead of misbehaving.
     #[error("invalid instruction reached (pc {pc})")]

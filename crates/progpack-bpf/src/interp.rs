@@ -71,6 +71,9 @@ struct Regions<'e> {
     stack_ptr: *mut u8,
     stack_addr: u64,
     extra: &'e [Region],
+    /// Program addresses are virtual ([`crate::vaddr`]): `mem_addr` and `stack_addr` are then
+    /// the virtual bases, and extra regions are found by their virtual base.
+    hidden: bool,
 }
 
 impl Regions<'_> {
@@ -98,6 +101,10 @@ impl Regions<'_> {
             return Some(Ok(self
                 .stack_ptr
                 .wrapping_add((addr - self.stack_addr) as usize)));
+        }
+        if self.hidden {
+            return crate::vaddr::extra_to_host(self.extra, addr, n as u64, write)
+                .map(|(h, _)| Err(h));
         }
         memory::find(self.extra, addr, n as u64, write).map(|_| Err(addr))
     }
@@ -325,27 +332,46 @@ pub fn run_env(
     opts: &RunOptions,
     tail_calls: u32,
 ) -> Result<(u64, Option<std::sync::Arc<crate::BpfProgram>>), RunError> {
+    if env.hidden && mem.len() as u64 > crate::vaddr::MAX_INPUT {
+        return Err(RunError::InputTooLarge {
+            len: mem.len() as u64,
+            max: crate::vaddr::MAX_INPUT,
+        });
+    }
     // Frames are zeroed when entered and only live frames are reachable, so the rest of the
     // stack is never read before it is written: no need to initialise it all.
     let mut stack = std::mem::MaybeUninit::<[u8; STACK_SIZE]>::uninit();
     let mem_ptr = mem.as_mut_ptr();
     let stack_ptr = stack.as_mut_ptr().cast::<u8>();
+    let (mem_host, stack_host) = (
+        mem_ptr.expose_provenance() as u64,
+        stack_ptr.expose_provenance() as u64,
+    );
     // From here on `mem` and `stack` are only touched through these pointers.
     let regions = Regions {
         mem_ptr,
-        mem_addr: mem_ptr.expose_provenance() as u64,
+        mem_addr: if env.hidden {
+            crate::vaddr::INPUT
+        } else {
+            mem_host
+        },
         mem_len: mem.len() as u64,
         stack_ptr,
-        stack_addr: stack_ptr.expose_provenance() as u64,
+        stack_addr: if env.hidden {
+            crate::vaddr::STACK_TOP - STACK_SIZE as u64
+        } else {
+            stack_host
+        },
         extra: &env.regions,
+        hidden: env.hidden,
     };
     let top = regions.stack_addr + STACK_SIZE as u64;
     regions.zero_frame(top);
     let mut hcx = HelperContext::new(
-        regions.mem_addr,
+        mem_host,
         regions.mem_len,
-        regions.stack_addr,
-        top,
+        stack_host,
+        stack_host + STACK_SIZE as u64,
         env,
     );
     hcx.tail_calls = tail_calls;

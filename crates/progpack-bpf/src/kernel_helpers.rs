@@ -86,7 +86,7 @@ extern "C" fn map_lookup_elem(
     let Some(map) = cx.map(m) else { return 0 };
     with_bytes(cx, key, map.def().key_size as u64, |k| map.lookup_addr(k))
         .flatten()
-        .unwrap_or(0)
+        .map_or(0, |a| cx.expose(a))
 }
 
 extern "C" fn map_update_elem(
@@ -272,10 +272,11 @@ extern "C" fn ringbuf_reserve(
 ) -> u64 {
     cx.map(m)
         .and_then(|map| map.ring_reserve(size))
-        .unwrap_or(0)
+        .map_or(0, |a| cx.expose(a))
 }
 
 fn ringbuf_commit(cx: &HelperContext, data: u64, submit: bool) {
+    let data = cx.host_of(data);
     if let Some(m) = cx.env().maps().iter().find(|m| m.ring_contains(data)) {
         m.ring_commit(data, submit);
     }

@@ -39,6 +39,7 @@ pub mod decode;
 pub mod elf;
 pub mod error;
 pub mod gen;
+pub mod hardening;
 pub mod helpers;
 pub mod insn;
 pub mod interp;
@@ -47,6 +48,7 @@ pub mod kernel_helpers;
 pub mod maps;
 pub mod memory;
 pub mod pseudo;
+pub mod vaddr;
 
 use std::sync::Arc;
 
@@ -54,6 +56,7 @@ pub use check::{CheckError, Checked};
 pub use context::{HelperContext, ProgramEnv};
 pub use elf::{ElfError, Object, ObjectProgram};
 pub use error::{Error, Result, RunError};
+pub use hardening::Hardening;
 pub use helpers::{ContextHelperFn, Helper, HelperFn, Helpers};
 pub use interp::RunOptions;
 pub use jit::{JitOptions, JitProgram};
@@ -68,6 +71,7 @@ pub struct Vm {
     env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
+    hardening: Hardening,
 }
 
 impl Vm {
@@ -78,6 +82,37 @@ impl Vm {
             env: Arc::new(ProgramEnv::new()),
             options: RunOptions::default(),
             jit: None,
+            hardening: Hardening::NONE,
+        }
+    }
+
+    /// A VM for programs whose author you do not trust: [`Hardening::UNTRUSTED`] (constant
+    /// blinding in the JIT, host addresses hidden from programs; see [`hardening`]).
+    pub fn untrusted(helpers: Helpers) -> Self {
+        let mut vm = Vm::new(helpers);
+        vm.set_hardening(Hardening::UNTRUSTED);
+        vm
+    }
+
+    /// The protections applied to programs loaded from now on.
+    pub fn hardening(&self) -> Hardening {
+        self.hardening
+    }
+
+    /// Changes the protections applied to programs loaded from now on.
+    pub fn set_hardening(&mut self, hardening: Hardening) -> &mut Self {
+        self.hardening = hardening;
+        if self.env.hidden != hardening.hide_addresses {
+            Arc::make_mut(&mut self.env).hidden = hardening.hide_addresses;
+        }
+        self
+    }
+
+    /// The JIT options loads use: the VM's, with its hardening added.
+    fn jit_options(&self, o: JitOptions) -> JitOptions {
+        JitOptions {
+            blind_constants: o.blind_constants || self.hardening.blind_constants,
+            ..o
         }
     }
 
@@ -117,7 +152,7 @@ impl Vm {
     /// Loads a program from its bytecode (8-byte little-endian slots): decode and check.
     pub fn load(&self, code: &[u8]) -> Result<BpfProgram> {
         let slots = insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        self.load_slots(&slots)
+        self.load_vec_in(slots, Arc::clone(&self.env))
     }
 
     /// Loads a program from raw slots.
@@ -132,24 +167,29 @@ impl Vm {
     pub fn load_with_maps(&self, code: &[u8], maps: &[Arc<Map>]) -> Result<BpfProgram> {
         let mut slots =
             insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        pseudo::resolve(&mut slots, maps)?;
         let mut env = (*self.env).clone();
         for m in maps {
             env.add_map(Arc::clone(m));
         }
+        vaddr::resolve(&mut slots, maps, &env)?;
         self.load_slots_in(&slots, Arc::new(env))
     }
 
     /// Loads `slots` to run in `env`.
     pub(crate) fn load_slots_in(&self, slots: &[Insn], env: Arc<ProgramEnv>) -> Result<BpfProgram> {
-        let checked = check::check(slots, &self.helpers)?;
+        self.load_vec_in(slots.to_vec(), env)
+    }
+
+    /// [`load_slots_in`](Self::load_slots_in) of slots handed over.
+    fn load_vec_in(&self, slots: Vec<Insn>, env: Arc<ProgramEnv>) -> Result<BpfProgram> {
+        let checked = check::check_vec(slots, &self.helpers)?;
         let jit = match &self.jit {
             Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
                 alloc,
                 &checked.slots,
                 &self.helpers,
-                *o,
-                !env.regions.is_empty(),
+                self.jit_options(*o),
+                jit::EnvShape::of(&env),
             )?)),
             None => None,
         };
@@ -170,13 +210,13 @@ impl Vm {
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-            checked.push(check::check(&slots, &self.helpers)?);
+            checked.push(check::check_vec(slots, &self.helpers)?);
         }
         let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
-                let extra = !self.env.regions.is_empty();
-                JitProgram::new_batch_with(alloc, slots, &self.helpers, *o, extra)
+                let extra = jit::EnvShape::of(&self.env);
+                JitProgram::new_batch_with(alloc, slots, &self.helpers, self.jit_options(*o), extra)
                     .map_err(|(_, e)| e)?
                     .into_iter()
                     .map(|j| Some(Arc::new(j)))
@@ -237,14 +277,29 @@ impl BpfProgram {
     /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
     /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
     /// [`jit_compile`](Self::jit_compile).
+    #[inline]
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
         self.run_jit_with(mem, &self.options)
     }
 
     /// Like [`run_jit`](Self::run_jit) with other run settings (the instruction limit applies
     /// when the JIT code counts instructions, see [`JitOptions`]).
+    #[inline]
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
         let limit = options.instruction_limit;
+        match &self.jit {
+            // No environment to build and no tail call possible: one call of the code.
+            Some(j) if !j.needs_env() => match j.run_limited(mem, limit) {
+                Ok(v) => Ok(v),
+                Err(e) => Err(Error::Run(e)),
+            },
+            _ => self.run_jit_in_env(mem, limit),
+        }
+    }
+
+    /// A JIT run with the program's environment, and the tail calls it makes.
+    #[inline(never)]
+    fn run_jit_in_env(&self, mem: &mut [u8], limit: u64) -> Result<u64> {
         let (mut r0, mut next) = self.run_jit_once(mem, limit, 0)?;
         let mut n = 0;
         while let Some(p) = next {
@@ -267,7 +322,7 @@ impl BpfProgram {
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
-        let extra = !self.env.regions.is_empty();
+        let extra = jit::EnvShape::of(&self.env);
         let j = JitProgram::new_with(alloc, &self.checked.slots, &self.helpers, options, extra)?;
         self.jit = Some(Arc::new(j));
         Ok(())

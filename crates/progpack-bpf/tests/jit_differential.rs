@@ -49,6 +49,7 @@ fn jit_and_interpreter_agree_on_random_programs() {
             &helpers,
             JitOptions {
                 count_instructions: true,
+                blind_constants: false,
             },
         )
         .expect("checked programs compile");

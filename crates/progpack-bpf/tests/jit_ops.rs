@@ -388,6 +388,8 @@ fn helper_calls_pass_arguments_and_keep_r1_to_r5() {
         progpack_bpf::jit::CompileOptions {
             rel_calls: false,
             budget: false,
+            blind_constants: false,
+            hide_addresses: false,
         },
     )
     .unwrap();

@@ -11,6 +11,8 @@ use progpack_bpf::jit::{compile, CompileOptions, Fault, JitError};
 const OPTS: CompileOptions = CompileOptions {
     rel_calls: true,
     budget: true,
+    blind_constants: false,
+    hide_addresses: false,
 };
 
 /// Runs accepted code over a memory region surrounded by guard bytes, which must stay intact.

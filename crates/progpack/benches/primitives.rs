@@ -20,9 +20,11 @@ fn alloc(backend: BackendChoice) -> Allocator {
     Allocator::new(Config::default().backend(backend)).expect("allocator")
 }
 
-fn backends() -> [(&'static str, BackendChoice); 2] {
+fn backends() -> [(&'static str, BackendChoice); 3] {
     [
         ("procmem", BackendChoice::ProcMem),
+        // No /proc/self/mem descriptor kept between writes: what that costs per write.
+        ("procmem-per-write", BackendChoice::ProcMemPerWrite),
         ("dualmap", BackendChoice::DualMap),
     ]
 }

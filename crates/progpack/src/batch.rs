@@ -21,7 +21,7 @@
 //! them, trap-filling first whatever a failed finalize wrote).
 
 use crate::error::{Error, Result};
-use crate::pack::Pack;
+use crate::pack::{Pack, PackRef};
 use crate::program::Program;
 use crate::run::LocalState;
 use crate::shared::Shared;
@@ -351,8 +351,11 @@ impl Batch {
                     packed += 1;
                     chunks += s.chunks as usize;
                     requested += s.len as u64;
+                    // SAFETY: the slot's chunks were taken by this batch and pass to the span.
+                    #[allow(unsafe_code)]
+                    let pack = unsafe { PackRef::new(pack) };
                     Span::new(
-                        pack.clone(),
+                        pack,
                         s.first as usize,
                         s.chunks as usize,
                         s.at as usize,

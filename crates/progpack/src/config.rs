@@ -14,6 +14,10 @@ pub enum BackendChoice {
     Detect,
     /// `/proc/self/mem` writes; fails if they are forbidden here.
     ProcMem,
+    /// `/proc/self/mem` writes, with no descriptor kept open between writes
+    /// ([`ProcMem::open_per_write`]): an open and a close per backend write, so a stray
+    /// `pwrite` has nothing to write through. Fails if the writes are forbidden here.
+    ProcMemPerWrite,
     /// memfd with a persistent writable alias.
     DualMap,
     /// memfd with a writable alias mapped only around each write.
@@ -27,6 +31,7 @@ impl fmt::Debug for BackendChoice {
         match self {
             BackendChoice::Detect => f.write_str("Detect"),
             BackendChoice::ProcMem => f.write_str("ProcMem"),
+            BackendChoice::ProcMemPerWrite => f.write_str("ProcMemPerWrite"),
             BackendChoice::DualMap => f.write_str("DualMap"),
             BackendChoice::DualMapPerWrite => f.write_str("DualMapPerWrite"),
             BackendChoice::Custom(b) => write!(f, "Custom({})", b.name()),
@@ -46,6 +51,14 @@ impl BackendChoice {
                 let b = ProcMem::new()?;
                 crate::backend::probe(&b)?;
                 (Arc::new(b), "procmem: requested".into())
+            }
+            BackendChoice::ProcMemPerWrite => {
+                let b = ProcMem::open_per_write()?;
+                crate::backend::probe(&b)?;
+                (
+                    Arc::new(b),
+                    "procmem-per-write: requested (no descriptor kept between writes)".into(),
+                )
             }
             BackendChoice::DualMap => {
                 (Arc::new(DualMap::persistent()), "dualmap: requested".into())

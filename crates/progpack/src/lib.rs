@@ -25,6 +25,7 @@
 //! |---|---|---|---|---|
 //! | [`BackendChoice::Detect`] (default) | almost always: probes `procmem`, then `dualmap` | – | – | – |
 //! | [`BackendChoice::ProcMem`] | Linux with `/proc/self/mem` writes allowed (the usual case) | one `pwrite` (about 1 µs): batch many programs per write | yes (THP, `madvise` mode is enough) | none |
+//! | [`BackendChoice::ProcMemPerWrite`] | as `ProcMem`, keeping no writable `/proc/self/mem` descriptor open between writes | `open` + `pwrite` + `close` (about 8 µs more): batch many programs per write | yes | none |
 //! | [`BackendChoice::DualMap`] | `/proc/self/mem` forbidden (`proc_mem.force_override=never`, some sandboxes) and loads are frequent | a `memcpy` (nanoseconds) | only with shmem THP enabled | yes, at an address the kernel chose, while the pack lives |
 //! | [`BackendChoice::DualMapPerWrite`] | `/proc/self/mem` forbidden and you want no lasting alias | `mmap` + `munmap` (about 6 µs) | only with shmem THP enabled | only during a write |
 //! | [`BackendChoice::Custom`] | other platforms (e.g. `MAP_JIT` on Apple silicon), tests | yours | yours | yours |
@@ -34,6 +35,42 @@
 //! backs with huge pages. The trait's defaults answer [`Error::Unsupported`], like the kernel's
 //! weak `bpf_arch_text_copy`: a platform without a real backend fails loudly, never falls back
 //! to writable+executable memory.
+//!
+//! ## Security and `fork()`
+//! What each backend still leaves open to an attacker who has a memory-corruption bug (the
+//! `/proc/self/mem` descriptor `procmem` keeps open, `dualmap`'s writable alias), the setting
+//! that closes the first ([`BackendChoice::ProcMemPerWrite`]), and what a `fork()` child can do
+//! with inherited programs per backend: see [`backend`](backend#security-what-each-backend-leaves-open).
+//!
+//! ## Where code lands: randomization against JIT spraying
+//! JIT spraying plants attacker-chosen constants in executable memory and jumps into the middle
+//! of them; it needs to guess where code lands. The kernel's BPF JIT
+//! (`bpf_jit_binary_pack_alloc`) adds 16 bytes to every program and starts the image at a
+//! random offset of up to those 16 bytes (about 4 bits), first fit otherwise. progpack, with
+//! [`Config::randomize`] on (the default):
+//! - starts each thread's run of chunks, and each batch's first segment, at a random free word
+//!   of its pack (a word covers 64 chunks, 4 KiB with 64-byte chunks: up to 9 bits in a fresh
+//!   2 MiB pack, fewer as the pack fills), so where a thread's next programs land is not known
+//!   from where its last ones landed once a run is used up;
+//! - starts each image at a random offset inside the slack that rounding up to whole chunks
+//!   leaves (a 40-byte program in a 64-byte chunk: 0..=24; an exact fit: none), at no cost in
+//!   memory;
+//! - adds no bytes by default ([`Config::min_slack`] is 0). `min_slack(16)` is the kernel's
+//!   choice: every image gets at least 0..=16 bytes of random offset, and a 64-byte program
+//!   then takes two chunks (twice the memory and cache footprint). `progpack-bpf`, which runs
+//!   code from users it may not trust, sets it.
+//!
+//! What none of this does: hide addresses from code that can read them (a leaked program
+//! address gives away its run), or stop constants from being planted (constant blinding, in
+//! `progpack-bpf`'s JIT, does that). `randomize(false)` makes placement first fit and
+//! deterministic (for tests and reproducible layouts).
+//!
+//! ## The cost of one program
+//! A small draft comes from the calling thread's run without a lock: about 200 instructions for
+//! a load (draft, copy of a 64-byte image, finalize) and as many for a free on the persistent
+//! `dualmap` backend, measured by `progpack bench --only count` and kept there by a test;
+//! `procmem` adds one `pwrite` per finalize and per free (use a [`Batch`] to place many with
+//! one). The hot path and its costs are in the crate's `span` module.
 //!
 //! ## What `exec_addr()` means for a code generator
 //! A [`Draft`] is a writable heap buffer that is never executable, plus chunks reserved in a

@@ -11,7 +11,10 @@
 //!   longest run inside one bitmap word (`word_cap` is lowered by a failed run search);
 //! - the pack is read+execute for its whole life and never writable at any user-space address
 //!   (procmem), or writable only through a separate non-executable alias (dualmap);
-//! - a pack is unmapped only when no span or run owns a chunk in it (owners hold an `Arc`).
+//! - a pack is unmapped only when no span, run or batch owns a chunk in it: while any chunk is
+//!   owned (set and not quarantined) the pack holds one strong reference to itself (`pinned`),
+//!   taken when the first chunk is taken and dropped when the last one comes back, so a span
+//!   needs no reference count of its own ([`PackRef`]).
 
 use crate::bitmap::Bitmap;
 use crate::region::Region;
@@ -122,6 +125,59 @@ pub(crate) struct PackState {
     word_cap: usize,
     /// What was freed here.
     pub(crate) freed: Freed,
+    /// The pack holds a strong reference to itself for the owners of its chunks.
+    pinned: bool,
+}
+
+impl PackState {
+    /// Chunks owned by a span, a run or a batch (set and not quarantined).
+    #[inline(always)]
+    fn owned(&self) -> u64 {
+        self.bitmap.count_ones() as u64 - self.freed.quarantined
+    }
+}
+
+/// A reference to a pack held by the owner of chunks in it (a span): no reference count of
+/// its own, because the pack keeps itself alive while any chunk is owned (see the module
+/// invariants). 8 bytes, and nothing atomic to copy or drop.
+#[derive(Debug)]
+pub(crate) struct PackRef(std::ptr::NonNull<Pack>);
+
+// SAFETY: `Pack` is `Sync` (its mutable state is behind a mutex or atomics), and a `PackRef`
+// only hands out `&Pack`.
+#[allow(unsafe_code)]
+unsafe impl Send for PackRef {}
+// SAFETY: as above.
+#[allow(unsafe_code)]
+unsafe impl Sync for PackRef {}
+
+impl PackRef {
+    /// A reference to `pack` for an owner of chunks in it.
+    ///
+    /// # Safety
+    /// The caller owns chunks of `pack` (taken and not yet given back) for as long as the
+    /// reference is used, and gives them back only through this reference at the end.
+    #[allow(unsafe_code)]
+    #[inline]
+    pub(crate) unsafe fn new(pack: &Arc<Pack>) -> PackRef {
+        PackRef(std::ptr::NonNull::from(&**pack))
+    }
+
+    /// The pack.
+    #[inline]
+    pub(crate) fn get(&self) -> &Pack {
+        // SAFETY: the owner owns chunks of the pack (the contract of `new`), so the pack holds
+        // a strong reference to itself and is alive.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.0.as_ref()
+        }
+    }
+
+    /// True if both refer to the same pack.
+    pub(crate) fn same(&self, other: &PackRef) -> bool {
+        self.0 == other.0
+    }
 }
 
 impl Pack {
@@ -161,6 +217,7 @@ impl Pack {
                 cap: usize::MAX,
                 word_cap: usize::MAX,
                 freed: Freed::default(),
+                pinned: false,
             }),
         }
     }
@@ -183,6 +240,59 @@ impl Pack {
     #[inline]
     pub(crate) fn lock(&self) -> MutexGuard<'_, PackState> {
         self.state.lock()
+    }
+
+    /// After chunks were taken (under the lock): the pack holds itself for their owners.
+    fn pin(self: &Arc<Self>, st: &mut PackState) {
+        if !st.pinned && st.owned() > 0 {
+            st.pinned = true;
+            // SAFETY: `self` is a live `Arc`; the count taken here is given back by
+            // `unpinned` once no chunk is owned.
+            #[allow(unsafe_code)]
+            unsafe {
+                Arc::increment_strong_count(Arc::as_ptr(self))
+            };
+        }
+    }
+
+    /// After chunks came back (under the lock): true if the pack no longer holds itself; the
+    /// caller then calls [`Pack::unpinned`] once the lock is released (the pack may go then).
+    #[inline(always)]
+    fn unpin(st: &mut PackState) -> bool {
+        if st.pinned && st.owned() == 0 {
+            st.pinned = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drops the reference the pack held to itself. The pack may be freed: the caller must
+    /// not use it afterwards.
+    ///
+    /// # Safety
+    /// `unpin` said so, for this pack, and this is the only call for that.
+    #[allow(unsafe_code)]
+    unsafe fn unpinned(&self) {
+        // SAFETY: the pack lives in an `Arc` (every pack does) and holds one count for its
+        // owners, taken by `pin` (the caller's contract).
+        unsafe { Arc::decrement_strong_count(self as *const Pack) }
+    }
+
+    /// Runs `f` with the pack as an `Arc` (for the owner's callbacks), while the caller still
+    /// keeps it alive (it owns chunks, or holds the pin).
+    fn with_arc<R>(&self, f: impl FnOnce(&Arc<Pack>) -> R) -> R {
+        // SAFETY: the pack lives in an `Arc`, and the caller keeps a count alive during `f`;
+        // `ManuallyDrop` gives back no count.
+        #[allow(unsafe_code)]
+        let arc = std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(self as *const Pack) });
+        f(&arc)
+    }
+
+    /// A dedicated pack, just made: its one chunk is owned.
+    pub(crate) fn pin_dedicated(self: &Arc<Self>) {
+        let mut st = self.lock();
+        self.pin(&mut st);
     }
 
     /// The largest request that might fit, read without the lock (may be stale by the time
@@ -220,7 +330,7 @@ impl Pack {
     /// Takes a run of `min..=max` chunks inside one bitmap word for a thread or a batch (see
     /// [`Bitmap::take_word_run`]; `pick` draws its position). Returns `(first, len)`.
     pub(crate) fn take_run(
-        &self,
+        self: &Arc<Self>,
         min: usize,
         max: usize,
         pick: Option<u64>,
@@ -236,6 +346,7 @@ impl Pack {
         match st.bitmap.take_word_run(min, max, pick) {
             Some(run) => {
                 Self::unreserve(&mut st, reserve);
+                self.pin(&mut st);
                 self.publish(&st);
                 Some(run)
             }
@@ -249,7 +360,12 @@ impl Pack {
     }
 
     /// Takes the first run of `n` clear chunks starting at a multiple of `step` chunks.
-    pub(crate) fn take_span(&self, n: usize, step: usize, reserve: &AtomicUsize) -> Option<usize> {
+    pub(crate) fn take_span(
+        self: &Arc<Self>,
+        n: usize,
+        step: usize,
+        reserve: &AtomicUsize,
+    ) -> Option<usize> {
         if self.fits_hint() < n {
             return None;
         }
@@ -267,40 +383,50 @@ impl Pack {
         };
         st.bitmap.set_range(first, n);
         Self::unreserve(&mut st, reserve);
+        self.pin(&mut st);
         self.publish(&st);
         Some(first)
     }
 
     /// Takes exactly chunks `first..first + n` if they are all clear (a batch growing its run).
-    pub(crate) fn take_at(&self, first: usize, n: usize, reserve: &AtomicUsize) -> bool {
+    pub(crate) fn take_at(self: &Arc<Self>, first: usize, n: usize, reserve: &AtomicUsize) -> bool {
         let mut st = self.lock();
         if !st.listed || !st.bitmap.is_clear(first, n) {
             return false;
         }
         st.bitmap.set_range(first, n);
         Self::unreserve(&mut st, reserve);
+        self.pin(&mut st);
         self.publish(&st);
         true
     }
 
     /// Returns chunks `first..first + n` that hold only traps (a run's unused tail), counting
     /// no free. If that empties the pack, tells the owner.
-    pub(crate) fn give_back(self: &Arc<Self>, first: usize, n: usize) {
-        if self.give_back_quietly(first, n) {
-            self.became_empty();
-        }
+    pub(crate) fn give_back(&self, first: usize, n: usize) {
+        let (empty, unpin) = self.release(first, n, 0);
+        self.after_release(empty, unpin);
     }
 
-    /// Like [`Pack::give_back`], but only says whether the pack is now empty: the caller
-    /// tells the owner with [`Pack::became_empty`] when it is done with the pack (a thread
-    /// renewing its run looks for the new run before an empty pack is released).
-    pub(crate) fn give_back_quietly(&self, first: usize, n: usize) -> bool {
-        self.release(first, n, 0)
+    /// Like [`Pack::give_back`], but only says whether the pack is now empty: the caller, who
+    /// holds an `Arc` of the pack, tells the owner with [`Pack::became_empty`] when it is done
+    /// with the pack (a thread renewing its run looks for the new run before an empty pack is
+    /// released).
+    pub(crate) fn give_back_quietly(self: &Arc<Self>, first: usize, n: usize) -> bool {
+        let (empty, unpin) = self.release(first, n, 0);
+        if unpin {
+            // SAFETY: `release` said so; the caller's `Arc` keeps the pack alive.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.unpinned()
+            };
+        }
+        empty
     }
 
     /// Returns the tail `first..first + n` of a live span that asked for `less` bytes fewer
     /// (a draft shrunk); the chunks hold only traps.
-    pub(crate) fn shrink_span(self: &Arc<Self>, first: usize, n: usize, less: usize) {
+    pub(crate) fn shrink_span(&self, first: usize, n: usize, less: usize) {
         if self.dedicated {
             if let Some(owner) = self.owner.upgrade() {
                 let freed = Freed {
@@ -311,33 +437,51 @@ impl Pack {
             }
             return;
         }
-        if self.release(first, n, less) {
-            self.became_empty();
-        }
+        let (empty, unpin) = self.release(first, n, less);
+        self.after_release(empty, unpin);
     }
 
-    /// Clears `first..first + n` and counts `less` bytes freed; true if the pack is now empty.
-    fn release(&self, first: usize, n: usize, less: usize) -> bool {
+    /// Clears `first..first + n` and counts `less` bytes freed: (now empty, unpin).
+    fn release(&self, first: usize, n: usize, less: usize) -> (bool, bool) {
         if n == 0 && less == 0 {
-            return false;
+            return (false, false);
         }
         let mut st = self.lock();
         st.freed.requested += less as u64;
         st.bitmap.clear_range(first, n);
         Self::lift(&mut st);
         self.publish(&st);
-        st.bitmap.count_ones() == 0
+        (st.bitmap.count_ones() == 0, Self::unpin(&mut st))
+    }
+
+    /// After chunks came back, with no lock held: tells the owner if the pack is empty (the
+    /// pin still keeps it alive then), and drops the pin if the last owned chunk came back.
+    #[inline(always)]
+    fn after_release(&self, empty: bool, unpin: bool) {
+        if empty || unpin {
+            self.after_release_slow(empty, unpin);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn after_release_slow(&self, empty: bool, unpin: bool) {
+        if empty {
+            self.with_arc(|pack| pack.became_empty());
+        }
+        if unpin {
+            // SAFETY: `release` said so; nothing touches the pack after this.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.unpinned()
+            };
+        }
     }
 
     /// Frees a span whose chunks hold only traps again: clears its bits and counts the free.
     /// This is the per-program free under the lock: a few word operations, no scan.
-    pub(crate) fn free_span(
-        self: &Arc<Self>,
-        first: usize,
-        n: usize,
-        requested: usize,
-        program: bool,
-    ) {
+    /// The pack may go away when this returns.
+    pub(crate) fn free_span(&self, first: usize, n: usize, requested: usize, program: bool) {
         if self.dedicated {
             let freed = Freed {
                 spans: 1,
@@ -348,9 +492,15 @@ impl Pack {
             if let Some(owner) = self.owner.upgrade() {
                 owner.dedicated_freed(self, &freed);
             }
+            let unpin = {
+                let mut st = self.lock();
+                st.bitmap.clear_range(0, 1);
+                Self::unpin(&mut st)
+            };
+            self.after_release(false, unpin);
             return;
         }
-        let empty = {
+        let (empty, unpin) = {
             let mut st = self.lock();
             st.bitmap.clear_range(first, n);
             Self::lift(&mut st);
@@ -358,27 +508,34 @@ impl Pack {
             st.freed.requested += requested as u64;
             st.freed.programs += u64::from(program);
             self.publish(&st);
-            st.bitmap.count_ones() == 0
+            (st.bitmap.count_ones() == 0, Self::unpin(&mut st))
         };
-        if empty {
-            self.became_empty();
-        }
+        self.after_release(empty, unpin);
     }
 
     /// Ends a span whose chunks stay owned for good (quarantined: trap-filling them failed), so
-    /// it no longer counts as live.
+    /// it no longer counts as live. The pack may go away when this returns.
     pub(crate) fn quarantine(&self, n: usize, requested: usize, program: bool) {
-        let mut st = self.lock();
-        st.freed.spans += 1;
-        st.freed.requested += requested as u64;
-        st.freed.programs += u64::from(program);
-        st.freed.quarantined += n as u64;
+        let unpin = {
+            let mut st = self.lock();
+            st.freed.spans += 1;
+            st.freed.requested += requested as u64;
+            st.freed.programs += u64::from(program);
+            st.freed.quarantined += n as u64;
+            Self::unpin(&mut st)
+        };
+        self.after_release(false, unpin);
     }
 
     /// Keeps `n` chunks for good (trap-filling them failed) that belonged to no counted span
-    /// (a batch's reservation).
+    /// (a batch's reservation). The pack may go away when this returns.
     pub(crate) fn quarantine_chunks(&self, n: usize) {
-        self.lock().freed.quarantined += n as u64;
+        let unpin = {
+            let mut st = self.lock();
+            st.freed.quarantined += n as u64;
+            Self::unpin(&mut st)
+        };
+        self.after_release(false, unpin);
     }
 
     /// Counts `n` finalized programs with the owner (the rare path: the finalizing thread

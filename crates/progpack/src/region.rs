@@ -1,22 +1,32 @@
 //! A region: one backend mapping (a pack or a dedicated mapping), plus the code-range slots it
 //! occupies. Dropping it unmaps (or re-reserves) the mapping first, then frees the slots.
+//!
+//! In a `fork()` child that did not inherit the mapping (`dualmap`), the range may hold the
+//! child's own memory: then the mapping leaves it alone and the slots are marked lost (never
+//! handed out again, never unmapped with the code range), not freed.
 
 use crate::backend::{Backend, Mapping, Placement};
 use crate::code_range::CodeRangeSpace;
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
-/// Code-range slots owned by a region; given back when dropped.
+/// Code-range slots owned by a region; given back (or marked lost) when dropped.
 #[derive(Debug)]
 struct SlotGuard {
     space: Arc<CodeRangeSpace>,
     addr: usize,
     len: usize,
+    /// The range holds memory this process did not get from progpack.
+    lost: bool,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.space.give_back(self.addr, self.len);
+        if self.lost {
+            self.space.lose(self.addr, self.len);
+        } else {
+            self.space.give_back(self.addr, self.len);
+        }
     }
 }
 
@@ -65,6 +75,7 @@ impl Region {
                     space: space.clone(),
                     addr,
                     len,
+                    lost: false,
                 };
                 let mapping = map(Placement::Fixed { addr })?;
                 if mapping.base() != addr || mapping.len() < len {
@@ -96,22 +107,41 @@ impl Region {
         self.mapping.len()
     }
 
-    /// The bytes at `offset..offset + len`, read in place.
+    /// The bytes at `offset..offset + len`, read in place (in a `fork()` child that did not
+    /// inherit the mapping: from the backend's stand-in, traps for `dualmap`).
     ///
     /// Callers only read ranges nobody writes while the slice lives: a live program's own
     /// bytes (written once, before the `Program` existed; trap-filled only after it is
     /// dropped), or free chunks under the pack lock.
+    ///
+    /// # Panics
+    /// If the range is outside the region's ready part, or (in such a child) the system
+    /// cannot map the read-only stand-in.
     pub(crate) fn bytes(&self, offset: usize, len: usize) -> &[u8] {
+        // Past `ready()` a lazily filled mapping faults (SIGBUS): never read there.
         assert!(
-            offset.checked_add(len).is_some_and(|end| end <= self.len()),
-            "read outside a region"
+            offset
+                .checked_add(len)
+                .is_some_and(|end| end <= self.mapping.ready()),
+            "read outside the ready part of a region"
         );
+        let base = self.mapping.read_base();
         #[allow(unsafe_code)]
-        // SAFETY: `Mapping` promises base..base+len stays mapped readable while it lives, and
-        // the slice borrows `self`, which owns the mapping; the range was checked above; the
-        // callers' contract (above) rules out concurrent writes to these bytes.
+        // SAFETY: `Mapping` promises read_base..read_base+ready stays mapped readable in this
+        // process while it lives, and the slice borrows `self`, which owns the mapping; the
+        // range was checked above; the callers' contract (above) rules out concurrent writes
+        // to these bytes.
         unsafe {
-            crate::backend::sys::slice(self.base() + offset, len)
+            crate::backend::sys::slice(base + offset, len)
+        }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // Decided before the fields drop (the mapping first, then the slots).
+        if let Some(slot) = &mut self._slot {
+            slot.lost = !self.mapping.owns_range();
         }
     }
 }

@@ -382,7 +382,9 @@ impl Shared {
             .bytes
             .fetch_add(region.len(), Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        Ok(Arc::new(Pack::dedicated(region, owner, self.id)))
+        let pack = Arc::new(Pack::dedicated(region, owner, self.id));
+        pack.pin_dedicated();
+        Ok(pack)
     }
 
     /// All listed packs, in shard order.
@@ -467,7 +469,10 @@ impl Drop for Shared {
             // allocator any more (every owner access needs a strong reference to it).
             #[allow(unsafe_code)]
             let st = unsafe { local.state_mut() };
-            drop(st.run.take());
+            // Its chunks go back, so that the pack no longer holds itself for them.
+            if let Some(run) = st.run.take() {
+                run.retire();
+            }
         }
     }
 }

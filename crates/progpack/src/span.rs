@@ -25,7 +25,7 @@
 
 use crate::backend::Mapping;
 use crate::error::{Error, Result};
-use crate::pack::Pack;
+use crate::pack::{Pack, PackRef};
 use crate::run::{Local, LocalState};
 use crate::shared::Shared;
 use crate::staging::{Block, Image};
@@ -36,7 +36,8 @@ use std::sync::Arc;
 /// chunk), and where in them the image lies. See the module docs for the drop contract.
 #[derive(Debug)]
 pub(crate) struct Span {
-    pack: Arc<Pack>,
+    /// The pack (no count of its own: the pack keeps itself while the span owns chunks).
+    pack: PackRef,
     first: u32,
     chunks: u32,
     /// Where the image starts inside the span (below a chunk, or 0).
@@ -192,7 +193,10 @@ fn from_run(
         _ => refill(shared, local, st, n)?,
     };
     let (first, image, in_alias) = run.hand_out(n, shared.chunk_shift, offset, len);
-    let pack = run.pack.clone();
+    // SAFETY: chunks `first..first + n` were just handed out to this span, which gives them
+    // back (dropping) through this reference.
+    #[allow(unsafe_code)]
+    let pack = unsafe { PackRef::new(&run.pack) };
     local.made.cached.add((n as u64).wrapping_neg());
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
@@ -273,11 +277,17 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             let step = (align >> shared.chunk_shift).max(1);
             let (pack, first) = shared.take_span(shard, n, step)?;
             let offset = image_offset(shared, &mut fallback, req.bytes, len, align);
+            // SAFETY: the chunks were just taken for this span.
+            #[allow(unsafe_code)]
+            let pack = unsafe { PackRef::new(&pack) };
             Span::new(pack, first, n, offset, len)
         }
         None => {
             let pack = shared.map_dedicated(req.bytes)?;
             let offset = image_offset(shared, &mut fallback, pack.region.len(), len, align);
+            // SAFETY: a dedicated pack's one chunk is owned from its making, by this span.
+            #[allow(unsafe_code)]
+            let pack = unsafe { PackRef::new(&pack) };
             Span::new(pack, 0, 1, offset, len)
         }
     };
@@ -336,7 +346,7 @@ pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
 impl Span {
     /// A span of `chunks` chunks from `first` in `pack`, for an image of `len` bytes at `at`.
     #[inline]
-    pub(crate) fn new(pack: Arc<Pack>, first: usize, chunks: usize, at: usize, len: usize) -> Span {
+    pub(crate) fn new(pack: PackRef, first: usize, chunks: usize, at: usize, len: usize) -> Span {
         Span {
             pack,
             first: first as u32,
@@ -347,10 +357,16 @@ impl Span {
         }
     }
 
+    /// The pack.
+    #[inline]
+    fn pack(&self) -> &Pack {
+        self.pack.get()
+    }
+
     /// The mapping the span lies in, and its offset there.
     #[inline]
     pub(crate) fn mapping(&self) -> (&dyn Mapping, usize) {
-        (self.pack.region.mapping(), self.offset_in_pack())
+        (self.pack().region.mapping(), self.offset_in_pack())
     }
 
     /// The pack, and the offset there of the image's first byte (for live patching).
@@ -368,13 +384,13 @@ impl Span {
 
     #[inline]
     fn offset_in_pack(&self) -> usize {
-        self.first as usize * self.pack.chunk_size
+        self.first as usize * self.pack().chunk_size
     }
 
     /// Address of the span's first byte.
     #[inline]
     pub(crate) fn base(&self) -> usize {
-        self.pack.base + self.offset_in_pack()
+        self.pack().base + self.offset_in_pack()
     }
 
     /// Where the image starts inside the span.
@@ -397,19 +413,19 @@ impl Span {
 
     /// True if `next` starts right where this span ends, in the same pack.
     pub(crate) fn followed_by(&self, next: &Span) -> bool {
-        !self.pack.dedicated
-            && Arc::ptr_eq(&self.pack, &next.pack)
+        !self.pack().dedicated
+            && self.pack.same(&next.pack)
             && self.first + self.chunks == next.first
     }
 
     /// True if the span has a mapping of its own.
     pub(crate) fn is_dedicated(&self) -> bool {
-        self.pack.dedicated
+        self.pack().dedicated
     }
 
     /// Reads the image's bytes in place (a program's code).
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.pack
+        self.pack()
             .region
             .bytes(self.offset_in_pack() + self.image_at(), self.len)
     }
@@ -433,8 +449,8 @@ impl Span {
         debug_assert_eq!(image.len(), self.len);
         self.flags |= WRITTEN;
         let at = self.offset_in_pack() + self.image_at();
-        self.pack.write(at, image)?;
-        crate::arch::sync_icache(self.pack.base + at, image.len())
+        self.pack().write(at, image)?;
+        crate::arch::sync_icache(self.pack().base + at, image.len())
     }
 
     /// Marks the span as a finalized program whose count the caller has already made (see
@@ -448,8 +464,8 @@ impl Span {
     #[inline]
     pub(crate) fn became_program(&mut self) {
         self.flags |= PROGRAM;
-        if !thread_cache::with_counters(self.pack.owner_id, |l| l.made.programs.add(1)) {
-            self.pack.count_programs(1);
+        if !thread_cache::with_counters(self.pack().owner_id, |l| l.made.programs.add(1)) {
+            self.pack().count_programs(1);
         }
     }
 
@@ -457,25 +473,25 @@ impl Span {
     /// first if the image lives in the pack and may have been written there). A dedicated
     /// mapping keeps its size.
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
-        if self.flags & WRITTEN != 0 && !self.pack.dedicated {
+        if self.flags & WRITTEN != 0 && !self.pack().dedicated {
             // From the instruction boundary after the kept bytes (a whole pattern of traps).
             let end = self.offset_in_pack() + self.image_at() + self.len;
             let at = (self.offset_in_pack() + self.image_at() + len)
                 .next_multiple_of(crate::arch::TRAP.len())
                 .min(end);
-            self.pack.fill_traps(at, end - at)?;
+            self.pack().fill_traps(at, end - at)?;
         }
         let less = self.len - len;
         self.len = len;
         let chunks = self.chunks as usize;
-        let keep_chunks = if self.pack.dedicated {
+        let keep_chunks = if self.pack().dedicated {
             chunks
         } else {
             (self.image_at() + len)
-                .div_ceil(self.pack.chunk_size)
+                .div_ceil(self.pack().chunk_size)
                 .clamp(1, chunks)
         };
-        self.pack.shrink_span(
+        self.pack().shrink_span(
             self.first as usize + keep_chunks,
             chunks - keep_chunks,
             less,
@@ -490,7 +506,7 @@ impl Span {
     pub(crate) fn publish_in_place(&mut self) -> Result<()> {
         self.flags |= WRITTEN;
         let at = self.offset_in_pack() + self.image_at();
-        crate::arch::sync_icache(self.pack.base + at, self.len)
+        crate::arch::sync_icache(self.pack().base + at, self.len)
     }
 }
 
@@ -518,7 +534,7 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
-        let pack = &self.pack;
+        let pack = self.pack.get();
         let (first, chunks) = (self.first as usize, self.chunks as usize);
         let program = self.flags & PROGRAM != 0;
         // One test for the rare cases (a dedicated mapping, a pack with patch sites): they
@@ -539,5 +555,37 @@ impl Drop for Span {
         }
         let pack = &self.pack;
         pack.free_span(first, chunks, self.len, program);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendChoice, Config};
+
+    /// On an architecture whose instructions are 4 bytes (aarch64), a random image offset is a
+    /// multiple of 4 even when the caller asks for alignment 1: checked here on any
+    /// architecture by giving the allocator that instruction size.
+    #[test]
+    fn offsets_respect_the_instruction_size() {
+        let config = Config::default()
+            .min_slack(16)
+            .backend(BackendChoice::Custom(Arc::new(
+                crate::backend::NotSupported,
+            )));
+        let mut shared = Shared::new(config).expect("no mapping needed");
+        Arc::get_mut(&mut shared).expect("only handle").entry_align = 4;
+        let mut st = LocalState::new(0x1234_5678_9abc_def1, 0);
+        let mut seen = std::collections::BTreeSet::new();
+        for len in [1, 2, 3, 5, 33, 47] {
+            for _ in 0..500 {
+                let span = (len + 16usize).next_multiple_of(64);
+                let off = image_offset(&shared, &mut st, span, len, 1);
+                assert_eq!(off % 4, 0, "offset {off} for {len} bytes");
+                assert!(off + len <= span);
+                seen.insert(off);
+            }
+        }
+        assert!(seen.len() > 4, "{seen:?}");
     }
 }

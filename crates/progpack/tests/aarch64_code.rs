@@ -35,10 +35,8 @@ fn functions_run() {
     eprintln!("backend: {}", alloc.backend_report());
     for (i, p) in load(&alloc).iter().enumerate() {
         // SAFETY: a complete AAPCS64 function returning a u32.
-        assert_eq!(
-            unsafe { p.as_fn::<extern "C" fn() -> u32>() }(),
-            i as u32 * 70_001
-        );
+        let f = unsafe { p.as_fn::<extern "C" fn() -> u32>() };
+        assert_eq!(f(), i as u32 * 70_001);
     }
 }
 
@@ -49,10 +47,8 @@ fn freed_code_traps() {
     let alloc = Allocator::new(Config::default()).unwrap();
     let mut progs = load(&alloc);
     // SAFETY: a complete AAPCS64 function returning a u32.
-    assert_eq!(
-        unsafe { progs[5].as_fn::<extern "C" fn() -> u32>() }(),
-        5 * 70_001
-    );
+    let f = unsafe { progs[5].as_fn::<extern "C" fn() -> u32>() };
+    assert_eq!(f(), 5 * 70_001);
     let freed = progs.remove(5);
     let addr = freed.addr();
     drop(freed);

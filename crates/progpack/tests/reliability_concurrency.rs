@@ -17,6 +17,10 @@ use support::{call_u64, progpack_mappings, ret_imm64, run_in_child, wx_mappings,
 
 const THREADS: usize = 4;
 const OPS_PER_THREAD: usize = 4000;
+/// Fewest `/proc/self/maps` scans for the watcher to mean anything.
+const MIN_SCANS: usize = 10;
+/// Fewest packs mapped over a run (small packs, so many are mapped and released).
+const MIN_PACKS: usize = 10;
 
 #[derive(Default)]
 struct Counts {
@@ -240,7 +244,7 @@ fn stress(backend: BackendChoice) -> Result<String, String> {
         "{ops} ops, {calls} calls, {wrong} wrong, {errors} errors, {scans} maps scans, \
          {violations} W^X violations, {max_packs} packs mapped over the run"
     );
-    if panicked > 0 || wrong > 0 || errors > 0 || violations > 0 || scans < 10 {
+    if panicked > 0 || wrong > 0 || errors > 0 || violations > 0 || scans < MIN_SCANS {
         return Err(format!(
             "{summary}; {panicked} threads panicked; W+X seen: {seen:?}"
         ));
@@ -250,17 +254,71 @@ fn stress(backend: BackendChoice) -> Result<String, String> {
             "{summary}; mappings left: before {before:?}, after {after:?}"
         ));
     }
-    if max_packs < 10 {
+    if max_packs < MIN_PACKS {
         return Err(format!("{summary}: too few packs to mean anything"));
     }
     Ok(summary)
 }
 
-fn run(backend: BackendChoice) {
-    let out = run_in_child(|| stress(backend).and_then(Err));
+/// Runs the stress in a child. Its report is one line: `OK` or `FAIL`, then the counts as
+/// `N label` items separated by commas, then (on failure) what went wrong after a `;`.
+fn stress_report(backend: BackendChoice) -> String {
+    let out = run_in_child(|| {
+        Err(match stress(backend) {
+            Ok(summary) => format!("OK {summary}"),
+            Err(failure) => format!("FAIL {failure}"),
+        })
+    });
     assert_eq!(out.exit, support::ChildExit::Exited(1), "{}", out.message);
-    assert!(out.message.contains("0 wrong, 0 errors"), "{}", out.message);
-    eprintln!("{}", out.message);
+    out.message
+}
+
+/// The counts of a report line: `"12 ops, 3 wrong, ..."` gives `{"ops": 12, "wrong": 3}`.
+fn counts(report: &str) -> std::collections::HashMap<String, usize> {
+    let body = report.split(';').next().unwrap_or("");
+    let body = body
+        .strip_prefix("OK ")
+        .or_else(|| body.strip_prefix("FAIL "))
+        .unwrap_or(body);
+    body.split(", ")
+        .filter_map(|item| {
+            let (n, label) = item.trim().split_once(' ')?;
+            Some((label.to_string(), n.parse().ok()?))
+        })
+        .collect()
+}
+
+fn run(backend: BackendChoice) {
+    let report = stress_report(backend);
+    eprintln!("{report}");
+    let c = counts(&report);
+    let get = |label: &str| {
+        *c.get(label)
+            .unwrap_or_else(|| panic!("no `{label}` count in the report: {report}"))
+    };
+    assert!(report.starts_with("OK "), "{report}");
+    assert_eq!(get("ops"), THREADS * OPS_PER_THREAD, "{report}");
+    assert_eq!(get("wrong"), 0, "{report}");
+    assert_eq!(get("errors"), 0, "{report}");
+    assert_eq!(get("W^X violations"), 0, "{report}");
+    assert!(get("maps scans") >= MIN_SCANS, "{report}");
+    assert!(get("calls") >= THREADS * OPS_PER_THREAD / 4, "{report}");
+    assert!(get("packs mapped over the run") >= MIN_PACKS, "{report}");
+}
+
+/// The report parser reads failures too: a report is judged by its counts, never by a
+/// substring ("10 wrong, 0 errors" contains "0 wrong, 0 errors").
+#[test]
+fn reports_are_judged_by_their_counts() {
+    let bad = "FAIL 16000 ops, 9000 calls, 10 wrong, 0 errors, 50 maps scans, 0 W^X \
+               violations, 40 packs mapped over the run; 0 threads panicked";
+    let c = counts(bad);
+    assert_eq!(c["wrong"], 10);
+    assert_eq!(c["errors"], 0);
+    assert_eq!(c["ops"], 16000);
+    assert_eq!(c["W^X violations"], 0);
+    assert_eq!(c["packs mapped over the run"], 40);
+    assert!(!bad.starts_with("OK "));
 }
 
 #[test]

@@ -7,15 +7,24 @@
 //! allocator and uses it, and forks a grandchild that loads too. Then the parent checks that
 //! every byte of every pack is as before, that its programs still run, and goes on loading.
 //!
-//! procmem: the child reopens `/proc/self/mem` (its own memory, copy-on-write), so its loads
-//! work. dualmap: the packs are a shared memfd, so a child's write would land in the parent's
-//! code; the backend refuses it with `Error::Forked`, and the refused chunks are quarantined
-//! (in the child); loads then go to packs the child maps itself, which work.
+//! procmem: the child reopens `/proc/self/mem` (its own memory, copy-on-write), so its
+//! inherited programs keep working and its loads work. dualmap: the packs are a shared memfd,
+//! so neither view is inherited (`MADV_DONTFORK`): the child's inherited programs fault when
+//! called and read back as traps, a write into an inherited pack is refused with
+//! `Error::Forked` and the refused chunks are quarantined (in the child); loads then go to
+//! packs the child maps itself, which work.
+//!
+//! The other direction is tested too: the parent rewriting a chunk after the fork never
+//! reaches the child, and a child dropping its inherited allocator never unmaps memory of its
+//! own that the kernel placed where the parent's uninherited views were.
 
 mod support;
 
-use progpack::{Allocator, BackendChoice, Config, Error, Program};
-use support::{call_u64, ret_imm64, run_in_child, run_in_raw_clone_child, ChildExit};
+use progpack::{Allocator, BackendChoice, CodeRange, Config, Error, Program};
+use support::{
+    call_u64, maps_snapshot, ret_imm64, run_in_child, run_in_raw_clone_child, spawn_in_child,
+    spawn_in_raw_clone_child, ChildExit, Gate, MapEntry,
+};
 
 const PACK: usize = 64 << 10;
 
@@ -63,6 +72,41 @@ fn check_programs(progs: &[(Program, u64)]) -> Result<(), String> {
     Ok(())
 }
 
+/// In a dualmap child: inherited programs read back as traps, and calling one faults (in a
+/// grandchild, so the fault is observed rather than fatal).
+fn check_uninherited(progs: &[(Program, u64)]) -> Result<(), String> {
+    for (p, _) in progs {
+        if !progpack::arch::is_all_traps(p.bytes()) {
+            return Err(format!(
+                "inherited program at {:#x} reads as code",
+                p.addr()
+            ));
+        }
+    }
+    for (p, v) in progs.iter().step_by(97) {
+        let out = run_in_child(|| Err(call_u64(p).to_string()));
+        if out.exit != ChildExit::Signaled(libc::SIGSEGV) {
+            return Err(format!(
+                "calling inherited program {:#x} (value {v:#x}): {:?} {}",
+                p.addr(),
+                out.exit,
+                out.message
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The programs a child inherited behave as documented for the backend: unchanged (procmem),
+/// or gone (dualmap: traps when read, a fault when called).
+fn check_inherited(progs: &[(Program, u64)], refusable: bool) -> Result<(), String> {
+    if refusable {
+        check_uninherited(progs)
+    } else {
+        check_programs(progs)
+    }
+}
+
 /// What the child does with the inherited allocator. `refusable`: whether `Error::Forked`
 /// is an acceptable answer (dualmap) or not (procmem).
 fn child_work(
@@ -70,7 +114,7 @@ fn child_work(
     mut progs: Vec<(Program, u64)>,
     refusable: bool,
 ) -> Result<(), String> {
-    check_programs(&progs)?;
+    check_inherited(&progs, refusable)?;
     // Free half of the inherited programs.
     let mut kept = Vec::new();
     for (i, pv) in progs.drain(..).enumerate() {
@@ -90,7 +134,7 @@ fn child_work(
     if refusable && st.chunks_quarantined == 0 {
         return Err("dualmap child freed inherited code without being refused".into());
     }
-    check_programs(&kept)?;
+    check_inherited(&kept, refusable)?;
     // Load new programs: first fit puts the first ones in the parent's holes. A dualmap child
     // is refused there (each refused draft's chunks are quarantined in the child), until the
     // inherited free space is used up and it maps packs of its own.
@@ -114,7 +158,7 @@ fn child_work(
         }
     }
     check_programs(&mine)?;
-    check_programs(&kept)?;
+    check_inherited(&kept, refusable)?;
     alloc.check_invariants()?;
     if ok != 600
         || (!refusable && refused != 0)
@@ -147,7 +191,7 @@ fn child_work(
                 Err(e) => return Err(format!("grandchild load: {e}")),
             }
         }
-        check_programs(&kept)?;
+        check_inherited(&kept, refusable)?;
         if ok != 300 || (!refusable && refused > 0) {
             return Err(format!("grandchild: {ok} ok, {refused} refused"));
         }
@@ -263,5 +307,306 @@ fn raw_clone_child_cannot_change_parent_code() {
         );
         check_programs(&progs).expect("parent programs");
         alloc.check_invariants().expect("invariants");
+    }
+}
+
+/// What a child found when it looked at an inherited program after the parent had rewritten
+/// that program's chunk: how its bytes read, and what calling it did (called in a grandchild,
+/// so a fault is reported rather than ending the child).
+fn inspect_inherited(p: &Program, original: &[u8], value: u64) -> String {
+    // Reading is safe Rust: whatever the backend did, this must not fault.
+    let bytes = p.bytes();
+    let bytes = if bytes == original {
+        "unchanged"
+    } else if progpack::arch::is_all_traps(bytes) {
+        "traps"
+    } else {
+        "CHANGED"
+    };
+    let call = run_in_child(|| Err(call_u64(p).to_string()));
+    let call = match call.exit {
+        ChildExit::Exited(1) if call.message == value.to_string() => "same value".to_string(),
+        ChildExit::Exited(1) => format!("RETURNED {}", call.message),
+        ChildExit::Signaled(libc::SIGSEGV) => "faults".to_string(),
+        ChildExit::Signaled(libc::SIGTRAP) => "traps".to_string(),
+        other => format!("{other:?} {}", call.message),
+    };
+    format!("bytes {bytes}, call {call}")
+}
+
+/// After a fork the parent frees a program and loads another into the very same chunk, while
+/// the child waits; then the child looks at its inherited copy. It must never run (or read)
+/// what the parent wrote after the fork. procmem: the child's copy is private (copy-on-write)
+/// and keeps working unchanged. dualmap: the child inherits no view of the shared file, so the
+/// program reads back as traps and calling it faults: loud, never the parent's new code.
+fn rewrite_after_fork(backend: BackendChoice, raw_clone: bool) -> String {
+    let alloc = Allocator::new(config(backend.clone()).randomize(false)).expect("allocator");
+    let neighbours: Vec<Program> = (0..20u64)
+        .map(|v| load(&alloc, 0x100 + v, 40).expect("load"))
+        .collect();
+    let old = load(&alloc, 1, 40).expect("load");
+    let (addr, original) = (old.addr(), old.bytes().to_vec());
+    let gate = Gate::new();
+    let body = || {
+        if !gate.wait() {
+            return Err("the parent went away".into());
+        }
+        Err(inspect_inherited(&old, &original, 1))
+    };
+    let child = if raw_clone {
+        spawn_in_raw_clone_child(body)
+    } else {
+        spawn_in_child(body)
+    };
+    drop(old); // trap-filled in the parent
+               // Load programs returning 2 until one lands on the freed program's address (the allocator
+               // hands out a thread's run of chunks first; trim gives it back).
+    alloc.trim();
+    let mut news = Vec::new();
+    let mut reused = false;
+    for _ in 0..4 * PACK / 64 {
+        let new = load(&alloc, 2, 40).expect("load");
+        reused = new.addr() == addr;
+        news.push(new);
+        if reused {
+            break;
+        }
+    }
+    // Let the child go before any assertion, so a failure cannot leave it waiting.
+    gate.open();
+    let out = child.wait();
+    assert!(
+        reused,
+        "no new program landed on the freed address {addr:#x}"
+    );
+    assert_eq!(news.last().map(call_u64), Some(2));
+    assert_eq!(
+        out.exit,
+        ChildExit::Exited(1),
+        "{backend:?}: {}",
+        out.message
+    );
+    check_programs(&neighbours.into_iter().zip(0x100u64..).collect::<Vec<_>>())
+        .expect("parent programs");
+    out.message
+}
+
+#[test]
+fn parent_rewrite_never_reaches_child() {
+    for raw_clone in [false, true] {
+        let procmem = rewrite_after_fork(BackendChoice::ProcMem, raw_clone);
+        assert_eq!(procmem, "bytes unchanged, call same value", "procmem");
+        for backend in [BackendChoice::DualMap, BackendChoice::DualMapPerWrite] {
+            let dual = rewrite_after_fork(backend.clone(), raw_clone);
+            assert_eq!(dual, "bytes traps, call faults", "{backend:?}");
+        }
+    }
+}
+
+/// Every mapping that belongs to `alloc`'s packs and `progs`' dedicated mappings: the one
+/// holding each address, and every other view of the same file (a dualmap alias).
+fn views_of(alloc: &Allocator, progs: &[Program]) -> Vec<MapEntry> {
+    let maps = maps_snapshot();
+    let packs = alloc.occupancy().packs;
+    let addrs = packs
+        .iter()
+        .map(|p| p.base)
+        .chain(progs.iter().filter(|p| p.is_dedicated()).map(|p| p.addr()));
+    let mut views: Vec<MapEntry> = Vec::new();
+    for addr in addrs {
+        let m = maps
+            .iter()
+            .find(|m| m.start <= addr && addr < m.end)
+            .expect("a pack is mapped");
+        let same_file = maps
+            .iter()
+            .filter(|v| v == &m || (m.inode != 0 && v.inode == m.inode));
+        for v in same_file {
+            if !views.contains(v) {
+                views.push(v.clone());
+            }
+        }
+    }
+    views
+}
+
+/// The ranges (start, end) of `maps`.
+fn ranges(maps: &[MapEntry]) -> Vec<(usize, usize)> {
+    maps.iter().map(|m| (m.start, m.end)).collect()
+}
+
+/// Those of `ranges` (of the parent's mappings) that are free in this (child) process.
+fn free_here(ranges: &[(usize, usize)]) -> Vec<(usize, usize)> {
+    let here = maps_snapshot();
+    ranges
+        .iter()
+        .copied()
+        .filter(|&(start, end)| !here.iter().any(|h| h.start < end && start < h.end))
+        .collect()
+}
+
+/// A child drops its inherited allocator after it has mapped memory of its own where the
+/// parent's uninherited views were (`MADV_DONTFORK`: free in the child, so the child's own
+/// `mmap` may get them). Dropping must leave the child's memory alone: it never unmaps (or
+/// re-reserves over) a range it does not own.
+fn child_drop_spares_child_memory(backend: BackendChoice, code_range: bool) -> usize {
+    let mut cfg = config(backend.clone());
+    if code_range {
+        cfg = cfg.code_range(CodeRange::near_this_binary().size(16 * PACK));
+    }
+    let mut alloc = Some(Allocator::new(cfg).expect("allocator"));
+    let a = alloc.as_ref().expect("just made");
+    let mut progs: Vec<Program> = (0..1500u64)
+        .map(|v| load(a, v, 100).expect("load"))
+        .collect();
+    progs.push(load(a, 7, 3 * PACK).expect("a large program"));
+    let views = ranges(&views_of(a, &progs));
+    let outcome = run_in_child(|| {
+        let free = free_here(&views);
+        let mut mine = Vec::new();
+        for &(start, end) in &free {
+            // SAFETY: MAP_FIXED_NOREPLACE takes only a free range; nothing refers to it.
+            let p = unsafe {
+                libc::mmap(
+                    start as *mut libc::c_void,
+                    end - start,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                    -1,
+                    0,
+                )
+            };
+            if p as usize != start {
+                return Err(format!("could not map {start:#x}..{end:#x}"));
+            }
+            // SAFETY: just mapped read+write, owned by this test.
+            unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0x5a, end - start) };
+            mine.push((start, end));
+        }
+        drop(std::mem::take(&mut progs));
+        drop(alloc.take());
+        let here = maps_snapshot();
+        for &(start, end) in &mine {
+            let mapped = here
+                .iter()
+                .any(|m| m.start <= start && end <= m.end && m.perms.starts_with("rw"));
+            if !mapped {
+                return Err(format!(
+                    "dropping the inherited allocator unmapped the child's own memory at \
+                     {start:#x}..{end:#x}"
+                ));
+            }
+            // SAFETY: still mapped read+write (checked above), owned by this test.
+            let bytes = unsafe { std::slice::from_raw_parts(start as *const u8, end - start) };
+            if bytes.iter().any(|&b| b != 0x5a) {
+                return Err(format!("the child's memory at {start:#x} was overwritten"));
+            }
+        }
+        Err(mine.len().to_string())
+    });
+    assert_eq!(
+        outcome.exit,
+        ChildExit::Exited(1),
+        "{backend:?}: {}",
+        outcome.message
+    );
+    let taken: usize = outcome
+        .message
+        .parse()
+        .unwrap_or_else(|_| panic!("{backend:?} code range {code_range}: {}", outcome.message));
+    // The parent's allocator is untouched by all this.
+    let a = alloc.as_ref().expect("parent still has it");
+    check_programs(&[(load(a, 99, 64).expect("parent load"), 99)]).expect("parent");
+    a.check_invariants().expect("parent invariants");
+    taken
+}
+
+#[test]
+fn child_drop_spares_child_memory_at_uninherited_addresses() {
+    for code_range in [false, true] {
+        // procmem packs are private memory: all inherited, nothing is free in the child.
+        assert_eq!(
+            child_drop_spares_child_memory(BackendChoice::ProcMem, code_range),
+            0
+        );
+        for backend in [BackendChoice::DualMap, BackendChoice::DualMapPerWrite] {
+            let taken = child_drop_spares_child_memory(backend.clone(), code_range);
+            // At least the packs' views and the large program's: the test did take the
+            // child's memory where the parent's views were.
+            assert!(
+                taken >= 2,
+                "{backend:?} code range {code_range}: {taken} ranges taken"
+            );
+        }
+    }
+}
+
+/// The other half of the child's bookkeeping: progpack running in a child first reserves
+/// (`PROT_NONE`) the ranges of the views it did not inherit, so nothing new lands where an
+/// inherited program's address points; and it releases those reservations with the inherited
+/// allocator, leaving nothing behind.
+fn child_claims_and_releases(backend: BackendChoice, code_range: bool) -> Result<(), String> {
+    let mut cfg = config(backend.clone());
+    if code_range {
+        cfg = cfg.code_range(CodeRange::near_this_binary().size(16 * PACK));
+    }
+    let mut alloc = Some(Allocator::new(cfg).expect("allocator"));
+    let a = alloc.as_ref().expect("just made");
+    let mut progs: Vec<Program> = (0..1500u64)
+        .map(|v| load(a, v, 100).expect("load"))
+        .collect();
+    progs.push(load(a, 7, 3 * PACK).expect("a large program"));
+    let exec: Vec<(usize, usize)> = views_of(a, &progs)
+        .iter()
+        .filter(|m| m.executable())
+        .map(|m| (m.start, m.end))
+        .collect();
+    let outcome = run_in_child(|| {
+        if free_here(&exec).len() != exec.len() {
+            return Err("the child inherited executable views".into());
+        }
+        // New packs in the child: first the inherited ranges are claimed.
+        let fresh = Allocator::new(config(backend.clone())).map_err(|e| e.to_string())?;
+        let mine: Vec<(Program, u64)> = (0..2000u64)
+            .map(|v| load(&fresh, v, 100).map(|p| (p, v)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        check_programs(&mine)?;
+        let here = maps_snapshot();
+        for &(start, end) in &exec {
+            let claimed = here
+                .iter()
+                .any(|m| m.start <= start && end <= m.end && m.perms == "---p");
+            if !claimed {
+                return Err(format!(
+                    "inherited range {start:#x}..{end:#x} is not reserved"
+                ));
+            }
+        }
+        drop(mine);
+        drop(fresh);
+        drop(std::mem::take(&mut progs));
+        drop(alloc.take());
+        let left = exec.len() - free_here(&exec).len();
+        if left != 0 {
+            return Err(format!(
+                "{left} reservations left after everything was dropped"
+            ));
+        }
+        Ok(())
+    });
+    if outcome.exit != ChildExit::Exited(0) {
+        return Err(format!("{:?}: {}", outcome.exit, outcome.message));
+    }
+    Ok(())
+}
+
+#[test]
+fn child_claims_uninherited_ranges_and_releases_them() {
+    for code_range in [false, true] {
+        for backend in [BackendChoice::DualMap, BackendChoice::DualMapPerWrite] {
+            child_claims_and_releases(backend.clone(), code_range)
+                .unwrap_or_else(|e| panic!("{backend:?} code range {code_range}: {e}"));
+        }
     }
 }

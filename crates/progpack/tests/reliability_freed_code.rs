@@ -2,20 +2,21 @@
 //! very byte; it never runs stale code. And chunks are trap-filled *before* they can be handed
 //! out again: a draft never sees old code under it, even while other threads free concurrently.
 //!
-//! The bulk check runs in a forked child with a SIGTRAP handler that records where the trap
-//! happened and makes the call return a sentinel (x86-64: it emulates the `ret`), so thousands
-//! of freed addresses are checked in one process. A sample is also checked the plain way: a
-//! child calls the freed address and must die of SIGTRAP.
+//! The bulk check runs in a forked child with a SIGTRAP handler ([`support::trap`]) that
+//! records where the trap happened and makes the call return a sentinel, so thousands of freed
+//! addresses are checked in one process. A sample is also checked the plain way (procmem, whose
+//! packs a child inherits): a child calls the freed address and must die of SIGTRAP.
 
 mod support;
 
 use progpack::{Allocator, BackendChoice, Config, Program};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use support::{call_addr, call_u64, ret_imm64, run_in_child, ChildExit, Rng};
+use support::{call_addr, call_u64, ret_imm64, run_in_child, trap, ChildExit, Rng};
 
 fn load(alloc: &Allocator, v: u64, len: usize) -> Program {
-    let mut d = alloc.draft(len, 1).expect("draft");
+    // Entry points on an instruction boundary (aarch64 cannot fetch elsewhere).
+    let mut d = alloc.draft(len, progpack::arch::TRAP.len()).expect("draft");
     let code = ret_imm64(v);
     let img = d.image_mut();
     img[..code.len()].copy_from_slice(&code);
@@ -36,69 +37,19 @@ fn config(backend: BackendChoice) -> Config {
         .backend(backend)
 }
 
-#[cfg(target_arch = "x86_64")]
-mod trap {
-    //! A SIGTRAP handler that turns a trap at the first byte executed into a return of
-    //! [`SENTINEL`], recording the address of the trap instruction.
-    use super::*;
-
-    pub const SENTINEL: u64 = 0x7a4b_7a4b_7a4b_7a4b;
-    pub static LAST_TRAP: AtomicU64 = AtomicU64::new(0);
-    pub static TRAPS: AtomicUsize = AtomicUsize::new(0);
-
-    extern "C" fn on_trap(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
-        // SAFETY: the kernel passes a valid ucontext for SA_SIGINFO handlers. The trapping
-        // code was entered by a `call` and executed one int3 and nothing else, so the return
-        // address is at RSP; reading it and adjusting the saved registers is all we do.
-        unsafe {
-            let uc = ctx.cast::<libc::ucontext_t>();
-            let g = &mut (*uc).uc_mcontext.gregs;
-            let rip = g[libc::REG_RIP as usize] as u64;
-            LAST_TRAP.store(rip - 1, Ordering::SeqCst); // int3 is one byte; RIP is past it
-            TRAPS.fetch_add(1, Ordering::SeqCst);
-            let rsp = g[libc::REG_RSP as usize] as u64;
-            let ret = *(rsp as *const u64);
-            g[libc::REG_RIP as usize] = ret as i64;
-            g[libc::REG_RSP as usize] = (rsp + 8) as i64;
-            g[libc::REG_RAX as usize] = SENTINEL as i64;
-        }
-    }
-
-    /// Installs the handler (in a child only: it would change how the harness dies).
-    pub fn install() {
-        // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO; the handler is
-        // async-signal-safe (atomics and register edits only).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_trap
-                as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
-                as usize;
-            sa.sa_flags = libc::SA_SIGINFO;
-            libc::sigemptyset(&mut sa.sa_mask);
-            assert_eq!(libc::sigaction(libc::SIGTRAP, &sa, std::ptr::null_mut()), 0);
-        }
-    }
-
-    /// Calls `addr`; `Ok(())` if it trapped exactly there, else what happened.
-    pub fn expect_trap_at(addr: usize) -> Result<(), String> {
-        let before = TRAPS.load(Ordering::SeqCst);
-        // SAFETY: `addr` is in a live pack (mapped read+execute); it holds traps (the point of
-        // the test) or, if the allocator were wrong, stale `ret_imm64` code, which also returns.
-        let got = unsafe { call_addr(addr) };
-        if got != SENTINEL || TRAPS.load(Ordering::SeqCst) != before + 1 {
-            return Err(format!(
-                "calling freed {addr:#x} returned {got:#x} without trapping"
-            ));
-        }
-        let at = LAST_TRAP.load(Ordering::SeqCst) as usize;
-        if at != addr {
-            return Err(format!("calling freed {addr:#x} trapped at {at:#x}"));
-        }
-        Ok(())
-    }
+/// Calls `addr`, which must trap right there.
+fn expect_trap_at(addr: usize) -> Result<(), String> {
+    // SAFETY: `addr` is in a live pack (mapped read+execute, at an instruction boundary); it
+    // holds traps (the point of the test) or, if the allocator were wrong, stale `ret_imm64`
+    // code, which also returns.
+    unsafe { trap::expect_trap_at(addr, "freed") }
 }
 
-#[cfg(target_arch = "x86_64")]
+/// A random instruction boundary inside `addr..addr + len` (`addr` is one).
+fn inside(rng: &mut Rng, addr: usize, len: usize) -> usize {
+    addr + rng.below(len) / progpack::arch::TRAP.len() * progpack::arch::TRAP.len()
+}
+
 fn freed_code_traps(backend: BackendChoice) -> Result<String, String> {
     trap::install();
     let alloc = Allocator::new(config(backend)).map_err(|e| e.to_string())?;
@@ -127,9 +78,9 @@ fn freed_code_traps(backend: BackendChoice) -> Result<String, String> {
         }
         // Every freed program: its first byte and random bytes inside trap right there.
         for &(addr, len) in &freed {
-            trap::expect_trap_at(addr)?;
+            expect_trap_at(addr)?;
             for _ in 0..3 {
-                trap::expect_trap_at(addr + rng.below(len))?;
+                expect_trap_at(inside(&mut rng, addr, len))?;
             }
             checked += 4;
         }
@@ -148,7 +99,6 @@ fn freed_code_traps(backend: BackendChoice) -> Result<String, String> {
     ))
 }
 
-#[cfg(target_arch = "x86_64")]
 fn run_freed(backend: BackendChoice) {
     let out = run_in_child(|| freed_code_traps(backend).and_then(Err));
     assert_eq!(out.exit, ChildExit::Exited(1), "{}", out.message);
@@ -156,13 +106,11 @@ fn run_freed(backend: BackendChoice) {
     eprintln!("{}", out.message);
 }
 
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn freed_code_traps_procmem() {
     run_freed(BackendChoice::ProcMem);
 }
 
-#[cfg(target_arch = "x86_64")]
 #[test]
 fn freed_code_traps_dualmap() {
     run_freed(BackendChoice::DualMap);
@@ -171,7 +119,7 @@ fn freed_code_traps_dualmap() {
 /// Without any handler: a child that calls a freed address dies of SIGTRAP (a random sample).
 #[test]
 fn freed_code_kills_with_sigtrap() {
-    let alloc = Allocator::new(config(BackendChoice::Detect)).expect("allocator");
+    let alloc = Allocator::new(config(BackendChoice::ProcMem)).expect("allocator");
     let mut rng = Rng(0xdead);
     let mut progs: Vec<Program> = (0..500u64)
         .map(|v| load(&alloc, v, ret_imm64(0).len() + rng.below(200)))
@@ -179,7 +127,7 @@ fn freed_code_kills_with_sigtrap() {
     let mut freed = Vec::new();
     for _ in 0..25 {
         let p = progs.swap_remove(rng.below(progs.len()));
-        freed.push(p.addr() + rng.below(p.len()));
+        freed.push(inside(&mut rng, p.addr(), p.len()));
     }
     // Freed here, before forking: the child inherits the trap-filled bytes.
     for addr in freed {

@@ -239,7 +239,7 @@ impl Vm {
                     error: Box::new(e),
                 };
                 let mut slots = link::link(&cx, range, s.data)?;
-                crate::pseudo::resolve(&mut slots, &maps).map_err(|e| prog_err(e.into()))?;
+                crate::vaddr::resolve(&mut slots, &maps, &env).map_err(|e| prog_err(e.into()))?;
                 let program = self
                     .load_slots_in(&slots, Arc::clone(&env))
                     .map_err(prog_err)?;

@@ -5,6 +5,10 @@
 //! code will run at. [`JitProgram`] does both against a progpack [`Draft`](progpack::Draft) and
 //! runs the result.
 //!
+//! The JIT exists only for x86-64 hosts: elsewhere [`available`] is false and compiling
+//! or placing a program fails with [`JitError::UnsupportedArch`] (the interpreter works
+//! everywhere).
+//!
 //! Semantics are those of the interpreter (RFC 9669): every memory access is bounds-checked in
 //! the emitted code against the memory region and the stack region, a violation returns the
 //! faulting pc to the caller; division by zero gives 0, modulo by zero leaves the dividend;
@@ -14,11 +18,20 @@
 //!
 //! Instruction limit: [`JitProgram`] code counts instructions unless
 //! [`JitOptions::count_instructions`] is off ([`compile`]: [`CompileOptions::budget`]). Every
-//! basic block then subtracts its instruction count from the run's budget when entered (one
-//! `sub` to memory and a branch per block) and the run fails when the budget would go
-//! negative, which is when the interpreter hits the same limit. (If an access in a block faults
-//! and the budget also runs out in that block, the JIT reports the budget and the interpreter
-//! the access.) Without counting, a program that loops forever runs forever.
+//! basic block then subtracts its instruction count from the run's budget (kept in a
+//! register when the program leaves one free) when entered, and the run fails when the
+//! budget would go negative, which is when the interpreter hits the same limit. (If an access
+//! in a block faults and the budget also runs out in that block, the JIT reports the budget
+//! and the interpreter the access.) Without counting, a program that loops forever runs
+//! forever.
+//!
+//! Constant blinding ([`CompileOptions::blind_constants`], [`JitOptions::blind_constants`]):
+//! every immediate of the program (ALU, jump and store immediates, `lddw` constants) is
+//! emitted as `value ^ key` and XORed back with `key` at run time, with a fresh key per
+//! constant derived from a random key per compile, so a program cannot place chosen bytes in
+//! executable memory (JIT spraying). This is what Linux does for unprivileged programs
+//! (`bpf_jit_harden`, on by default for them). Not blinded: shift counts (one byte below 64),
+//! load/store offsets (16 bits) and values the JIT derives itself (charges, fault words).
 //!
 //! Costs worth knowing: a helper call saves and restores r1-r5 around the call (the
 //! interpreter keeps them); `callx` compares its register with every registered helper id in
@@ -27,8 +40,10 @@
 //! allows but which a kernel with split-lock detection may slow down or signal when the access
 //! crosses a cache line.
 
+mod analysis;
 mod emit;
 mod program;
+mod ranges;
 mod x86;
 
 pub(crate) use program::fault_to_run_error;
@@ -36,11 +51,13 @@ pub use program::{shared_allocator, JitOptions, JitProgram};
 
 use x86::AbsCallSite;
 
-use std::mem::MaybeUninit;
-
-use crate::context::{HelperContext, ProgramEnv};
 use crate::helpers::Helpers;
-use crate::insn::{Insn, STACK_FRAME_SIZE};
+use crate::insn::Insn;
+
+/// Whether this build has a JIT for the host architecture (x86-64 only).
+pub const fn available() -> bool {
+    cfg!(target_arch = "x86_64")
+}
 
 /// Why a program could not be compiled or placed.
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +135,21 @@ pub enum JitError {
     /// The program was not JIT-compiled (see [`crate::Vm::enable_jit`]).
     #[error("the program was not JIT-compiled")]
     NotCompiled,
+    /// The host is not x86-64: there is no JIT for it (use the interpreter).
+    #[error("JIT not available on this architecture ({arch}); use the interpreter")]
+    UnsupportedArch {
+        /// The host architecture (`std::env::consts::ARCH`).
+        arch: &'static str,
+    },
+}
+
+impl JitError {
+    /// The error for hosts without a JIT.
+    pub(crate) fn unsupported_arch() -> JitError {
+        JitError::UnsupportedArch {
+            arch: std::env::consts::ARCH,
+        }
+    }
 }
 
 /// How [`compile`] generates code.
@@ -129,30 +161,65 @@ pub struct CompileOptions {
     /// Count executed instructions; the run fails with [`Fault::Budget`] when the budget
     /// given to the run is used up.
     pub budget: bool,
+    /// Blind the program's immediates with a random key (see the module documentation).
+    pub blind_constants: bool,
+    /// The program sees virtual addresses instead of host ones ([`crate::vaddr`]); the code
+    /// must then run in an environment that hides addresses.
+    pub hide_addresses: bool,
 }
-
-/// Whether code may access extra regions ([`crate::memory`]): true for programs whose
-/// environment has maps. Code compiled without may only run with an environment without
-/// extra regions.
-pub(crate) type ExtraRegions = bool;
 
 impl Default for CompileOptions {
     fn default() -> Self {
         CompileOptions {
             rel_calls: true,
             budget: false,
+            blind_constants: false,
+            hide_addresses: false,
+        }
+    }
+}
+
+/// What the environment a program will run in asks of its code: checks of extra regions
+/// ([`crate::memory`]; programs whose environment has maps) and hidden addresses
+/// ([`crate::vaddr`]). Code compiled for one shape runs only in environments of that shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EnvShape {
+    /// Accesses outside memory and stack are checked against the environment's regions.
+    pub extra_regions: bool,
+    /// The program sees virtual addresses.
+    pub hide: bool,
+}
+
+impl EnvShape {
+    /// The shape of `env`.
+    pub(crate) fn of(env: &crate::ProgramEnv) -> EnvShape {
+        EnvShape {
+            extra_regions: !env.regions().is_empty(),
+            hide: env.hides_addresses(),
+        }
+    }
+}
+
+impl CompileOptions {
+    pub(crate) fn emit_options(self, shape: EnvShape) -> emit::Options {
+        emit::Options {
+            budget: self.budget,
+            rel_calls: self.rel_calls,
+            blind: self.blind_constants.then(blinding_key),
+            extra_regions: shape.extra_regions,
+            unchecked: false,
+            hide: self.hide_addresses || shape.hide,
         }
     }
 }
 
 /// Machine code for one program, not yet placed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct JitCode {
     code: Vec<u8>,
     calls: Vec<AbsCallSite>,
     pc_offsets: Vec<u32>,
-    /// Whether the code reads r10 and so needs a stack window (see `emit::Usage`).
-    stack: bool,
+    needs: emit::RunNeeds,
 }
 
 /// Compiles `insns` (raw slots; `lddw` takes two) with the helpers in `helpers`.
@@ -164,30 +231,32 @@ pub fn compile(
     helpers: &Helpers,
     opts: CompileOptions,
 ) -> Result<JitCode, JitError> {
-    compile_with(insns, helpers, opts, false)
+    let shape = EnvShape::default();
+    emit::translate(insns, helpers, opts.emit_options(shape), |out| JitCode {
+        code: out.code.to_vec(),
+        calls: out.calls.to_vec(),
+        pc_offsets: out.pc_offsets.to_vec(),
+        needs: out.needs,
+    })
 }
 
-/// [`compile`] for an environment with or without extra regions.
-pub(crate) fn compile_with(
+/// [`compile`] into `code`, reusing its buffers (no allocation once they are large enough):
+/// for callers that compile many programs and keep only what they place.
+pub fn compile_into(
+    code: &mut JitCode,
     insns: &[Insn],
     helpers: &Helpers,
     opts: CompileOptions,
-    extra_regions: ExtraRegions,
-) -> Result<JitCode, JitError> {
-    let t = emit::translate(
-        insns,
-        helpers,
-        opts.rel_calls,
-        emit::Options {
-            budget: opts.budget,
-            extra_regions,
-        },
-    )?;
-    Ok(JitCode {
-        code: t.code,
-        calls: t.calls,
-        pc_offsets: t.pc_offsets,
-        stack: t.usage.stack,
+) -> Result<(), JitError> {
+    let shape = EnvShape::default();
+    emit::translate(insns, helpers, opts.emit_options(shape), |out| {
+        code.code.clear();
+        code.code.extend_from_slice(out.code);
+        code.calls.clear();
+        code.calls.extend_from_slice(out.calls);
+        code.pc_offsets.clear();
+        code.pc_offsets.extend_from_slice(out.pc_offsets);
+        code.needs = out.needs;
     })
 }
 
@@ -218,7 +287,13 @@ impl JitCode {
     /// Whether the program reads r10. Code that does not gets no stack region at run time:
     /// it could only reach the stack through a guessed address, which is out of bounds.
     pub fn uses_stack(&self) -> bool {
-        self.stack
+        self.needs.stack_bytes != 0
+    }
+
+    /// How many loads and stores the JIT proved inside the input memory (the program compared
+    /// their addresses with the end of the input first) and emitted without a run-time check.
+    pub fn proven_accesses(&self) -> usize {
+        self.needs.proven as usize
     }
 
     /// Whether helper calls depend on the final address (`call rel32`).
@@ -229,26 +304,53 @@ impl JitCode {
     /// Fixes `call rel32` helper calls for code running at `base`. Fails if a helper is out of
     /// reach; compile again with `rel_calls: false` then.
     pub fn link(&mut self, base: u64) -> Result<(), JitError> {
-        for c in &self.calls {
-            let next = base.wrapping_add(c.pos as u64 + 4);
-            let rel = (c.target as i64).wrapping_sub(next as i64);
-            let rel = i32::try_from(rel).map_err(|_| JitError::HelperOutOfReach {
-                base,
-                target: c.target,
-            })?;
-            let p = c.pos as usize;
-            self.code[p..p + 4].copy_from_slice(&rel.to_le_bytes());
-        }
-        Ok(())
+        link(&mut self.code, &self.calls, base)
     }
 
     /// Whether every helper is within `call rel32` reach of code at `base`.
     pub fn reaches(&self, base: u64) -> bool {
-        self.calls.iter().all(|c| {
-            let next = base.wrapping_add(c.pos as u64 + 4);
-            i32::try_from((c.target as i64).wrapping_sub(next as i64)).is_ok()
-        })
+        reaches(&self.calls, base)
     }
+}
+
+/// Fixes the `call rel32` sites `calls` of `code` for code running at `base`.
+fn link(code: &mut [u8], calls: &[AbsCallSite], base: u64) -> Result<(), JitError> {
+    for c in calls {
+        let next = base.wrapping_add(c.pos as u64 + 4);
+        let rel = (c.target as i64).wrapping_sub(next as i64);
+        let rel = i32::try_from(rel).map_err(|_| JitError::HelperOutOfReach {
+            base,
+            target: c.target,
+        })?;
+        let p = c.pos as usize;
+        code[p..p + 4].copy_from_slice(&rel.to_le_bytes());
+    }
+    Ok(())
+}
+
+/// Whether every call site of `calls` reaches its target from code at `base`.
+fn reaches(calls: &[AbsCallSite], base: u64) -> bool {
+    calls.iter().all(|c| {
+        let next = base.wrapping_add(c.pos as u64 + 4);
+        i32::try_from((c.target as i64).wrapping_sub(next as i64)).is_ok()
+    })
+}
+
+/// A fresh random key for constant blinding: unpredictable to whoever writes the program
+/// (seeded per thread from the standard library's randomly keyed hasher, then stepped).
+fn blinding_key() -> u64 {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        static STATE: Cell<u64> =
+            Cell::new(std::collections::hash_map::RandomState::new().hash_one(0x5eedu64));
+    }
+    STATE.with(|s| {
+        let x = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(x);
+        // SipHash output mixed once more; the translator never uses a zero key.
+        std::collections::hash_map::RandomState::new().hash_one(x) | 1
+    })
 }
 
 /// A run-time fault of JIT code.
@@ -277,6 +379,12 @@ pub enum Fault {
         /// The id (register value).
         id: u64,
     },
+    /// The input memory is too large for code that hides addresses
+    /// ([`crate::vaddr::MAX_INPUT`]).
+    InputTooLarge {
+        /// The input's length.
+        len: u64,
+    },
     /// Execution ran past the last instruction.
     FellOffEnd {
         /// The slot index past the end.
@@ -290,17 +398,19 @@ pub enum Fault {
 }
 
 impl Fault {
-    fn decode(word: u64, extra: u64) -> Fault {
+    /// The fault for fault word `word` (`pc | kind << 24`) with detail `detail`.
+    #[cold]
+    fn decode(word: u64, detail: u64) -> Fault {
         let pc = (word & 0xff_ffff) as usize;
         let kind = (word >> 24) as u32;
         match kind {
             emit::FAULT_DEPTH => Fault::CallDepth { pc },
-            emit::FAULT_CALLX => Fault::UnknownHelper { pc, id: extra },
+            emit::FAULT_CALLX => Fault::UnknownHelper { pc, id: detail },
             emit::FAULT_END => Fault::FellOffEnd { pc },
             emit::FAULT_BUDGET => Fault::Budget { pc },
             k => Fault::OutOfBounds {
                 pc,
-                addr: extra,
+                addr: detail,
                 size: 1 << (k & 3),
                 write: k & emit::FAULT_STORE != 0,
             },
@@ -308,80 +418,32 @@ impl Fault {
     }
 }
 
-/// The JIT code's entry point: `extern "C" fn(ctx) -> r0`.
-pub(crate) type EntryFn = extern "C" fn(*mut emit::Ctx) -> u64;
-
 /// What a run returns besides faults: r0 and the program a helper asked to tail-call (the
 /// caller runs it).
 pub type Outcome = (u64, Option<std::sync::Arc<crate::BpfProgram>>);
 
-/// Runs JIT code at `entry` over `mem` in environment `env` with a fresh stack (or none, if
-/// the code does not use one), as the `tail_calls`-th tail call of its run; `budget` is the
-/// instruction limit if the code counts instructions.
-#[inline]
-fn run_entry(
-    entry: EntryFn,
-    mem: &mut [u8],
-    stack: bool,
-    budget: u64,
-    env: &ProgramEnv,
-    tail_calls: u32,
-) -> Result<Outcome, Fault> {
-    if stack {
-        let mut region = [MaybeUninit::<u8>::uninit(); emit::STACK_SIZE];
-        // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
-        // it, and never reads a frame that is not live.
-        region[emit::STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
-        call_entry(
-            entry,
-            mem,
-            region.as_mut_ptr() as u64,
-            true,
-            budget,
-            env,
-            tail_calls,
-        )
-    } else {
-        // No window: the code never dereferences the stack region, so any address does for
-        // r10 arithmetic (local-call depth checks); one that cannot wrap around.
-        call_entry(entry, mem, NO_STACK, false, budget, env, tail_calls)
-    }
+/// What JIT code returns: r0 (or the fault detail) in rax, the fault word (0: none) in rdx.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ret {
+    value: u64,
+    fault: u64,
 }
 
-/// Base of the (never dereferenced) stack region of code without a stack window.
-const NO_STACK: u64 = 1 << 20;
+/// The JIT code's entry point: `(r1, r2, budget, stack top, environment) -> Ret` (see the
+/// `emit` module for the convention). The environment is the run's `HelperContext` for code
+/// that reads it ([`JitProgram`] knows), else null.
+pub(crate) type EntryFn =
+    extern "C" fn(u64, u64, u64, u64, *mut crate::context::HelperContext<'static>) -> Ret;
 
-#[inline(always)]
-fn call_entry(
-    entry: EntryFn,
-    mem: &mut [u8],
-    stack_start: u64,
-    stack: bool,
-    budget: u64,
-    env: &ProgramEnv,
-    tail_calls: u32,
-) -> Result<Outcome, Fault> {
-    let mem_start = mem.as_mut_ptr() as u64;
-    let top = stack_start + emit::STACK_SIZE as u64;
-    // Without a stack window the helpers see no stack either.
-    let (hs, ht) = if stack { (stack_start, top) } else { (0, 0) };
-    let mut hcx = HelperContext::new(mem_start, mem.len() as u64, hs, ht, env);
-    hcx.tail_calls = tail_calls;
-    let hcx_ptr = (&mut hcx as *mut HelperContext<'_>).cast::<HelperContext<'static>>();
-    let mut ctx = emit::Ctx::new(
-        mem_start,
-        mem.len() as u64,
-        stack_start,
-        stack,
-        budget,
-        hcx_ptr,
-    );
-    // The code reads and writes only `ctx`, `hcx`, `mem`, the stack region (all borrowed
-    // mutably for the call) and the environment's extra regions; every access is checked
-    // against the regions `ctx` and `hcx` describe. Helpers get `hcx` only during the call.
-    let r0 = entry(&mut ctx);
-    if ctx.fault != 0 {
-        return Err(Fault::decode(ctx.fault, ctx.fault_extra));
+impl Ret {
+    /// The run's result.
+    #[inline(always)]
+    fn result(self) -> Result<u64, Fault> {
+        if self.fault == 0 {
+            Ok(self.value)
+        } else {
+            Err(Fault::decode(self.fault, self.value))
+        }
     }
-    Ok((r0, hcx.tail_call.take()))
 }

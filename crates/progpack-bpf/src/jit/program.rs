@@ -1,23 +1,27 @@
 //! [`JitProgram`]: a compiled program placed in a progpack pack, and its runs.
 //!
-//! Placement follows the pack protocol: compile to a byte buffer, reserve a
-//! [`Draft`](progpack::Draft) of that size, link the code for the draft's `exec_addr()`, copy
-//! it into the draft's image and finalize. The code only depends on its address through
+//! Placement follows the pack protocol: compile (into a per-thread buffer), reserve a
+//! [`Draft`](progpack::Draft) of that size, copy the code into the draft's image, link it for
+//! the draft's `exec_addr()` and finalize. The code only depends on its address through
 //! `call rel32` to helpers, used when the allocator's code range keeps every helper within
 //! ±2 GiB of every byte of the range; otherwise helpers are called through `mov rax, imm64;
 //! call rax` and the code is position independent.
+//!
+//! A run is one call of the code: no context is built in memory. Programs that never read
+//! r10 get no stack at all; the others get a zeroed frame (or, with local calls, the whole
+//! stack region) from a separate function, so that only they pay for it.
 
+use std::mem::MaybeUninit;
 use std::sync::Mutex;
 
 use progpack::{Allocator, CodeRange, Config, Program};
 
-use super::{
-    compile_with, run_entry, CompileOptions, EntryFn, ExtraRegions, Fault, JitCode, JitError,
-};
-use crate::context::ProgramEnv;
+use super::emit::{self, Output, RunNeeds, STACK_SIZE};
+use super::{link, reaches, CompileOptions, EntryFn, EnvShape, Fault, JitCode, JitError, Outcome};
+use crate::context::{HelperContext, ProgramEnv};
 use crate::error::RunError;
 use crate::helpers::Helpers;
-use crate::insn::Insn;
+use crate::insn::{Insn, STACK_FRAME_SIZE};
 
 /// Alignment of a JIT program's entry point.
 const CODE_ALIGN: usize = 16;
@@ -26,15 +30,20 @@ const CODE_ALIGN: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct JitOptions {
     /// Count executed instructions so that a run stops at its instruction limit like the
-    /// interpreter ([`RunError::InstructionLimit`]). Costs one `sub` to memory and a branch
-    /// per basic block. Without it a program that loops forever never returns.
+    /// interpreter ([`RunError::InstructionLimit`]). Costs a subtraction and a branch per
+    /// basic block. Without it a program that loops forever never returns.
     pub count_instructions: bool,
+    /// Blind every immediate of the program with a random key, so that no constant the
+    /// program chooses appears in executable memory (see [`super`]). Off by default; on in
+    /// [`crate::Vm::untrusted`].
+    pub blind_constants: bool,
 }
 
 impl Default for JitOptions {
     fn default() -> Self {
         JitOptions {
             count_instructions: true,
+            blind_constants: false,
         }
     }
 }
@@ -43,11 +52,15 @@ impl Default for JitOptions {
 /// trap-fills) its chunks. `Send + Sync`: runs from many threads at once are independent.
 #[derive(Debug)]
 pub struct JitProgram {
-    prog: Program,
+    /// The entry point, inside `prog`.
+    entry: EntryFn,
+    /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
+    simple: bool,
+    needs: RunNeeds,
     counted: bool,
-    stack: bool,
-    /// Compiled to check extra regions (see [`ExtraRegions`]).
-    extra: ExtraRegions,
+    /// Compiled to check extra regions (see [`EnvShape`]).
+    extra: EnvShape,
+    prog: Program,
 }
 
 impl JitProgram {
@@ -58,43 +71,70 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<JitProgram, JitError> {
-        Self::new_with(alloc, slots, helpers, options, false)
+        Self::new_with(alloc, slots, helpers, options, EnvShape::default())
     }
 
-    /// [`new`](Self::new) for an environment with or without extra regions.
+    /// [`new`](Self::new) for an environment of shape `extra` (extra regions, hidden
+    /// addresses).
     pub(crate) fn new_with(
         alloc: &Allocator,
         slots: &[Insn],
         helpers: &Helpers,
         options: JitOptions,
-        extra: ExtraRegions,
+        extra: EnvShape,
     ) -> Result<JitProgram, JitError> {
-        let budget = options.count_instructions;
-        let rel_calls = range_reaches_helpers(alloc, helpers);
-        let mut code = compile_with(slots, helpers, CompileOptions { rel_calls, budget }, extra)?;
-        let mut draft = alloc.draft(code.len(), CODE_ALIGN)?;
-        if !code.reaches(draft.exec_addr() as u64) {
-            // The range did not keep its promise (or there is none): absolute calls.
-            drop(draft);
-            code = compile_with(
-                slots,
-                helpers,
-                CompileOptions {
-                    rel_calls: false,
-                    budget,
-                },
-                extra,
-            )?;
-            draft = alloc.draft(code.len(), CODE_ALIGN)?;
+        if !super::available() {
+            return Err(JitError::unsupported_arch());
         }
-        code.link(draft.exec_addr() as u64)?;
-        draft.image_mut().copy_from_slice(code.bytes());
-        Ok(JitProgram {
-            prog: draft.finalize()?,
-            counted: budget,
-            stack: code.uses_stack(),
-            extra,
-        })
+        let mut opts = CompileOptions {
+            rel_calls: range_reaches_helpers(alloc, helpers),
+            budget: options.count_instructions,
+            blind_constants: options.blind_constants,
+            hide_addresses: false,
+        };
+        let placed = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+            place(alloc, out, true, options.count_instructions, extra)
+        })??;
+        if let Some(p) = placed {
+            return Ok(p);
+        }
+        // The range did not keep its promise (or there is none): absolute calls.
+        opts.rel_calls = false;
+        emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+            place(alloc, out, false, options.count_instructions, extra)
+        })??
+        .ok_or(JitError::Internal("absolute calls need no link"))
+    }
+
+    /// Compiles `slots` *without any bounds check and without instruction counting*, for
+    /// comparisons with JITs that check nothing (the benchmarks' unchecked reference).
+    ///
+    /// # Safety
+    /// Every load, store and atomic of every run of the result must lie in the memory given
+    /// to that run or in the current stack frame (`[r10 - 512, r10)`), and every run must
+    /// end: nothing stops a stray access or an endless loop.
+    #[doc(hidden)]
+    #[allow(unsafe_code)]
+    pub unsafe fn new_unchecked(
+        alloc: &Allocator,
+        slots: &[Insn],
+        helpers: &Helpers,
+    ) -> Result<JitProgram, JitError> {
+        if !super::available() {
+            return Err(JitError::unsupported_arch());
+        }
+        let opts = CompileOptions {
+            rel_calls: false,
+            budget: false,
+            blind_constants: false,
+            hide_addresses: false,
+        };
+        let mut eo = opts.emit_options(EnvShape::default());
+        eo.unchecked = true;
+        emit::translate(slots, helpers, eo, |out| {
+            place(alloc, out, false, false, EnvShape::default())
+        })??
+        .ok_or(JitError::Internal("absolute calls need no link"))
     }
 
     /// Compiles many programs and places them together with one progpack
@@ -108,44 +148,46 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
-        Self::new_batch_with(alloc, programs, helpers, options, false)
+        Self::new_batch_with(alloc, programs, helpers, options, EnvShape::default())
     }
 
-    /// [`new_batch`](Self::new_batch) for an environment with or without extra regions.
+    /// [`new_batch`](Self::new_batch) for an environment of shape `extra`.
     pub(crate) fn new_batch_with<'s>(
         alloc: &Allocator,
         programs: impl IntoIterator<Item = &'s [Insn]>,
         helpers: &Helpers,
         options: JitOptions,
-        extra: ExtraRegions,
+        extra: EnvShape,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
+        if !super::available() {
+            return Err((0, JitError::unsupported_arch()));
+        }
         let opts = CompileOptions {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
+            blind_constants: options.blind_constants,
+            hide_addresses: false,
         };
         let mut batch = alloc.batch();
-        let mut stacks = Vec::new();
+        let mut needs = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
-            let mut code = compile_with(slots, helpers, opts, extra).map_err(|e| (i, e))?;
-            let slot = batch
-                .push(code.len(), CODE_ALIGN)
-                .map_err(|e| (i, e.into()))?;
-            // A rel32 call out of reach means the code range broke its promise: an error
-            // rather than a recompilation, since the slot is already sized.
-            code.link(slot.exec_addr as u64).map_err(|e| (i, e))?;
-            slot.image.copy_from_slice(code.bytes());
-            stacks.push(code.uses_stack());
+            let r = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+                let slot = batch.push(out.code.len(), CODE_ALIGN)?;
+                slot.image.copy_from_slice(out.code);
+                // A rel32 call out of reach means the code range broke its promise: an error
+                // rather than a recompilation, since the slot is already sized.
+                link(slot.image, out.calls, slot.exec_addr as u64)?;
+                Ok::<_, JitError>(out.needs)
+            });
+            needs.push(r.and_then(|r| r).map_err(|e| (i, e))?);
         }
         let n = batch.len();
         let progs = batch.finalize().map_err(|e| (n, e.into()))?;
         Ok(progs
             .into_iter()
-            .zip(stacks)
-            .map(|(prog, stack)| JitProgram {
-                prog,
-                counted: options.count_instructions,
-                stack,
-                extra,
+            .zip(needs)
+            .map(|(prog, needs)| {
+                JitProgram::from_program(prog, needs, options.count_instructions, extra)
             })
             .collect())
     }
@@ -157,60 +199,152 @@ impl JitProgram {
         mut code: JitCode,
         counted: bool,
     ) -> Result<JitProgram, JitError> {
+        if !super::available() {
+            return Err(JitError::unsupported_arch());
+        }
         let mut draft = alloc.draft(code.len(), CODE_ALIGN)?;
         code.link(draft.exec_addr() as u64)?;
         draft.image_mut().copy_from_slice(code.bytes());
-        Ok(JitProgram {
-            prog: draft.finalize()?,
+        Ok(JitProgram::from_program(
+            draft.finalize()?,
+            code.needs,
             counted,
-            stack: code.uses_stack(),
-            extra: false,
-        })
+            EnvShape {
+                hide: code.needs.hide,
+                ..EnvShape::default()
+            },
+        ))
+    }
+
+    /// A program around placed code whose entry has the [`EntryFn`] signature.
+    fn from_program(prog: Program, needs: RunNeeds, counted: bool, extra: EnvShape) -> JitProgram {
+        #[allow(unsafe_code)]
+        // SAFETY: `prog` holds code produced by the translator, linked for the address it was
+        // placed at, whose entry has the signature `EntryFn`; the pointer is kept in `self`
+        // next to `prog`, which keeps the code mapped, and is called only through `&self`.
+        // A call touches only the memory slice and the stack region the run passes (both
+        // borrowed for the call), the extra regions of the run's environment (every access is
+        // bounds-checked; the environment keeps their maps alive), and calls only registered
+        // helpers, safe `extern "C"` functions of five `u64`s (and the `HelperContext` the run
+        // owns), and `extra_region_check`.
+        let entry = unsafe { prog.as_fn::<EntryFn>() };
+        JitProgram {
+            entry,
+            simple: needs.stack_bytes == 0 && !needs.env && !extra.hide,
+            needs,
+            counted,
+            extra,
+            prog,
+        }
     }
 
     /// Runs the program over `mem` (r1 = its address, r2 = its length) with the default
     /// instruction limit ([`DEFAULT_INSTRUCTION_LIMIT`](crate::interp::DEFAULT_INSTRUCTION_LIMIT))
     /// if instructions are counted.
+    #[inline]
     pub fn run(&self, mem: &mut [u8]) -> Result<u64, RunError> {
         self.run_limited(mem, crate::interp::DEFAULT_INSTRUCTION_LIMIT)
     }
 
     /// Runs the program with an instruction limit of `limit` (ignored unless compiled with
     /// [`JitOptions::count_instructions`]).
+    #[inline]
     pub fn run_limited(&self, mem: &mut [u8], limit: u64) -> Result<u64, RunError> {
-        self.run_fault(mem, limit)
-            .map_err(|f| fault_to_run_error(f, limit))
+        match self.run_fault(mem, limit) {
+            Ok(v) => Ok(v),
+            Err(f) => Err(fault_to_run_error(f, limit)),
+        }
     }
 
     /// Like [`run_limited`](Self::run_limited), with the JIT's own fault description (which
     /// also tells loads from stores).
+    #[inline]
     pub fn run_fault(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
-        static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
-        self.run_env(mem, limit, &EMPTY, 0).map(|(r0, _)| r0)
+        if !self.simple {
+            return self.run_without_env(mem, limit);
+        }
+        let (r1, len) = entry_memory(mem);
+        (self.entry)(r1, len, limit, 0, std::ptr::null_mut()).result()
     }
 
-    /// Like [`run_fault`](Self::run_fault) in environment `env` (maps, host data), as the
-    /// `tail_calls`-th tail call of its run; also returns the program a helper asked to
-    /// tail-call, which the caller runs.
+    /// [`run_fault`](Self::run_fault) for code that needs a stack, a `HelperContext` or hides
+    /// addresses: in an empty environment of its shape.
+    #[inline(never)]
+    fn run_without_env(&self, mem: &mut [u8], limit: u64) -> Result<u64, Fault> {
+        static EMPTY: ProgramEnv = ProgramEnv::EMPTY;
+        static EMPTY_HIDDEN: ProgramEnv = ProgramEnv::EMPTY_HIDDEN;
+        let env = if self.extra.hide {
+            &EMPTY_HIDDEN
+        } else {
+            &EMPTY
+        };
+        self.run_env(mem, limit, env, 0).map(|(r0, _)| r0)
+    }
+
+    /// Whether a run needs more than one call of the code: a stack, a `HelperContext`
+    /// (context helpers, extra regions, tail calls) or hidden addresses.
+    #[inline]
+    pub(crate) fn needs_env(&self) -> bool {
+        !self.simple
+    }
+
+    /// A run in environment `env` (maps, host data), as the `tail_calls`-th tail call of its
+    /// run: with the stack the code needs and, if it reads it, a `HelperContext`. Also returns
+    /// the program a helper asked to tail-call, which the caller runs.
+    #[inline(never)]
     pub(crate) fn run_env(
         &self,
         mem: &mut [u8],
         limit: u64,
         env: &ProgramEnv,
         tail_calls: u32,
-    ) -> Result<super::Outcome, Fault> {
-        debug_assert!(self.extra || env.regions.is_empty());
-        #[allow(unsafe_code)]
-        // SAFETY: `prog` holds code produced by `compile`, linked for the address it was
-        // placed at, whose entry has the signature `EntryFn`; it stays mapped while `self`
-        // (which owns it) lives, and `run_entry` calls it only during this borrow. The code
-        // touches only the context, `mem`, the stack `run_entry` passes it and the extra
-        // regions of `env` (every access is bounds-checked; `env` keeps their maps alive),
-        // and calls only registered helpers, which are safe `extern "C"` functions of five
-        // `u64`s (and the `HelperContext` that `run_entry` owns for the run) and
-        // `extra_region_check`.
-        let entry = unsafe { self.prog.as_fn::<EntryFn>() };
-        run_entry(entry, mem, self.stack, limit, env, tail_calls)
+    ) -> Result<Outcome, Fault> {
+        if self.needs.stack_bytes <= STACK_FRAME_SIZE {
+            let mut frame = [0u8; STACK_FRAME_SIZE];
+            self.run_on(mem, limit, env, tail_calls, &mut frame)
+        } else {
+            let mut region = [MaybeUninit::<u8>::uninit(); STACK_SIZE];
+            // Only frame 0 needs zeroing: the code zeroes every other frame when a call enters
+            // it, and never reads a frame that is not live.
+            region[STACK_SIZE - STACK_FRAME_SIZE..].fill(MaybeUninit::new(0));
+            self.run_on(mem, limit, env, tail_calls, &mut region)
+        }
+    }
+
+    /// One call of the code with `stack` as stack region (its top is r10; unused if the code
+    /// reads no r10).
+    #[inline(always)]
+    fn run_on<T>(
+        &self,
+        mem: &mut [u8],
+        limit: u64,
+        env: &ProgramEnv,
+        tail_calls: u32,
+        stack: &mut [T],
+    ) -> Result<Outcome, Fault> {
+        debug_assert!(self.extra.extra_regions || env.regions().is_empty());
+        debug_assert_eq!(self.extra.hide, env.hides_addresses());
+        let (r1, len) = entry_memory(mem);
+        if self.extra.hide && len > crate::vaddr::MAX_INPUT {
+            return Err(Fault::InputTooLarge { len });
+        }
+        let start = stack.as_mut_ptr() as u64;
+        let top = start + std::mem::size_of_val(stack) as u64;
+        let (stack_start, top) = if self.needs.stack_bytes == 0 {
+            (0, 0)
+        } else {
+            (start, top)
+        };
+        if !self.needs.env {
+            let r0 = (self.entry)(r1, len, limit, top, std::ptr::null_mut()).result()?;
+            return Ok((r0, None));
+        }
+        let mut hcx = HelperContext::new(mem.as_mut_ptr() as u64, len, stack_start, top, env);
+        hcx.tail_calls = tail_calls;
+        let hcx_ptr = (&mut hcx as *mut HelperContext<'_>).cast::<HelperContext<'static>>();
+        // Helpers get `hcx` only during the calls the code makes to them.
+        let r0 = (self.entry)(r1, len, limit, top, hcx_ptr).result()?;
+        Ok((r0, hcx.tail_call.take()))
     }
 
     /// Whether runs count instructions.
@@ -224,26 +358,67 @@ impl JitProgram {
     }
 }
 
+/// r1 and r2 at entry for input memory `mem`: its address and length, or 0 and 0 when it is
+/// empty (as the upstream conformance runner's plugins pass a null pointer).
+#[inline(always)]
+fn entry_memory(mem: &mut [u8]) -> (u64, u64) {
+    let len = mem.len() as u64;
+    let r1 = if len == 0 { 0 } else { mem.as_mut_ptr() as u64 };
+    (r1, len)
+}
+
+/// Places translated code with `alloc`; `Ok(None)` if it has relative helper calls that do
+/// not reach from where the draft landed (and `rel` says they were relative).
+fn place(
+    alloc: &Allocator,
+    out: Output<'_>,
+    rel: bool,
+    counted: bool,
+    extra: EnvShape,
+) -> Result<Option<JitProgram>, JitError> {
+    let mut draft = alloc.draft(out.code.len(), CODE_ALIGN)?;
+    let base = draft.exec_addr() as u64;
+    if rel && !reaches(out.calls, base) {
+        return Ok(None);
+    }
+    let image = draft.image_mut();
+    image.copy_from_slice(out.code);
+    link(image, out.calls, base)?;
+    Ok(Some(JitProgram::from_program(
+        draft.finalize()?,
+        out.needs,
+        counted,
+        extra,
+    )))
+}
+
 /// A process-wide allocator for JIT code whose packs lie within rel32 reach of this binary
-/// (so helpers defined in it are reached with `call rel32`), created on first use. For
-/// callers without an allocator of their own (the conformance engine, the plugin).
+/// (so helpers defined in it are reached with `call rel32`), created on first use, with the
+/// kernel's 16 bytes of minimum slack for a random start of every program
+/// (`Config::min_slack(16)`). For callers without an allocator of their own (the conformance
+/// engine, the plugin); an allocator given to `Vm::enable_jit` keeps its own settings.
 pub fn shared_allocator() -> Result<Allocator, JitError> {
     static SHARED: Mutex<Option<Allocator>> = Mutex::new(None);
     let mut g = SHARED.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(a) = g.as_ref() {
         return Ok(a.clone());
     }
-    let near = Allocator::new(Config::default().code_range(CodeRange::near_this_binary()));
+    // The kernel's 16 bytes of slack: every program starts at a random offset of at least
+    // 0..=16 bytes, as in the kernel's BPF JIT (eBPF programs may come from users this process
+    // does not trust; see progpack's notes on JIT spraying).
+    let config = Config::default().min_slack(16);
+    let near = Allocator::new(config.clone().code_range(CodeRange::near_this_binary()));
     // Without room near the binary, an allocator anywhere (helpers via absolute calls).
     let a = match near {
         Ok(a) => a,
-        Err(_) => Allocator::new(Config::default())?,
+        Err(_) => Allocator::new(config)?,
     };
     *g = Some(a.clone());
     Ok(a)
 }
 
 /// The interpreter's error for a JIT fault.
+#[cold]
 pub(crate) fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
     match f {
         Fault::OutOfBounds { pc, addr, size, .. } => RunError::OutOfBounds {
@@ -254,6 +429,10 @@ pub(crate) fn fault_to_run_error(f: Fault, limit: u64) -> RunError {
         Fault::CallDepth { pc } => RunError::CallDepthExceeded { pc },
         Fault::UnknownHelper { pc, id } => RunError::UnknownHelper { id: id as u32, pc },
         Fault::FellOffEnd { pc } => RunError::InvalidInstruction { pc },
+        Fault::InputTooLarge { len } => RunError::InputTooLarge {
+            len,
+            max: crate::vaddr::MAX_INPUT,
+        },
         Fault::Budget { .. } => RunError::InstructionLimit { limit },
     }
 }

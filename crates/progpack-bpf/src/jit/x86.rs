@@ -1,15 +1,16 @@
 //! A minimal x86-64 encoder: exactly the instruction forms the eBPF JIT emits, plus labels and
-//! two-pass jump sizing.
+//! one-pass jump fixups.
 //!
 //! Invariants:
-//! - Labels are plain indices handed out in emission order; a compile runs the same emission
-//!   code twice, so label ids, jump sites and helper-call sites line up between the passes.
-//! - Pass 1 only measures (counts bytes, stores none), taking every label jump as rel32, and
-//!   records where each jump ends and where its target ended up. A jump whose pass-1 displacement fits in a signed byte is emitted as rel8
-//!   in pass 2. Making jumps shorter never makes any displacement larger (code between a jump
-//!   and its target only shrinks), so a rel8 decision from pass 1 stays valid in pass 2.
-//! - Pass 2 writes placeholder displacements and patches them all at the end from its own
-//!   label offsets ([`Asm::patch_jumps`]).
+//! - Code is emitted in one pass into a buffer that is reused between compiles
+//!   ([`Asm::new`] takes the previous compile's vectors back).
+//! - A jump to a label that is already bound (a backward jump) gets its exact displacement
+//!   at once, in the short form when it fits. A jump to a label not yet bound (a forward jump)
+//!   is recorded as a fixup, in the short form only when the caller proves that the distance
+//!   fits in a signed byte (the eBPF translator knows an upper bound of every instruction's
+//!   code size); [`Asm::patch_jumps`] resolves every fixup at the end and reports a short jump
+//!   that does not fit as an error, never by writing a wrong displacement.
+//! - Every instruction is at most 15 bytes and is committed with one fixed 16-byte copy.
 
 /// An x86-64 general-purpose register, numbered as in the instruction encoding.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -47,6 +48,36 @@ impl R {
     /// As an 8-bit register, spl/bpl/sil/dil need a REX prefix (else they mean ah/ch/dh/bh).
     fn byte_needs_rex(self) -> bool {
         (4..8).contains(&(self as u8))
+    }
+}
+
+/// A memory operand `[base + index + disp]` (index optional, scale 1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mem {
+    /// Base register.
+    pub base: R,
+    /// Index register (never rsp).
+    pub index: Option<R>,
+    /// Displacement.
+    pub disp: i32,
+}
+
+impl Mem {
+    /// `[base + disp]`.
+    pub(crate) fn at(base: R, disp: i32) -> Mem {
+        Mem {
+            base,
+            index: None,
+            disp,
+        }
+    }
+    /// `[base + index + disp]`.
+    pub(crate) fn indexed(base: R, index: R, disp: i32) -> Mem {
+        Mem {
+            base,
+            index: Some(index),
+            disp,
+        }
     }
 }
 
@@ -139,9 +170,9 @@ impl W {
     }
 }
 
-/// A jump to a label recorded during emission.
+/// A forward jump waiting for its label.
 #[derive(Clone, Copy, Debug)]
-struct Site {
+struct Fixup {
     label: Label,
     /// Offset of the end of the jump instruction (displacements are relative to it).
     end: u32,
@@ -150,7 +181,7 @@ struct Site {
 }
 
 /// Helper-call site using `call rel32` whose displacement depends on the final address.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct AbsCallSite {
     /// Offset of the rel32 field.
     pub pos: u32,
@@ -158,83 +189,91 @@ pub(crate) struct AbsCallSite {
     pub target: u64,
 }
 
+/// Bytes of buffer an instruction is encoded into (at most 15 are used).
+const WINDOW: usize = 32;
+
 /// An unbound label's offset.
 pub(crate) const UNBOUND: u32 = u32::MAX;
 
-/// The bookkeeping vectors of an [`Asm`], kept between compiles to save allocations.
+/// The vectors of an [`Asm`], kept between compiles to save allocations.
 #[derive(Default)]
 pub(crate) struct AsmVecs {
+    /// Code buffer (longer than the code: its length is kept between compiles).
+    buf: Vec<u8>,
+    /// Bytes of code in `buf`.
+    len: usize,
     labels: Vec<u32>,
-    sites: Vec<Site>,
-    short: Vec<bool>,
+    fixups: Vec<Fixup>,
+    calls: Vec<AbsCallSite>,
 }
 
 impl AsmVecs {
-    /// Total capacity, in elements.
+    /// Total capacity, in bytes.
     pub(crate) fn capacity(&self) -> usize {
-        self.labels.capacity() + self.sites.capacity() + self.short.capacity()
+        self.buf.capacity()
+            + 4 * self.labels.capacity()
+            + 12 * self.fixups.capacity()
+            + 16 * self.calls.capacity()
+    }
+
+    /// The code of the last compile.
+    pub(crate) fn code(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// The helper-call sites of the last compile.
+    pub(crate) fn calls(&self) -> &[AbsCallSite] {
+        &self.calls
+    }
+
+    /// Offsets of the first `n` labels of the last compile (`UNBOUND` if unbound).
+    pub(crate) fn label_offsets(&self, n: usize) -> &[u32] {
+        &self.labels[..n.min(self.labels.len())]
     }
 }
 
-/// The code buffer with its labels and jump bookkeeping.
+/// The code buffer with its labels and jump fixups.
 pub(crate) struct Asm {
-    /// The code emitted so far (empty in a measuring pass).
+    /// The code; `buf.len()` is at least `len + WINDOW` once an instruction is emitted.
     buf: Vec<u8>,
     /// Bytes emitted so far.
     len: u32,
-    /// Pass 1 only measures: it counts bytes without storing them.
-    measure: bool,
     labels: Vec<u32>,
-    sites: Vec<Site>,
-    /// Per jump site (in emission order): emit rel8? Empty during pass 1.
-    short: Vec<bool>,
+    fixups: Vec<Fixup>,
     /// `call rel32` sites to helpers, fixed up once the final address is known.
-    pub calls: Vec<AbsCallSite>,
+    calls: Vec<AbsCallSite>,
     /// Whether helpers are reached by `call rel32` (else `mov rax, imm64; call rax`).
     pub rel_calls: bool,
+    /// Set if an instruction could not be written (a bug; fails the compile).
+    broken: bool,
 }
 
 impl Asm {
-    /// A fresh assembler for pass 1 (measuring only; every label jump taken as rel32).
-    pub(crate) fn new(rel_calls: bool, reuse: AsmVecs) -> Asm {
+    /// A fresh assembler, reusing `reuse`'s allocations; `size_hint` is the expected code size.
+    pub(crate) fn new(rel_calls: bool, reuse: AsmVecs, size_hint: usize) -> Asm {
         let AsmVecs {
+            mut buf,
+            len: _,
             mut labels,
-            mut sites,
-            mut short,
+            mut fixups,
+            mut calls,
         } = reuse;
         labels.clear();
-        sites.clear();
-        short.clear();
-        Asm {
-            buf: Vec::new(),
-            len: 0,
-            measure: true,
-            labels,
-            sites,
-            short,
-            calls: Vec::new(),
-            rel_calls,
+        fixups.clear();
+        calls.clear();
+        let want = size_hint + WINDOW;
+        if buf.len() < want {
+            buf.resize(want.max(256), 0);
         }
-    }
-
-    /// After pass 1: the assembler for pass 2, which uses rel8 where pass 1 proved it fits.
-    /// Reuses pass 1's buffers. Returns it with the number of pass-1 jump sites.
-    pub(crate) fn second_pass(mut self) -> (Asm, usize) {
-        let labels = &self.labels;
-        self.short.clear();
-        self.short.extend(self.sites.iter().map(|s| {
-            let target = labels[s.label.0 as usize];
-            target != UNBOUND && i8::try_from(target as i64 - s.end as i64).is_ok()
-        }));
-        let n = self.sites.len();
-        let len = self.len as usize;
-        self.reserve_exact(len);
-        self.len = 0;
-        self.measure = false;
-        self.labels.clear();
-        self.sites.clear();
-        self.calls.clear();
-        (self, n)
+        Asm {
+            buf,
+            len: 0,
+            labels,
+            fixups,
+            calls,
+            rel_calls,
+            broken: false,
+        }
     }
 
     /// Current offset.
@@ -243,6 +282,7 @@ impl Asm {
     }
 
     /// A new, unbound label.
+    #[inline]
     pub(crate) fn label(&mut self) -> Label {
         self.labels.push(UNBOUND);
         Label(self.labels.len() as u32 - 1)
@@ -261,85 +301,84 @@ impl Asm {
     }
 
     /// Binds `l` to the current offset.
+    #[inline]
     pub(crate) fn bind(&mut self, l: Label) {
         let p = self.pos();
         self.labels[l.0 as usize] = p;
     }
 
-    /// Number of jump sites recorded.
-    pub(crate) fn jump_sites(&self) -> usize {
-        self.sites.len()
-    }
-
-    /// Resolves every label jump of pass 2. Fails (a bug, reported as an error rather than a
-    /// panic) if a label was never bound or a rel8 decision no longer fits.
+    /// Resolves every forward jump. Fails (a bug, reported as an error rather than a panic)
+    /// if a label was never bound or a short jump does not reach.
     pub(crate) fn patch_jumps(&mut self) -> Result<(), &'static str> {
-        for s in &self.sites {
-            let target = self.labels[s.label.0 as usize];
+        if self.broken {
+            return Err("code buffer");
+        }
+        for f in &self.fixups {
+            let target = self.labels[f.label.0 as usize];
             if target == UNBOUND {
                 return Err("jump to an unbound label");
             }
-            let d = target as i64 - s.end as i64;
-            if s.short {
+            let d = target as i64 - f.end as i64;
+            if f.short {
                 let d = i8::try_from(d).map_err(|_| "rel8 jump out of range")?;
-                self.buf[s.end as usize - 1] = d as u8;
+                self.buf[f.end as usize - 1] = d as u8;
             } else {
                 let d = i32::try_from(d).map_err(|_| "rel32 jump out of range")?;
-                self.buf[s.end as usize - 4..s.end as usize].copy_from_slice(&d.to_le_bytes());
+                self.buf[f.end as usize - 4..f.end as usize].copy_from_slice(&d.to_le_bytes());
             }
         }
         Ok(())
     }
 
+    /// Ends the compile: the code (truncated to its length) and the other vectors, to read
+    /// the results from and to reuse.
+    pub(crate) fn finish(self) -> AsmVecs {
+        AsmVecs {
+            len: self.len as usize,
+            buf: self.buf,
+            labels: self.labels,
+            fixups: self.fixups,
+            calls: self.calls,
+        }
+    }
+
     // ---- committing instructions ----
 
-    /// Appends one encoded instruction: a fixed 16-byte copy (no `memcpy` call, no per-byte
-    /// capacity check), of which `i.n` bytes count. In the measuring pass only the length
-    /// moves.
-    #[inline]
-    fn put(&mut self, i: Ins) {
-        if !self.measure {
-            let at = self.len as usize;
-            if self.buf.len() < at + 16 {
-                self.grow(at + 16);
-            }
-            self.buf[at..at + 16].copy_from_slice(&i.b);
+    /// Appends one instruction: `f` encodes it into a 32-byte window of the buffer at the
+    /// current end (one capacity check per instruction, no copy) and returns its length.
+    #[inline(always)]
+    fn put(&mut self, f: impl FnOnce(&mut Enc<'_>)) {
+        let at = self.len as usize;
+        if self.buf.len() < at + WINDOW {
+            self.grow(at + WINDOW);
         }
-        self.len += i.n as u32;
+        // (Cannot fail after `grow`; if it did, `patch_jumps` reports it.)
+        let Some(Ok(w)) = self
+            .buf
+            .get_mut(at..at + WINDOW)
+            .map(<&mut [u8; WINDOW]>::try_from)
+        else {
+            self.broken = true;
+            return;
+        };
+        let mut e = Enc { w, p: 0 };
+        f(&mut e);
+        self.len += e.p as u32;
     }
 
     #[cold]
+    #[inline(never)]
     fn grow(&mut self, need: usize) {
         let n = need.max(self.buf.len() * 2).max(256);
         self.buf.resize(n, 0);
     }
 
-    /// Sizes the buffer of the emitting pass for `len` bytes of code.
-    fn reserve_exact(&mut self, len: usize) {
-        self.buf = vec![0; len + 16];
-    }
-
-    /// The emitted code (pass 2), without the slack of the fixed-size copies.
-    pub(crate) fn into_code(mut self) -> (Vec<u8>, Vec<AbsCallSite>, AsmVecs) {
-        self.buf.truncate(self.len as usize);
-        let vecs = AsmVecs {
-            labels: self.labels,
-            sites: self.sites,
-            short: self.short,
-        };
-        (self.buf, self.calls, vecs)
-    }
-
-    /// Offsets of the first `n` labels (`u32::MAX`: unbound).
-    pub(crate) fn label_offsets(&self, n: usize) -> Vec<u32> {
-        self.labels[..n.min(self.labels.len())].to_vec()
-    }
-
     // ---- moves ----
 
     /// `mov dst, src` (32-bit form zero-extends).
+    #[inline]
     pub(crate) fn mov_rr(&mut self, w64: bool, dst: R, src: R) {
-        self.put(op_rr(width(w64), &[0x89], src.num(), dst, false));
+        self.put(|e| e.rr(width(w64), &[0x89], src.num(), dst, false));
     }
 
     /// Loads a 64-bit constant in the shortest form.
@@ -349,271 +388,362 @@ impl Asm {
         } else if imm <= u32::MAX as u64 {
             self.mov_imm32(dst, imm as u32);
         } else if let Ok(v) = i32::try_from(imm as i64) {
-            // REX.W C7 /0 id: sign-extended imm32.
-            self.put(op_rr(W::B64, &[0xc7], 0, dst, false).d32(v));
+            self.mov_sext32(dst, v);
         } else {
-            let mut i = rex(Ins::new(), true, 0, 0, dst.hi(), false).u8(0xb8 + dst.low());
-            for x in imm.to_le_bytes() {
-                i = i.u8(x);
-            }
-            self.put(i);
+            self.movabs(dst, imm);
         }
     }
 
-    /// `mov dst32, imm32` (zero-extends into the upper half).
+    /// `mov dst, imm64` always in its 10-byte form.
+    pub(crate) fn movabs(&mut self, dst: R, imm: u64) {
+        self.put(|e| {
+            e.rex(true, 0, 0, dst.hi(), false);
+            e.u8(0xb8 + dst.low());
+            e.q64(imm);
+        });
+    }
+
+    /// `mov dst32, imm32` (zero-extends into the upper half); `xor` for 0.
+    #[inline]
     pub(crate) fn mov_imm32(&mut self, dst: R, imm: u32) {
         if imm == 0 {
             self.alu_rr(false, Alu::Xor, dst, dst);
             return;
         }
-        let i = rex(Ins::new(), false, 0, 0, dst.hi(), false);
-        self.put(i.u8(0xb8 + dst.low()).d32(imm as i32));
+        self.mov_imm32_full(dst, imm);
+    }
+
+    /// `mov dst32, imm32` in its 5- or 6-byte form, also for 0 (leaves the flags alone).
+    #[inline]
+    pub(crate) fn mov_imm32_full(&mut self, dst: R, imm: u32) {
+        self.put(|e| {
+            e.rex(false, 0, 0, dst.hi(), false);
+            e.u8(0xb8 + dst.low());
+            e.d32(imm as i32);
+        });
+    }
+
+    /// `mov dst, sext(imm32)` (REX.W C7 /0).
+    pub(crate) fn mov_sext32(&mut self, dst: R, imm: i32) {
+        self.put(|e| {
+            e.rr(W::B64, &[0xc7], 0, dst, false);
+            e.d32(imm);
+        });
     }
 
     /// `movsx`/`movsxd dst, src` from `from` bits (8, 16, 32); `w64` selects the target width.
     pub(crate) fn movsx_rr(&mut self, w64: bool, dst: R, src: R, from: W) {
-        self.put(match from {
-            W::B8 => op_rr(width(w64), &[0x0f, 0xbe], dst.num(), src, true),
-            W::B16 => op_rr(width(w64), &[0x0f, 0xbf], dst.num(), src, false),
-            _ => op_rr(W::B64, &[0x63], dst.num(), src, false),
+        self.put(|e| match from {
+            W::B8 => e.rr(width(w64), &[0x0f, 0xbe], dst.num(), src, true),
+            W::B16 => e.rr(width(w64), &[0x0f, 0xbf], dst.num(), src, false),
+            _ => e.rr(W::B64, &[0x63], dst.num(), src, false),
         });
     }
 
     /// `movzx dst32, src16` (zero-extends to 64).
     pub(crate) fn movzx16_rr(&mut self, dst: R, src: R) {
-        self.put(op_rr(W::B32, &[0x0f, 0xb7], dst.num(), src, false));
+        self.put(|e| e.rr(W::B32, &[0x0f, 0xb7], dst.num(), src, false));
     }
 
-    /// `lea dst, [base + disp]`.
-    pub(crate) fn lea(&mut self, dst: R, base: R, disp: i32) {
-        self.put(op_rm(W::B64, &[0x8d], dst.num(), base, disp, false));
+    /// `lea dst, [m]`.
+    #[inline]
+    pub(crate) fn lea(&mut self, dst: R, m: Mem) {
+        self.put(|e| e.m(W::B64, &[0x8d], dst.num(), m, false));
     }
 
-    /// Zero- or sign-extending load of `size` bytes from `[base + disp]` into `dst` (64 bits).
-    pub(crate) fn load(&mut self, size: W, signed: bool, dst: R, base: R, disp: i32) {
+    /// Zero- or sign-extending load of `size` bytes from `m` into `dst` (64 bits).
+    #[inline]
+    pub(crate) fn load(&mut self, size: W, signed: bool, dst: R, m: Mem) {
         let d = dst.num();
-        self.put(match (size, signed) {
-            (W::B8, false) => op_rm(W::B32, &[0x0f, 0xb6], d, base, disp, false),
-            (W::B16, false) => op_rm(W::B32, &[0x0f, 0xb7], d, base, disp, false),
-            (W::B32, false) => op_rm(W::B32, &[0x8b], d, base, disp, false),
-            (W::B64, _) => op_rm(W::B64, &[0x8b], d, base, disp, false),
-            (W::B8, true) => op_rm(W::B64, &[0x0f, 0xbe], d, base, disp, false),
-            (W::B16, true) => op_rm(W::B64, &[0x0f, 0xbf], d, base, disp, false),
-            (W::B32, true) => op_rm(W::B64, &[0x63], d, base, disp, false),
+        self.put(|e| match (size, signed) {
+            (W::B8, false) => e.m(W::B32, &[0x0f, 0xb6], d, m, false),
+            (W::B16, false) => e.m(W::B32, &[0x0f, 0xb7], d, m, false),
+            (W::B32, false) => e.m(W::B32, &[0x8b], d, m, false),
+            (W::B64, _) => e.m(W::B64, &[0x8b], d, m, false),
+            (W::B8, true) => e.m(W::B64, &[0x0f, 0xbe], d, m, false),
+            (W::B16, true) => e.m(W::B64, &[0x0f, 0xbf], d, m, false),
+            (W::B32, true) => e.m(W::B64, &[0x63], d, m, false),
         });
     }
 
-    /// Store of the low `size` bytes of `src` to `[base + disp]`.
-    pub(crate) fn store(&mut self, size: W, base: R, disp: i32, src: R) {
+    /// Store of the low `size` bytes of `src` to `m`.
+    #[inline]
+    pub(crate) fn store(&mut self, size: W, m: Mem, src: R) {
         let opc: &[u8] = if size == W::B8 { &[0x88] } else { &[0x89] };
-        self.put(op_rm(size, opc, src.num(), base, disp, size == W::B8));
+        self.put(|e| e.m(size, opc, src.num(), m, size == W::B8));
     }
 
-    /// Store of an immediate (sign-extended for 64 bits) to `[base + disp]`.
-    pub(crate) fn store_imm(&mut self, size: W, base: R, disp: i32, imm: i32) {
-        self.put(match size {
-            W::B8 => op_rm(W::B8, &[0xc6], 0, base, disp, false).u8(imm as u8),
-            W::B16 => {
-                let [lo, hi] = (imm as u16).to_le_bytes();
-                op_rm(W::B16, &[0xc7], 0, base, disp, false).u8(lo).u8(hi)
+    /// Store of an immediate (sign-extended for 64 bits) to `m`.
+    #[inline]
+    pub(crate) fn store_imm(&mut self, size: W, m: Mem, imm: i32) {
+        self.put(|e| match size {
+            W::B8 => {
+                e.m(W::B8, &[0xc6], 0, m, false);
+                e.u8(imm as u8);
             }
-            _ => op_rm(size, &[0xc7], 0, base, disp, false).d32(imm),
+            W::B16 => {
+                e.m(W::B16, &[0xc7], 0, m, false);
+                let [lo, hi] = (imm as u16).to_le_bytes();
+                e.u8(lo);
+                e.u8(hi);
+            }
+            _ => {
+                e.m(size, &[0xc7], 0, m, false);
+                e.d32(imm);
+            }
         });
     }
 
-    /// `mov dst, [base + disp]` (64-bit).
-    pub(crate) fn mov_rm(&mut self, dst: R, base: R, disp: i32) {
-        self.put(op_rm(W::B64, &[0x8b], dst.num(), base, disp, false));
+    /// `mov dst, [m]` (64-bit).
+    pub(crate) fn mov_rm(&mut self, dst: R, m: Mem) {
+        self.put(|e| e.m(W::B64, &[0x8b], dst.num(), m, false));
     }
 
-    /// `mov [base + disp], src` (64-bit).
-    pub(crate) fn mov_mr(&mut self, base: R, disp: i32, src: R) {
-        self.put(op_rm(W::B64, &[0x89], src.num(), base, disp, false));
+    /// `mov [m], src` (64-bit).
+    pub(crate) fn mov_mr(&mut self, m: Mem, src: R) {
+        self.put(|e| e.m(W::B64, &[0x89], src.num(), m, false));
     }
 
     // ---- arithmetic ----
 
     /// `op dst, src`.
+    #[inline]
     pub(crate) fn alu_rr(&mut self, w64: bool, op: Alu, dst: R, src: R) {
-        self.put(op_rr(
-            width(w64),
-            &[op.rm_reg_opcode()],
-            src.num(),
-            dst,
-            false,
-        ));
+        let opc = [op.rm_reg_opcode()];
+        self.put(|e| e.rr(width(w64), &opc, src.num(), dst, false));
     }
 
     /// `op dst, imm` (imm sign-extended to 64 bits in the 64-bit form).
+    #[inline]
     pub(crate) fn alu_ri(&mut self, w64: bool, op: Alu, dst: R, imm: i32) {
-        self.put(if let Ok(i) = i8::try_from(imm) {
-            op_rr(width(w64), &[0x83], op.imm_digit(), dst, false).u8(i as u8)
-        } else {
-            op_rr(width(w64), &[0x81], op.imm_digit(), dst, false).d32(imm)
+        self.put(|e| {
+            if let Ok(i) = i8::try_from(imm) {
+                e.rr(width(w64), &[0x83], op.imm_digit(), dst, false);
+                e.u8(i as u8);
+            } else {
+                e.rr(width(w64), &[0x81], op.imm_digit(), dst, false);
+                e.d32(imm);
+            }
         });
     }
 
-    /// `op dst, [base + disp]` (64-bit; the `reg, r/m` direction).
-    pub(crate) fn alu_rm(&mut self, op: Alu, dst: R, base: R, disp: i32) {
+    /// `op dst, [m]` (64-bit; the `reg, r/m` direction).
+    #[inline]
+    pub(crate) fn alu_rm(&mut self, op: Alu, dst: R, m: Mem) {
         let opc = [op.rm_reg_opcode() + 2];
-        self.put(op_rm(W::B64, &opc, dst.num(), base, disp, false));
+        self.put(|e| e.m(W::B64, &opc, dst.num(), m, false));
+    }
+
+    /// `op qword [m], imm` (imm sign-extended).
+    #[inline]
+    pub(crate) fn alu_mi(&mut self, op: Alu, m: Mem, imm: i32) {
+        self.put(|e| {
+            if let Ok(i) = i8::try_from(imm) {
+                e.m(W::B64, &[0x83], op.imm_digit(), m, false);
+                e.u8(i as u8);
+            } else {
+                e.m(W::B64, &[0x81], op.imm_digit(), m, false);
+                e.d32(imm);
+            }
+        });
     }
 
     /// `test a, b`.
     pub(crate) fn test_rr(&mut self, w64: bool, a: R, b: R) {
-        self.put(op_rr(width(w64), &[0x85], b.num(), a, false));
+        self.put(|e| e.rr(width(w64), &[0x85], b.num(), a, false));
     }
 
     /// `test a, imm` (imm sign-extended in the 64-bit form).
     pub(crate) fn test_ri(&mut self, w64: bool, a: R, imm: i32) {
-        self.put(op_rr(width(w64), &[0xf7], 0, a, false).d32(imm));
+        self.put(|e| {
+            e.rr(width(w64), &[0xf7], 0, a, false);
+            e.d32(imm);
+        });
     }
 
     /// `imul dst, src`.
     pub(crate) fn imul_rr(&mut self, w64: bool, dst: R, src: R) {
-        self.put(op_rr(width(w64), &[0x0f, 0xaf], dst.num(), src, false));
+        self.put(|e| e.rr(width(w64), &[0x0f, 0xaf], dst.num(), src, false));
     }
 
     /// `imul dst, dst, imm`.
     pub(crate) fn imul_ri(&mut self, w64: bool, dst: R, imm: i32) {
-        self.put(if let Ok(i) = i8::try_from(imm) {
-            op_rr(width(w64), &[0x6b], dst.num(), dst, false).u8(i as u8)
-        } else {
-            op_rr(width(w64), &[0x69], dst.num(), dst, false).d32(imm)
+        self.put(|e| {
+            if let Ok(i) = i8::try_from(imm) {
+                e.rr(width(w64), &[0x6b], dst.num(), dst, false);
+                e.u8(i as u8);
+            } else {
+                e.rr(width(w64), &[0x69], dst.num(), dst, false);
+                e.d32(imm);
+            }
         });
     }
 
     /// `neg dst`.
     pub(crate) fn neg(&mut self, w64: bool, dst: R) {
-        self.put(op_rr(width(w64), &[0xf7], 3, dst, false));
+        self.put(|e| e.rr(width(w64), &[0xf7], 3, dst, false));
     }
 
     /// `div src` (unsigned) or `idiv src` (signed): rdx:rax / src.
     pub(crate) fn div(&mut self, w64: bool, signed: bool, src: R) {
         let digit = if signed { 7 } else { 6 };
-        self.put(op_rr(width(w64), &[0xf7], digit, src, false));
+        self.put(|e| e.rr(width(w64), &[0xf7], digit, src, false));
     }
 
     /// `cqo` (64) or `cdq` (32): sign-extend rax into rdx.
     pub(crate) fn cqo(&mut self, w64: bool) {
-        let i = if w64 { Ins::new().u8(0x48) } else { Ins::new() };
-        self.put(i.u8(0x99));
+        self.put(|e| {
+            if w64 {
+                e.u8(0x48);
+            }
+            e.u8(0x99);
+        });
     }
 
     /// Shift by an immediate.
     pub(crate) fn shift_ri(&mut self, w: W, op: Shift, dst: R, imm: u8) {
-        self.put(op_rr(w, &[0xc1], op as u8, dst, false).u8(imm));
+        self.put(|e| {
+            e.rr(w, &[0xc1], op as u8, dst, false);
+            e.u8(imm);
+        });
     }
 
     /// Shift by `cl`.
     pub(crate) fn shift_cl(&mut self, w64: bool, op: Shift, dst: R) {
-        self.put(op_rr(width(w64), &[0xd3], op as u8, dst, false));
+        self.put(|e| e.rr(width(w64), &[0xd3], op as u8, dst, false));
     }
 
     /// `bswap dst` (32 or 64 bits).
     pub(crate) fn bswap(&mut self, w64: bool, dst: R) {
-        let i = rex(Ins::new(), w64, 0, 0, dst.hi(), false);
-        self.put(i.u8(0x0f).u8(0xc8 + dst.low()));
+        self.put(|e| {
+            e.rex(w64, 0, 0, dst.hi(), false);
+            e.u8(0x0f);
+            e.u8(0xc8 + dst.low());
+        });
     }
 
     /// `pxor xmm0, xmm0`.
     pub(crate) fn pxor_xmm0(&mut self) {
-        self.put(Ins::new().u8(0x66).u8(0x0f).u8(0xef).u8(0xc0));
-    }
-
-    /// `movups [base + disp], xmm0`.
-    pub(crate) fn movups_store_xmm0(&mut self, base: R, disp: i32) {
-        self.put(op_rm(W::B32, &[0x0f, 0x11], 0, base, disp, false));
-    }
-
-    /// `cmp a, [base + disp]` (64-bit).
-    pub(crate) fn cmp_rm(&mut self, a: R, base: R, disp: i32) {
-        self.alu_rm(Alu::Cmp, a, base, disp);
-    }
-
-    /// `sub qword [base + disp], imm` (sets CF when the value was below `imm`).
-    pub(crate) fn sub_mem_imm(&mut self, base: R, disp: i32, imm: i32) {
-        self.put(if let Ok(i) = i8::try_from(imm) {
-            op_rm(W::B64, &[0x83], 5, base, disp, false).u8(i as u8)
-        } else {
-            op_rm(W::B64, &[0x81], 5, base, disp, false).d32(imm)
+        self.put(|e| {
+            e.u8(0x66);
+            e.u8(0x0f);
+            e.u8(0xef);
+            e.u8(0xc0);
         });
     }
 
-    // ---- atomics (all on [base + disp]) ----
+    /// `movups [m], xmm0`.
+    pub(crate) fn movups_store_xmm0(&mut self, m: Mem) {
+        self.put(|e| e.m(W::B32, &[0x0f, 0x11], 0, m, false));
+    }
 
-    /// `lock op [base + disp], src` for add/or/and/xor.
-    pub(crate) fn lock_alu_mr(&mut self, w64: bool, op: Alu, base: R, disp: i32, src: R) {
+    // ---- atomics ----
+
+    /// `lock op [m], src` for add/or/and/xor.
+    pub(crate) fn lock_alu_mr(&mut self, w64: bool, op: Alu, m: Mem, src: R) {
         let opc = [op.rm_reg_opcode()];
-        self.put(lock(op_rm(width(w64), &opc, src.num(), base, disp, false)));
+        self.put(|e| {
+            e.u8(0xf0);
+            e.m(width(w64), &opc, src.num(), m, false);
+        });
     }
 
-    /// `lock xadd [base + disp], src`.
-    pub(crate) fn lock_xadd(&mut self, w64: bool, base: R, disp: i32, src: R) {
-        let i = op_rm(width(w64), &[0x0f, 0xc1], src.num(), base, disp, false);
-        self.put(lock(i));
+    /// `lock xadd [m], src`.
+    pub(crate) fn lock_xadd(&mut self, w64: bool, m: Mem, src: R) {
+        self.put(|e| {
+            e.u8(0xf0);
+            e.m(width(w64), &[0x0f, 0xc1], src.num(), m, false);
+        });
     }
 
-    /// `xchg [base + disp], src` (implicitly locked).
-    pub(crate) fn xchg_mr(&mut self, w64: bool, base: R, disp: i32, src: R) {
-        self.put(op_rm(width(w64), &[0x87], src.num(), base, disp, false));
+    /// `xchg [m], src` (implicitly locked).
+    pub(crate) fn xchg_mr(&mut self, w64: bool, m: Mem, src: R) {
+        self.put(|e| e.m(width(w64), &[0x87], src.num(), m, false));
     }
 
-    /// `lock cmpxchg [base + disp], src` (compares with rax/eax).
-    pub(crate) fn lock_cmpxchg(&mut self, w64: bool, base: R, disp: i32, src: R) {
-        let i = op_rm(width(w64), &[0x0f, 0xb1], src.num(), base, disp, false);
-        self.put(lock(i));
+    /// `lock cmpxchg [m], src` (compares with rax/eax).
+    pub(crate) fn lock_cmpxchg(&mut self, w64: bool, m: Mem, src: R) {
+        self.put(|e| {
+            e.u8(0xf0);
+            e.m(width(w64), &[0x0f, 0xb1], src.num(), m, false);
+        });
     }
 
-    /// Plain load `mov dst, [base + disp]` of 32 or 64 bits.
-    pub(crate) fn mov_load(&mut self, w64: bool, dst: R, base: R, disp: i32) {
-        self.put(op_rm(width(w64), &[0x8b], dst.num(), base, disp, false));
+    /// Plain load `mov dst, [m]` of 32 or 64 bits.
+    pub(crate) fn mov_load(&mut self, w64: bool, dst: R, m: Mem) {
+        self.put(|e| e.m(width(w64), &[0x8b], dst.num(), m, false));
     }
 
     // ---- control flow ----
 
-    /// Whether the next jump site is to be emitted as rel8 (decided after pass 1).
-    fn next_is_short(&self) -> bool {
-        self.short.get(self.sites.len()).copied().unwrap_or(false)
-    }
-
-    fn record(&mut self, l: Label, short: bool) {
-        let end = self.pos();
-        self.sites.push(Site {
+    /// Emits a jump to `l`: opcode bytes `short` (then rel8) or `long` (then rel32); a
+    /// forward jump is short only if `near` (the caller's proof that it reaches).
+    #[inline(always)]
+    fn jump(&mut self, short: &[u8], long: &[u8], l: Label, near: bool) {
+        let target = self.labels[l.0 as usize];
+        if target != UNBOUND {
+            let d = target as i64 - (self.len as i64 + short.len() as i64 + 1);
+            if let Ok(d) = i8::try_from(d) {
+                self.put(|e| {
+                    e.bytes(short);
+                    e.u8(d as u8);
+                });
+            } else {
+                let d = target as i64 - (self.len as i64 + long.len() as i64 + 4);
+                self.put(|e| {
+                    e.bytes(long);
+                    e.d32(d as i32);
+                });
+            }
+            return;
+        }
+        self.put(|e| {
+            if near {
+                e.bytes(short);
+                e.u8(0);
+            } else {
+                e.bytes(long);
+                e.d32(0);
+            }
+        });
+        self.fixups.push(Fixup {
             label: l,
-            end,
-            short,
+            end: self.len,
+            short: near,
         });
     }
 
-    /// `jmp label`.
-    pub(crate) fn jmp(&mut self, l: Label) {
-        if self.next_is_short() {
-            self.put(Ins::new().u8(0xeb).u8(0));
-            self.record(l, true);
-        } else {
-            self.put(Ins::new().u8(0xe9).d32(0));
-            self.record(l, false);
-        }
+    /// `jmp label` (a forward jump is short if `near`).
+    #[inline]
+    pub(crate) fn jmp(&mut self, l: Label, near: bool) {
+        self.jump(&[0xeb], &[0xe9], l, near);
     }
 
-    /// `jcc label`.
-    pub(crate) fn jcc(&mut self, c: Cond, l: Label) {
-        if self.next_is_short() {
-            self.put(Ins::new().u8(0x70 | c as u8).u8(0));
-            self.record(l, true);
-        } else {
-            self.put(Ins::new().u8(0x0f).u8(0x80 | c as u8).d32(0));
-            self.record(l, false);
-        }
+    /// `jcc label` (a forward jump is short if `near`).
+    #[inline]
+    pub(crate) fn jcc(&mut self, c: Cond, l: Label, near: bool) {
+        self.jump(&[0x70 | c as u8], &[0x0f, 0x80 | c as u8], l, near);
     }
 
-    /// `call label` (always rel32: calls are rare and their targets far).
+    /// `call label` (rel32).
     pub(crate) fn call_label(&mut self, l: Label) {
-        // Consume a site slot so that pass-1/pass-2 site numbering stays aligned, but always
-        // emit the long form.
-        self.put(Ins::new().u8(0xe8).d32(0));
-        self.record(l, false);
+        let target = self.labels[l.0 as usize];
+        let d = if target != UNBOUND {
+            (target as i64 - (self.len as i64 + 5)) as i32
+        } else {
+            0
+        };
+        self.put(|e| {
+            e.u8(0xe8);
+            e.d32(d);
+        });
+        if target == UNBOUND {
+            self.fixups.push(Fixup {
+                label: l,
+                end: self.len,
+                short: false,
+            });
+        }
     }
 
     /// Calls an absolute address: `call rel32` (fixed up at link time) or
@@ -621,128 +751,139 @@ impl Asm {
     pub(crate) fn call_abs(&mut self, target: u64) {
         if self.rel_calls {
             let pos = self.pos() + 1;
-            self.put(Ins::new().u8(0xe8).d32(0));
+            self.put(|e| {
+                e.u8(0xe8);
+                e.d32(0);
+            });
             self.calls.push(AbsCallSite { pos, target });
         } else {
-            let mut i = Ins::new().u8(0x48).u8(0xb8);
-            for x in target.to_le_bytes() {
-                i = i.u8(x);
-            }
-            self.put(i);
-            self.put(Ins::new().u8(0xff).u8(0xd0)); // call rax: FF /2, mod 11, rm 000
+            self.movabs(R::Rax, target);
+            // call rax: FF /2, mod 11, rm 000
+            self.put(|e| {
+                e.u8(0xff);
+                e.u8(0xd0);
+            });
         }
     }
 
     /// `ret`.
+    #[inline]
     pub(crate) fn ret(&mut self) {
-        self.put(Ins::new().u8(0xc3));
+        self.put(|e| e.u8(0xc3));
     }
 
     /// `push r`.
+    #[inline]
     pub(crate) fn push(&mut self, r: R) {
-        let i = rex(Ins::new(), false, 0, 0, r.hi(), false);
-        self.put(i.u8(0x50 + r.low()));
+        self.put(|e| {
+            e.rex(false, 0, 0, r.hi(), false);
+            e.u8(0x50 + r.low());
+        });
     }
 
     /// `pop r`.
+    #[inline]
     pub(crate) fn pop(&mut self, r: R) {
-        let i = rex(Ins::new(), false, 0, 0, r.hi(), false);
-        self.put(i.u8(0x58 + r.low()));
+        self.put(|e| {
+            e.rex(false, 0, 0, r.hi(), false);
+            e.u8(0x58 + r.low());
+        });
     }
 }
 
-/// One x86 instruction being encoded (at most 15 bytes).
-#[derive(Clone, Copy)]
-struct Ins {
-    b: [u8; 16],
-    n: u8,
+/// Encodes one instruction into a window of the code buffer. Positions stay below 16 (no
+/// instruction is longer than 15 bytes), so every write is in bounds of the 32-byte window.
+pub(crate) struct Enc<'w> {
+    w: &'w mut [u8; WINDOW],
+    p: usize,
 }
 
-impl Ins {
+impl Enc<'_> {
     #[inline(always)]
-    fn new() -> Ins {
-        Ins { b: [0; 16], n: 0 }
-    }
-    #[inline(always)]
-    fn u8(mut self, x: u8) -> Ins {
-        // `& 15`: no bounds-check panic path; no instruction is longer than 15 bytes.
-        self.b[(self.n & 15) as usize] = x;
-        self.n += 1;
-        self
+    fn u8(&mut self, x: u8) {
+        self.w[self.p & 15] = x;
+        self.p += 1;
     }
     #[inline(always)]
-    fn d32(self, x: i32) -> Ins {
-        let [a, b, c, d] = x.to_le_bytes();
-        self.u8(a).u8(b).u8(c).u8(d)
+    fn bytes(&mut self, b: &[u8]) {
+        for &x in b {
+            self.u8(x);
+        }
     }
-}
+    #[inline(always)]
+    fn d32(&mut self, x: i32) {
+        let s = self.p & 15;
+        self.w[s..s + 4].copy_from_slice(&x.to_le_bytes());
+        self.p += 4;
+    }
+    #[inline(always)]
+    fn q64(&mut self, x: u64) {
+        let s = self.p & 15;
+        self.w[s..s + 8].copy_from_slice(&x.to_le_bytes());
+        self.p += 8;
+    }
 
-/// Appends a REX prefix if any bit is set or `force` (spl/bpl/sil/dil as byte registers).
-#[inline(always)]
-fn rex(i: Ins, w: bool, r: u8, x: u8, b: u8, force: bool) -> Ins {
-    let v = 0x40 | (u8::from(w) << 3) | ((r & 1) << 2) | ((x & 1) << 1) | (b & 1);
-    if v != 0x40 || force {
-        i.u8(v)
-    } else {
-        i
+    /// A REX prefix if any bit is set or `force` (spl/bpl/sil/dil as byte registers): written
+    /// unconditionally, kept only if needed.
+    #[inline(always)]
+    fn rex(&mut self, w: bool, r: u8, x: u8, b: u8, force: bool) {
+        let v = 0x40 | (u8::from(w) << 3) | ((r & 1) << 2) | ((x & 1) << 1) | (b & 1);
+        self.w[self.p & 15] = v;
+        self.p += usize::from(v != 0x40 || force);
     }
-}
 
-/// Prefixes `i` with `lock` (0xF0 must precede REX).
-fn lock(i: Ins) -> Ins {
-    let mut out = Ins::new().u8(0xf0);
-    for k in 0..i.n as usize {
-        out = out.u8(i.b[k]);
+    /// `[0x66] REX opcode modrm` with a register `rm` (mod = 11). `reg` is a register number
+    /// or an opcode extension digit.
+    #[inline(always)]
+    fn rr(&mut self, w: W, opc: &[u8], reg: u8, rm: R, byte_regs: bool) {
+        if w == W::B16 {
+            self.u8(0x66);
+        }
+        let force = byte_regs && (rm.byte_needs_rex() || (4..8).contains(&reg));
+        self.rex(w == W::B64, reg >> 3, 0, rm.hi(), force);
+        self.bytes(opc);
+        self.u8(0xc0 | ((reg & 7) << 3) | rm.low());
     }
-    out
-}
 
-/// `[0x66] REX opcode modrm` with a register `rm` (mod = 11). `reg` is a register number or
-/// an opcode extension digit.
-#[inline]
-fn op_rr(w: W, opc: &[u8], reg: u8, rm: R, byte_regs: bool) -> Ins {
-    let mut i = Ins::new();
-    if w == W::B16 {
-        i = i.u8(0x66);
-    }
-    let force = byte_regs && (rm.byte_needs_rex() || (4..8).contains(&reg));
-    i = rex(i, w == W::B64, reg >> 3, 0, rm.hi(), force);
-    for &o in opc {
-        i = i.u8(o);
-    }
-    i.u8(0xc0 | ((reg & 7) << 3) | rm.low())
-}
-
-/// `[0x66] REX opcode modrm [sib] [disp]` with a memory operand `[base + disp]`.
-#[inline]
-fn op_rm(w: W, opc: &[u8], reg: u8, base: R, disp: i32, byte_reg: bool) -> Ins {
-    let mut i = Ins::new();
-    if w == W::B16 {
-        i = i.u8(0x66);
-    }
-    let force = byte_reg && (4..8).contains(&reg);
-    i = rex(i, w == W::B64, reg >> 3, 0, base.hi(), force);
-    for &o in opc {
-        i = i.u8(o);
-    }
-    let r = (reg & 7) << 3;
-    // mod 00 with base rbp/r13 means rip-relative: those always take a displacement.
-    let md = if disp == 0 && base.low() != 5 {
-        0x00
-    } else if i8::try_from(disp).is_ok() {
-        0x40
-    } else {
-        0x80
-    };
-    i = i.u8(md | r | base.low());
-    if base.low() == 4 {
-        // rsp/r12 as base need a SIB byte: scale 1, no index, that base.
-        i = i.u8(0x24);
-    }
-    match md {
-        0x40 => i.u8(disp as i8 as u8),
-        0x80 => i.d32(disp),
-        _ => i,
+    /// `[0x66] REX opcode modrm [sib] [disp]` with the memory operand `m`.
+    #[inline(always)]
+    fn m(&mut self, w: W, opc: &[u8], reg: u8, m: Mem, byte_reg: bool) {
+        if w == W::B16 {
+            self.u8(0x66);
+        }
+        let force = byte_reg && (4..8).contains(&reg);
+        let x = m.index.map_or(0, R::hi);
+        self.rex(w == W::B64, reg >> 3, x, m.base.hi(), force);
+        self.bytes(opc);
+        let r = (reg & 7) << 3;
+        // mod 00 with base rbp/r13 means rip-relative (or no base): those always take a
+        // displacement.
+        let md = if m.disp == 0 && m.base.low() != 5 {
+            0x00
+        } else if i8::try_from(m.disp).is_ok() {
+            0x40
+        } else {
+            0x80
+        };
+        match m.index {
+            Some(x) => {
+                // SIB: scale 1, index, base.
+                self.u8(md | r | 4);
+                self.u8((x.low() << 3) | m.base.low());
+            }
+            None => {
+                self.u8(md | r | m.base.low());
+                if m.base.low() == 4 {
+                    // rsp/r12 as base need a SIB byte: scale 1, no index, that base.
+                    self.u8(0x24);
+                }
+            }
+        }
+        match md {
+            0x40 => self.u8(m.disp as i8 as u8),
+            0x80 => self.d32(m.disp),
+            _ => {}
+        }
     }
 }
 

@@ -53,6 +53,8 @@ pub fn jit_with(insns: &[Insn], helpers: &Helpers, budget: bool) -> Mapped {
         CompileOptions {
             rel_calls: true,
             budget,
+            blind_constants: false,
+            hide_addresses: false,
         },
     )
     .expect("compiles");

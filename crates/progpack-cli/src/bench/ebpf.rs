@@ -1,6 +1,6 @@
 //! Workload 6, eBPF end to end: load many small eBPF programs (check + JIT + make
 //! executable) and run a packet filter over synthetic packets, for each engine; then the
-//! map-heavy workload of [`super::ebpf_maps`].
+//! byte-sum loop of [`super::ebpf_loop`] and the map-heavy workload of [`super::ebpf_maps`].
 //!
 //! Engines, each loading the same bytecode:
 //! - `rbpf-interp`: `EbpfVmRaw::new` (rbpf's verifier), runs with `execute_program`;
@@ -13,14 +13,22 @@
 //!   interpreter);
 //! - `progpack-bpf-jit-batch` (load only): `Vm::load_many` over groups of [`BATCH`] programs:
 //!   compiled one by one, placed with one progpack `Batch` per group;
+//! - `progpack-bpf-jit-dualmap` (load only): one by one like `progpack-bpf-jit`, the allocator
+//!   on the dualmap backend (a write is a copy through the writable alias, no system call);
 //! - `progpack-bpf-jit-nocount`: the same as `progpack-bpf-jit` with `count_instructions: false` (like rbpf's JIT,
 //!   which has no instruction limit);
 //! - `progpack-bpf-jit-unplaced` (load only, a breakdown, not an engine): decode + check +
 //!   `jit::compile` with counting, without `draft`/`finalize`: the difference to
-//!   `progpack-bpf-jit` is what placing the code in progpack costs.
+//!   `progpack-bpf-jit` is what placing the code in progpack costs;
+//! - `progpack-bpf-jit-compile` (load only, a breakdown): `jit::compile_into` alone, of
+//!   programs already decoded and checked, into one reused code buffer.
 //!
-//! Load is the fastest of [`REPEAT`] runs, each into fresh VMs; the filter is the fastest of
-//! [`REPEAT`] passes over all packets after one warm-up pass.
+//! Load is the fastest of [`REPEAT`] runs, each into fresh VMs. The filter runs twice:
+//! `ebpf-filter` streams once over all packets (the fastest of [`REPEAT`] passes after one
+//! warm-up pass), `ebpf-filter-hot` runs repeatedly over [`HOT_PACKETS`] packets that stay in
+//! the L1 cache (the same number of packets in all), so that it measures the engines and not
+//! memory. One pass is one call of `filter_pass`, never inlined:
+//! `valgrind --tool=callgrind --toggle-collect='*filter_pass*'` counts instructions per packet.
 #![allow(unsafe_code)]
 
 use super::gen::{Rng, SEED};
@@ -31,6 +39,9 @@ use std::time::Instant;
 
 /// Bytes between packets in the packet buffer (each packet is shorter).
 pub const STRIDE: usize = 128;
+
+/// Packets of `ebpf-filter-hot`: 16 KiB, half the L1 data cache.
+pub const HOT_PACKETS: usize = 128;
 
 /// A raw eBPF instruction.
 fn insn(op: u8, dst: u8, src: u8, off: i16, imm: i32) -> [u8; 8] {
@@ -104,15 +115,19 @@ enum Engine {
     PpJit,
     PpJitNoCount,
     PpJitUnplaced,
+    PpJitCompile,
     PpJitBatch,
+    PpJitDualmap,
 }
 
 impl Engine {
-    const ALL: [Engine; 7] = [
+    const ALL: [Engine; 9] = [
         Engine::PpJit,
         Engine::PpJitBatch,
+        Engine::PpJitDualmap,
         Engine::PpJitNoCount,
         Engine::PpJitUnplaced,
+        Engine::PpJitCompile,
         Engine::PpInterp,
         Engine::RbpfJit,
         Engine::RbpfInterp,
@@ -120,7 +135,13 @@ impl Engine {
 
     /// Whether the engine takes part in the packet filter (the load-only entries do not).
     fn runs_filter(&self) -> bool {
-        !matches!(self, Engine::PpJitUnplaced | Engine::PpJitBatch)
+        !matches!(
+            self,
+            Engine::PpJitUnplaced
+                | Engine::PpJitCompile
+                | Engine::PpJitBatch
+                | Engine::PpJitDualmap
+        )
     }
 
     fn name(self) -> &'static str {
@@ -131,7 +152,9 @@ impl Engine {
             Engine::PpJit => "progpack-bpf-jit",
             Engine::PpJitNoCount => "progpack-bpf-jit-nocount",
             Engine::PpJitUnplaced => "progpack-bpf-jit-unplaced",
+            Engine::PpJitCompile => "progpack-bpf-jit-compile",
             Engine::PpJitBatch => "progpack-bpf-jit-batch",
+            Engine::PpJitDualmap => "progpack-bpf-jit-dualmap",
         }
     }
 
@@ -139,16 +162,36 @@ impl Engine {
     fn vm(self) -> Result<Vm, String> {
         let mut vm = Vm::new(Helpers::new());
         let count_instructions = match self {
-            Engine::PpJit | Engine::PpJitBatch => true,
+            Engine::PpJit | Engine::PpJitBatch | Engine::PpJitDualmap => true,
             Engine::PpJitNoCount => false,
-            _ => return Ok(vm), // interpreters, and the unplaced breakdown (compiles itself)
+            _ => return Ok(vm), // interpreters, and the breakdowns (which compile themselves)
         };
-        let alloc = progpack::Allocator::new(progpack::Config::default())
-            .map_err(|e| format!("allocator: {e}"))?;
-        vm.enable_jit(alloc, JitOptions { count_instructions });
+        let config = match self {
+            Engine::PpJitDualmap => {
+                progpack::Config::default().backend(progpack::BackendChoice::DualMap)
+            }
+            _ => progpack::Config::default(),
+        };
+        let alloc = progpack::Allocator::new(config).map_err(|e| format!("allocator: {e}"))?;
+        vm.enable_jit(
+            alloc,
+            JitOptions {
+                count_instructions,
+                ..Default::default()
+            },
+        );
         Ok(vm)
     }
 }
+
+/// How the load breakdowns compile: as `progpack-bpf-jit` does (instruction counting on),
+/// helpers by absolute address.
+const COMPILE: progpack_bpf::jit::CompileOptions = progpack_bpf::jit::CompileOptions {
+    rel_calls: false,
+    budget: true,
+    blind_constants: false,
+    hide_addresses: false,
+};
 
 /// Anything kept alive until dropped (loaded programs of any engine).
 trait Keep {}
@@ -178,7 +221,7 @@ fn load_all<'a>(
             }
             Ok((start.elapsed(), Box::new(vms)))
         }
-        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount => {
+        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount | Engine::PpJitDualmap => {
             let vm = engine.vm()?;
             let mut loaded = Vec::with_capacity(progs.len());
             let start = Instant::now();
@@ -199,59 +242,98 @@ fn load_all<'a>(
         }
         Engine::PpJitUnplaced => {
             let vm = engine.vm()?;
-            let opts = progpack_bpf::jit::CompileOptions {
-                rel_calls: false,
-                budget: true,
-            };
             let mut compiled = Vec::with_capacity(progs.len());
             let start = Instant::now();
             for p in progs {
                 let checked = vm.load(p).map_err(|e| e.to_string())?;
-                let code = progpack_bpf::jit::compile(checked.slots(), vm.helpers(), opts)
+                let code = progpack_bpf::jit::compile(checked.slots(), vm.helpers(), COMPILE)
                     .map_err(|e| e.to_string())?;
                 compiled.push((checked, code));
             }
             Ok((start.elapsed(), Box::new(compiled)))
         }
+        Engine::PpJitCompile => {
+            let vm = engine.vm()?;
+            let checked = progs
+                .iter()
+                .map(|p| vm.load(p).map_err(|e| e.to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            // One code buffer reused: the compile itself, not the allocator of the results.
+            let mut code = progpack_bpf::jit::JitCode::default();
+            let mut bytes = 0;
+            let start = Instant::now();
+            for c in &checked {
+                progpack_bpf::jit::compile_into(&mut code, c.slots(), vm.helpers(), COMPILE)
+                    .map_err(|e| e.to_string())?;
+                bytes += code.len();
+            }
+            let t = start.elapsed();
+            std::hint::black_box(bytes);
+            Ok((t, Box::new(checked)))
+        }
     }
 }
 
-/// Runs `run` over every packet, one warm-up pass and [`REPEAT`] timed passes; returns the
-/// fastest pass's ns per packet and the number accepted.
-fn time_filter<F>(buf: &mut [u8], lens: &[u8], mut run: F) -> Result<(f64, u64), String>
+/// One pass of `run` over the packets of `buf` (lengths `lens`); returns how many it
+/// accepted. Never inlined, so that callgrind can count exactly the passes
+/// (`--toggle-collect='*filter_pass*'`).
+#[inline(never)]
+fn filter_pass<F>(buf: &mut [u8], lens: &[u8], run: &mut F) -> Result<u64, String>
+where
+    F: FnMut(&mut [u8]) -> Result<u64, String>,
+{
+    let mut accepted = 0;
+    for (p, &len) in buf.chunks_exact_mut(STRIDE).zip(lens) {
+        accepted += run(&mut p[..len as usize])?;
+    }
+    Ok(accepted)
+}
+
+/// Times `passes` passes of `run` over the packets, one warm-up round and [`REPEAT`] timed
+/// rounds; returns the fastest round's ns per packet and the number accepted in one pass.
+fn time_filter<F>(
+    buf: &mut [u8],
+    lens: &[u8],
+    passes: usize,
+    mut run: F,
+) -> Result<(f64, u64), String>
 where
     F: FnMut(&mut [u8]) -> Result<u64, String>,
 {
     let mut best = f64::INFINITY;
     let mut accepted = 0;
-    for pass in 0..=REPEAT {
+    for round in 0..=REPEAT {
         let start = Instant::now();
-        accepted = 0;
-        for (p, &len) in buf.chunks_exact_mut(STRIDE).zip(lens) {
-            accepted += run(&mut p[..len as usize])?;
+        for _ in 0..passes {
+            accepted = filter_pass(buf, lens, &mut run)?;
         }
-        let ns = start.elapsed().as_nanos() as f64 / lens.len() as f64;
-        if pass > 0 {
+        let ns = start.elapsed().as_nanos() as f64 / (passes * lens.len()) as f64;
+        if round > 0 {
             best = best.min(ns);
         }
     }
     Ok((best, accepted))
 }
 
-/// Runs the filter with `engine`.
-fn filter(engine: Engine, buf: &mut [u8], lens: &[u8]) -> Result<(f64, u64), String> {
+/// Runs the filter with `engine`, `passes` times over the packets.
+fn filter(
+    engine: Engine,
+    buf: &mut [u8],
+    lens: &[u8],
+    passes: usize,
+) -> Result<(f64, u64), String> {
     let prog = filter_program(80);
     match engine {
         Engine::RbpfInterp => {
             let vm = rbpf::EbpfVmRaw::new(Some(&prog)).map_err(|e| e.to_string())?;
-            time_filter(buf, lens, |mem| {
+            time_filter(buf, lens, passes, |mem| {
                 vm.execute_program(mem).map_err(|e| e.to_string())
             })
         }
         Engine::RbpfJit => {
             let mut vm = rbpf::EbpfVmRaw::new(Some(&prog)).map_err(|e| e.to_string())?;
             vm.jit_compile().map_err(|e| e.to_string())?;
-            time_filter(buf, lens, |mem| {
+            time_filter(buf, lens, passes, |mem| {
                 // SAFETY: the program was verified and JIT-compiled by rbpf; it reads only
                 // inside `mem` (offsets below 38, packets are at least 64 bytes).
                 unsafe { vm.execute_program_jit(mem) }.map_err(|e| e.to_string())
@@ -259,17 +341,20 @@ fn filter(engine: Engine, buf: &mut [u8], lens: &[u8]) -> Result<(f64, u64), Str
         }
         Engine::PpInterp => {
             let p = engine.vm()?.load(&prog).map_err(|e| e.to_string())?;
-            time_filter(buf, lens, |mem| {
+            time_filter(buf, lens, passes, |mem| {
                 p.run_interp(mem).map_err(|e| e.to_string())
             })
         }
         Engine::PpJit | Engine::PpJitNoCount => {
             let p = engine.vm()?.load(&prog).map_err(|e| e.to_string())?;
-            time_filter(buf, lens, |mem| p.run_jit(mem).map_err(|e| e.to_string()))
+            time_filter(buf, lens, passes, |mem| {
+                p.run_jit(mem).map_err(|e| e.to_string())
+            })
         }
-        Engine::PpJitUnplaced | Engine::PpJitBatch => {
-            Err("load only (runs the same code as progpack-bpf-jit)".into())
-        }
+        Engine::PpJitUnplaced
+        | Engine::PpJitCompile
+        | Engine::PpJitBatch
+        | Engine::PpJitDualmap => Err("load only (runs the same code as progpack-bpf-jit)".into()),
     }
 }
 
@@ -308,28 +393,36 @@ pub fn run(scale: &Scale, only: &[String], report: &mut Report) {
 
     let packets_n = scale.ebpf_packets;
     let (mut buf, lens, expected) = packets(packets_n, SEED ^ 0x9e7);
+    let (mut hot, hot_lens, hot_expected) = packets(HOT_PACKETS, SEED ^ 0x407);
+    let hot_passes = packets_n.div_ceil(HOT_PACKETS);
     for engine in Engine::ALL
         .into_iter()
         .filter(|e| e.runs_filter())
         .filter(wanted)
     {
-        match filter(engine, &mut buf, &lens) {
-            Ok((_, accepted)) if accepted as usize != expected => report.note(
-                "ebpf-filter",
-                engine.name(),
-                format!("wrong verdicts: accepted {accepted}, expected {expected}; no row"),
+        for (bench, buf, lens, passes, expected) in [
+            ("ebpf-filter", &mut buf, &lens, 1, expected),
+            (
+                "ebpf-filter-hot",
+                &mut hot,
+                &hot_lens,
+                hot_passes,
+                hot_expected,
             ),
-            Ok((ns, _)) => report.push(
-                "ebpf-filter",
-                engine.name(),
-                packets_n,
-                "64-128",
-                ns,
-                "ns/packet",
-            ),
-            Err(e) => report.note("ebpf-filter", engine.name(), format!("{e}; no row")),
+        ] {
+            let n = passes * lens.len();
+            match filter(engine, buf, lens, passes) {
+                Ok((_, accepted)) if accepted as usize != expected => report.note(
+                    bench,
+                    engine.name(),
+                    format!("wrong verdicts: accepted {accepted}, expected {expected}; no row"),
+                ),
+                Ok((ns, _)) => report.push(bench, engine.name(), n, "64-128", ns, "ns/packet"),
+                Err(e) => report.note(bench, engine.name(), format!("{e}; no row")),
+            }
         }
     }
+    super::ebpf_loop::run(scale, only, report);
     super::ebpf_maps::run(scale, only, report);
 }
 
@@ -355,7 +448,7 @@ mod tests {
     fn every_engine_agrees_with_the_count() {
         let (mut buf, lens, expected) = packets(500, 5);
         for engine in Engine::ALL.into_iter().filter(|e| e.runs_filter()) {
-            let (_, accepted) = filter(engine, &mut buf, &lens).unwrap();
+            let (_, accepted) = filter(engine, &mut buf, &lens, 1).unwrap();
             assert_eq!(accepted as usize, expected, "{}", engine.name());
         }
     }

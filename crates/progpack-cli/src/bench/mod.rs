@@ -1,9 +1,10 @@
 //! `progpack bench`: progpack side by side with the alternatives, in one process, on the same
-//! inputs (issue 5).
+//! inputs.
 //!
 //! Layout: [`gen`] makes the inputs (sizes, call orders, machine code), [`systems`] holds one
 //! file per compared system behind the [`sys::System`] trait, one file per workload
-//! ([`load`], [`dispatch`], [`footprint`], [`churn`], [`threads`], [`ebpf`], [`ebpf_maps`]), and
+//! ([`load`], [`dispatch`], [`footprint`], [`churn`], [`threads`], [`ebpf`], [`ebpf_loop`],
+//! [`ebpf_maps`]), and
 //! [`report`], [`goals`] and [`chart`] turn rows into a table, JSON, Markdown and a PNG.
 //!
 //! Times are from one run on a shared machine: compare ratios within a run, not across runs.
@@ -13,6 +14,7 @@ pub mod churn;
 pub mod count;
 pub mod dispatch;
 pub mod ebpf;
+pub mod ebpf_loop;
 pub mod ebpf_maps;
 pub mod footprint;
 pub mod gen;

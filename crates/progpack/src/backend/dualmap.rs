@@ -11,15 +11,23 @@
 //! fills up ([`Mapping::grow`]). Both views span the whole pack from the start; touching them
 //! past the end of the file faults (`SIGBUS`), so nothing there is ever executable.
 //!
-//! The file is shared memory, so after `fork()` parent and child would share the code: the
-//! alias is marked `MADV_DONTFORK`, and a child that tries to write gets [`Error::Forked`].
-//! Huge pages need shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is
-//! off by default; packs are then backed by small pages.
+//! Across `fork()`: the file is shared memory, so a view a child inherited would let parent and
+//! child rewrite each other's code. Both views are therefore `MADV_DONTFORK`: a child (of
+//! `fork()` or of a raw `clone()`, which runs no `pthread_atfork` handler) inherits no view at
+//! all. In the child an inherited program faults when called (its address holds no mapping, or
+//! the `PROT_NONE` reservation the child put there), reads back as traps, and writing or
+//! trap-filling it is refused with [`Error::Forked`]; the child never unmaps or re-reserves a
+//! range it does not hold (see [`inherit`](super::inherit)). New packs the child maps itself
+//! work normally. Huge pages need shmem THP
+//! (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is off by default; packs are
+//! then backed by small pages.
 //!
 //! # References
 //! - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
 //! - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html) `MAP_SHARED`
+//! - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_DONTFORK`
 
+use super::inherit::{self, Owner};
 use super::{check_range, sys, Backend, Caps, Mapping, Placement};
 use crate::error::{Error, Result};
 use rustix::fd::OwnedFd;
@@ -35,13 +43,18 @@ use std::sync::Mutex;
 /// (`mmap` + `munmap`, about 6 µs). Neither view is ever writable and executable.
 ///
 /// Use it where `/proc/self/mem` writes are forbidden ([`ProcMem`](super::ProcMem) is preferred:
-/// it has no writable alias at all). After `fork()` a child that tries to write gets
-/// [`Error::Forked`]: the `memfd` is shared with the parent. Packs get huge pages only with
+/// it has no writable alias at all).
+///
+/// After `fork()` (or a raw `clone()`) the child inherits neither view (`MADV_DONTFORK`):
+/// programs it inherited fault when called and read back as traps, and writing into inherited
+/// packs is refused with [`Error::Forked`]. Neither process ever runs code the other wrote
+/// after the fork. New packs the child maps work normally. Packs get huge pages only with
 /// shmem THP (`/sys/kernel/mm/transparent_hugepage/shmem_enabled`), which is off by default.
 ///
 /// # References
 /// - [memfd_create(2)](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
 /// - [mmap(2)](https://man7.org/linux/man-pages/man2/mmap.2.html) `MAP_SHARED`
+/// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_DONTFORK`
 #[derive(Debug, Clone, Copy)]
 pub struct DualMap {
     per_write: bool,
@@ -57,10 +70,80 @@ impl DualMap {
     pub fn per_write() -> Self {
         DualMap { per_write: true }
     }
+
+    /// Makes the writable alias, trap-filled through it first if `fill` (a file the size of the
+    /// whole mapping that `pwrite` could not fill), and unmapped again in per-write mode.
+    fn make_alias(&self, fd: &OwnedFd, len: usize, fill: bool) -> Result<Option<usize>> {
+        let alias = sys::map_shared(fd, len, 0, sys::View::Write)?;
+        if fill {
+            // SAFETY: the kernel just chose `alias` for this call, read+write, over a file of
+            // `len` bytes; nothing else knows it.
+            unsafe { sys::fill_traps_direct(alias, len) };
+        }
+        // SAFETY: the alias was made above and is ours alone.
+        let kept = unsafe { sys::advise_dontfork(alias, len) };
+        if self.per_write || kept.is_err() {
+            // SAFETY: as above; nothing refers to the alias.
+            let unmapped = unsafe { sys::unmap(alias, len) };
+            return if self.per_write {
+                unmapped.map(|()| None)
+            } else {
+                kept.map(|()| None)
+            };
+        }
+        Ok(Some(alias))
+    }
+
+    /// Maps the executable view at the placement, `MADV_DONTFORK`, and registers it.
+    fn make_exec_view(&self, fd: &OwnedFd, len: usize, placement: Placement) -> Result<usize> {
+        let at = placement.reserve(len)?;
+        // SAFETY: `at..at + len` is the reservation `placement` just made (or, for `Fixed`, the
+        // allocator's slot it hands us to map over).
+        let made = unsafe { sys::map_shared_fixed(fd, at, len, 0, sys::View::Exec) }
+            // SAFETY: the view just mapped over our reservation is ours.
+            .and_then(|()| unsafe { sys::advise_dontfork(at, len) });
+        let made = made.and_then(|()| dontfork_is_honoured(self.name(), at));
+        if let Err(e) = made {
+            // SAFETY: the reservation (or slot) named above, ours, and nothing refers to it.
+            let _ = unsafe { placement.release(at, len) };
+            return Err(e);
+        }
+        inherit::register(at, len);
+        Ok(at)
+    }
+}
+
+/// Checks once per process that `MADV_DONTFORK` took effect on the view at `addr` (an
+/// emulator may answer success and do nothing: qemu-user 7.2 does). Without it a `fork()`
+/// child would share the code with its parent, so the backend refuses to work.
+fn dontfork_is_honoured(backend: &'static str, addr: usize) -> Result<()> {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    const UNKNOWN: u8 = 0;
+    const YES: u8 = 1;
+    static HONOURED: AtomicU8 = AtomicU8::new(UNKNOWN);
+    let known = match HONOURED.load(Ordering::Relaxed) {
+        UNKNOWN => {
+            // Unreadable smaps: trust the system call's answer.
+            let took = sys::advice_took(addr, "dc") != Some(false);
+            HONOURED.store(if took { YES } else { 2 }, Ordering::Relaxed);
+            took
+        }
+        v => v == YES,
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(Error::ProbeFailed {
+            backend,
+            what: "MADV_DONTFORK is accepted but not applied here (an emulator?): a fork() \
+                   child would share the parent's code",
+        })
+    }
 }
 
 // SAFETY: the executable view is read+execute from creation; the file is trap-filled through
-// the alias before the executable view exists; writes are bounds-checked.
+// the alias before the executable view exists; writes are bounds-checked; a child inherits no
+// view, reads traps instead, and may not write.
 unsafe impl Backend for DualMap {
     fn name(&self) -> &'static str {
         if self.per_write {
@@ -88,6 +171,8 @@ unsafe impl Backend for DualMap {
         placement: Placement,
         ready: usize,
     ) -> Result<Box<dyn Mapping>> {
+        // In a child: take the ranges it did not inherit before the kernel can hand them out.
+        inherit::claim_inherited();
         let mut ready = ready.clamp(sys::page_size().min(len), len);
         // The file holds only what is ready, written as traps (pwrite allocates the pages
         // without faulting them in one by one); past its end, both views fault. Where pwrite
@@ -99,29 +184,13 @@ unsafe impl Backend for DualMap {
             ready = len;
             sys::truncate(&fd, len)?;
         }
-        let alias = sys::map_shared(&fd, None, len, 0, sys::View::Write)?;
-        if !filled {
-            sys::fill_traps_direct(alias, len);
-        }
-        let kept_alias = if self.per_write {
-            sys::unmap(alias, len)?;
-            None
-        } else {
-            if let Err(e) = sys::advise_dontfork(alias, len) {
-                let _ = sys::unmap(alias, len);
-                return Err(e);
-            }
-            Some(alias)
-        };
-        let base = match placement.reserve(len).and_then(|at| {
-            sys::map_shared(&fd, Some(at), len, 0, sys::View::Exec).inspect_err(|_| {
-                let _ = placement.release(at, len);
-            })
-        }) {
+        let alias = self.make_alias(&fd, len, !filled)?;
+        let base = match self.make_exec_view(&fd, len, placement) {
             Ok(b) => b,
             Err(e) => {
-                if let Some(a) = kept_alias {
-                    let _ = sys::unmap(a, len);
+                if let Some(a) = alias {
+                    // SAFETY: made above by `make_alias`, ours alone.
+                    let _ = unsafe { sys::unmap(a, len) };
                 }
                 return Err(e);
             }
@@ -133,7 +202,7 @@ unsafe impl Backend for DualMap {
             growing: Mutex::new(()),
             placement,
             fd,
-            alias: kept_alias,
+            alias,
             epoch: sys::process_epoch(),
             name: self.name(),
         }))
@@ -150,19 +219,26 @@ struct DualMapping {
     growing: Mutex<()>,
     placement: Placement,
     fd: OwnedFd,
+    /// The persistent alias, in the process that made it (a child has none).
     alias: Option<usize>,
-    /// [`sys::process_epoch`] at creation: a child process may not write.
+    /// [`sys::process_epoch`] of the process that made the mapping: the only one that holds
+    /// its views.
     epoch: u64,
     name: &'static str,
 }
 
 impl DualMapping {
+    /// True in the process that made the mapping (and holds its views).
+    fn in_maker(&self) -> bool {
+        sys::process_epoch() == self.epoch
+    }
+
     /// Runs `f(alias_address_of(offset))` with a writable view of `offset..offset + len`.
     fn with_alias(&self, offset: usize, len: usize, f: impl FnOnce(usize)) -> Result<()> {
         check_range(offset, len, self.ready.load(Ordering::Acquire))?;
-        // A child (of fork() or a raw clone()) has no persistent alias (MADV_DONTFORK), and a
-        // fresh view would write the file the parent shares: either way it may not write.
-        if sys::process_epoch() != self.epoch {
+        // A child (of fork() or a raw clone()) has no view of the file, and a fresh one would
+        // write the file the parent runs: either way it may not write.
+        if !self.in_maker() {
             return Err(Error::Forked { backend: self.name });
         }
         if let Some(alias) = self.alias {
@@ -172,9 +248,10 @@ impl DualMapping {
         let page = sys::page_size();
         let start = offset / page * page;
         let end = (offset + len).next_multiple_of(page);
-        let view = sys::map_shared(&self.fd, None, end - start, start as u64, sys::View::Write)?;
+        let view = sys::map_shared(&self.fd, end - start, start as u64, sys::View::Write)?;
         f(view + (offset - start));
-        sys::unmap(view, end - start)
+        // SAFETY: `view` was mapped above for this write only.
+        unsafe { sys::unmap(view, end - start) }
     }
 }
 
@@ -182,12 +259,29 @@ impl DualMapping {
     /// A write off the common path: per-write alias, out of range, or in a child process.
     #[cold]
     fn write_slow(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        self.with_alias(offset, bytes.len(), |at| sys::copy_direct(at, bytes))
+        // SAFETY: `with_alias` checked the range and hands us the alias address of `offset`,
+        // mapped read+write in this (the maker) process; the caller holds those chunks.
+        self.with_alias(offset, bytes.len(), |at| unsafe {
+            sys::copy_direct(at, bytes)
+        })
+    }
+
+    /// The persistent alias address of `offset..offset + len` when it may be written with
+    /// plain stores right now: there is one, the range is ready, and this is the maker process.
+    #[inline]
+    fn fast_alias(&self, offset: usize, len: usize) -> Option<usize> {
+        let alias = self.alias?;
+        let in_range = offset
+            .checked_add(len)
+            .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
+        (in_range && sys::is_process_epoch(self.epoch)).then_some(alias + offset)
     }
 }
 
-// SAFETY: the executable view is read+execute for the mapping's life; writes go through the
-// separate writable view, inside the range (checked), and a forked child may not write.
+// SAFETY: in the maker, the executable view is read+execute for the mapping's life; writes go
+// through the separate writable view, inside the range (checked). In a child, nothing is
+// written, reads come from a view of traps (`read_base`), and the range is released only if
+// the child holds it.
 unsafe impl Mapping for DualMapping {
     fn base(&self) -> usize {
         self.base
@@ -200,15 +294,12 @@ unsafe impl Mapping for DualMapping {
     }
     #[inline]
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
-        // The common case, kept small: a persistent alias, in range, in the creating process.
-        if let Some(alias) = self.alias {
-            let in_range = offset
-                .checked_add(bytes.len())
-                .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
-            if in_range && sys::is_process_epoch(self.epoch) {
-                sys::copy_direct(alias + offset, bytes);
-                return Ok(());
-            }
+        // The common case, kept small: a persistent alias, in range, in the maker process.
+        if let Some(at) = self.fast_alias(offset, bytes.len()) {
+            // SAFETY: `fast_alias` checked the range against the ready part and that this is
+            // the maker, whose alias is mapped read+write; the caller holds those chunks.
+            unsafe { sys::copy_direct(at, bytes) };
+            return Ok(());
         }
         self.write_slow(offset, bytes)
     }
@@ -225,8 +316,8 @@ unsafe impl Mapping for DualMapping {
             return Ok(());
         }
         check_range(0, ready, self.len)?;
-        // The file is shared with any child: only its creator grows it.
-        if sys::process_epoch() != self.epoch {
+        // The file is shared with any child: only its maker grows it.
+        if !self.in_maker() {
             return Err(Error::Forked { backend: self.name });
         }
         sys::pwrite_traps(&self.fd, now as u64, ready - now)?;
@@ -237,7 +328,8 @@ unsafe impl Mapping for DualMapping {
         let len = parts.iter().map(|p| p.len()).sum();
         self.with_alias(offset, len, |mut at| {
             for p in parts {
-                sys::copy_direct(at, p);
+                // SAFETY: as in `write`; the parts add up to the checked length.
+                unsafe { sys::copy_direct(at, p) };
                 at += p.len();
             }
         })
@@ -245,25 +337,48 @@ unsafe impl Mapping for DualMapping {
     #[inline]
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         // The common case, as in `write`.
-        if let Some(alias) = self.alias {
-            let in_range = offset
-                .checked_add(len)
-                .is_some_and(|end| end <= self.ready.load(Ordering::Acquire));
-            if in_range && sys::is_process_epoch(self.epoch) {
-                sys::fill_traps_direct(alias + offset, len);
-                return Ok(());
-            }
+        if let Some(at) = self.fast_alias(offset, len) {
+            // SAFETY: as in `write`.
+            unsafe { sys::fill_traps_direct(at, len) };
+            return Ok(());
         }
-        self.with_alias(offset, len, |at| sys::fill_traps_direct(at, len))
+        // SAFETY: as in `write_slow`.
+        self.with_alias(offset, len, |at| unsafe { sys::fill_traps_direct(at, len) })
+    }
+    fn read_base(&self) -> usize {
+        if self.in_maker() {
+            return self.base;
+        }
+        inherit::trap_view(self.len).unwrap_or_else(|e| {
+            panic!("cannot map a view of traps to read an inherited dualmap pack: {e}")
+        })
+    }
+    fn owns_range(&self) -> bool {
+        inherit::owner(self.base) != Owner::Lost
     }
 }
 
 impl Drop for DualMapping {
     fn drop(&mut self) {
-        if let Some(alias) = self.alias {
-            let _ = sys::unmap(alias, self.len);
+        if self.in_maker() {
+            if let Some(alias) = self.alias {
+                // SAFETY: the maker's alias, unused from now on. (A child has no alias: the
+                // address may hold the child's own memory, so it is left alone there.)
+                let _ = unsafe { sys::unmap(alias, self.len) };
+            }
         }
-        let released = self.placement.release(self.base, self.len);
+        let released = match inherit::unregister(self.base) {
+            // SAFETY: this process made the view at this placement and nothing refers to it
+            // any more.
+            Owner::Maker => unsafe { self.placement.release(self.base, self.len) },
+            // The child's PROT_NONE claim: unmap it, or keep it as the allocator's reservation.
+            Owner::Claimed => match self.placement {
+                // SAFETY: the claim is this process's own reservation of exactly this range.
+                Placement::Anywhere { .. } => unsafe { sys::unmap(self.base, self.len) },
+                Placement::Fixed { .. } => Ok(()),
+            },
+            Owner::Lost => Ok(()),
+        };
         debug_assert!(released.is_ok(), "releasing a pack failed: {released:?}");
     }
 }

@@ -11,14 +11,55 @@
 //! | [`ProcMem`] | `pwrite` on `/proc/self/mem` (the kernel writes through its own mapping) | none | transparent huge pages (anonymous memory) |
 //! | [`DualMap`] | a `memfd` mapped read+execute, written through a read+write view elsewhere | persistent, or only during each write | only with shmem THP enabled by the administrator |
 //! | [`NotSupported`] | nothing: every call fails | – | – |
+//!
+//! # Security: what each backend leaves open
+//!
+//! No backend ever maps a page writable and executable. What an attacker who already has a
+//! memory-corruption bug in the process could still use:
+//!
+//! - [`ProcMem::new`] (the default) keeps a **read-write descriptor of `/proc/self/mem`** open
+//!   for the life of the backend. That file writes through page protections (the kernel uses
+//!   `FOLL_FORCE`), so a bug that lets the attacker make one `pwrite` (or `pwritev`, `write`
+//!   after `lseek`) system call with chosen arguments, a "syscall gadget", writes anywhere in
+//!   the process: into packs, but also into libc's or the executable's code. Finding the
+//!   descriptor number is easy (`/proc/self/fd`, or trying small numbers).
+//!   [`ProcMem::open_per_write`] ([`BackendChoice::ProcMemPerWrite`](crate::BackendChoice))
+//!   closes that window: the descriptor exists only during progpack's own writes (an `open`
+//!   and a `close` per backend write, about 8 µs here; see BENCHMARKS.md). An attacker who can
+//!   `open` files with chosen arguments can still open `/proc/self/mem` themselves; a seccomp
+//!   filter or `proc_mem.force_override=never` is what stops that, and then `dualmap` is the
+//!   backend that works.
+//! - [`DualMap::persistent`] keeps a **read+write alias** of every pack at an address the
+//!   kernel chose: a write through it changes code. An attacker needs that address (not
+//!   exported by progpack; visible in `/proc/self/maps`). [`DualMap::per_write`] maps the alias
+//!   only during each write.
+//! - Both: the executable pages hold JIT code, whose start inside its chunk is randomized
+//!   ([`Config::randomize`](crate::Config::randomize)) against JIT spraying; free space is
+//!   traps.
+//!
+//! # Across `fork()`
+//!
+//! Neither process ever runs code the other wrote after the fork.
+//! - [`ProcMem`]: packs are private memory, inherited copy-on-write. The child's inherited
+//!   programs keep working unchanged; its writes go through its own `/proc/self/mem`.
+//! - [`DualMap`]: packs are shared memory, so no view is inherited (`MADV_DONTFORK`). In the
+//!   child, inherited programs fault when called (SIGSEGV) and read back as traps; writing or
+//!   freeing into inherited packs is refused ([`Error::Forked`], the chunks are quarantined);
+//!   new packs the child maps work normally. The child never unmaps an address range it did
+//!   not get from progpack.
+//!
+//! A child is recognised by `sys::process_epoch` (a `MADV_WIPEONFORK` page), also when it
+//! was made by a raw `clone()` that runs no `pthread_atfork` handler.
 
 #![allow(unsafe_code)] // the backend traits are unsafe to implement; their impls live here
 
 mod dualmap;
+mod inherit;
 mod procmem;
 pub(crate) mod sys;
 
 pub use dualmap::DualMap;
+pub(crate) use inherit::claim_inherited;
 pub use procmem::ProcMem;
 
 use crate::error::{Error, Result};
@@ -55,15 +96,24 @@ pub enum Placement {
 impl Placement {
     /// Returns a range that was mapped with this placement to the state it had before:
     /// unmapped (`Anywhere`) or reserved again (`Fixed`). Backends call this when dropping.
-    pub fn release(self, addr: usize, len: usize) -> Result<()> {
+    ///
+    /// # Safety
+    /// `addr..addr + len` is the range the backend mapped with this placement, it is still
+    /// mapped in this process (not a range a `fork()` child did not inherit), and nothing refers
+    /// to it any more: it is unmapped, or replaced with `MAP_FIXED`.
+    pub unsafe fn release(self, addr: usize, len: usize) -> Result<()> {
         match self {
-            Placement::Anywhere { .. } => sys::unmap(addr, len),
-            Placement::Fixed { .. } => sys::rereserve(addr, len),
+            // SAFETY: the caller owns the range and is done with it.
+            Placement::Anywhere { .. } => unsafe { sys::unmap(addr, len) },
+            // SAFETY: as above; inside the allocator's code-range reservation.
+            Placement::Fixed { .. } => unsafe { sys::rereserve(addr, len) },
         }
     }
 
     /// Reserves (for `Anywhere`) or names (for `Fixed`) the address range to map at.
     pub(crate) fn reserve(self, len: usize) -> Result<usize> {
+        // In a child: take the ranges it did not inherit before the kernel can hand them out.
+        inherit::claim_inherited();
         match self {
             Placement::Anywhere { align } => sys::reserve_aligned(len, align.max(sys::page_size())),
             Placement::Fixed { addr } => Ok(addr),
@@ -75,14 +125,25 @@ impl Placement {
 ///
 /// # Safety
 /// Implementers promise that for as long as the value lives:
-/// - `base()..base() + len()` is mapped readable and executable, and no user-space address
-///   maps any of it writable and executable at once;
+/// - in the process that made it, `base()..base() + len()` is mapped readable and executable
+///   (up to `ready()`; past it, touching faults), and no user-space address maps any of it
+///   writable and executable at once;
 /// - at creation every byte of the first `ready()` bytes holds the trap pattern
 ///   ([`crate::arch::TRAP`]), and no byte past `ready()` can be executed (touching it faults);
 ///   after `grow(n)` returns `Ok`, the same holds with `ready() >= n`;
 /// - `write` and `fill_traps` change only the bytes they are asked to, and when they return
 ///   `Ok` the bytes are visible at `base() + offset` to reads on every thread;
-/// - dropping it releases the range with the [`Placement`] it was made with.
+/// - `read_base()..read_base() + ready()` is readable in every process the value is in (see
+///   below), and holds what `base()` holds where the code is mapped;
+/// - dropping it releases the range with the [`Placement`] it was made with, and only if
+///   `owns_range()`.
+///
+/// After `fork()` (or a raw `clone()`) the child holds a copy of the value. A mapping whose
+/// memory the child inherits privately (copy-on-write, like `procmem`'s) needs nothing more.
+/// A mapping whose memory would be shared with the parent must not be inherited (or be made
+/// read-only in the child): in a child it never writes, answers `write`/`fill_traps` with an
+/// error ([`Error::Forked`]), never releases a range the child does not hold
+/// (`owns_range()`), and serves reads from `read_base()` (`dualmap` reads traps there).
 pub unsafe trait Mapping: Send + Sync + fmt::Debug {
     /// Address of the first byte.
     fn base(&self) -> usize;
@@ -115,7 +176,7 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
         Ok(())
     }
     /// A writable view of the whole mapping at another address that lives as long as the
-    /// mapping (dualmap's persistent alias), and the `process_epoch` (the wipe-on-fork epoch) of the only process
+    /// mapping (dualmap's persistent alias), and the `sys::process_epoch` of the only process
     /// where it may be used. The allocator then writes code and traps for chunks it owns, inside
     /// [`Mapping::ready`], with plain stores at `alias + offset` instead of calling
     /// [`Mapping::write`] and [`Mapping::fill_traps`]: implementers promise that such stores
@@ -145,6 +206,19 @@ pub unsafe trait Mapping: Send + Sync + fmt::Debug {
             backend: self.backend_name(),
             op: "trap fill",
         })
+    }
+    /// Where this process can read the mapping's bytes: `base()` (the default), or, in a child
+    /// process that did not inherit the mapping's memory, a read-only stand-in of the same
+    /// length (`dualmap`: traps).
+    fn read_base(&self) -> usize {
+        self.base()
+    }
+    /// True if this process holds the address range, so releasing it is this mapping's job:
+    /// always in the process that made it (the default); in a `fork()` child that did not
+    /// inherit it, only if the child reserved it again before mapping anything else there.
+    /// The allocator never hands out again a code-range slot whose mapping says false.
+    fn owns_range(&self) -> bool {
+        true
     }
 }
 

@@ -2,6 +2,13 @@
 //!
 //! Contract of every function here: addresses and lengths are page-aligned unless said
 //! otherwise, lengths are non-zero, and failures come back as [`Error::Os`] naming the call.
+//!
+//! Ownership: a function that replaces, unmaps, reprotects or writes an address range the
+//! kernel did not just hand to it is an `unsafe fn` whose `# Safety` section says "the caller
+//! owns the range": the range is a mapping (or reservation) this process made for progpack,
+//! it is still mapped in *this* process (a `fork()` child does not inherit ranges marked
+//! `MADV_DONTFORK`, and may since have mapped its own memory there), and no Rust reference
+//! points into it. Functions that only ever touch a range the kernel just chose are safe.
 //! Nothing here ever asks for `PROT_WRITE` and `PROT_EXEC` together: the only protections used
 //! are none, read+write (anonymous memory before it is made executable, or a non-executable
 //! alias) and read+execute.
@@ -67,10 +74,12 @@ pub fn reserve_aligned(len: usize, align: usize) -> Result<usize> {
     let head = start - raw;
     let tail = over - head - len;
     if head > 0 {
-        unmap(raw, head)?;
+        // SAFETY: the head lies inside the reservation the kernel just made for this call.
+        unsafe { unmap(raw, head) }?;
     }
     if tail > 0 {
-        unmap(start + len, tail)?;
+        // SAFETY: as for the head.
+        unsafe { unmap(start + len, tail) }?;
     }
     Ok(start)
 }
@@ -91,17 +100,21 @@ pub fn reserve_exact(addr: usize, len: usize) -> Result<bool> {
     match got {
         Ok(p) if p as usize == addr => Ok(true),
         // A kernel older than 4.17 treats the flag as a hint: give back what it chose.
-        Ok(p) => unmap(p as usize, len).map(|_| false),
+        // SAFETY: `p` is the fresh range the kernel just chose for this call.
+        Ok(p) => unsafe { unmap(p as usize, len) }.map(|_| false),
         Err(rustix::io::Errno::EXIST) => Ok(false),
         Err(e) => Err(Error::os("mmap (reserve near)", e)),
     }
 }
 
-/// Turns `addr..addr + len`, which the caller owns, back into a PROT_NONE reservation:
+/// Turns `addr..addr + len` back into a PROT_NONE reservation:
 /// `mmap(addr, len, PROT_NONE, MAP_FIXED|MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE)`.
-pub fn rereserve(addr: usize, len: usize) -> Result<()> {
-    // SAFETY: the caller owns the range (a pack or dedicated mapping being released, inside the
-    // allocator's code-range reservation), and nothing refers to it any more.
+///
+/// # Safety
+/// The caller owns the range (see the module docs): `MAP_FIXED` replaces whatever is mapped
+/// there, so anything else at that address would silently vanish.
+pub unsafe fn rereserve(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the caller owns the range and nothing refers to it any more.
     unsafe {
         mm::mmap_anonymous(
             ptr(addr),
@@ -116,7 +129,10 @@ pub fn rereserve(addr: usize, len: usize) -> Result<()> {
 
 /// Replaces the caller's reservation `addr..addr + len` with private anonymous read+write
 /// memory (`MAP_FIXED`). It is never executable while writable.
-pub fn map_anon_rw_fixed(addr: usize, len: usize) -> Result<()> {
+///
+/// # Safety
+/// The caller owns the range (see the module docs): `MAP_FIXED` replaces whatever is there.
+pub unsafe fn map_anon_rw_fixed(addr: usize, len: usize) -> Result<()> {
     // SAFETY: the caller owns the reservation being replaced; no Rust object lives there.
     unsafe {
         mm::mmap_anonymous(
@@ -137,6 +153,8 @@ pub enum View {
     Exec,
     /// Read and write: the alias code is written through.
     Write,
+    /// Read only.
+    Read,
 }
 
 impl View {
@@ -144,32 +162,60 @@ impl View {
         match self {
             View::Exec => ProtFlags::READ | ProtFlags::EXEC,
             View::Write => ProtFlags::READ | ProtFlags::WRITE,
+            View::Read => ProtFlags::READ,
         }
     }
 }
 
-/// Maps `len` bytes of `fd` from `offset` as a shared view: at `addr` with `MAP_FIXED` (over
-/// the caller's reservation) or, when `addr` is `None`, wherever the kernel chooses.
-pub fn map_shared(
+/// Maps `len` bytes of `fd` from `offset` as a shared view wherever the kernel chooses.
+pub fn map_shared(fd: impl AsFd, len: usize, offset: u64, view: View) -> Result<usize> {
+    // SAFETY: the kernel picks a fresh range, so no Rust object is aliased.
+    unsafe {
+        mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            view.prot(),
+            MapFlags::SHARED,
+            fd,
+            offset,
+        )
+    }
+    .map(|p| p as usize)
+    .map_err(|e| Error::os("mmap (memfd view)", e))
+}
+
+/// Maps `len` bytes of `fd` from `offset` as a shared view exactly at `addr` (`MAP_FIXED`,
+/// over the caller's reservation).
+///
+/// # Safety
+/// The caller owns the range (see the module docs): `MAP_FIXED` replaces whatever is there.
+pub unsafe fn map_shared_fixed(
     fd: impl AsFd,
-    addr: Option<usize>,
+    addr: usize,
     len: usize,
     offset: u64,
     view: View,
-) -> Result<usize> {
-    let (hint, fixed) = match addr {
-        Some(a) => (ptr(a), MapFlags::FIXED),
-        None => (std::ptr::null_mut(), MapFlags::empty()),
-    };
-    // SAFETY: with MAP_FIXED the caller owns the reservation being replaced; otherwise the kernel
-    // picks a fresh range. Either way no Rust object is aliased.
-    unsafe { mm::mmap(hint, len, view.prot(), MapFlags::SHARED | fixed, fd, offset) }
-        .map(|p| p as usize)
-        .map_err(|e| Error::os("mmap (memfd view)", e))
+) -> Result<()> {
+    // SAFETY: the caller owns the reservation being replaced; no Rust object lives there.
+    unsafe {
+        mm::mmap(
+            ptr(addr),
+            len,
+            view.prot(),
+            MapFlags::SHARED | MapFlags::FIXED,
+            fd,
+            offset,
+        )
+    }
+    .map(|_| ())
+    .map_err(|e| Error::os("mmap (memfd view)", e))
 }
 
-/// `mprotect(addr, len, PROT_READ|PROT_EXEC)` on memory the caller owns.
-pub fn protect_rx(addr: usize, len: usize) -> Result<()> {
+/// `mprotect(addr, len, PROT_READ|PROT_EXEC)`.
+///
+/// # Safety
+/// The caller owns the range (see the module docs) and holds no Rust reference that writes it.
+pub unsafe fn protect_rx(addr: usize, len: usize) -> Result<()> {
     // SAFETY: the caller owns the range and holds no Rust reference that writes to it.
     unsafe { mm::mprotect(ptr(addr), len, MprotectFlags::READ | MprotectFlags::EXEC) }
         .map_err(|e| Error::os("mprotect (read+exec)", e))
@@ -182,25 +228,35 @@ pub fn advise_hugepage(addr: usize, len: usize) -> Result<()> {
         .map_err(|e| Error::os("madvise (MADV_HUGEPAGE)", e))
 }
 
-/// `munmap(addr, len)` on a range the caller owns and no longer uses.
-pub fn unmap(addr: usize, len: usize) -> Result<()> {
+/// `munmap(addr, len)`.
+///
+/// # Safety
+/// The caller owns the range (see the module docs) and nothing refers to it any more. In a
+/// `fork()` child that did not inherit the range this would unmap the child's own memory.
+pub unsafe fn unmap(addr: usize, len: usize) -> Result<()> {
     // SAFETY: the caller owns the range and nothing refers to it any more.
     unsafe { mm::munmap(ptr(addr), len) }.map_err(|e| Error::os("munmap", e))
 }
 
-/// Fills `addr..addr + len` of memory that is currently mapped read+write and owned by the
-/// caller with the trap pattern.
-pub fn fill_traps_direct(addr: usize, len: usize) {
-    // SAFETY: the caller owns this read+write range exclusively (a pack or alias not yet
-    // published, or an alias only progpack writes through); no Rust reference points into it.
+/// Fills `addr..addr + len` with the trap pattern by plain stores.
+///
+/// # Safety
+/// The caller owns the range (see the module docs), it is mapped read+write in this process,
+/// and nothing else reads or writes it during the call (a pack or alias not yet published, or
+/// an alias only progpack writes through, in chunks the caller holds).
+pub unsafe fn fill_traps_direct(addr: usize, len: usize) {
+    // SAFETY: guaranteed by the caller: mapped read+write, exclusively ours for the call.
     let bytes = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
     crate::arch::fill_traps(bytes);
 }
 
-/// Copies `src` to `addr`, memory currently mapped read+write and owned by the caller.
-pub fn copy_direct(addr: usize, src: &[u8]) {
-    // SAFETY: the caller owns the destination range exclusively (checked against the mapping's
-    // bounds); `src` is a separate heap buffer, so the ranges cannot overlap.
+/// Copies `src` to `addr` by plain stores.
+///
+/// # Safety
+/// As for [`fill_traps_direct`], for `addr..addr + src.len()`; `src` must not overlap it.
+pub unsafe fn copy_direct(addr: usize, src: &[u8]) {
+    // SAFETY: guaranteed by the caller: the destination is mapped read+write and exclusively
+    // ours for the call, and does not overlap `src`.
     unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), addr as *mut u8, src.len()) }
 }
 
@@ -395,8 +451,9 @@ static EPOCH_PAGE: AtomicUsize = AtomicUsize::new(usize::MAX);
 ///
 /// How: the first call maps one page with `MADV_WIPEONFORK` (Linux 4.14) and stores a random
 /// non-zero epoch in it. A child inherits the mapping zero-filled, so its first call finds 0
-/// and draws a new epoch. If the kernel refuses the advice, the process id (`getpid`, one system
-/// call) is the epoch instead.
+/// and draws a new epoch. If the kernel refuses the advice, or accepts it without recording it
+/// (`/proc/self/smaps` shows no `wf` flag for the page: qemu-user 7.2 does this), the process
+/// id (`getpid`, one system call) is the epoch instead.
 ///
 /// # References
 /// - [madvise(2)](https://man7.org/linux/man-pages/man2/madvise.2.html) `MADV_WIPEONFORK`
@@ -484,8 +541,10 @@ fn epoch_page() -> usize {
     let page = match mapped {
         // SAFETY: MADV_WIPEONFORK changes only what a child inherits (zero-filled pages).
         Ok(p) => match unsafe { mm::madvise(p, len, mm::Advice::LinuxWipeOnFork) } {
-            Ok(()) => p as usize,
-            Err(_) => {
+            // An emulator may answer success and do nothing (qemu-user 7.2 does): believe the
+            // advice only if the kernel's own record of the mapping shows it.
+            Ok(()) if advice_took(p as usize, "wf") != Some(false) => p as usize,
+            _ => {
                 // SAFETY: the page was just mapped here and nothing refers to it.
                 let _ = unsafe { mm::munmap(p, len) };
                 0
@@ -495,6 +554,41 @@ fn epoch_page() -> usize {
     };
     EPOCH_PAGE.store(page, Ordering::Release);
     page
+}
+
+/// Whether the mapping holding `addr` carries the `VmFlags` mnemonic `flag` in
+/// `/proc/self/smaps` (`wf`: `MADV_WIPEONFORK`, `dc`: `MADV_DONTFORK`). `None` if that cannot
+/// be read. Costs a read of the process's `smaps` up to that mapping: for one-time checks.
+///
+/// # References
+/// - [proc_pid_smaps(5)](https://man7.org/linux/man-pages/man5/proc_pid_smaps.5.html)
+pub fn advice_took(addr: usize, flag: &str) -> Option<bool> {
+    use std::io::BufRead;
+    let file = std::fs::File::open("/proc/self/smaps").ok()?;
+    let mut inside = false;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.ok()?;
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if inside {
+                return Some(flags.split_whitespace().any(|f| f == flag));
+            }
+            continue;
+        }
+        // A mapping's header: `start-end perms ...` (hexadecimal addresses).
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((start, end)) = range {
+            if let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            ) {
+                inside = start <= addr && addr < end;
+            }
+        }
+    }
+    None
 }
 
 /// A random non-zero 64-bit number (the standard library's randomly keyed hasher over the
@@ -507,8 +601,13 @@ fn fresh_epoch() -> u64 {
 }
 
 /// `madvise(addr, len, MADV_DONTFORK)`: a `fork()` child does not inherit the range.
-pub fn advise_dontfork(addr: usize, len: usize) -> Result<()> {
-    // SAFETY: MADV_DONTFORK changes only what a future child inherits, never this process's view.
+///
+/// # Safety
+/// The caller owns the range (see the module docs): marking memory someone else owns would
+/// take it away from that owner's children.
+pub unsafe fn advise_dontfork(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: MADV_DONTFORK changes only what a future child inherits, never this process's
+    // view; the caller owns the range.
     unsafe { mm::madvise(ptr(addr), len, mm::Advice::LinuxDontFork) }
         .map_err(|e| Error::os("madvise (MADV_DONTFORK)", e))
 }
@@ -525,11 +624,14 @@ pub fn thp_for_madvised_anon() -> bool {
 /// `prctl(PR_SET_VMA, PR_SET_VMA_ANON_NAME)`. Distinct names also keep neighbouring packs in
 /// distinct VMAs, so `/proc/self/smaps` reports huge pages per pack. Advisory: kernels without
 /// `CONFIG_ANON_VMA_NAME` answer `EINVAL`.
-pub fn name_anon(addr: usize, len: usize, name: &str) -> Result<()> {
+///
+/// # Safety
+/// The caller owns the range (see the module docs) and it is mapped readable.
+pub unsafe fn name_anon(addr: usize, len: usize, name: &str) -> Result<()> {
     let name =
         std::ffi::CString::new(name).map_err(|_| Error::BadConfig("VMA name with NUL".into()))?;
-    // SAFETY: the range is mapped readable (read+write, just created by the caller) and the
-    // slice is only used for its address and length by the call below.
+    // SAFETY: the caller guarantees the range is mapped readable; the slice is only used for
+    // its address and length by the call below.
     let region = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
     rustix::process::set_virtual_memory_region_name(region, Some(&name))
         .map_err(|e| Error::os("prctl (PR_SET_VMA_ANON_NAME)", e))
@@ -799,6 +901,21 @@ mod tests {
         assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
         assert_eq!(process_epoch(), here, "the parent's epoch never changes");
+    }
+
+    #[test]
+    fn advice_shows_in_smaps() {
+        let len = page_size();
+        let page = reserve_aligned(len, len).unwrap();
+        // SAFETY: reserved above for this test only.
+        unsafe { map_anon_rw_fixed(page, len) }.unwrap();
+        assert_eq!(advice_took(page, "dc"), Some(false));
+        // SAFETY: as above.
+        unsafe { advise_dontfork(page, len) }.unwrap();
+        assert_eq!(advice_took(page, "dc"), Some(true));
+        assert_eq!(advice_took(page, "wf"), Some(false));
+        // SAFETY: as above; nothing refers to it.
+        unsafe { unmap(page, len) }.unwrap();
     }
 
     #[test]

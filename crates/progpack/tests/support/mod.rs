@@ -6,6 +6,9 @@
 //! some of them, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+pub mod seccomp;
+pub mod trap;
+
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -168,23 +171,116 @@ pub fn run_in_child(f: impl FnOnce() -> Result<(), String>) -> ChildOutcome {
 /// sandboxes and runtimes do: the C library's `fork()` wrapper and its `pthread_atfork`
 /// handlers do not run.
 pub fn run_in_raw_clone_child(f: impl FnOnce() -> Result<(), String>) -> ChildOutcome {
-    run_forked(
-        || {
-            // SAFETY: clone with only SIGCHLD and no new stack is fork() without the C
-            // library's bookkeeping; the child only runs `f` and leaves with `_exit`.
-            let pid = unsafe {
-                libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0)
-            };
-            pid as libc::pid_t
-        },
-        f,
-    )
+    run_forked(raw_clone, f)
 }
 
 fn run_forked(
     fork: impl FnOnce() -> libc::pid_t,
     f: impl FnOnce() -> Result<(), String>,
 ) -> ChildOutcome {
+    spawn_forked(fork, f).wait()
+}
+
+/// A child made by [`spawn_in_child`], still running.
+#[derive(Debug)]
+pub struct RunningChild {
+    pid: libc::pid_t,
+    /// Read end of the pipe the child reports through.
+    report: OwnedFd,
+}
+
+impl RunningChild {
+    /// Waits for the child (at most [`CHILD_DEADLINE`]) and returns how it ended.
+    pub fn wait(self) -> ChildOutcome {
+        let exit = wait_with_deadline(self.pid, CHILD_DEADLINE);
+        let mut message = String::new();
+        let _ = std::fs::File::from(self.report).read_to_string(&mut message);
+        ChildOutcome { exit, message }
+    }
+}
+
+/// A one-shot signal from the parent to a child: the child blocks in [`Gate::wait`] until the
+/// parent calls [`Gate::open`] (or exits). Make it before forking.
+#[derive(Debug)]
+pub struct Gate {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Gate {
+    /// A new, closed gate (a pipe).
+    pub fn new() -> Gate {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+        assert_eq!(rc, 0, "pipe2: {}", std::io::Error::last_os_error());
+        // SAFETY: both descriptors were just created and are owned here only.
+        unsafe {
+            Gate {
+                read: OwnedFd::from_raw_fd(fds[0]),
+                write: OwnedFd::from_raw_fd(fds[1]),
+            }
+        }
+    }
+
+    /// In the child: blocks until the parent opens the gate. False if the parent did not
+    /// within [`CHILD_DEADLINE`] (the child holds the write end too, so a parent that died
+    /// would otherwise leave it waiting forever).
+    pub fn wait(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let start = Instant::now();
+        while start.elapsed() < CHILD_DEADLINE {
+            let mut pfd = libc::pollfd {
+                fd: self.read.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: polls one descriptor this value owns, through a valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 1000) } <= 0 {
+                continue; // timeout or EINTR: look at the clock again
+            }
+            let mut b = 0u8;
+            // SAFETY: reads one byte into a local from a descriptor this value owns.
+            let n = unsafe { libc::read(self.read.as_raw_fd(), (&mut b as *mut u8).cast(), 1) };
+            return n == 1;
+        }
+        false
+    }
+
+    /// In the parent: lets the child go on.
+    pub fn open(&self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: writes one byte from a local to a descriptor this value owns.
+        let n = unsafe { libc::write(self.write.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        assert_eq!(n, 1, "gate write: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Like [`run_in_child`], but returns at once: the parent can act while the child runs (and,
+/// with a [`Gate`], while it waits), then [`RunningChild::wait`]s for it.
+pub fn spawn_in_child(f: impl FnOnce() -> Result<(), String>) -> RunningChild {
+    // SAFETY: fork has no memory-safety preconditions; see `spawn_forked`.
+    spawn_forked(|| unsafe { libc::fork() }, f)
+}
+
+/// Like [`spawn_in_child`], with the child made by a raw `clone(SIGCHLD)` system call (see
+/// [`run_in_raw_clone_child`]).
+pub fn spawn_in_raw_clone_child(f: impl FnOnce() -> Result<(), String>) -> RunningChild {
+    spawn_forked(raw_clone, f)
+}
+
+/// `clone(SIGCHLD)` as a raw system call: a `fork()` without the C library's bookkeeping.
+fn raw_clone() -> libc::pid_t {
+    // SAFETY: clone with only SIGCHLD and no new stack is fork() without the C library's
+    // bookkeeping; the child only runs the caller's closure and leaves with `_exit`.
+    let pid = unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_long, 0, 0, 0, 0) };
+    pid as libc::pid_t
+}
+
+fn spawn_forked(
+    fork: impl FnOnce() -> libc::pid_t,
+    f: impl FnOnce() -> Result<(), String>,
+) -> RunningChild {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid array of two ints for pipe2 to fill.
     let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
@@ -226,14 +322,11 @@ fn run_forked(
     }
     // Parent.
     // SAFETY: fds[1] is ours and open; fds[0] is ours and is moved into an OwnedFd exactly once.
-    let read_end = unsafe {
+    let report = unsafe {
         libc::close(fds[1]);
         OwnedFd::from_raw_fd(fds[0])
     };
-    let exit = wait_with_deadline(pid, CHILD_DEADLINE);
-    let mut message = String::new();
-    let _ = std::fs::File::from(read_end).read_to_string(&mut message);
-    ChildOutcome { exit, message }
+    RunningChild { pid, report }
 }
 
 /// Waits for `pid`, killing it after `deadline`.

@@ -1,0 +1,133 @@
+//! A seccomp filter that kills the process on any request for memory that is writable and
+//! executable at once: `mmap`, `mprotect` or `pkey_mprotect` whose protection argument has
+//! both `PROT_WRITE` and `PROT_EXEC`. Everything else is allowed. Unlike sampling
+//! `/proc/self/maps`, it cannot miss a brief window: the request itself is fatal.
+//!
+//! `mremap` takes no protection argument (it moves or resizes a mapping and keeps its
+//! protection), so it can only carry a writable+executable mapping that one of the three calls
+//! above already made. System calls of another ABI (x86 `int 0x80`, x32) are killed outright:
+//! they would bypass the checks by number.
+//!
+//! Used by progpack's `wx_seccomp` test and, through `#[path]`, by progpack-bpf's.
+#![allow(dead_code)]
+
+#[cfg(target_arch = "x86_64")]
+const ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+#[cfg(target_arch = "aarch64")]
+const ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+
+/// System call numbers at or above this belong to the x32 ABI (x86-64); none elsewhere.
+#[cfg(target_arch = "x86_64")]
+const FOREIGN_NR: u32 = 0x4000_0000;
+#[cfg(target_arch = "aarch64")]
+const FOREIGN_NR: u32 = u32::MAX;
+
+/// Offset of the low 32 bits of `seccomp_data.args[2]` (the protection of all three calls):
+/// `nr` (4 bytes), `arch` (4), `instruction_pointer` (8), then `args[0..6]` of 8 bytes each.
+const ARG2: u32 = 16 + 2 * 8;
+
+/// The filter program, for inspection and for [`install_kill_on_wx`].
+pub fn kill_on_wx_filter() -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let jge = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+    let and = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let kill = libc::SECCOMP_RET_KILL_PROCESS;
+    let wx = (libc::PROT_WRITE | libc::PROT_EXEC) as u32;
+    vec![
+        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(jeq, ARCH, 1, 0), // this ABI: go to 3
+        /* 2 */ op(ret, kill, 0, 0),
+        /* 3 */ op(ld, 0, 0, 0), // seccomp_data.nr
+        /* 4 */ op(jge, FOREIGN_NR, 0, 1), // x32: kill; else go to 6
+        /* 5 */ op(ret, kill, 0, 0),
+        /* 6 */ op(jeq, libc::SYS_mmap as u32, 2, 0), // to 9
+        /* 7 */ op(jeq, libc::SYS_mprotect as u32, 1, 0), // to 9
+        /* 8 */ op(jeq, libc::SYS_pkey_mprotect as u32, 0, 4), // to 9, else allow (13)
+        /* 9 */ op(ld, ARG2, 0, 0), // the protection
+        /* 10 */ op(and, wx, 0, 0),
+        /* 11 */ op(jeq, wx, 0, 1), // both bits: kill (12); else allow (13)
+        /* 12 */ op(ret, kill, 0, 0),
+        /* 13 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ]
+}
+
+/// Installs [`kill_on_wx_filter`] for this process and every child it makes from now on. For
+/// a test child only: it cannot be undone.
+pub fn install_kill_on_wx() -> Result<(), String> {
+    let filter = kill_on_wx_filter();
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl with a filter program that outlives the call; affects only this process
+    // (and its future children).
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(format!(
+                "PR_SET_NO_NEW_PRIVS: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &prog as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(format!(
+                "PR_SET_SECCOMP: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Asks for one writable+executable page with `call` ("mmap", "mprotect", "pkey_mprotect"):
+/// under the filter the process dies of SIGSYS inside the call. Returns what happened if it
+/// did not die.
+pub fn request_wx(call: &str) -> String {
+    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+    // SAFETY: a fresh private anonymous page nothing else refers to; made read+write+execute
+    // on purpose (the filter's target) and never executed.
+    unsafe {
+        let page = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if page == libc::MAP_FAILED {
+            return "setup mmap failed".into();
+        }
+        let rc = match call {
+            "mmap" => {
+                let p = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    rwx,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                if p == libc::MAP_FAILED {
+                    -1
+                } else {
+                    0
+                }
+            }
+            "mprotect" => libc::mprotect(page, 4096, rwx),
+            "pkey_mprotect" => libc::syscall(libc::SYS_pkey_mprotect, page, 4096, rwx, -1) as i32,
+            other => return format!("unknown call {other}"),
+        };
+        format!(
+            "{call}(RWX) returned {rc} ({})",
+            std::io::Error::last_os_error()
+        )
+    }
+}

@@ -371,7 +371,7 @@ impl Span {
 
     /// The pack, and the offset there of the image's first byte (for live patching).
     pub(crate) fn code_in_pack(&self) -> (&Pack, usize) {
-        (&self.pack, self.offset_in_pack() + self.image_at())
+        (self.pack(), self.offset_in_pack() + self.image_at())
     }
 
     /// Records that a live patch may make sites in the image (see [`PATCHED`]), before it
@@ -379,7 +379,7 @@ impl Span {
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn mark_patched(&mut self) {
         self.flags |= PATCHED;
-        self.pack.mark_patch_sites();
+        self.pack().mark_patch_sites();
     }
 
     #[inline]
@@ -519,7 +519,7 @@ impl Span {
         if self.flags & PATCHED != 0 {
             crate::patch::forget_sites(self.exec_addr(), self.len);
         }
-        let pack = &self.pack;
+        let pack = self.pack();
         if self.flags & WRITTEN != 0 && !pack.dedicated {
             let at = self.offset_in_pack() + self.image_at();
             if pack.fill_traps(at, self.len).is_err() {
@@ -553,7 +553,7 @@ impl Drop for Span {
         } else if !self.drop_quirky() {
             return;
         }
-        let pack = &self.pack;
+        let pack = self.pack.get();
         pack.free_span(first, chunks, self.len, program);
     }
 }

@@ -820,6 +820,16 @@ pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
 }
 
 #[cfg(target_arch = "x86_64")]
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds (through the vDSO: no system call).
+/// Async-signal-safe.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+#[cfg(target_arch = "x86_64")]
 /// `futex(word, FUTEX_WAKE_PRIVATE, INT_MAX)`: wakes every thread in [`futex_wait`] on `word`.
 pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
     use rustix::thread::futex;

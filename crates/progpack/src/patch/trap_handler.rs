@@ -50,10 +50,21 @@ pub(crate) struct State {
     seq: AtomicU32,
     /// Thread id of the thread running the current patch (it must never wait for itself).
     patcher: AtomicI32,
+    /// Threads waiting in the handler for a patch to end. The next patch of the same
+    /// instruction lets them through first (see [`State::begin`]).
+    waiting: AtomicUsize,
+    /// Address of the last patch that ended.
+    last: AtomicUsize,
     /// Whether registering for `membarrier` SYNC_CORE worked (a child registers again: the
     /// registration belongs to the address space).
     sync_core: OnceLock<std::result::Result<(), (&'static str, i32)>>,
 }
+
+/// How long a thread stopped by a patch spins before it sleeps, in nanoseconds.
+const SPIN_NS: u64 = 5_000;
+
+/// How long a patch waits at most for the threads the previous patch stopped to go on.
+const LET_WAITERS_PASS: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// This process's [`State`] (null until the first patch; a child still sees its parent's).
 static STATE: AtomicPtr<State> = AtomicPtr::new(std::ptr::null_mut());
@@ -77,6 +88,8 @@ pub(crate) fn state() -> &'static State {
             active: AtomicUsize::new(0),
             seq: AtomicU32::new(0),
             patcher: AtomicI32::new(0),
+            waiting: AtomicUsize::new(0),
+            last: AtomicUsize::new(0),
             sync_core: OnceLock::new(),
         }));
         match STATE.compare_exchange(now, fresh, Ordering::AcqRel, Ordering::Acquire) {
@@ -152,6 +165,26 @@ impl State {
     /// that traps at `addr` waits. Call before writing the temporary `int3`, with `addr`
     /// already a site, holding `serial`.
     pub(crate) fn begin(&self, addr: usize) {
+        // Threads the previous patch of this instruction stopped were woken when it ended,
+        // but may not have run yet: give them the processor first (for a while at most), or
+        // back-to-back patches of one instruction could trap them again before they ever pass
+        // it. (Waiters of another instruction resume there: they need no wait.)
+        // Spin first (a waiter that spins itself goes on within a microsecond), then yield
+        // (a waiter on this core needs it).
+        if self.last.load(Ordering::SeqCst) == addr {
+            let start = std::time::Instant::now();
+            while self.waiting.load(Ordering::SeqCst) > 0 {
+                let waited = start.elapsed();
+                if waited >= LET_WAITERS_PASS {
+                    break;
+                }
+                if waited.as_nanos() < u128::from(SPIN_NS) {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        }
         self.patcher.store(sys::thread_id(), Ordering::SeqCst);
         self.active.store(addr, Ordering::SeqCst);
         self.seq.fetch_add(1, Ordering::SeqCst);
@@ -160,6 +193,8 @@ impl State {
     /// The patch is over (the instruction's first byte is final and every core has seen it):
     /// wakes the threads waiting in the handler, which resume at the instruction.
     pub(crate) fn end(&self) {
+        self.last
+            .store(self.active.load(Ordering::SeqCst), Ordering::SeqCst);
         self.active.store(0, Ordering::SeqCst);
         self.patcher.store(0, Ordering::SeqCst);
         self.seq.fetch_add(1, Ordering::SeqCst);
@@ -189,7 +224,15 @@ fn judge(addr: usize) -> Verdict {
                 // its own patch would never end.
                 return Verdict::Chain;
             }
+            // A patch takes microseconds: spin for about that long, so the thread goes on the
+            // moment it ends (waking from a futex can take longer than the patch), then sleep.
+            st.waiting.fetch_add(1, Ordering::SeqCst);
+            let spin_until = sys::monotonic_ns().saturating_add(SPIN_NS);
+            while st.seq.load(Ordering::SeqCst) == seq && sys::monotonic_ns() < spin_until {
+                std::hint::spin_loop();
+            }
             sys::futex_wait(&st.seq, seq);
+            st.waiting.fetch_sub(1, Ordering::SeqCst);
             continue;
         }
         if !st.sites.contains(addr) {

@@ -215,7 +215,7 @@ mod x64 {
                                     return Err(format!("g_{k}({x}) = {got}, want {want}"));
                                 }
                                 n += 1;
-                                if n % 1024 == 0 {
+                                if n.is_multiple_of(1024) {
                                     calls.fetch_add(1024, Ordering::Relaxed);
                                 }
                             }

@@ -188,6 +188,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         st.packs, st.chunks_used
     );
 
+    one_by_one(n)?;
+
     let mut filters = ebpf(&alloc, args.filters)?;
     // Unload every third filter, so the map shows the holes that frees leave.
     let mut i = 0;
@@ -199,7 +201,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 4, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
+/// Step 4, the single-program path: `draft` → write → `finalize`, then drop, one program at a
+/// time, on the persistent `dualmap` backend (the image is written straight into the pack's
+/// never-executable alias; `procmem` would add one `pwrite` per program: batch there).
+fn one_by_one(n: u32) -> anyhow::Result<()> {
+    let alloc = match Allocator::new(Config::default().backend(progpack::BackendChoice::DualMap)) {
+        Ok(a) => a,
+        Err(e) => {
+            println!("one by one skipped: no dualmap backend here ({e})");
+            return Ok(());
+        }
+    };
+    let t = Instant::now();
+    let mut progs = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let mut d = alloc.draft(12, 16)?;
+        d.image_mut().copy_from_slice(&function(i));
+        progs.push(d.finalize()?);
+    }
+    let load = t.elapsed();
+    for (i, p) in progs.iter().enumerate().step_by(97) {
+        // SAFETY: program i holds `function(i)`, a complete System V function (u32) -> u32.
+        let f = unsafe { p.as_fn::<JitFn>() };
+        if f(3) != expected(i as u32, 3) {
+            bail!("one-by-one program {i} is wrong");
+        }
+    }
+    let t = Instant::now();
+    drop(progs);
+    let free = t.elapsed();
+    println!(
+        "one by one {n} functions with draft + finalize on dualmap: {:.0} ns each to load, {:.0} ns each to free (trap fill included)",
+        per_op(load, n),
+        per_op(free, n)
+    );
+    Ok(())
+}
+
+/// Step 5, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
 /// batch; one of them run over synthetic packets by the JIT and by the interpreter.
 fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgram>> {
     println!();
@@ -248,7 +287,7 @@ fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgra
     Ok(filters)
 }
 
-/// Step 5: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
+/// Step 6: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
 fn map(alloc: &Allocator, live: usize) {
     let opts = progpack_cli::map::TextOptions { width: 64 };
     println!("\nthe packs now, with {live} filters loaded and every third one unloaded:");

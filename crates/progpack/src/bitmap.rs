@@ -25,6 +25,9 @@ pub struct Bitmap {
     free_words: usize,
     /// Every word before this index is full: first-fit searches start here.
     first_maybe_free: usize,
+    /// Where the last search for a run inside a word ended (next fit: a fragmented bitmap is
+    /// not rescanned from its start every time).
+    cursor: usize,
 }
 
 impl Bitmap {
@@ -61,6 +64,7 @@ impl Bitmap {
             ones: 0,
             free_words,
             first_maybe_free: 0,
+            cursor: 0,
         }
     }
 
@@ -123,6 +127,9 @@ impl Bitmap {
         if n == 0 || n > self.count_zeros() {
             return None;
         }
+        if n >= 2 * WORD - 1 {
+            return self.find_long_run(n);
+        }
         let mut run_start = 0;
         let mut run_len = 0;
         for (wi, &w) in self.words.iter().enumerate().skip(self.first_maybe_free) {
@@ -166,6 +173,53 @@ impl Bitmap {
                 run_len = 0;
                 bit += (!(w >> bit)).trailing_zeros() as usize;
             }
+        }
+        None
+    }
+
+    /// [`Bitmap::find_clear_run`] for `n >= 127`: such a run holds at least one whole free word,
+    /// so only the stretches of free words the summary lists are looked at, each extended by
+    /// the clear bits on either side.
+    fn find_long_run(&self, n: usize) -> Option<usize> {
+        let nwords = self.words.len();
+        let mut w = self.first_maybe_free;
+        while w < nwords {
+            // The next free word at or after `w`.
+            let (s0, bit) = (w / WORD, w % WORD);
+            let mut found = None;
+            let mut si = s0;
+            let mut bits = self.summary[s0] >> bit << bit;
+            loop {
+                if bits != 0 {
+                    found = Some(si * WORD + bits.trailing_zeros() as usize);
+                    break;
+                }
+                si += 1;
+                if si == self.summary.len() {
+                    break;
+                }
+                bits = self.summary[si];
+            }
+            let f = found?;
+            let mut g = f;
+            while g < nwords && self.words[g] == 0 {
+                g += 1;
+            }
+            // Clear bits at the top of the word before, and at the bottom of the word after.
+            let left = if f > 0 {
+                self.words[f - 1].leading_zeros() as usize
+            } else {
+                0
+            };
+            let right = if g < nwords {
+                (self.words[g].trailing_zeros() as usize).min(WORD)
+            } else {
+                0
+            };
+            if left + WORD * (g - f) + right >= n {
+                return Some(f * WORD - left);
+            }
+            w = g + 1;
         }
         None
     }
@@ -233,13 +287,18 @@ impl Bitmap {
         unreachable!("free_words > 0")
     }
 
-    /// The first run of at least `min` clear bits inside one word, as `(start, len)` with `len`
-    /// the run's length in that word capped at `max`.
-    fn first_in_word_run(&self, min: usize, max: usize) -> Option<(usize, usize)> {
+    /// A run of at least `min` clear bits inside one word, as `(start, len)` with `len` the
+    /// run's length in that word capped at `max`: next fit, from the word where the last such
+    /// search ended, wrapping around.
+    fn first_in_word_run(&mut self, min: usize, max: usize) -> Option<(usize, usize)> {
         if min > self.count_zeros() {
             return None;
         }
-        for (wi, &w) in self.words.iter().enumerate().skip(self.first_maybe_free) {
+        let nwords = self.words.len();
+        let from = self.cursor.clamp(self.first_maybe_free, nwords.max(1) - 1);
+        let order = (from..nwords).chain(self.first_maybe_free..from);
+        for wi in order {
+            let w = self.words[wi];
             if w == !0 {
                 continue;
             }
@@ -256,6 +315,7 @@ impl Bitmap {
             if starts != 0 {
                 let bit = starts.trailing_zeros() as usize;
                 let run = ((free >> bit).trailing_ones() as usize).min(max);
+                self.cursor = wi;
                 return Some((wi * WORD + bit, run));
             }
         }
@@ -521,6 +581,33 @@ mod tests {
                 }
                 assert!(b.longest_bound() >= b.longest_run(), "len {len}");
                 b.check().unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn long_runs_match_naive_search() {
+        let mut seed = 0x5eed_1234_5678_9abcu64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..200 {
+            let len = (next() % 2000 + 64) as usize;
+            let mut b = Bitmap::new(len);
+            let mut model = vec![false; len];
+            for _ in 0..(next() % 30) {
+                let at = (next() as usize) % len;
+                let n = ((next() % 200) as usize + 1).min(len - at);
+                if b.is_clear(at, n) {
+                    b.set_range(at, n);
+                    model[at..at + n].fill(true);
+                }
+            }
+            for n in [127, 128, 150, 191, 192, 300, 700, len] {
+                assert_eq!(b.find_clear_run(n), naive(&model, n), "len {len} n {n}");
             }
         }
     }

@@ -23,6 +23,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
+/// The least a pack that is not fully ready grows by at a time, in bytes.
+const GROW_MIN_BYTES: usize = 64 << 10;
+
 /// What a pack calls when it becomes empty: the allocator that lists it. A trait so that the
 /// pack, below the allocator in the module stack, does not name it.
 pub(crate) trait PackOwner: Send + Sync {
@@ -312,7 +315,10 @@ impl Pack {
         self.run_fits.store(in_word, Ordering::Relaxed);
     }
 
-    /// Lifts the bounds a failed search set: a free may have merged a longer run.
+    /// Lifts the bounds a failed search set: a free may have merged a longer run. (Bounding
+    /// the merged run instead, from the words around the freed range, costs about 25
+    /// instructions per free and measured no faster under churn.)
+    #[inline]
     fn lift(st: &mut PackState) {
         st.cap = usize::MAX;
         st.word_cap = usize::MAX;
@@ -448,8 +454,10 @@ impl Pack {
         }
         let mut st = self.lock();
         st.freed.requested += less as u64;
-        st.bitmap.clear_range(first, n);
-        Self::lift(&mut st);
+        if n > 0 {
+            st.bitmap.clear_range(first, n);
+            Self::lift(&mut st);
+        }
         self.publish(&st);
         (st.bitmap.count_ones() == 0, Self::unpin(&mut st))
     }
@@ -667,8 +675,11 @@ impl Pack {
         self.ready() < self.capacity && !self.stuck.load(Ordering::Relaxed)
     }
 
-    /// Readies twice as many chunks (up to the whole pack): the backend fills them with traps
-    /// (no lock held), then they join the bitmap, clear.
+    /// Readies a quarter more chunks, at least 64 KiB worth (up to the whole pack): the backend
+    /// fills them with traps (no lock held), then they join the bitmap, clear. (Doubling
+    /// instead filled, and paid page allocation for, up to twice what was used: about 15% more
+    /// per program loaded into fresh `dualmap` packs. A quarter keeps room for runs to start
+    /// at random words.)
     pub(crate) fn grow(&self) -> crate::Result<()> {
         let _one_at_a_time = self.growing.lock();
         let now = self.ready();
@@ -676,7 +687,7 @@ impl Pack {
             return Ok(()); // another thread grew it meanwhile
         }
         let page_chunks = (crate::backend::sys::page_size() / self.chunk_size).max(1);
-        let target = (2 * now)
+        let target = (now + (now / 4).max(GROW_MIN_BYTES / self.chunk_size))
             .max(page_chunks)
             .next_multiple_of(page_chunks)
             .min(self.capacity);

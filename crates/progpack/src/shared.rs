@@ -81,9 +81,8 @@ pub(crate) struct Shared {
     next_shard: AtomicUsize,
     /// The longest run a thread takes, in chunks (at most one bitmap word).
     pub(crate) run_chunks: usize,
-    /// The longest image (in bytes) that comes from a thread's run: one that takes at most a
-    /// quarter of a run (larger requests would waste too much of the run they end), and no
-    /// longer than `max_len`.
+    /// The longest image (in bytes) that comes from a thread's run: one that fits a whole run
+    /// (what is left of the run it ends goes back to its pack), and no longer than `max_len`.
     pub(crate) run_max_len: usize,
     /// log2 of the chunk size.
     pub(crate) chunk_shift: u32,
@@ -126,7 +125,8 @@ impl Shared {
         let chunk = config.chunk_size;
         let run_chunks = (RUN_BYTES / chunk)
             .clamp(1, 64)
-            .min(config.pack_size / chunk);
+            .min(config.pack_size / chunk / 8)
+            .max(1);
         let shards = (0..config.shards).map(|_| Shard::default()).collect();
         Ok(Arc::new(Shared {
             id: IDS.fetch_add(1, Ordering::Relaxed),
@@ -142,7 +142,7 @@ impl Shared {
             locals: Mutex::new(Vec::new()),
             next_shard: AtomicUsize::new(0),
             run_chunks,
-            run_max_len: ((run_chunks / 4).max(1) * chunk)
+            run_max_len: (run_chunks * chunk)
                 .saturating_sub(config.min_slack)
                 .min(config.max_len),
             chunk_shift: chunk.trailing_zeros(),

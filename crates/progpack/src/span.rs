@@ -14,7 +14,7 @@
 //! this file keeps them honest.
 //!
 //! What stays off the hot path: a new run (every `run_chunks` programs: one pack lock, and a
-//! staging block allocated and trap-filled), a request larger than a quarter run or aligned
+//! staging block allocated and trap-filled), a request larger than a whole run or aligned
 //! beyond a chunk (first fit under the locks, with an image of its own), a program larger than
 //! a pack (a mapping of its own), the first use of an allocator by a thread (registration), and
 //! a fork child's first use (the parent's runs are dropped, the generator reseeded).

@@ -203,12 +203,8 @@ impl Image {
 
 /// A page of trap bytes.
 fn trap_view() -> &'static [u8] {
-    static VIEW: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
-    VIEW.get_or_init(|| {
-        let mut b = vec![0u8; TRAP_VIEW].into_boxed_slice();
-        crate::arch::fill_traps(&mut b);
-        b
-    })
+    static VIEW: [u8; TRAP_VIEW] = crate::arch::trap_array();
+    &VIEW
 }
 
 /// Appends to `parts` slices of trap bytes covering `len` bytes that start at address `addr`
@@ -216,17 +212,12 @@ fn trap_view() -> &'static [u8] {
 /// gather write whose gaps must stay traps.
 pub(crate) fn push_traps(parts: &mut Vec<&[u8]>, addr: usize, len: usize) {
     const BUF: usize = 4096;
-    static TRAPS: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
-    let traps = TRAPS.get_or_init(|| {
-        let mut b = vec![0u8; BUF + crate::arch::TRAP.len()].into_boxed_slice();
-        crate::arch::fill_traps(&mut b);
-        b
-    });
+    static TRAPS: [u8; BUF + 4] = crate::arch::trap_array();
     let (mut at, mut left) = (addr, len);
     while left > 0 {
         let phase = at % crate::arch::TRAP.len();
         let take = left.min(BUF);
-        parts.push(&traps[phase..phase + take]);
+        parts.push(&TRAPS[phase..phase + take]);
         at += take;
         left -= take;
     }

@@ -21,6 +21,19 @@ compile_error!("progpack supports x86_64 and aarch64 only");
 
 pub use imp::TRAP;
 
+/// A static buffer of `N` bytes of the trap pattern, made at compile time (no lazy
+/// initialization: it is safe to use in a child process forked while another thread was
+/// starting up).
+pub(crate) const fn trap_array<const N: usize>() -> [u8; N] {
+    let mut a = [0u8; N];
+    let mut i = 0;
+    while i < N {
+        a[i] = TRAP[i % TRAP.len()];
+        i += 1;
+    }
+    a
+}
+
 /// Fills `buf` with the trap pattern. `buf` must start at an instruction boundary (offsets into
 /// packs are multiples of the chunk size, which is a multiple of the pattern length).
 pub fn fill_traps(buf: &mut [u8]) {

@@ -27,15 +27,19 @@
 //! does before anything else reads the entry there); a [`Owner::Claimed`] range is a
 //! `PROT_NONE` reservation of this process.
 //!
-//! A `fork()` while another thread holds the registry lock leaves the lock held in the child
-//! (as with any lock, and the allocator's own): use progpack in a child of a multithreaded
-//! process only as `fork(2)` allows.
+//! The registry and the trap view are process-wide, so a `fork()` must not catch another thread
+//! holding their locks: `pthread_atfork` handlers take both before the C library forks and
+//! release them in parent and child, as glibc does for `malloc`. A child made by a raw `clone`
+//! system call runs no such handler; it, and any child of a multithreaded process that uses an
+//! allocator inherited from its parent (whose locks another thread may have held), must use
+//! progpack only as `fork(2)` allows.
 
 use super::sys;
 use crate::error::Result;
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Once;
 
 /// Who holds a registered range in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,9 +67,37 @@ static REGISTRY: Mutex<BTreeMap<usize, Entry>> = Mutex::new(BTreeMap::new());
 /// nothing to claim.
 static CLAIMED_IN: AtomicU64 = AtomicU64::new(0);
 
+/// The trap view: its base and length (see [`trap_view`]).
+static VIEW: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
 fn registry() -> MutexGuard<'static, BTreeMap<usize, Entry>> {
-    // Every update is a single map operation: a panic cannot leave it half-done.
-    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+    hold_locks_across_fork();
+    REGISTRY.lock()
+}
+
+/// Installs (once per process) the `pthread_atfork` handlers that keep [`REGISTRY`] and
+/// [`VIEW`] usable in a child: taken before the fork, released after it on both sides.
+fn hold_locks_across_fork() {
+    extern "C" fn prepare() {
+        // The guards are forgotten: `release` unlocks in the parent and in the child.
+        std::mem::forget(VIEW.lock());
+        std::mem::forget(REGISTRY.lock());
+    }
+    extern "C" fn release() {
+        // SAFETY: `prepare` locked both in this thread (the one that forks) and forgot the
+        // guards; in the child this thread is the only one, and it inherited them locked.
+        unsafe {
+            REGISTRY.force_unlock();
+            VIEW.force_unlock();
+        }
+    }
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: the handlers are plain functions that live for the whole process; they take
+        // and release two locks that nothing holds across a fork otherwise. A failure (ENOMEM)
+        // leaves the fork hazard the module docs describe, nothing worse.
+        let _ = unsafe { libc::pthread_atfork(Some(prepare), Some(release), Some(release)) };
+    });
 }
 
 /// In a child, claims every registered range made by another process (see the module docs).
@@ -125,8 +157,8 @@ pub(crate) fn unregister(base: usize) -> Owner {
 /// times as needed, so a view of any size costs at most 2 MiB of memory. Views only grow; a
 /// smaller one is kept (slices into it may still be alive).
 pub(crate) fn trap_view(len: usize) -> Result<usize> {
-    static VIEW: Mutex<(usize, usize)> = Mutex::new((0, 0));
-    let mut view = VIEW.lock().unwrap_or_else(|p| p.into_inner());
+    hold_locks_across_fork();
+    let mut view = VIEW.lock();
     if view.1 >= len {
         return Ok(view.0);
     }

@@ -334,12 +334,9 @@ pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64) -> Result<()> {
 pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
     const BUF: usize = 64 * 1024;
     const IOVS: usize = 32;
-    static TRAPS: std::sync::OnceLock<Box<[u8]>> = std::sync::OnceLock::new();
-    let traps = TRAPS.get_or_init(|| {
-        let mut b = vec![0u8; BUF + crate::arch::TRAP.len()].into_boxed_slice();
-        crate::arch::fill_traps(&mut b);
-        b
-    });
+    // Made at compile time: no lazy initialization a forked child could find half done.
+    static TRAPS: [u8; BUF + 4] = crate::arch::trap_array();
+    let traps = &TRAPS[..];
     // The pattern starts where the address is an instruction boundary.
     let phase0 = offset as usize % crate::arch::TRAP.len();
     if len <= BUF {
@@ -519,17 +516,14 @@ fn process_epoch_slow() -> u64 {
 }
 
 /// Maps the wipe-on-fork page (once per process; a child inherits the mapping) and publishes
-/// its address, or 0 if the kernel cannot wipe on fork.
+/// its address, or 0 if the kernel cannot wipe on fork. Takes no lock (a child forked while
+/// another thread was here must not wait for it): threads that race each map a page, the
+/// first to publish wins and the others unmap theirs.
 fn epoch_page() -> usize {
-    static MAPPING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = MAPPING.lock().unwrap_or_else(|p| p.into_inner());
-    let current = EPOCH_PAGE.load(Ordering::Acquire);
-    if current != usize::MAX {
-        return current;
-    }
     let len = page_size();
     // SAFETY: a fresh private anonymous mapping at an address the kernel chooses cannot alias
-    // any Rust object; it is never unmapped (one page for the life of the process).
+    // any Rust object; the one published is never unmapped (one page for the life of the
+    // process).
     let mapped = unsafe {
         mm::mmap_anonymous(
             std::ptr::null_mut(),
@@ -552,8 +546,16 @@ fn epoch_page() -> usize {
         },
         Err(_) => 0,
     };
-    EPOCH_PAGE.store(page, Ordering::Release);
-    page
+    match EPOCH_PAGE.compare_exchange(usize::MAX, page, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => page,
+        Err(winner) => {
+            if page != 0 {
+                // SAFETY: our page lost the race: it was never published, nothing refers to it.
+                let _ = unsafe { mm::munmap(ptr(page), len) };
+            }
+            winner
+        }
+    }
 }
 
 /// Whether the mapping holding `addr` carries the `VmFlags` mnemonic `flag` in

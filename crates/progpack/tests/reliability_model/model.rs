@@ -119,17 +119,18 @@ impl Setup {
     }
 
     /// Chunks in a thread's run (the allocator takes at most 4 KiB of chunks, at most one
-    /// bitmap word, at most a pack).
+    /// bitmap word, at most an eighth of a pack).
     fn run_chunks(&self) -> usize {
         (4096 / self.chunk_size)
             .clamp(1, 64)
-            .min(self.pack_size / self.chunk_size)
+            .min(self.pack_size / self.chunk_size / 8)
+            .max(1)
     }
 
     /// True if a request of `chunks` chunks aligned to `align` comes from a thread's run (it
     /// then needs room inside one bitmap word when the run is renewed).
     fn served_by_run(&self, chunks: usize, align: usize) -> bool {
-        chunks <= (self.run_chunks() / 4).max(1) && align <= self.chunk_size
+        chunks <= self.run_chunks() && align <= self.chunk_size
     }
 
     /// Bytes spanned by a valid request of `len` bytes (a chunk multiple).

@@ -7,8 +7,10 @@
 //!
 //! A trap is ours when it is an `int3` (`si_code == SI_KERNEL`, the program counter one past
 //! the trap byte) at an address `a` where
-//! - a patch is in progress right now ([`State::begin`] .. [`State::end`]): the handler sleeps until that
-//!   patch ends, then resumes the thread at `a`, where it runs the new instruction; or
+//! - a patch is in progress right now ([`State::begin`] .. [`State::end`]): the handler waits
+//!   until that patch ends (spinning for a few microseconds, about a patch's length, then
+//!   sleeping on a futex), then resumes the thread at `a`, where it runs the new instruction;
+//!   or
 //! - a patch has been in progress (`a` is in [`super::sites`]) and the byte at `a` is no longer
 //!   `int3`: the trap was a temporary `int3` whose handler ran late (the thread was
 //!   descheduled between the trap and the handler). It resumes at `a` too.
@@ -17,8 +19,8 @@
 //! breakpoint a patch put there, or freed code), goes to the previous disposition.
 //!
 //! Async-signal-safety: the handler reads atomics and the lock-free site table, makes raw
-//! system calls (`futex`, `process_vm_readv`, `gettid`), saves and restores `errno`, and never
-//! allocates or locks. A sequence number (`seq`, bumped when a patch begins and ends)
+//! system calls (`futex`, `process_vm_readv`, `gettid`; `clock_gettime` through the vDSO),
+//! saves and restores `errno`, and never allocates or locks. A sequence number (`seq`, bumped when a patch begins and ends)
 //! makes its reads consistent: if a patch began or ended while it was deciding, it decides
 //! again.
 #![allow(unsafe_code)] // installs a signal handler and reads its machine context

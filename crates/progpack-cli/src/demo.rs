@@ -189,6 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     one_by_one(n)?;
+    live_patch(&alloc)?;
 
     let mut filters = ebpf(&alloc, args.filters)?;
     // Unload every third filter, so the map shows the holes that frees leave.
@@ -238,7 +239,69 @@ fn one_by_one(n: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 5, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
+/// Step 5, live patching: one instruction of a function rewritten again and again while
+/// another thread keeps calling it (the kernel's `text_poke_bp` protocol: a temporary `int3`,
+/// never a writable+executable page). Every call must return the old or the new value.
+fn live_patch(alloc: &Allocator) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    const PATCHES: u32 = 2000;
+    let mov = |v: u32| {
+        let b = v.to_le_bytes();
+        [0xb8, b[0], b[1], b[2], b[3]] // mov eax, imm32
+    };
+    let mut d = alloc.draft(6, 16)?;
+    d.image_mut()[..5].copy_from_slice(&mov(0));
+    d.image_mut()[5] = 0xc3; // ret
+    let mut program = d.finalize()?;
+    // SAFETY: the program is `mov eax, imm32; ret` before and after every patch.
+    let f = unsafe { program.as_fn::<extern "C" fn() -> u32>() };
+    let stop = Arc::new(AtomicBool::new(false));
+    let newest = Arc::new(AtomicU64::new(0));
+    let caller = {
+        let (stop, newest) = (stop.clone(), newest.clone());
+        std::thread::spawn(move || -> Result<u64, String> {
+            let mut calls = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // A call sees a value some patch wrote: no older than the last one finished
+                // before it, no newer than the one in progress after it.
+                let before = newest.load(Ordering::Acquire) as u32;
+                let got = f();
+                let after = newest.load(Ordering::Acquire) as u32 + 1;
+                if got < before || got > after {
+                    return Err(format!(
+                        "call returned {got}, patches were at {before}..={after}"
+                    ));
+                }
+                calls += 1;
+            }
+            Ok(calls)
+        })
+    };
+    let resumed = progpack::patch::threads_resumed();
+    let t = Instant::now();
+    for v in 1..=PATCHES {
+        program.patch(0, &mov(v))?;
+        newest.store(u64::from(v), Ordering::Release);
+    }
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let calls = caller
+        .join()
+        .map_err(|_| anyhow::anyhow!("the calling thread panicked"))?
+        .map_err(|e| anyhow::anyhow!("live patching: {e}"))?;
+    if f() != PATCHES {
+        bail!("after {PATCHES} patches the function returns {}", f());
+    }
+    println!(
+        "live patch {PATCHES} patches of a running function ({:.1} us each) while a thread called it {calls} times: every call returned the old or the new value; {} call(s) met the temporary int3 and were resumed",
+        took.as_secs_f64() * 1e6 / f64::from(PATCHES),
+        progpack::patch::threads_resumed() - resumed
+    );
+    Ok(())
+}
+
+/// Step 6, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
 /// batch; one of them run over synthetic packets by the JIT and by the interpreter.
 fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgram>> {
     println!();
@@ -287,7 +350,7 @@ fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgra
     Ok(filters)
 }
 
-/// Step 6: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
+/// Step 7: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
 fn map(alloc: &Allocator, live: usize) {
     let opts = progpack_cli::map::TextOptions { width: 64 };
     println!("\nthe packs now, with {live} filters loaded and every third one unloaded:");

@@ -32,6 +32,7 @@ fn every_step_runs_and_checks_its_results() {
         "checked    all 5000 return the right value",
         "freed      all programs: 1 pack(s) left (the reserve), 0 chunks used",
         "one by one 5000 functions with draft + finalize",
+        "every call returned the old or the new value",
         "eBPF       200 packet filters decoded, checked, JIT-compiled and placed",
         "both accept",
         "with 134 filters loaded and every third one unloaded",

@@ -167,6 +167,36 @@ pub enum Error {
     /// No backend works on this system; the text says what each probe answered.
     #[error("no text poke backend works here: {0}")]
     NoBackend(String),
+    /// A patch of no bytes ([`Program::patch`](crate::Program::patch)).
+    #[error("a patch must replace at least one byte")]
+    EmptyPatch,
+    /// A live patch longer than one instruction can be
+    /// ([`MAX_PATCH`](crate::patch::MAX_PATCH)).
+    #[error("a live patch replaces one instruction: {len} bytes is more than {max}")]
+    PatchTooLong {
+        /// Bytes asked for.
+        len: usize,
+        /// The longest live patch.
+        max: usize,
+    },
+    /// A patch whose offset is past the program's end, or that crosses it.
+    #[error("a patch of {len} bytes at offset {offset} does not fit in a program of {program_len} bytes")]
+    PatchOutOfRange {
+        /// Offset of the patch in the program.
+        offset: usize,
+        /// Length of the patch.
+        len: usize,
+        /// Length of the program.
+        program_len: usize,
+    },
+    /// This patch cannot be made safely while threads run the program on this architecture
+    /// (aarch64 allows only a few instructions); [`Program::patch_quiescent`](crate::Program::patch_quiescent)
+    /// can make it when no thread does.
+    #[error("cannot patch a running program here: {reason}")]
+    PatchNotConcurrent {
+        /// Why.
+        reason: &'static str,
+    },
     /// A batch slot that does not belong to this batch.
     #[error("slot {0} does not belong to this batch")]
     BadSlot(usize),

@@ -99,10 +99,19 @@
 //!   placed with [`Allocator::finalize_all`]: what a `cranelift-jit` user would replace its
 //!   per-module `mmap`/`mprotect` with, plus freeing single functions;
 //! - `many_small`: a regex character-class compiler JIT-ing ten thousand tiny predicates,
-//!   replacing a third of them three times, printing [`Stats`] and huge-page coverage.
+//!   replacing a third of them three times, printing [`Stats`] and huge-page coverage;
+//! - `tiering`: an interpreter-to-JIT tier-up: callers' `call rel32` sites are retargeted from
+//!   the interpreter to the compiled function with [`Program::patch`] while worker threads
+//!   keep calling them, every result checked.
 //!
 //! To see the packs, `progpack map` (in the `progpack-cli` crate) draws a [`Snapshot`] as a PNG,
 //! an SVG or a terminal map; its `progpack_cli::map` module renders any allocator's snapshot.
+//!
+//! ## Live patching
+//! A finalized program is not frozen: [`Program::patch`] replaces one instruction while other
+//! threads run it (the kernel's `text_poke_bp` on x86-64; a single store of B, BL, NOP, BRK...
+//! on aarch64), through the backend like every other write. The [`patch`] module says exactly
+//! which patches are safe on which architecture and backend, and why.
 //!
 //! ## Names for JIT code
 //! [`Draft::set_name`] and [`Batch::push_named`] name programs ([`Program::name`]; unnamed ones
@@ -151,6 +160,7 @@ mod draft;
 mod error;
 mod observe;
 mod pack;
+pub mod patch;
 mod program;
 mod region;
 mod run;

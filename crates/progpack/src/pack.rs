@@ -65,6 +65,12 @@ impl Freed {
     }
 }
 
+/// [`Pack::quirks`]: the pack is a dedicated mapping.
+const QUIRK_DEDICATED: u8 = 1;
+/// [`Pack::quirks`]: a live patch made patch sites in a program here (see `patch::sites`).
+#[cfg(target_arch = "x86_64")]
+const QUIRK_SITES: u8 = 2;
+
 /// One pack (or one dedicated mapping: a pack of one chunk that no shard lists).
 pub(crate) struct Pack {
     pub(crate) region: Region,
@@ -75,6 +81,9 @@ pub(crate) struct Pack {
     pub(crate) owner_id: u64,
     /// A mapping of its own for one program larger than a pack.
     pub(crate) dedicated: bool,
+    /// Nonzero if freeing a span here takes more than the trap fill: `QUIRK_DEDICATED`,
+    /// `QUIRK_SITES`. One load on the per-program free path answers both.
+    quirks: std::sync::atomic::AtomicU8,
     /// The mapping's persistent writable alias (0: none) and the process it is valid in.
     alias: usize,
     alias_epoch: u64,
@@ -198,6 +207,7 @@ impl Pack {
             alias_epoch,
             owner_id,
             dedicated: false,
+            quirks: std::sync::atomic::AtomicU8::new(0),
             region,
             shard,
             chunk_size,
@@ -227,6 +237,7 @@ impl Pack {
         let len = region.len();
         let mut pack = Pack::new(region, 0, len, owner, owner_id);
         pack.dedicated = true;
+        *pack.quirks.get_mut() |= QUIRK_DEDICATED;
         let st = pack.state.get_mut();
         st.bitmap.set_range(0, 1);
         st.listed = false;
@@ -582,6 +593,20 @@ impl Pack {
         }
     }
 
+    /// True if freeing a span here takes more than the trap fill (a dedicated mapping, or a
+    /// pack where live patches made sites): the free path's one test for both.
+    #[inline(always)]
+    pub(crate) fn has_quirks(&self) -> bool {
+        self.quirks.load(Ordering::Relaxed) != 0
+    }
+
+    /// Records that a live patch made a site in a program here (before the site exists: the
+    /// program's drop, on the thread that owns it, then sees it).
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn mark_patch_sites(&self) {
+        self.quirks.fetch_or(QUIRK_SITES, Ordering::Relaxed);
+    }
+
     /// The persistent writable alias's address of `offset`, if there is one usable in this
     /// process, and the epoch it belongs to.
     #[inline]
@@ -612,6 +637,24 @@ impl Pack {
             return Ok(());
         }
         self.region.mapping().write(offset, bytes)
+    }
+
+    /// Writes the aligned 32-bit word at `offset` (in chunks the caller owns) with one
+    /// single-copy-atomic store: an atomic store through the persistent alias when there is
+    /// one, else one 4-byte backend write (`procmem`: the kernel's `copy_to_user_page`, whose
+    /// `memcpy` of an aligned word stores it whole). For live patching on aarch64.
+    #[cfg(target_arch = "aarch64")]
+    pub(crate) fn store_u32(&self, offset: usize, value: u32) -> crate::Result<()> {
+        debug_assert!(offset.is_multiple_of(4));
+        if let Some((at, _)) = self.alias_of(offset) {
+            // SAFETY: as in `write`; `at` is 4-aligned (the pack and the alias are page-aligned
+            // and `offset` is a multiple of 4), so it is a valid `AtomicU32` for the store.
+            #[allow(unsafe_code)]
+            let word = unsafe { &*(at as *const std::sync::atomic::AtomicU32) };
+            word.store(value, Ordering::Release);
+            return Ok(());
+        }
+        self.region.mapping().write(offset, &value.to_le_bytes())
     }
 
     /// Writes the concatenation of `parts` at `offset` (chunks the caller owns): through the

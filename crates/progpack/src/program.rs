@@ -1,12 +1,16 @@
-//! A program: finalized code in a pack (or a dedicated mapping), read+execute, immutable.
+//! A program: finalized code in a pack (or a dedicated mapping), read+execute; its bytes change
+//! only through a patch ([`crate::patch`]), which needs `&mut Program`.
 //!
-//! Dropping it fills its bytes with traps through the backend, then frees its chunks: once the
-//! `Program` is gone, calling its old address traps; it never runs stale code.
+//! Dropping it forgets its patch sites, fills its bytes with traps through the backend, then
+//! frees its chunks: once the `Program` is gone, calling its old address traps; it never runs
+//! stale code.
 
 use crate::span::Span;
 use std::fmt;
 
-/// Finalized, executable code. `Send + Sync`: the bytes never change while it lives.
+/// Finalized, executable code. `Send + Sync`: its bytes change only through
+/// [`Program::patch`] (or [`Program::patch_quiescent`]), which take `&mut self`, so no
+/// [`Program::bytes`] slice is alive while they do.
 pub struct Program {
     /// The span; its written part is the code.
     span: Span,
@@ -58,7 +62,7 @@ impl Program {
         self.len() == 0
     }
 
-    /// The code as placed, read back from executable memory.
+    /// The code as placed (and patched), read back from executable memory.
     pub fn bytes(&self) -> &[u8] {
         self.span.bytes()
     }
@@ -102,7 +106,8 @@ impl Program {
         &self.span
     }
 
-    /// The span, writable (for [`Allocator::free_all`](crate::Allocator::free_all)).
+    /// The span, writable (for [`Allocator::free_all`](crate::Allocator::free_all) and
+    /// patching).
     pub(crate) fn span_mut(&mut self) -> &mut Span {
         &mut self.span
     }

@@ -46,7 +46,7 @@ pub(crate) struct Span {
     chunks: u32,
     /// Where the image starts inside the span (below a chunk, or 0).
     at: u32,
-    /// [`WRITTEN`] and [`PROGRAM`].
+    /// [`WRITTEN`], [`PROGRAM`] and [`PATCHED`].
     flags: u8,
     /// Length of the image: the bytes asked for, and the bytes trap-filled on drop once
     /// written.
@@ -57,9 +57,12 @@ pub(crate) struct Span {
 const WRITTEN: u8 = 1;
 /// A finalized program (for statistics).
 const PROGRAM: u8 = 2;
+/// A live patch made a site of one of its instructions (see `patch::sites`): the program
+/// forgets its sites when dropped.
+const PATCHED: u8 = 4;
 /// The span (a draft being named, or a program) has a record in its pack's side table: its
 /// free retires it. Set on the cold paths that make records, so that a free tests one bit.
-const ANNOUNCED: u8 = 4;
+const ANNOUNCED: u8 = 8;
 
 /// A span just allocated, and its writable image.
 #[derive(Debug)]
@@ -374,6 +377,19 @@ impl Span {
         (self.pack().region.mapping(), self.offset_in_pack())
     }
 
+    /// The pack, and the offset there of the image's first byte (for live patching).
+    pub(crate) fn code_in_pack(&self) -> (&Pack, usize) {
+        (self.pack(), self.offset_in_pack() + self.image_at())
+    }
+
+    /// Records that a live patch may make sites in the image (see [`PATCHED`]), before it
+    /// does.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn mark_patched(&mut self) {
+        self.flags |= PATCHED;
+        self.pack().mark_patch_sites();
+    }
+
     #[inline]
     fn offset_in_pack(&self) -> usize {
         self.first as usize * self.pack().chunk_size
@@ -545,13 +561,37 @@ impl Span {
     }
 }
 
+impl Span {
+    /// The rest of [`Drop`] for a span that is not written or whose pack has quirks: forgets
+    /// its patch sites (before the traps: a trap here is no longer a live patch's), then
+    /// trap-fills it if it is written in a pack. False if the fill failed (then quarantined).
+    #[cold]
+    fn drop_quirky(&mut self) -> bool {
+        if self.flags & PATCHED != 0 {
+            crate::patch::forget_sites(self.exec_addr(), self.len);
+        }
+        let pack = self.pack();
+        if self.flags & WRITTEN != 0 && !pack.dedicated {
+            let at = self.offset_in_pack() + self.image_at();
+            if pack.fill_traps(at, self.len).is_err() {
+                pack.quarantine(self.chunks as usize, self.len, self.flags & PROGRAM != 0);
+                return false;
+            }
+            let _ = crate::arch::sync_icache(pack.base + at, self.len);
+        }
+        true
+    }
+}
+
 impl Drop for Span {
     fn drop(&mut self) {
         self.unannounce();
         let pack = self.pack.get();
         let (first, chunks) = (self.first as usize, self.chunks as usize);
         let program = self.flags & PROGRAM != 0;
-        if self.flags & WRITTEN != 0 && !pack.dedicated {
+        // One test for the rare cases (a dedicated mapping, a pack with patch sites): they
+        // take `drop_quirky`.
+        if self.flags & WRITTEN != 0 && !pack.has_quirks() {
             // Traps first ("text invalidate"), bits cleared after: a chunk is never free while
             // it still holds code. Only a failed fill quarantines: the instruction-cache sync
             // after it was checked to work when the allocator was made. (A dedicated mapping
@@ -562,7 +602,10 @@ impl Drop for Span {
                 return;
             }
             let _ = crate::arch::sync_icache(pack.base + at, self.len);
+        } else if !self.drop_quirky() {
+            return;
         }
+        let pack = self.pack.get();
         pack.free_span(first, chunks, self.len, program);
     }
 }

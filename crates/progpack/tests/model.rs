@@ -1,5 +1,6 @@
 //! Model-based property test: random sequences of draft (aligned up to a page) / shrink /
-//! finalize / batch finalize / finalize_all / drop / trim, and short-lived threads that load
+//! finalize / batch finalize / finalize_all / drop / trim / live patch (a program's first
+//! instruction there and back), and short-lived threads that load
 //! programs and hand them over, on a tiny configuration (small packs, so packs come and go).
 //! After
 //! every step: no two live ranges overlap, every program's bytes are intact and it returns its
@@ -25,6 +26,7 @@ enum Op {
     FreeAll(u8),
     Thread { n: usize, len: usize },
     Trim,
+    Patch { i: usize, w: u32 },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -40,6 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(Op::FreeAll),
         1 => (1usize..30, 6usize..300).prop_map(|(n, len)| Op::Thread { n, len }),
         1 => Just(Op::Trim),
+        1 => (any::<usize>(), any::<u32>()).prop_map(|(i, w)| Op::Patch { i, w }),
     ]
 }
 
@@ -198,6 +201,16 @@ fn run(ops: Vec<Op>, backend: BackendChoice) {
                     m.programs.extend(progs);
                 }
                 Op::Trim => alloc.trim(),
+                Op::Patch { i, w } if !m.programs.is_empty() => {
+                    // `mov eax, v` -> `mov eax, w` -> `mov eax, v`: the program must return w in
+                    // between, and be intact after (its frees then take the patched path).
+                    let at = i % m.programs.len();
+                    let (v, p) = &mut m.programs[at];
+                    p.patch(0, &ret_imm(w)[..5]).unwrap();
+                    // SAFETY: the image starts with `mov eax, w; ret`.
+                    assert_eq!(unsafe { p.as_fn::<extern "C" fn() -> u32>() }(), w);
+                    p.patch(0, &ret_imm(*v)[..5]).unwrap();
+                }
                 _ => {}
             }
             m.check(&alloc);

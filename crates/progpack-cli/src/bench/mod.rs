@@ -3,7 +3,7 @@
 //!
 //! Layout: [`gen`] makes the inputs (sizes, call orders, machine code), [`systems`] holds one
 //! file per compared system behind the [`sys::System`] trait, one file per workload
-//! ([`load`], [`dispatch`], [`footprint`], [`churn`], [`threads`], [`ebpf`], [`ebpf_loop`],
+//! ([`load`], [`dispatch`], [`footprint`], [`churn`], [`threads`], [`patch`], [`ebpf`], [`ebpf_loop`],
 //! [`ebpf_maps`]), and
 //! [`report`], [`goals`] and [`chart`] turn rows into a table, JSON, Markdown and a PNG.
 //!
@@ -20,6 +20,7 @@ pub mod footprint;
 pub mod gen;
 pub mod goals;
 pub mod load;
+pub mod patch;
 pub mod procfs;
 pub mod report;
 pub mod sys;
@@ -48,7 +49,7 @@ pub struct BenchArgs {
     /// Write a chart of the main results as PNG.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
-    /// Run only these workloads (count, load, dispatch, footprint, churn, threads, ebpf).
+    /// Run only these workloads (count, load, dispatch, footprint, churn, threads, patch, ebpf).
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub only: Vec<String>,
     /// Run only these systems or eBPF engines (e.g. progpack-procmem,mmap+mprotect,rbpf-jit).
@@ -92,6 +93,8 @@ pub struct Scale {
     pub ebpf_n: usize,
     /// Packets filtered.
     pub ebpf_packets: usize,
+    /// Live patches per patch run.
+    pub patch_n: usize,
 }
 
 impl Scale {
@@ -108,6 +111,7 @@ impl Scale {
             threads_n: 100_000,
             ebpf_n: 10_000,
             ebpf_packets: 1_000_000,
+            patch_n: 20_000,
         }
     }
 
@@ -124,6 +128,7 @@ impl Scale {
             threads_n: 20_000,
             ebpf_n: 2_000,
             ebpf_packets: 200_000,
+            patch_n: 2_000,
         }
     }
 }
@@ -235,12 +240,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let load_before = loadavg();
     type Workload = fn(&Scale, &[Kind], &mut Report);
-    let workloads: [(&str, Workload); 5] = [
+    let workloads: [(&str, Workload); 6] = [
         ("load", load::run),
         ("dispatch", dispatch::run),
         ("footprint", footprint::run),
         ("churn", churn::run),
         ("threads", threads::run),
+        ("patch", patch::run),
     ];
     if wants("count") {
         eprintln!("== count (callgrind)");

@@ -481,6 +481,20 @@ pub fn is_process_epoch(epoch: u64) -> bool {
     unsafe { &*(page as *const AtomicU64) }.load(Ordering::Acquire) == epoch
 }
 
+/// Like [`is_process_epoch`], but also right where the kernel refused `MADV_WIPEONFORK` (the
+/// epoch is then the process id, as in `process_epoch_slow`: one `getpid`). Async-signal-safe: it never
+/// draws a new epoch; `false` if this process has none yet.
+#[cfg(target_arch = "x86_64")]
+pub fn is_process_epoch_signal_safe(epoch: u64) -> bool {
+    match EPOCH_PAGE.load(Ordering::Acquire) {
+        usize::MAX => false,
+        0 => {
+            epoch == u64::from(rustix::process::getpid().as_raw_nonzero().get() as u32) | (1 << 63)
+        }
+        _ => is_process_epoch(epoch),
+    }
+}
+
 #[cold]
 fn process_epoch_slow() -> u64 {
     let page = match EPOCH_PAGE.load(Ordering::Acquire) {
@@ -623,6 +637,250 @@ pub unsafe fn name_anon(addr: usize, len: usize, name: &str) -> Result<()> {
     let region = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
     rustix::process::set_virtual_memory_region_name(region, Some(&name))
         .map_err(|e| Error::os("prctl (PR_SET_VMA_ANON_NAME)", e))
+}
+
+// ---- Live patching on x86-64: cross-modifying code, and the SIGTRAP handler's system calls ----
+//
+// Everything below that a signal handler calls is async-signal-safe: a raw system call (rustix
+// issues them without touching `errno`, and the handler saves `errno` anyway), no allocation,
+// no lock.
+
+#[cfg(target_arch = "x86_64")]
+/// `membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0)`: registers this
+/// process for [`sync_core_all_threads`]. Once per process (a `fork()` child inherits it).
+///
+/// # References
+/// - [membarrier(2)](https://man7.org/linux/man-pages/man2/membarrier.2.html)
+pub fn register_sync_core() -> Result<()> {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::RegisterPrivateExpeditedSyncCore)
+        .map_err(|e| Error::os("membarrier (register SYNC_CORE)", e))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_SYNC_CORE, 0, 0)`: when it returns, every
+/// thread of this process that was running has executed a core-serializing instruction, and
+/// every other one will before it runs user code again. This is what makes code written by
+/// one thread safe to fetch on every core (Intel SDM vol. 3A, "Handling Self- and
+/// Cross-Modifying Code"); `wasmtime_jit_icache_coherence::pipeline_flush_mt` is a no-op on
+/// x86-64, so the live patcher calls this itself. Needs [`register_sync_core`] first.
+///
+/// # References
+/// - [membarrier(2)](https://man7.org/linux/man-pages/man2/membarrier.2.html)
+pub fn sync_core_all_threads() -> Result<()> {
+    rustix::thread::membarrier(rustix::thread::MembarrierCommand::PrivateExpeditedSyncCore)
+        .map_err(|e| Error::os("membarrier (SYNC_CORE)", e))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// A signal disposition saved by [`install_signal_handler`] (a `struct sigaction`).
+#[derive(Clone, Copy)]
+pub struct SigAction(libc::sigaction);
+
+#[cfg(target_arch = "x86_64")]
+impl std::fmt::Debug for SigAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigAction")
+            .field("handler", &format_args!("{:#x}", self.0.sa_sigaction))
+            .field("flags", &format_args!("{:#x}", self.0.sa_flags))
+            .finish()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The type of a three-argument (`SA_SIGINFO`) signal handler.
+pub type SigInfoHandler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut c_void);
+
+#[cfg(target_arch = "x86_64")]
+/// `sigaction(sig, {handler, SA_SIGINFO | SA_ONSTACK, empty mask}, &old)`: installs `handler`
+/// for `sig` in the whole process and returns the disposition it replaced.
+///
+/// # Safety
+/// `handler` must be async-signal-safe, and must hand every signal it does not handle to the
+/// returned disposition (see [`chain_signal`]): the previous handler, or the default action.
+///
+/// # References
+/// - [sigaction(2)](https://man7.org/linux/man-pages/man2/sigaction.2.html)
+pub unsafe fn install_signal_handler(
+    sig: libc::c_int,
+    handler: SigInfoHandler,
+) -> Result<SigAction> {
+    // SAFETY: an all-zero `struct sigaction` is a valid value (SIG_DFL, no flags, empty mask).
+    let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+    new.sa_sigaction = handler as usize;
+    new.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK;
+    // SAFETY: as above.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid `struct sigaction`s; the caller vouches for `handler`.
+    let rc = unsafe {
+        libc::sigemptyset(&mut new.sa_mask);
+        libc::sigaction(sig, &new, &mut old)
+    };
+    if rc != 0 {
+        return Err(Error::Os {
+            op: "sigaction",
+            errno: crate::error::Errno(std::io::Error::last_os_error().raw_os_error().unwrap_or(0)),
+        });
+    }
+    Ok(SigAction(old))
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Hands a signal that our handler does not handle to `previous`, the disposition our handler
+/// replaced (`None`: the default action): calls its handler (with three arguments if it asked for `SA_SIGINFO`); for the
+/// default action, restores it and sends the signal again to this thread, so that it takes
+/// effect when the handler returns (a trap's default action is to dump core and terminate).
+/// An ignored signal stays ignored, unless the kernel `forced` it (a trap: the kernel would
+/// have reset it to the default action). Async-signal-safe.
+///
+/// # Safety
+/// Only from a signal handler for `sig`, with the `info` and `ctx` it received.
+pub unsafe fn chain_signal(
+    previous: Option<&SigAction>,
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut c_void,
+    forced: bool,
+) {
+    let Some(previous) = previous.filter(|p| p.0.sa_sigaction != libc::SIG_DFL) else {
+        // SAFETY: the caller's contract.
+        return unsafe { raise_with_default_action(sig) };
+    };
+    let handler = previous.0.sa_sigaction;
+    if handler == libc::SIG_IGN && !forced {
+        return;
+    }
+    if handler == libc::SIG_IGN {
+        // SAFETY: the caller's contract.
+        return unsafe { raise_with_default_action(sig) };
+    }
+    if previous.0.sa_flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: with SA_SIGINFO, `sa_sigaction` is a three-argument handler (sigaction(2)),
+        // and it gets the arguments the kernel gave us.
+        let f: SigInfoHandler = unsafe { std::mem::transmute::<usize, SigInfoHandler>(handler) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: without SA_SIGINFO, `sa_handler` (the same field) takes the signal number.
+        let f = unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(handler) };
+        f(sig);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Restores the default action of `sig` and sends it again to this thread: it takes effect
+/// when the running handler returns (the signal is blocked until then).
+///
+/// # Safety
+/// Only from a signal handler for `sig`.
+unsafe fn raise_with_default_action(sig: libc::c_int) {
+    // SAFETY: an all-zero `struct sigaction` is SIG_DFL with an empty mask.
+    let default: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: sigaction and tgkill are async-signal-safe system calls on valid values.
+    unsafe {
+        libc::sigaction(sig, &default, std::ptr::null_mut());
+        libc::syscall(libc::SYS_tgkill, libc::getpid(), thread_id(), sig);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Reads `buf.len()` bytes of this process's memory at `addr` with `process_vm_readv`: a range
+/// that is unmapped meanwhile answers `false` instead of faulting. Async-signal-safe (it sets
+/// `errno` on failure: callers in a signal handler hold an [`ErrnoGuard`]).
+///
+/// # References
+/// - [process_vm_readv(2)](https://man7.org/linux/man-pages/man2/process_vm_readv.2.html)
+pub fn read_own_memory(addr: usize, buf: &mut [u8]) -> bool {
+    let local = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let remote = libc::iovec {
+        iov_base: addr as *mut c_void,
+        iov_len: buf.len(),
+    };
+    // SAFETY: `local` describes `buf`, which we own mutably; the kernel checks `remote` and
+    // fails with EFAULT rather than faulting if it is not mapped.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    n == buf.len() as isize
+}
+
+#[cfg(target_arch = "x86_64")]
+/// The calling thread's id (`gettid`). Async-signal-safe.
+pub fn thread_id() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `futex(word, FUTEX_WAIT_PRIVATE, expected)`: sleeps while `word` holds `expected` (or until
+/// a spurious wake-up; callers loop). When futexes are refused (a seccomp filter), yields the
+/// processor instead. Async-signal-safe.
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, expected: u32) {
+    use rustix::thread::futex;
+    match futex::wait(word, futex::Flags::PRIVATE, expected, None) {
+        Ok(()) | Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => {}
+        Err(_) => rustix::thread::sched_yield(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `clock_gettime(CLOCK_MONOTONIC)` in nanoseconds (through the vDSO: no system call).
+/// Async-signal-safe.
+pub fn monotonic_ns() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    (t.tv_sec as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(t.tv_nsec as u64)
+}
+
+#[cfg(target_arch = "x86_64")]
+/// `futex(word, FUTEX_WAKE_PRIVATE, INT_MAX)`: wakes every thread in [`futex_wait`] on `word`.
+pub fn futex_wake_all(word: &std::sync::atomic::AtomicU32) {
+    use rustix::thread::futex;
+    let _ = futex::wake(word, futex::Flags::PRIVATE, i32::MAX as u32);
+}
+
+#[cfg(target_arch = "x86_64")]
+/// Restores the calling thread's `errno` when dropped: a signal handler must leave `errno` as
+/// it found it, and some calls it makes may set it.
+pub struct ErrnoGuard(libc::c_int);
+
+#[cfg(target_arch = "x86_64")]
+impl ErrnoGuard {
+    /// Saves `errno`.
+    pub fn save() -> ErrnoGuard {
+        // SAFETY: `__errno_location` returns the calling thread's `errno`, always valid.
+        ErrnoGuard(unsafe { *libc::__errno_location() })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Drop for ErrnoGuard {
+    fn drop(&mut self) {
+        // SAFETY: as in `save`.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
+/// The program counter saved in a signal handler's context (`ucontext_t`): after an `int3`,
+/// the address after the trap byte.
+///
+/// # Safety
+/// `ctx` is the context pointer the kernel passed to a `SA_SIGINFO` handler.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn context_pc(ctx: *mut c_void) -> usize {
+    // SAFETY: the caller passes the kernel's `ucontext_t`.
+    unsafe { (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] as usize }
+}
+
+/// Sets the program counter the thread resumes at when the signal handler returns.
+///
+/// # Safety
+/// As for [`context_pc`]; `pc` must be an address the thread may run.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn set_context_pc(ctx: *mut c_void, pc: usize) {
+    // SAFETY: the caller passes the kernel's `ucontext_t`.
+    unsafe {
+        (*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs[libc::REG_RIP as usize] = pc as i64
+    };
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 mod picture;
 mod text;
 
+mod tooltips;
 pub use picture::{render_rgb, render_svg, write_png, write_svg, PictureOptions, RgbPicture};
 pub use text::{render_text, TextOptions};
 
@@ -301,7 +302,7 @@ pub struct MapArgs {
     /// Write a PNG picture here.
     #[arg(long, value_name = "FILE")]
     pub png: Option<PathBuf>,
-    /// Write an SVG picture here.
+    /// Write an SVG picture here (each program's name in a tooltip over its chunks).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
     /// Print the terminal map (the default when neither --png nor --svg is given).
@@ -379,9 +380,10 @@ pub fn run_workload(
         freed: 0,
         bytes: 0,
     };
-    for _ in 0..args.programs {
+    for i in 0..args.programs {
         let len = args.sizes.pick(&mut rng);
-        let mut d = alloc.draft(len, 1)?;
+        // Named, so that the SVG map shows which program each stretch of chunks is.
+        let mut d = alloc.draft(len, 1)?.named(format!("program {i}"))?;
         // A `ret` at the entry; the rest stays traps. Nothing runs it: only the layout matters.
         d.image_mut()[0] = 0xc3;
         programs.push(Some(d.finalize()?));
@@ -479,6 +481,7 @@ mod tests {
             base: 0x7f00_0000_0000,
             used: bits.chars().map(|c| c == '1').collect(),
             huge_bytes: huge,
+            programs: Vec::new(),
         }
     }
 

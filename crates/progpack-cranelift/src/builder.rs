@@ -114,6 +114,30 @@ impl ProgpackBuilder {
         self
     }
 
+    /// Announces the module's code (see [`progpack::Observe`]): a perf map, a jitdump, the GDB
+    /// JIT interface (call it after [`allocator_config`](Self::allocator_config), which
+    /// replaces the whole configuration). Each function and read-only data object in a pack
+    /// is named after its symbol. Applies to the module's own allocator; a shared one (see
+    /// [`allocator`](Self::allocator)) announces what its own configuration says. The
+    /// `PROGPACK_PERF_MAP`, `PROGPACK_JITDUMP` and `PROGPACK_GDB_JIT` environment variables
+    /// switch the same on without a code change.
+    pub fn observe(&mut self, observe: progpack::Observe) -> &mut Self {
+        if let Placement::Config(config) = &mut self.placement {
+            *config = config.clone().observe(observe);
+        }
+        self
+    }
+
+    /// Writes the perf map `/tmp/perf-<pid>.map`, naming every function for `perf report`
+    /// (as [`observe`](Self::observe) with [`progpack::Observe::perf_map`]).
+    pub fn perf_map(&mut self, on: bool) -> &mut Self {
+        if let Placement::Config(config) = &mut self.placement {
+            let observe = config.get_observe().clone().perf_map(on);
+            *config = config.clone().observe(observe);
+        }
+        self
+    }
+
     /// Places code with an existing allocator (shared with other modules or other JITs)
     /// instead of one of the module's own. Give it a code range if code calls colocated
     /// functions in the host.

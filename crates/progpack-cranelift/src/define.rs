@@ -279,6 +279,10 @@ impl ProgpackModule {
             let addr = block.addr();
             (PendingPlace::Heap(block), addr)
         };
+        let mut place = place;
+        if in_packs && self.alloc.announces() {
+            self.name_in_pack(id, &mut place)?;
+        }
         if let PendingPlace::Draft { .. } = place {
             self.draft_item = Some(id);
         }
@@ -289,6 +293,24 @@ impl ProgpackModule {
             relocs,
         });
         self.pending.push(id);
+        Ok(())
+    }
+
+    /// Gives progpack the item's symbol name (its linkage name; anonymous items get
+    /// Cranelift's `.L` names), for the perf map, the jitdump, gdb and `program_at`.
+    fn name_in_pack(&mut self, id: FuncOrDataId, place: &mut PendingPlace) -> Result<(), Error> {
+        let name = self.item_name(id);
+        match place {
+            PendingPlace::Draft {
+                draft: Some(draft), ..
+            } => draft.set_name(&name)?,
+            PendingPlace::Batch { index, .. } => self
+                .batch
+                .as_mut()
+                .expect("pack items have a batch slot")
+                .set_name(*index, &name)?,
+            PendingPlace::Draft { draft: None, .. } | PendingPlace::Heap(_) => {}
+        }
         Ok(())
     }
 

@@ -55,6 +55,7 @@
 //! | writable data | `mmap`ed, referenced rip-relative when colocated | on the heap, always referenced through an absolute address (`Abs8`) |
 //! | unresolved symbol, target out of `rel32` reach, TLS, GOT/PLT relocation | panics | a [`ModuleError`](cranelift_module::ModuleError) carrying an [`Error`] |
 //! | `new` | returns the module | returns a `Result` (the allocator or the code range may fail) |
+//! | names for profilers and debuggers | none | with [`ProgpackBuilder::perf_map`] / [`ProgpackBuilder::observe`] (or `PROGPACK_PERF_MAP=1`, `PROGPACK_JITDUMP=DIR`, `PROGPACK_GDB_JIT=1`): each function named after its symbol in the perf map, the jitdump, gdb and `program_at` |
 //!
 //! ## When relocations are applied
 //! `define_function` compiles, reserves the function's place in a pack (a progpack draft for the

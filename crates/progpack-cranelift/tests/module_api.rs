@@ -455,6 +455,66 @@ fn names_are_kept_for_listings() {
     );
 }
 
+#[test]
+fn announced_functions_carry_their_symbol_names() {
+    let dir = std::env::temp_dir().join(format!("progpack-cranelift-perf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut b = ProgpackBuilder::new(default_libcall_names()).unwrap();
+    b.observe(progpack::Observe::default().perf_map_in(&dir).ignore_env());
+    let mut m = ProgpackModule::new(b).unwrap();
+    assert!(m.allocator().announces());
+    // The first function of a finalize goes into a draft, the others into a batch.
+    let a = define_sum(&mut m, "alpha", 1, &[]).unwrap();
+    let c = define_sum(&mut m, "gamma", 3, &[a]).unwrap();
+    let sig = sig_i64(&m, 0);
+    let anon = m.declare_anonymous_function(&sig).unwrap();
+    m.define_function_bytes(anon, 16, RET0, &[]).unwrap();
+    m.finalize_definitions().unwrap();
+    assert_eq!(call0(&m, c), 4);
+    let map =
+        std::fs::read_to_string(dir.join(format!("perf-{}.map", std::process::id()))).unwrap();
+    for (id, name) in [
+        (a, "alpha".to_string()),
+        (c, "gamma".into()),
+        (anon, format!(".Lfn{:x}", anon.as_u32())),
+    ] {
+        let addr = m.get_finalized_function(id) as usize;
+        let found = m.allocator().program_at(addr).unwrap();
+        assert_eq!(found.name(), name);
+        assert!(
+            map.lines()
+                .any(|l| l.starts_with(&format!("{:x} ", found.addr()))
+                    && l.ends_with(&format!(" {name}"))),
+            "{name} not in the perf map:\n{map}"
+        );
+    }
+    // Redefining after a free: the new code gets the name, the old one is gone.
+    free(&mut m, &[c]).unwrap();
+    let c2 = define_sum(&mut m, "gamma2", 5, &[a]).unwrap();
+    m.finalize_definitions().unwrap();
+    let at = m.get_finalized_function(c2) as usize;
+    assert_eq!(m.allocator().program_at(at).unwrap().name(), "gamma2");
+    drop(m);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn nothing_is_named_when_nothing_is_announced() {
+    let mut m = ProgpackModule::new({
+        let mut b = ProgpackBuilder::new(default_libcall_names()).unwrap();
+        b.observe(progpack::Observe::default().ignore_env());
+        b
+    })
+    .unwrap();
+    let a = define_sum(&mut m, "alpha", 1, &[]).unwrap();
+    m.finalize_definitions().unwrap();
+    assert!(!m.allocator().announces());
+    assert!(m
+        .allocator()
+        .program_at(m.get_finalized_function(a) as usize)
+        .is_none());
+}
+
 /// Calls into the host, checked on the x86-64 encoding.
 #[cfg(target_arch = "x86_64")]
 mod host_calls {

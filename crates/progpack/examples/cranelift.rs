@@ -17,6 +17,13 @@
 //!
 //! Anything else (libcalls, GOT-relative forms) is reported as an error rather than guessed.
 //!
+//! Each function also carries its name and the unwind information Cranelift emits (an
+//! `.eh_frame` with one CIE and the function's FDE, written at offset 0): progpack relocates it
+//! to `exec_addr()` and registers it at finalize, so that a host function called from JIT code
+//! captures a [`std::backtrace::Backtrace`] that reaches `main`, and a panic in it unwinds
+//! through the JIT frame to a `catch_unwind` above. A copy of the caller placed *without* its
+//! unwind information shows what that buys: the backtrace stops at the JIT frame.
+//!
 //! For the whole `cranelift_module::Module` (declarations, data objects, library calls,
 //! freeing single functions), as a drop-in for `cranelift-jit`'s `JITModule`, see the
 //! `progpack-cranelift` crate.
@@ -29,18 +36,21 @@
 //! [`CodeRange`]: progpack::CodeRange
 
 use cranelift_codegen::control::ControlPlane;
+use cranelift_codegen::gimli::write::{Address, EhFrame, EndianVec, FrameTable};
+use cranelift_codegen::gimli::RunTimeEndian;
 use cranelift_codegen::ir::{
     types, AbiParam, ExtFuncData, ExternalName, Function, InstBuilder, Signature, UserExternalName,
     UserFuncName,
 };
+use cranelift_codegen::isa::unwind::UnwindInfo;
 use cranelift_codegen::isa::TargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_codegen::{binemit::Reloc, Context, FinalizedMachReloc, FinalizedRelocTarget};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use progpack::{Allocator, CodeRange, Config, Draft};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -62,10 +72,27 @@ extern "C" fn host_finish(acc: i64, n: i64) -> i64 {
     acc.wrapping_mul(10).wrapping_add(n)
 }
 
+/// The backtrace `host_probe` captured last, as text.
+static LAST_TRACE: Mutex<String> = Mutex::new(String::new());
+/// Whether `host_probe` panics when called.
+static PROBE_PANICS: AtomicBool = AtomicBool::new(false);
+
+/// Host function 2, called colocated from `probe_caller`: captures a backtrace through the JIT
+/// frame below it, and panics when asked to (`C-unwind`: a panic may leave through it).
+extern "C-unwind" fn host_probe(x: i64) -> i64 {
+    let trace = std::backtrace::Backtrace::force_capture();
+    *LAST_TRACE.lock().unwrap() = trace.to_string();
+    if PROBE_PANICS.load(Ordering::Relaxed) {
+        panic!("host_probe({x}) panics through JIT code");
+    }
+    x * 2
+}
+
 fn host_addr(index: u32) -> Option<usize> {
     match index {
         0 => Some(host_square as extern "C" fn(i64) -> i64 as usize),
         1 => Some(host_finish as extern "C" fn(i64, i64) -> i64 as usize),
+        2 => Some(host_probe as extern "C-unwind" fn(i64) -> i64 as usize),
         _ => None,
     }
 }
@@ -79,12 +106,14 @@ enum Target {
     SelfOffset(u32),
 }
 
-/// One compiled function: bytes, required alignment, relocations with resolved names.
+/// One compiled function: bytes, required alignment, relocations with resolved names, and its
+/// unwind information as an `.eh_frame` for code at offset 0.
 struct Compiled {
     name: &'static str,
     code: Vec<u8>,
     align: usize,
     relocs: Vec<(FinalizedMachReloc, Target)>,
+    eh_frame: Vec<u8>,
 }
 
 fn isa() -> Res<Arc<dyn TargetIsa>> {
@@ -118,6 +147,7 @@ fn compile(isa: &dyn TargetIsa, name: &'static str, func: Function) -> Res<Compi
         .alignment
         .max(isa.function_alignment().preferred) as usize;
     let raw: Vec<FinalizedMachReloc> = compiled.buffer.relocs().to_vec();
+    let eh_frame = eh_frame(isa, compiled)?;
     let names = ctx.func.params.user_named_funcs();
     let mut relocs = Vec::new();
     for r in raw {
@@ -138,7 +168,23 @@ fn compile(isa: &dyn TargetIsa, name: &'static str, func: Function) -> Res<Compi
         code,
         align,
         relocs,
+        eh_frame,
     })
+}
+
+/// The function's unwind information as an `.eh_frame` section (the ISA's CIE and the
+/// function's FDE), for code at address 0: progpack relocates it to where the code runs.
+fn eh_frame(isa: &dyn TargetIsa, compiled: &cranelift_codegen::CompiledCode) -> Res<Vec<u8>> {
+    let Some(UnwindInfo::SystemV(info)) = compiled.create_unwind_info(isa)? else {
+        return Err("no System V unwind information".into());
+    };
+    let mut table = FrameTable::default();
+    let cie = isa.create_systemv_cie().ok_or("the ISA has no CIE")?;
+    let cie = table.add_cie(cie);
+    table.add_fde(cie, info.to_fde(Address::Constant(0)));
+    let mut out = EhFrame(EndianVec::new(RunTimeEndian::Little));
+    table.write_eh_frame(&mut out)?;
+    Ok(out.0.into_vec())
 }
 
 /// `sum_squares(n) = host_finish(host_square(0) + ... + host_square(n - 1), n)`: a loop with a
@@ -235,6 +281,34 @@ fn build_pair(isa: &dyn TargetIsa) -> Function {
     func
 }
 
+/// `probe_caller(n) = host_probe(n) + 1`: JIT code with a frame between the host's caller and
+/// `host_probe`.
+fn build_probe_caller(isa: &dyn TargetIsa, index: u32) -> Function {
+    let mut func = Function::with_name_signature(UserFuncName::user(JIT, index), sig(isa, 1));
+    let mut fctx = FunctionBuilderContext::new();
+    let mut b = FunctionBuilder::new(&mut func, &mut fctx);
+    let probe_sig = b.import_signature(sig(isa, 1));
+    let probe_name = b
+        .func
+        .declare_imported_user_function(UserExternalName::new(HOST, 2));
+    let probe = b.import_function(ExtFuncData {
+        name: ExternalName::user(probe_name),
+        signature: probe_sig,
+        colocated: true,
+    });
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    let n = b.block_params(entry)[0];
+    let call = b.ins().call(probe, &[n]);
+    let r = b.inst_results(call)[0];
+    let r = b.ins().iadd_imm(r, 1);
+    b.ins().return_(&[r]);
+    b.seal_all_blocks();
+    b.finalize();
+    func
+}
+
 /// Patches `image` (which will run at `base`) for every relocation of `c`. `jit` gives the
 /// exec address of each function compiled here. Returns how many of each kind were applied.
 fn relocate(
@@ -273,11 +347,18 @@ fn relocate(
     Ok(())
 }
 
+#[inline(never)]
 fn main() -> Res<()> {
     let isa = isa()?;
     let module = [
         compile(&*isa, "sum_squares", build_sum_squares(&*isa))?,
         compile(&*isa, "pair", build_pair(&*isa))?,
+        compile(&*isa, "probe_caller", build_probe_caller(&*isa, 2))?,
+        compile(
+            &*isa,
+            "probe_caller_without_unwind_info",
+            build_probe_caller(&*isa, 3),
+        )?,
     ];
     for c in &module {
         println!(
@@ -302,13 +383,18 @@ fn main() -> Res<()> {
         .map(|c| alloc.draft(c.code.len(), c.align.min(chunk)))
         .collect::<Result<_, _>>()?;
     let addrs: Vec<usize> = drafts.iter().map(Draft::exec_addr).collect();
-    // 2. Copy and relocate into the writable images (never executable).
+    // 2. Copy and relocate into the writable images (never executable); name each function
+    //    and give it its unwind information (but one, for the comparison below).
     let mut applied = BTreeMap::new();
     for (c, d) in module.iter().zip(&mut drafts) {
         let base = d.exec_addr();
         let image = d.image_mut();
         image.copy_from_slice(&c.code);
         relocate(c, image, base, &addrs, &mut applied)?;
+        d.set_name(c.name)?;
+        if c.name != "probe_caller_without_unwind_info" {
+            d.set_eh_frame(&c.eh_frame)?;
+        }
     }
     // 3. Place the whole module (adjacent drafts share one backend write).
     let programs = alloc.finalize_all(drafts)?;
@@ -344,6 +430,8 @@ fn main() -> Res<()> {
         programs[0].addr()
     );
 
+    unwind_through_jit_code(&alloc, &programs[2], &programs[3])?;
+
     let s = alloc.stats();
     println!(
         "ok  {} functions, {} bytes of code in {} pack(s) of {} KiB ({}), {} chunks used",
@@ -354,14 +442,69 @@ fn main() -> Res<()> {
         s.backend,
         s.chunks_used
     );
-    // Unlike cranelift-jit, one function can go: `pair` is dropped, `sum_squares` still runs.
+    // Unlike cranelift-jit, single functions can go: all but `sum_squares` are dropped.
     let mut programs = programs;
-    drop(programs.pop());
+    drop(programs.split_off(1));
     assert_eq!(sum_squares(3), oracle(3));
     assert_eq!(alloc.stats().programs, 1);
     alloc
         .check_invariants()
         .map_err(|e| format!("invariant: {e}"))?;
-    println!("ok  dropped `pair` alone: its chunks are traps again, sum_squares still runs");
+    println!(
+        "ok  dropped all but `sum_squares`: their chunks are traps again, sum_squares still runs"
+    );
+    Ok(())
+}
+
+/// Backtraces and panics through JIT frames: `with` has its unwind information registered,
+/// `without` is the same code without it.
+fn unwind_through_jit_code(
+    alloc: &Allocator,
+    with: &progpack::Program,
+    without: &progpack::Program,
+) -> Res<()> {
+    // SAFETY: both are `probe_caller`, System V `fn(i64) -> i64`; `C-unwind` because a panic
+    // may pass through them; the programs outlive the calls.
+    let (with_fn, without_fn) = unsafe {
+        (
+            with.as_fn::<extern "C-unwind" fn(i64) -> i64>(),
+            without.as_fn::<extern "C-unwind" fn(i64) -> i64>(),
+        )
+    };
+    assert_eq!(with.name(), "probe_caller");
+    let found = alloc.program_at(with.addr() + 3).ok_or("program_at")?;
+    assert_eq!(&*found.name(), "probe_caller");
+
+    assert_eq!(with_fn(20), 41);
+    let trace = LAST_TRACE.lock().unwrap().clone();
+    let reaches_main = |t: &str| t.contains("cranelift::main");
+    assert!(
+        reaches_main(&trace),
+        "the backtrace stopped in JIT code:\n{trace}"
+    );
+    println!("ok  a backtrace from host_probe, called by JIT code, walks through it to main");
+
+    assert_eq!(without_fn(20), 41);
+    let trace = LAST_TRACE.lock().unwrap().clone();
+    assert!(
+        !reaches_main(&trace),
+        "without unwind information the walk should stop at the JIT frame:\n{trace}"
+    );
+    println!("ok  without its unwind information, the same walk stops at the JIT frame");
+
+    PROBE_PANICS.store(true, Ordering::Relaxed);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {})); // the panic is expected: keep the output clean
+    let caught = std::panic::catch_unwind(|| with_fn(7));
+    std::panic::set_hook(default_hook);
+    PROBE_PANICS.store(false, Ordering::Relaxed);
+    let payload = caught.expect_err("host_probe panics");
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .unwrap_or("");
+    assert_eq!(message, "host_probe(7) panics through JIT code");
+    assert_eq!(with_fn(1), 3, "the JIT function still runs after the panic");
+    println!("ok  a panic in host_probe unwinds through the JIT frame to catch_unwind above it");
     Ok(())
 }

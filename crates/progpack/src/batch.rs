@@ -42,6 +42,8 @@ pub struct Batch {
     rng: LocalState,
     /// Chunks of packed segments counted as cached in the counters.
     cached: usize,
+    /// Names and unwind information given to slots (empty if none was).
+    meta: crate::observe::BatchMeta,
 }
 
 /// A contiguous stretch of one pack (or the staging of one slot of its own).
@@ -124,6 +126,7 @@ impl Batch {
             alone: Vec::new(),
             rng: LocalState::new(seed, 0),
             cached: 0,
+            meta: crate::observe::BatchMeta::default(),
         }
     }
 
@@ -275,6 +278,56 @@ impl Batch {
         Ok(self.slots.len() - 1)
     }
 
+    /// [`push`](Self::push), naming the slot's program (see [`Batch::set_name`]).
+    pub fn push_named(
+        &mut self,
+        len: usize,
+        align: usize,
+        name: impl AsRef<[u8]>,
+    ) -> Result<SlotMut<'_>> {
+        let name = name.as_ref();
+        crate::observe::names::check(name)?;
+        let index = self.push(len, align)?.index;
+        self.meta.extra(index).set_name(name);
+        let exec_addr = self.exec_addr(index).expect("just pushed");
+        let image = self.image_mut(index).expect("just pushed");
+        Ok(SlotMut {
+            index,
+            exec_addr,
+            image,
+        })
+    }
+
+    /// Names the program slot `index` will become, as
+    /// [`Draft::set_name`](crate::Draft::set_name) does for a draft.
+    pub fn set_name(&mut self, index: usize, name: impl AsRef<[u8]>) -> Result<()> {
+        let name = name.as_ref();
+        self.slot_len(index)?;
+        crate::observe::names::check(name)?;
+        self.meta.extra(index).set_name(name);
+        Ok(())
+    }
+
+    /// Gives slot `index`'s code unwind information, as
+    /// [`Draft::set_eh_frame`](crate::Draft::set_eh_frame) does for a draft (FDE initial
+    /// locations are offsets from the slot's image).
+    pub fn set_eh_frame(&mut self, index: usize, eh_frame: &[u8]) -> Result<()> {
+        let frames = crate::observe::Frames::parse(eh_frame, self.slot_len(index)?)?;
+        self.meta.extra(index).set_frames(frames);
+        Ok(())
+    }
+
+    /// The image length of slot `index`, or [`Error::NoSuchSlot`].
+    fn slot_len(&self, index: usize) -> Result<usize> {
+        self.slots
+            .get(index)
+            .map(|s| s.len)
+            .ok_or(Error::NoSuchSlot {
+                index,
+                slots: self.slots.len(),
+            })
+    }
+
     /// Number of slots pushed.
     pub fn len(&self) -> usize {
         self.slots.len()
@@ -375,6 +428,10 @@ impl Batch {
         }
         self.cached -= chunks;
         span::count_batch(&self.shared, packed, requested, chunks, slots.len());
+        if !self.meta.is_empty() || self.shared.announces() {
+            // Named slots, or the allocator announces its code.
+            crate::observe::announce(&mut programs, Some(&mut self.meta))?;
+        }
         Ok(programs)
     }
 

@@ -118,6 +118,7 @@ pub struct Config {
     pub(crate) min_slack: usize,
     pub(crate) shards: usize,
     pub(crate) max_len: usize,
+    pub(crate) observe: crate::observe::Observe,
 }
 
 impl Default for Config {
@@ -134,6 +135,7 @@ impl Default for Config {
                 .map_or(1, |n| n.get())
                 .min(16),
             max_len: 1 << 30,
+            observe: crate::observe::Observe::default(),
         }
     }
 }
@@ -190,6 +192,20 @@ impl Config {
     pub fn max_len(mut self, bytes: usize) -> Self {
         self.max_len = bytes;
         self
+    }
+
+    /// Announcements of the code placed: perf map, jitdump, GDB JIT interface, lookup of every
+    /// program (default: none, unless the environment switches them on; see [`Observe`]).
+    ///
+    /// [`Observe`]: crate::Observe
+    pub fn observe(mut self, observe: crate::observe::Observe) -> Self {
+        self.observe = observe;
+        self
+    }
+
+    /// The announcements asked for (before the environment is consulted).
+    pub fn get_observe(&self) -> &crate::observe::Observe {
+        &self.observe
     }
 
     /// The pack size.

@@ -52,6 +52,16 @@ impl fmt::Debug for Draft {
     }
 }
 
+/// The rest of [`Draft::finalize`] for a program that is named or announced.
+#[cold]
+#[inline(never)]
+fn announced(mut span: Span) -> Result<Program> {
+    span.became_program();
+    let mut program = Program::new(span);
+    crate::observe::announce(std::slice::from_mut(&mut program), None)?;
+    Ok(program)
+}
+
 impl Draft {
     #[inline(always)]
     pub(crate) fn new(inner: Fresh) -> Draft {
@@ -119,13 +129,64 @@ impl Draft {
     pub fn finalize(self) -> Result<Program> {
         let Fresh { mut span, image } = self.inner;
         if image.in_place() {
+            // Never announced: packs that announce every program hand out no image in place,
+            // and a draft being named leaves its place (so this path pays nothing for names).
+            debug_assert!(!span.announced());
             span.publish_in_place()?;
         } else {
             span.place(image.bytes())?;
+            if span.side().is_some() {
+                // Named, or the allocator announces its code.
+                drop(image);
+                return announced(span);
+            }
         }
         drop(image);
         span.became_program();
         Ok(Program::new(span))
+    }
+
+    /// Names the program this draft will become: the name perf, gdb, backtraces through the
+    /// debugger and [`Allocator::program_at`](crate::Allocator::program_at) show for it (any
+    /// bytes, 1 to [`MAX_NAME`](crate::MAX_NAME) of them; written escaped where a newline or a
+    /// NUL would break a line or a string). Unnamed programs are `jit_<address in hex>`.
+    ///
+    /// Costs a record in a side table of the pack (nothing is added to the program itself).
+    pub fn set_name(&mut self, name: impl AsRef<[u8]>) -> Result<()> {
+        let name = name.as_ref();
+        crate::observe::names::check(name)?;
+        self.inner.image.leave_alias_with_bytes()?;
+        crate::observe::draft_extra(&mut self.inner.span).set_name(name);
+        Ok(())
+    }
+
+    /// [`set_name`](Self::set_name), by value: `alloc.draft(len, align)?.named("f")?`.
+    pub fn named(mut self, name: impl AsRef<[u8]>) -> Result<Draft> {
+        self.set_name(name)?;
+        Ok(self)
+    }
+
+    /// The name given, or `jit_<exec_addr in hex>`.
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        crate::observe::name_of(&self.inner.span)
+    }
+
+    /// Gives the code unwind information: `.eh_frame` bytes (CIEs and FDEs) whose FDE initial
+    /// locations are offsets from the image's first byte, as 8-byte absolute pointers (what
+    /// gimli writes for `Address::Constant(offset)` and Cranelift's `create_systemv_cie` and
+    /// `UnwindInfo::to_fde` produce). At finalize they are relocated to
+    /// [`exec_addr`](Self::exec_addr) and registered with the unwinder (`__register_frame`),
+    /// so panics and `std::backtrace` walk through the program's frames; they are deregistered
+    /// when the program's free begins.
+    ///
+    /// Errors ([`Error::BadUnwindInfo`]): bytes that do not parse, a pointer encoding that
+    /// cannot be relocated, an FDE outside the image. (Shrinking the draft below an FDE after
+    /// this makes [`finalize`](Self::finalize) fail with the same error.)
+    pub fn set_eh_frame(&mut self, eh_frame: &[u8]) -> Result<()> {
+        let frames = crate::observe::Frames::parse(eh_frame, self.len())?;
+        self.inner.image.leave_alias_with_bytes()?;
+        crate::observe::draft_extra(&mut self.inner.span).set_frames(frames);
+        Ok(())
     }
 
     /// Takes the draft apart (for [`Allocator::finalize_all`](crate::Allocator::finalize_all)).

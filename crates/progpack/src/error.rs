@@ -78,6 +78,30 @@ pub enum Error {
         /// Operation that was asked for.
         op: &'static str,
     },
+    /// A program name is empty or longer than [`MAX_NAME`](crate::MAX_NAME) bytes.
+    #[error("a program name must have 1 to {max} bytes, not {len}")]
+    BadName {
+        /// Length of the name given.
+        len: usize,
+        /// The longest name accepted.
+        max: usize,
+    },
+    /// `.eh_frame` bytes given with a draft or batch slot cannot be registered for it.
+    #[error("unwind information rejected at byte {offset}: {why}")]
+    BadUnwindInfo {
+        /// Offset in the bytes given.
+        offset: usize,
+        /// What is wrong.
+        why: String,
+    },
+    /// A batch slot index that was never pushed.
+    #[error("no slot {index} in a batch of {slots}")]
+    NoSuchSlot {
+        /// The index given.
+        index: usize,
+        /// Slots pushed.
+        slots: usize,
+    },
     /// A system call failed.
     #[error("{op} failed: {errno}")]
     Os {

@@ -113,6 +113,15 @@
 //! on aarch64), through the backend like every other write. The [`patch`] module says exactly
 //! which patches are safe on which architecture and backend, and why.
 //!
+//! ## Names for JIT code
+//! [`Draft::set_name`] and [`Batch::push_named`] name programs ([`Program::name`]; unnamed ones
+//! are `jit_<addr>`). [`Observe`] (in [`Config::observe`], or `PROGPACK_PERF_MAP=1`,
+//! `PROGPACK_JITDUMP=DIR`, `PROGPACK_GDB_JIT=1` in the environment) announces every program to
+//! perf (a perf map, a jitdump for `perf inject --jit`) and to debuggers (the GDB JIT
+//! interface); [`Draft::set_eh_frame`] registers a program's unwind information so panics and
+//! backtraces walk through it; [`Allocator::program_at`] says which program covers an address,
+//! from a signal handler. Unused, none of it costs more than a test of a pointer or a bit.
+//!
 //! ## Safe and unsafe
 //! Allocating, writing and finalizing are safe: the worst a wrong image can do is be wrong
 //! code. Running code is `unsafe` ([`Program::as_fn`]): the compiler cannot check machine code.
@@ -149,6 +158,7 @@ mod code_range;
 mod config;
 mod draft;
 mod error;
+mod observe;
 mod pack;
 pub mod patch;
 mod program;
@@ -165,6 +175,8 @@ pub use batch::{Batch, SlotMut};
 pub use config::{BackendChoice, CodeRange, Config};
 pub use draft::Draft;
 pub use error::{Errno, Error, Result};
+pub use observe::names::MAX_NAME;
+pub use observe::{JitdumpClock, Observe, ObserveOutputs, ProgramInfo};
 pub use program::Program;
 pub use stats::{huge_bytes_in, HugePages, PackSnapshot, Snapshot, Stats};
 
@@ -240,14 +252,19 @@ impl Allocator {
             place_stretch(&mut parts, &order[i..j])?;
             i = j;
         }
-        Ok(parts
+        let mut programs: Vec<Program> = parts
             .into_iter()
             .map(|p| {
                 let (mut span, _image) = p.expect("each draft once");
                 span.became_program();
                 Program::new(span)
             })
-            .collect())
+            .collect();
+        if programs.iter().any(|p| p.span().side().is_some()) {
+            // Named drafts, or the allocator announces its code.
+            observe::announce(&mut programs, None)?;
+        }
+        Ok(programs)
     }
 
     /// Frees many programs at once: programs that lie next to each other in one pack are
@@ -263,6 +280,10 @@ impl Allocator {
                     break;
                 }
                 j += 1;
+            }
+            // They stop being announced before their bytes become traps.
+            for p in &programs[i..j] {
+                p.span().unannounce();
             }
             if !programs[i].span().is_dedicated() {
                 // One fill from the first program's code to the last one's end (the bytes
@@ -294,6 +315,63 @@ impl Allocator {
                 run.retire();
             }
         });
+    }
+
+    /// The program whose code covers `addr`, with its address, length and name: for trap
+    /// handlers and sampling profilers. Finds named programs, and every program when an
+    /// announcement (or [`Observe::index`]) is on; `None` for anything else (a free chunk, the
+    /// slack around a program, another allocator's code).
+    ///
+    /// Safe to call from a signal handler: no lock, no allocation, no system call; the answer
+    /// is a copy. While other threads load and free programs it is never torn: it describes a
+    /// program that was live at a moment during the call (a program finalized before the call
+    /// began and freed after it returned is always found). Cost: one look at each pack's
+    /// table (packs hold up to `pack_size / chunk_size` programs each), then a few loads.
+    ///
+    /// ```
+    /// # use progpack::{Allocator, Config};
+    /// let alloc = Allocator::new(Config::default())?;
+    /// let mut draft = alloc.draft(16, 1)?.named("handler")?;
+    /// draft.image_mut()[0] = 0xc3; // x86-64 `ret` (never called here)
+    /// let program = draft.finalize()?;
+    /// let found = alloc.program_at(program.addr() + 5).expect("inside the code");
+    /// assert_eq!((found.addr(), found.len(), &*found.name()), (program.addr(), 16, "handler"));
+    /// drop(program);
+    /// assert!(alloc.program_at(found.addr()).is_none());
+    /// # Ok::<(), progpack::Error>(())
+    /// ```
+    pub fn program_at(&self, addr: usize) -> Option<ProgramInfo> {
+        self.shared.observer.get()?.program_at(addr)
+    }
+
+    /// True if this allocator announces every program it places (a perf map, a jitdump, the
+    /// GDB JIT interface or [`Observe::index`] is on): a code generator can skip computing
+    /// names when this is false and it names only for those announcements.
+    #[inline]
+    pub fn announces(&self) -> bool {
+        self.shared.announces()
+    }
+
+    /// The announcements in force: the configuration's [`Observe`] combined with the
+    /// environment (`PROGPACK_PERF_MAP`, `PROGPACK_JITDUMP`, `PROGPACK_GDB_JIT`). A code
+    /// generator may skip computing names when this says nothing is on.
+    pub fn observe(&self) -> Observe {
+        self.shared
+            .observer
+            .get()
+            .map(|o| o.settings().clone())
+            .unwrap_or_default()
+    }
+
+    /// Where this allocator's perf map and jitdump are written (if on), and whether a failure
+    /// (an unwritable directory, a full disk) has disabled either of them.
+    pub fn observe_outputs(&self) -> ObserveOutputs {
+        let o = self.shared.observer.get();
+        ObserveOutputs {
+            perf_map: o.and_then(|o| o.perf_map_path()),
+            jitdump: o.and_then(|o| o.jitdump_path()),
+            disabled: o.is_some_and(|o| o.disabled_outputs()),
+        }
     }
 
     /// Counters (no system calls).

@@ -37,6 +37,8 @@ pub(crate) trait PackOwner: Send + Sync {
     fn dedicated_freed_bytes(&self, freed: &Freed);
     /// `n` programs were finalized by a thread that keeps no counters for the allocator.
     fn count_programs(&self, n: u64);
+    /// The allocator's observer (names and announcements), made if it has none.
+    fn observer(&self) -> Arc<crate::observe::Observer>;
 }
 
 /// Counts of what was freed in a pack, kept under its lock (so a free writes no shared atomic
@@ -103,6 +105,9 @@ pub(crate) struct Pack {
     /// Growth failed once (a child process may not grow its parent's file, say): stop trying.
     stuck: std::sync::atomic::AtomicBool,
     state: Mutex<PackState>,
+    /// Side data of the pack's programs (names, announcements): none until a program here is
+    /// named or the allocator announces its code.
+    pub(crate) side: crate::observe::SideCell,
 }
 
 impl fmt::Debug for Pack {
@@ -222,6 +227,7 @@ impl Pack {
                 freed: Freed::default(),
                 pinned: false,
             }),
+            side: crate::observe::SideCell::new(),
         }
     }
 
@@ -552,6 +558,32 @@ impl Pack {
         if let Some(owner) = self.owner.upgrade() {
             owner.count_programs(n);
         }
+    }
+
+    /// The pack without a persistent writable alias for images (writes still go through the
+    /// mapping's own means): a pack of an allocator that announces every program, so that no
+    /// draft there is finalized in place (that path has nothing to announce with).
+    pub(crate) fn without_image_alias(mut self) -> Pack {
+        self.alias = 0;
+        self
+    }
+
+    /// The side table, if the pack has one.
+    #[inline(always)]
+    pub(crate) fn side(&self) -> Option<&crate::observe::Side> {
+        self.side.get()
+    }
+
+    /// The side table, attached now from the owner's observer if there is none (an observer
+    /// of its own if the allocator is gone).
+    pub(crate) fn side_or_attach(&self) -> &crate::observe::Side {
+        self.side.attach(|| {
+            let observer = match self.owner.upgrade() {
+                Some(owner) => owner.observer(),
+                None => Arc::new(crate::observe::Observer::quiet()),
+            };
+            observer.side_for(self)
+        })
     }
 
     /// Tells the owner the pack may be empty (it checks again under its locks).

@@ -67,6 +67,12 @@ impl Program {
         self.span.bytes()
     }
 
+    /// The name given to its draft or batch slot, or `jit_<addr in hex>` (see
+    /// [`Draft::set_name`](crate::Draft::set_name)).
+    pub fn name(&self) -> std::borrow::Cow<'_, str> {
+        crate::observe::name_of(&self.span)
+    }
+
     /// True if the program has a mapping of its own (it was larger than a pack).
     pub fn is_dedicated(&self) -> bool {
         self.span.is_dedicated()

@@ -16,11 +16,12 @@ use crate::backend::{sys, Backend};
 use crate::code_range::CodeRangeSpace;
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::observe::Observer;
 use crate::pack::{Freed, Pack, PackOwner};
 use crate::region::Region;
 use crate::run::{Local, LocalState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 /// One list of packs with its own lock.
 #[derive(Debug, Default)]
@@ -93,6 +94,9 @@ pub(crate) struct Shared {
     /// [`sys::process_epoch`] when the registry was last checked for threads a fork left
     /// behind.
     epoch: AtomicU64,
+    /// Names and announcements: made with the allocator when an announcement is on, else
+    /// when a program is first named.
+    pub(crate) observer: OnceLock<Arc<Observer>>,
 }
 
 /// Bytes of a new pack made ready at first, where the backend fills lazily (dualmap); each
@@ -128,7 +132,13 @@ impl Shared {
             .min(config.pack_size / chunk / 8)
             .max(1);
         let shards = (0..config.shards).map(|_| Shard::default()).collect();
+        let observer = OnceLock::new();
+        let observe = config.observe.with_env();
+        if observe.is_on() {
+            let _ = observer.set(Arc::new(Observer::new(observe)?));
+        }
         Ok(Arc::new(Shared {
+            observer,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             shards,
             backend,
@@ -317,13 +327,13 @@ impl Shared {
         )?;
         self.packs_mapped.fetch_add(1, Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        let pack = Arc::new(Pack::new(
-            region,
-            shard,
-            self.config.chunk_size,
-            owner,
-            self.id,
-        ));
+        let pack = Pack::new(region, shard, self.config.chunk_size, owner, self.id);
+        let pack = Arc::new(if self.announces() {
+            pack.without_image_alias()
+        } else {
+            pack
+        });
+        self.attach_side(&pack);
         let mut found = take(&pack);
         // A new pack may start with only part of it ready: grow it until the request fits.
         while found.is_none() && pack.can_grow() {
@@ -384,7 +394,21 @@ impl Shared {
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
         let pack = Arc::new(Pack::dedicated(region, owner, self.id));
         pack.pin_dedicated();
+        self.attach_side(&pack);
         Ok(pack)
+    }
+
+    /// Gives a new pack its side table when the allocator announces every program.
+    fn attach_side(&self, pack: &Pack) {
+        if let Some(observer) = self.observer.get().filter(|o| o.announces()) {
+            pack.side.attach(|| observer.side_for(pack));
+        }
+    }
+
+    /// True if every program is recorded and announced (an announcement is on).
+    #[inline]
+    pub(crate) fn announces(&self) -> bool {
+        self.observer.get().is_some_and(|o| o.announces())
     }
 
     /// All listed packs, in shard order.
@@ -436,6 +460,12 @@ impl PackOwner for Shared {
 
     fn count_programs(&self, n: u64) {
         self.count_programs_retired(n);
+    }
+
+    fn observer(&self) -> Arc<Observer> {
+        self.observer
+            .get_or_init(|| Arc::new(Observer::quiet()))
+            .clone()
     }
 
     fn dedicated_freed_bytes(&self, freed: &Freed) {

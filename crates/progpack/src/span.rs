@@ -16,8 +16,12 @@
 //! What stays off the hot path: a new run (every `run_chunks` programs: one pack lock, and a
 //! staging block allocated and trap-filled), a request larger than a whole run or aligned
 //! beyond a chunk (first fit under the locks, with an image of its own), a program larger than
-//! a pack (a mapping of its own), the first use of an allocator by a thread (registration), and
-//! a fork child's first use (the parent's runs are dropped, the generator reseeded).
+//! a pack (a mapping of its own), the first use of an allocator by a thread (registration), a
+//! fork child's first use (the parent's runs are dropped, the generator reseeded), and naming
+//! and announcing programs (`crate::observe`: a finalize in place never has anything to
+//! announce, since packs that announce every program hand out no image in place and a draft
+//! being named leaves its place; a finalize that writes looks at the pack's side table; a free
+//! tests the span's `ANNOUNCED` bit, set where a record is made).
 //!
 //! Invariants: while a span lives its chunks' bits are set. When it is dropped the bytes it
 //! wrote are traps again before its bits are cleared; if the trap fill fails the chunks are
@@ -56,6 +60,9 @@ const PROGRAM: u8 = 2;
 /// A live patch made a site of one of its instructions (see `patch::sites`): the program
 /// forgets its sites when dropped.
 const PATCHED: u8 = 4;
+/// The span (a draft being named, or a program) has a record in its pack's side table: its
+/// free retires it. Set on the cold paths that make records, so that a free tests one bit.
+const ANNOUNCED: u8 = 8;
 
 /// A span just allocated, and its writable image.
 #[derive(Debug)]
@@ -201,6 +208,7 @@ fn from_run(
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, first, n, offset, len);
+    // The user writes straight into the pack's chunks: they must be trap-filled when freed.
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
     span.mark_written(in_alias);
     Ok(Fresh { span, image })
@@ -500,6 +508,49 @@ impl Span {
         Ok(())
     }
 
+    /// True if the span's program has a record in the side table (see [`ANNOUNCED`]).
+    #[inline(always)]
+    pub(crate) fn announced(&self) -> bool {
+        self.flags & ANNOUNCED != 0
+    }
+
+    /// Marks the span's program as recorded in the side table (named, or announced).
+    pub(crate) fn mark_announced(&mut self) {
+        self.flags |= ANNOUNCED;
+    }
+
+    /// The pack's side table (names, announcements), if it has one.
+    #[inline(always)]
+    pub(crate) fn side(&self) -> Option<&crate::observe::Side> {
+        self.pack().side.get()
+    }
+
+    /// The pack's side table, attached now if it has none (a draft being named).
+    pub(crate) fn side_or_attach(&self) -> &crate::observe::Side {
+        self.pack().side_or_attach()
+    }
+
+    /// First chunk of the span in its pack.
+    pub(crate) fn first_chunk(&self) -> usize {
+        self.first as usize
+    }
+
+    /// Chunks in the span.
+    pub(crate) fn chunk_count(&self) -> usize {
+        self.chunks as usize
+    }
+
+    /// The span's program stops being announced (its record retired, debugger and unwinder
+    /// entries removed): the first step of a free, before the trap fill.
+    #[inline(always)]
+    pub(crate) fn unannounce(&self) {
+        if self.flags & ANNOUNCED != 0 {
+            if let Some(side) = self.pack().side.get() {
+                crate::observe::freeing(side, self.first as usize, self.chunks as usize);
+            }
+        }
+    }
+
     /// Makes the image, already written in place (through the pack's alias), visible to
     /// instruction fetch.
     #[inline]
@@ -534,6 +585,7 @@ impl Span {
 
 impl Drop for Span {
     fn drop(&mut self) {
+        self.unannounce();
         let pack = self.pack.get();
         let (first, chunks) = (self.first as usize, self.chunks as usize);
         let program = self.flags & PROGRAM != 0;

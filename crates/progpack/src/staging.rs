@@ -195,6 +195,19 @@ impl Image {
         *self = unsafe { block.carve(0, self.len) };
     }
 
+    /// Moves an image in the pack's alias to a heap block holding the same bytes (a draft
+    /// being named: its finalize then places it like any other and announces it). Nothing for
+    /// an image on the heap already.
+    pub(crate) fn leave_alias_with_bytes(&mut self) -> crate::Result<()> {
+        if self.block.is_some() {
+            return Ok(());
+        }
+        let mut moved = Block::image(self.len)?;
+        moved.bytes_mut().copy_from_slice(self.bytes());
+        *self = moved;
+        Ok(())
+    }
+
     /// Shortens the image to its first `len` bytes (`len` at most the current length).
     pub(crate) fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

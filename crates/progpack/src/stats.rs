@@ -67,6 +67,9 @@ pub struct PackSnapshot {
     pub used: Vec<bool>,
     /// Bytes of this pack backed by huge pages, if `/proc/self/smaps` could tell.
     pub huge_bytes: Option<usize>,
+    /// The programs of this pack that have records (named ones, or all of them when an
+    /// announcement is on; see [`Observe`](crate::Observe)), in address order.
+    pub programs: Vec<crate::ProgramInfo>,
 }
 
 impl PackSnapshot {
@@ -202,6 +205,7 @@ fn snapshot_with(inner: &Shared, with_huge: bool) -> Snapshot {
                         .map(|c| c < st.bitmap.len() && st.bitmap.get(c))
                         .collect(),
                     huge_bytes: huge.as_ref().ok().map(|h| h[i]),
+                    programs: crate::observe::programs_in(p),
                 }
             })
             .collect(),
@@ -332,6 +336,7 @@ AnonHugePages:      2048 kB
             base: 0,
             used: vec![true, false, false, true, false, false],
             huge_bytes: None,
+            programs: Vec::new(),
         };
         assert_eq!(p.used_chunks(), 2);
         assert_eq!(p.hole_chunks(), 2);

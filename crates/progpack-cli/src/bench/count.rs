@@ -20,11 +20,13 @@ use std::process::Command;
 /// Programs in the two runs whose difference is reported.
 const N: [usize; 2] = [2000, 4000];
 
-/// The systems counted, by the names `progpack bench` uses elsewhere.
-pub const SYSTEMS: [&str; 3] = [
+/// The systems counted, by the names `progpack bench` uses elsewhere (and the dualmap one
+/// again with the perf map on: what naming every program for `perf` costs in user space).
+pub const SYSTEMS: [&str; 4] = [
     "progpack-dualmap",
     "progpack-procmem",
     "jit-allocator-dualmap",
+    "progpack-dualmap-perf-map",
 ];
 
 /// A 64-byte image: `mov eax, 42; ret`, then traps.
@@ -104,17 +106,20 @@ pub fn child(spec: &str) -> anyhow::Result<()> {
             unsafe { a.reset(ResetPolicy::Hard) };
         }
         _ => {
-            let backend = match system {
-                "progpack-dualmap" => BackendChoice::DualMap,
-                "progpack-procmem" => BackendChoice::ProcMem,
+            use crate::bench::systems::progpack::{perf_map_config, remove_perf_map_dir};
+            let config = match system {
+                "progpack-dualmap" => Config::default().backend(BackendChoice::DualMap),
+                "progpack-procmem" => Config::default().backend(BackendChoice::ProcMem),
+                "progpack-dualmap-perf-map" => perf_map_config(BackendChoice::DualMap),
                 other => anyhow::bail!("no such system to count: {other}"),
             };
-            let alloc = Allocator::new(Config::default().backend(backend))?;
+            let alloc = Allocator::new(config)?;
             let mut progs = Vec::with_capacity(n);
             // Outside the counted functions: the first pack, and what a process sets up once.
             warm_up(&alloc, &img);
             loads(&alloc, n, &img, &mut progs);
             frees(&mut progs);
+            remove_perf_map_dir();
         }
     }
     Ok(())

@@ -55,6 +55,9 @@ pub fn run(scale: &Scale, kinds: &[Kind], report: &mut Report) {
                         }
                     }
                 }
+                if kind == Kind::ProgpackPerfMap {
+                    super::systems::progpack::remove_perf_map_dir();
+                }
                 if let Some(t) = best {
                     report.push(
                         "load",

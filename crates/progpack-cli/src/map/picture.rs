@@ -469,6 +469,24 @@ pub fn render_svg(snap: &Snapshot, opts: &PictureOptions) -> Result<String, MapE
         }
         root.present().map_err(draw_err)?;
     }
+    // Program names as tooltips, over the strips (plotters has no element for them).
+    let mut tips = String::new();
+    let per_pack = LABEL_H + strip.height().max(BADGE_W / 2) + GAP;
+    for (i, pack) in snap.packs.iter().take(drawn).enumerate() {
+        let at = super::tooltips::StripAt {
+            x: STRIP_X,
+            y: HEADER_H + i as i32 * per_pack + LABEL_H,
+            group: strip.group,
+            cols: strip.cols,
+            cell_w: strip.cell_w,
+            cell_h: strip.cell_h,
+        };
+        super::tooltips::for_pack(pack, snap.chunk_size.max(1), at, &mut tips);
+    }
+    if !tips.is_empty() {
+        let end = svg.rfind("</svg>").unwrap_or(svg.len());
+        svg.insert_str(end, &format!("<g class=\"programs\">\n{tips}</g>\n"));
+    }
     Ok(svg)
 }
 
@@ -568,6 +586,39 @@ mod tests {
             "{}",
             svg.matches("<rect").count()
         );
+    }
+
+    #[test]
+    fn svg_names_programs_in_tooltips() {
+        use progpack::{Allocator, Config, Observe};
+        let alloc = Allocator::new(
+            Config::default()
+                .pack_size(64 << 10)
+                .observe(Observe::default().ignore_env()),
+        )
+        .unwrap();
+        let mut live = Vec::new();
+        for (i, name) in ["alpha", "b<&>\"eta\"", "gamma\nline"].iter().enumerate() {
+            let mut d = alloc.draft(100 + 500 * i, 1).unwrap().named(name).unwrap();
+            d.image_mut()[0] = 0xc3;
+            live.push(d.finalize().unwrap());
+        }
+        let snap = alloc.snapshot();
+        let svg = render_svg(&snap, &PictureOptions::default()).unwrap();
+        let at = |p: &progpack::Program| format!("{:#x}, {} B</title>", p.addr(), p.len());
+        assert!(
+            svg.contains(&format!("<title>alpha — {}", at(&live[0]))),
+            "{svg}"
+        );
+        assert!(svg.contains(&format!(
+            "<title>b&lt;&amp;&gt;&quot;eta&quot; — {}",
+            at(&live[1])
+        )));
+        assert!(svg.contains(&format!("<title>gamma\\x0aline — {}", at(&live[2]))));
+        assert!(svg.trim_end().ends_with("</svg>"));
+        // A program of 1100 bytes covers 18 chunks: one row of 1024 one-chunk cells here.
+        let rects = svg.matches("fill=\"transparent\"").count();
+        assert_eq!(rects, 3);
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum Kind {
     /// progpack, procmem backend, one by one, start offset not randomized (no 16-byte
     /// slack): shows what the kernel's anti-spraying slack costs in density.
     ProgpackNoRandom,
+    /// progpack, procmem backend, one by one, with the perf map on (the cost of naming
+    /// every program for `perf`).
+    ProgpackPerfMap,
     /// One `mmap` + write + `mprotect` per program.
     Mmap,
     /// `jit-allocator`, read+write+execute blocks.
@@ -34,6 +37,7 @@ impl Kind {
             Kind::ProgpackBatch,
             Kind::ProgpackDualmap,
             Kind::ProgpackNoRandom,
+            Kind::ProgpackPerfMap,
             Kind::Mmap,
             Kind::JitRwx,
             Kind::JitDual,
@@ -51,6 +55,7 @@ impl Kind {
     pub fn runs_in(self, workload: &str) -> bool {
         match self {
             Kind::ProgpackNoRandom => matches!(workload, "dispatch" | "footprint"),
+            Kind::ProgpackPerfMap => workload == "load",
             _ => true,
         }
     }
@@ -62,6 +67,7 @@ impl Kind {
             Kind::ProgpackBatch => progpack::NAME_BATCH,
             Kind::ProgpackDualmap => progpack::NAME_DUALMAP,
             Kind::ProgpackNoRandom => progpack::NAME_NORANDOM,
+            Kind::ProgpackPerfMap => progpack::NAME_PERF_MAP,
             Kind::Mmap => mmap::NAME,
             Kind::JitRwx => jitalloc::NAME_RWX,
             Kind::JitDual => jitalloc::NAME_DUAL,
@@ -92,6 +98,11 @@ impl Kind {
                 Config::default()
                     .backend(BackendChoice::ProcMem)
                     .randomize(false),
+                false,
+            )?),
+            Kind::ProgpackPerfMap => Box::new(progpack::Progpack::with_config(
+                progpack::NAME_PERF_MAP,
+                progpack::perf_map_config(BackendChoice::ProcMem),
                 false,
             )?),
             Kind::Mmap => Box::new(mmap::MmapPerProgram::new()),

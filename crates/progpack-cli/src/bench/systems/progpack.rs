@@ -17,6 +17,28 @@ pub const NAME_BATCH: &str = "progpack-procmem-batch";
 pub const NAME_DUALMAP: &str = "progpack-dualmap";
 /// procmem, one by one, `randomize(false)`.
 pub const NAME_NORANDOM: &str = "progpack-procmem-norandom";
+/// procmem, one by one, with a perf map (one line appended per finalize).
+pub const NAME_PERF_MAP: &str = "progpack-procmem-perf-map";
+
+/// Where the perf-map systems write (`perf-<pid>.map`): a directory of this process under the
+/// temporary directory, removed by [`remove_perf_map_dir`].
+pub fn perf_map_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("progpack-bench-perf-map-{}", std::process::id()))
+}
+
+/// The configuration of the perf-map systems on `backend` (the directory is made here).
+pub fn perf_map_config(backend: BackendChoice) -> Config {
+    let dir = perf_map_dir();
+    let _ = std::fs::create_dir_all(&dir);
+    Config::default()
+        .backend(backend)
+        .observe(progpack::Observe::default().perf_map_in(dir).ignore_env())
+}
+
+/// Removes what the perf-map systems wrote.
+pub fn remove_perf_map_dir() {
+    let _ = std::fs::remove_dir_all(perf_map_dir());
+}
 
 /// Entry alignment asked of progpack.
 const ALIGN: usize = 16;

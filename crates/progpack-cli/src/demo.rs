@@ -190,6 +190,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     one_by_one(n)?;
     live_patch(&alloc)?;
+    names()?;
 
     let mut filters = ebpf(&alloc, args.filters)?;
     // Unload every third filter, so the map shows the holes that frees leave.
@@ -301,7 +302,68 @@ fn live_patch(alloc: &Allocator) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Step 6, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
+/// Step 6, names for profilers and debuggers: named functions go into a perf map (what
+/// `perf report` reads for JIT code), and `program_at` says which function covers an address
+/// (what a SIGSEGV handler or a sampling profiler asks). The map goes to a temporary directory
+/// here, not `/tmp/perf-<pid>.map`, and is removed afterwards.
+fn names() -> anyhow::Result<()> {
+    const NAMES: [&str; 3] = ["demo::square", "demo::filter_tcp", "demo::checksum"];
+    let dir = std::env::temp_dir().join(format!("progpack-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let result = names_in(&dir, &NAMES);
+    let _ = std::fs::remove_dir_all(&dir);
+    let (lines, found) = result?;
+    println!(
+        "names      {} named functions: {} perf map line(s), e.g. `{}`; program_at(address inside {}) = {}",
+        NAMES.len(),
+        lines.len(),
+        lines.first().map_or("", String::as_str),
+        NAMES[1],
+        found
+    );
+    Ok(())
+}
+
+/// Loads one function per name with the perf map on in `dir`; returns the map's lines and
+/// the name `program_at` gives for an address inside the second function.
+fn names_in(dir: &std::path::Path, names: &[&str]) -> anyhow::Result<(Vec<String>, String)> {
+    let config = Config::default().observe(progpack::Observe::default().perf_map_in(dir));
+    let alloc = Allocator::new(config).context("creating an allocator with a perf map")?;
+    let mut progs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut d = alloc.draft(12, 16)?.named(name)?;
+        d.image_mut().copy_from_slice(&function(i as u32));
+        progs.push(d.finalize()?);
+    }
+    for (p, name) in progs.iter().zip(names) {
+        if p.name() != *name {
+            bail!("program named {name:?} says it is {:?}", p.name());
+        }
+    }
+    let found = alloc
+        .program_at(progs[1].addr() + 5)
+        .map(|info| info.name().into_owned())
+        .context("program_at found nothing inside a live program")?;
+    if found != names[1] {
+        bail!("program_at names {found:?}, expected {:?}", names[1]);
+    }
+    let path = alloc
+        .observe_outputs()
+        .perf_map
+        .context("the perf map was not opened")?;
+    let map =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let lines: Vec<String> = map.lines().map(str::to_owned).collect();
+    for (p, name) in progs.iter().zip(names) {
+        let line = format!("{:x} {:x} {name}", p.addr(), p.len());
+        if !lines.contains(&line) {
+            bail!("the perf map has no line {line:?}:\n{map}");
+        }
+    }
+    Ok((lines, found))
+}
+
+/// Step 7, the eBPF VM on progpack: many packet filters checked, JIT-compiled and loaded in one
 /// batch; one of them run over synthetic packets by the JIT and by the interpreter.
 fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgram>> {
     println!();
@@ -350,7 +412,7 @@ fn ebpf(alloc: &Allocator, n: u16) -> anyhow::Result<Vec<progpack_bpf::BpfProgra
     Ok(filters)
 }
 
-/// Step 7: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
+/// Step 8: what the packs look like now, as a terminal map (`progpack map` draws PNG and SVG).
 fn map(alloc: &Allocator, live: usize) {
     let opts = progpack_cli::map::TextOptions { width: 64 };
     println!("\nthe packs now, with {live} filters loaded and every third one unloaded:");

@@ -33,6 +33,8 @@ fn every_step_runs_and_checks_its_results() {
         "freed      all programs: 1 pack(s) left (the reserve), 0 chunks used",
         "one by one 5000 functions with draft + finalize",
         "every call returned the old or the new value",
+        "names      3 named functions: 3 perf map line(s)",
+        "program_at(address inside demo::filter_tcp) = demo::filter_tcp",
         "eBPF       200 packet filters decoded, checked, JIT-compiled and placed",
         "both accept",
         "with 134 filters loaded and every third one unloaded",

@@ -151,7 +151,9 @@ fn unwritable_directories_disable_the_announcements_with_one_warning_each() {
 }
 
 /// Runs the child in a mount namespace whose `/tmp` is a tmpfs mounted with `options`, after
-/// `prepare` (a shell command) ran there. `None` if the system does not allow it.
+/// `prepare` (a shell command) ran there. `None` if the system does not allow it. The test
+/// binary is opened before the mount and run through `/proc/self/fd`, so a checkout under
+/// `/tmp` (which the new tmpfs hides) works too.
 fn in_own_tmp(options: &str, prepare: &str) -> Option<Command> {
     let probe = Command::new("unshare")
         .args(["-m", "sh", "-c", "mount -t tmpfs -o size=4k tmpfs /tmp"])
@@ -166,7 +168,10 @@ fn in_own_tmp(options: &str, prepare: &str) -> Option<Command> {
         "-m",
         "sh",
         "-c",
-        &format!("mount -t tmpfs -o {options} tmpfs /tmp && {prepare} && exec \"$@\""),
+        &format!(
+            "exec 3<\"$1\" && shift && mount -t tmpfs -o {options} tmpfs /tmp && {prepare} \
+             && exec /proc/self/fd/3 \"$@\""
+        ),
         "sh",
     ])
     .arg(template.get_program())

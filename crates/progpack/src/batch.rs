@@ -430,7 +430,7 @@ impl Batch {
         span::count_batch(&self.shared, packed, requested, chunks, slots.len());
         if !self.meta.is_empty() || self.shared.announces() {
             // Named slots, or the allocator announces its code.
-            crate::observe::announce(&mut programs, Some(&mut self.meta))?;
+            crate::program::announce(&mut programs, Some(&mut self.meta))?;
         }
         Ok(programs)
     }

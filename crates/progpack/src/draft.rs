@@ -58,7 +58,7 @@ impl fmt::Debug for Draft {
 fn announced(mut span: Span) -> Result<Program> {
     span.became_program();
     let mut program = Program::new(span);
-    crate::observe::announce(std::slice::from_mut(&mut program), None)?;
+    crate::program::announce(std::slice::from_mut(&mut program), None)?;
     Ok(program)
 }
 
@@ -156,7 +156,7 @@ impl Draft {
         let name = name.as_ref();
         crate::observe::names::check(name)?;
         self.inner.image.leave_alias_with_bytes()?;
-        crate::observe::draft_extra(&mut self.inner.span).set_name(name);
+        self.inner.span.with_record_extra(|e| e.set_name(name));
         Ok(())
     }
 
@@ -168,7 +168,7 @@ impl Draft {
 
     /// The name given, or `jit_<exec_addr in hex>`.
     pub fn name(&self) -> std::borrow::Cow<'_, str> {
-        crate::observe::name_of(&self.inner.span)
+        self.inner.span.name()
     }
 
     /// Gives the code unwind information: `.eh_frame` bytes (CIEs and FDEs) whose FDE initial
@@ -185,7 +185,7 @@ impl Draft {
     pub fn set_eh_frame(&mut self, eh_frame: &[u8]) -> Result<()> {
         let frames = crate::observe::Frames::parse(eh_frame, self.len())?;
         self.inner.image.leave_alias_with_bytes()?;
-        crate::observe::draft_extra(&mut self.inner.span).set_frames(frames);
+        self.inner.span.with_record_extra(|e| e.set_frames(frames));
         Ok(())
     }
 

@@ -122,6 +122,16 @@
 //! backtraces walk through it; [`Allocator::program_at`] says which program covers an address,
 //! from a signal handler. Unused, none of it costs more than a test of a pointer or a bit.
 //!
+//! ## Reading the code
+//! The files form a one-way stack (the `layers` test checks that no file names one above
+//! it), bottom first: `backend::sys` (typed system calls) → `backend` (`procmem`, `dualmap`,
+//! and the fork bookkeeping in `backend::inherit`) → `bitmap`, `region`, `pack` (with the
+//! side tables of `observe` and the patch sites of `patch::trap_handler`, which know only
+//! addresses and chunk numbers) → `run`, `shared`, `thread_cache` (threads' runs, the
+//! allocator's state) → `span` (the per-program hot path, with its cost written at the top)
+//! → `program` → `draft`, `batch`, [`patch`], and [`Allocator`] here. Each file states its
+//! invariants at its top.
+//!
 //! ## Safe and unsafe
 //! Allocating, writing and finalizing are safe: the worst a wrong image can do is be wrong
 //! code. Running code is `unsafe` ([`Program::as_fn`]): the compiler cannot check machine code.
@@ -262,7 +272,7 @@ impl Allocator {
             .collect();
         if programs.iter().any(|p| p.span().side().is_some()) {
             // Named drafts, or the allocator announces its code.
-            observe::announce(&mut programs, None)?;
+            program::announce(&mut programs, None)?;
         }
         Ok(programs)
     }

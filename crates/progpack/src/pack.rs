@@ -582,8 +582,35 @@ impl Pack {
                 Some(owner) => owner.observer(),
                 None => Arc::new(crate::observe::Observer::quiet()),
             };
-            observer.side_for(self)
+            self.new_side(&observer)
         })
+    }
+
+    /// A side table from `observer` laid out for this pack.
+    pub(crate) fn new_side(
+        &self,
+        observer: &Arc<crate::observe::Observer>,
+    ) -> crate::observe::Side {
+        let (slots, shift) = if self.dedicated {
+            (1, 0)
+        } else {
+            (self.capacity(), self.chunk_size.trailing_zeros())
+        };
+        observer.side_for(slots, shift, self.base, self.region.len())
+    }
+
+    /// The live programs recorded in this pack's side table, in address order (none if it
+    /// has no table).
+    pub(crate) fn programs(&self) -> Vec<crate::ProgramInfo> {
+        match self.side() {
+            Some(side) => crate::observe::programs_in(
+                side,
+                self.base,
+                self.chunk_size.trailing_zeros(),
+                self.dedicated,
+            ),
+            None => Vec::new(),
+        }
     }
 
     /// Tells the owner the pack may be empty (it checks again under its locks).

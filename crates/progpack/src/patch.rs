@@ -65,7 +65,7 @@ mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod sites;
 #[cfg(target_arch = "x86_64")]
-mod trap_handler;
+pub(crate) mod trap_handler;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 
@@ -243,17 +243,6 @@ pub fn threads_resumed() -> u64 {
     return trap_handler::RESUMED.load(std::sync::atomic::Ordering::Relaxed);
     #[cfg(not(target_arch = "x86_64"))]
     0
-}
-
-/// Forgets the patch sites inside a program being dropped, before its bytes become traps and
-/// its chunks can be reused: a trap there is no longer a patch's.
-#[cold]
-#[inline(never)]
-pub(crate) fn forget_sites(addr: usize, len: usize) {
-    #[cfg(target_arch = "x86_64")]
-    trap_handler::state().sites.forget_range(addr, addr + len);
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (addr, len);
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ impl Program {
     /// The name given to its draft or batch slot, or `jit_<addr in hex>` (see
     /// [`Draft::set_name`](crate::Draft::set_name)).
     pub fn name(&self) -> std::borrow::Cow<'_, str> {
-        crate::observe::name_of(&self.span)
+        self.span.name()
     }
 
     /// True if the program has a mapping of its own (it was larger than a pack).
@@ -111,4 +111,38 @@ impl Program {
     pub(crate) fn span_mut(&mut self) -> &mut Span {
         &mut self.span
     }
+}
+
+/// Announces programs just placed (a draft, a batch, `finalize_all`): records published,
+/// unwind information registered, debugger entries, perf map lines and jitdump records.
+/// `meta` carries a batch's per-slot side data, by index into `programs`.
+///
+/// Fails only if a program's unwind information no longer fits its code (a draft shrunk
+/// after it was given); nothing is announced then, and the caller drops the programs.
+pub(crate) fn announce(
+    programs: &mut [Program],
+    mut meta: Option<&mut crate::observe::BatchMeta>,
+) -> crate::error::Result<()> {
+    // Attach records and check everything first, so that a failure announces nothing.
+    for (i, p) in programs.iter_mut().enumerate() {
+        let given = meta.as_deref_mut().and_then(|m| m.take(i));
+        if let Some(fits) = p.span.attach_record(given) {
+            fits?;
+        }
+    }
+    // Then publish and announce each program that has a record now.
+    let mut out = crate::observe::Outputs::default();
+    for p in programs.iter() {
+        let placed = crate::observe::Placed {
+            first: p.span.first_chunk(),
+            chunks: p.span.chunk_count(),
+            addr: p.addr(),
+            bytes: p.bytes(),
+        };
+        // `programs` is held mutably: the owner of the programs being finalized, as `publish`
+        // requires.
+        crate::observe::publish(p.span.side(), &placed, &mut out);
+    }
+    out.flush();
+    Ok(())
 }

@@ -401,7 +401,7 @@ impl Shared {
     /// Gives a new pack its side table when the allocator announces every program.
     fn attach_side(&self, pack: &Pack) {
         if let Some(observer) = self.observer.get().filter(|o| o.announces()) {
-            pack.side.attach(|| observer.side_for(pack));
+            pack.side.attach(|| pack.new_side(observer));
         }
     }
 

@@ -46,7 +46,7 @@ pub(crate) struct Span {
     chunks: u32,
     /// Where the image starts inside the span (below a chunk, or 0).
     at: u32,
-    /// [`WRITTEN`], [`PROGRAM`] and [`PATCHED`].
+    /// [`WRITTEN`], [`PROGRAM`], [`PATCHED`] and [`ANNOUNCED`].
     flags: u8,
     /// Length of the image: the bytes asked for, and the bytes trap-filled on drop once
     /// written.
@@ -530,6 +530,43 @@ impl Span {
         self.pack().side_or_attach()
     }
 
+    /// The name given to the span's draft or program, or its default `jit_<addr>`.
+    pub(crate) fn name(&self) -> std::borrow::Cow<'_, str> {
+        crate::observe::name_at(self.side(), self.first_chunk(), self.exec_addr())
+    }
+
+    /// Calls `f` with the owner-only side data of the span's draft (name, unwind
+    /// information), made if needed; the span is marked as recorded, so that its free retires
+    /// the record.
+    pub(crate) fn with_record_extra(&mut self, f: impl FnOnce(&mut crate::observe::Extra)) {
+        self.mark_announced();
+        let first = self.first_chunk();
+        // `&mut self`: this is the draft's owner, as `with_extra_at` requires.
+        crate::observe::with_extra_at(self.side_or_attach(), first, f);
+    }
+
+    /// Gives the span's program, being finalized, its record (with `given`, a batch slot's
+    /// side data) if it is named or its allocator announces every program; `None` if it has
+    /// none. The result says whether its unwind information fits its code. A span given a
+    /// record is marked, so that its free retires the record, even if the result is an error.
+    pub(crate) fn attach_record(
+        &mut self,
+        given: Option<Box<crate::observe::Extra>>,
+    ) -> Option<Result<()>> {
+        // `&mut self`: this is the owner of the program being finalized, as `attach` requires.
+        let fits = crate::observe::attach(
+            self.side(),
+            || self.side_or_attach(),
+            self.first_chunk(),
+            self.len,
+            given,
+        );
+        if fits.is_some() {
+            self.mark_announced();
+        }
+        fits
+    }
+
     /// First chunk of the span in its pack.
     pub(crate) fn first_chunk(&self) -> usize {
         self.first as usize
@@ -568,7 +605,8 @@ impl Span {
     #[cold]
     fn drop_quirky(&mut self) -> bool {
         if self.flags & PATCHED != 0 {
-            crate::patch::forget_sites(self.exec_addr(), self.len);
+            #[cfg(target_arch = "x86_64")]
+            crate::patch::trap_handler::forget_sites(self.exec_addr(), self.len);
         }
         let pack = self.pack();
         if self.flags & WRITTEN != 0 && !pack.dedicated {

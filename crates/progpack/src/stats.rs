@@ -205,7 +205,7 @@ fn snapshot_with(inner: &Shared, with_huge: bool) -> Snapshot {
                         .map(|c| c < st.bitmap.len() && st.bitmap.get(c))
                         .collect(),
                     huge_bytes: huge.as_ref().ok().map(|h| h[i]),
-                    programs: crate::observe::programs_in(p),
+                    programs: p.programs(),
                 }
             })
             .collect(),

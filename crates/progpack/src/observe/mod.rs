@@ -18,6 +18,11 @@
 //! debugger's entry and the unwind information are unregistered, and the record goes back to
 //! the observer's pool.
 //!
+//! This module sits below the packs (a pack holds its [`Side`]) and knows nothing of spans,
+//! drafts or programs: it takes chunk numbers, addresses and bytes. The span and the program
+//! call it with theirs (`Span::name`, `Span::with_record_extra`, `Span::attach_record`,
+//! `program::announce`).
+//!
 //! Files: [`names`] (what a name may be, escaping), [`side`] (records, tables), [`lookup`]
 //! (address → program), [`perf_map`], [`jitdump`], [`gdb_jit`] and [`gdb_image`] (the
 //! debugger's interface and object files), [`unwind`] (`.eh_frame` registration), [`os`].
@@ -42,9 +47,6 @@ pub use os::JitdumpClock;
 pub(crate) use unwind::Frames;
 
 use crate::error::{Error, Result};
-use crate::pack::Pack;
-use crate::program::Program;
-use crate::span::Span;
 use lookup::Tables;
 use side::{Record, RecordPool, SideTable};
 use std::borrow::Cow;
@@ -121,7 +123,8 @@ impl BatchMeta {
         self.slots[index].get_or_insert_with(Box::default)
     }
 
-    fn take(&mut self, index: usize) -> Option<Box<Extra>> {
+    /// Takes slot `index`'s side data (at finalize).
+    pub(crate) fn take(&mut self, index: usize) -> Option<Box<Extra>> {
         self.slots.get_mut(index)?.take()
     }
 }
@@ -187,16 +190,16 @@ impl Observer {
         &self.settings
     }
 
-    /// The side table of `pack`.
-    pub(crate) fn side_for(self: &Arc<Self>, pack: &Pack) -> Side {
-        let (slots, shift) = if pack.dedicated {
-            (1, 0)
-        } else {
-            (pack.capacity(), pack.chunk_size.trailing_zeros())
-        };
-        let table = self
-            .tables
-            .acquire(slots, shift, pack.base, pack.region.len());
+    /// A side table for a pack at `base`, `len` bytes long, of `slots` chunk slots of
+    /// `1 << shift` bytes (one slot, shift 0, for a dedicated mapping).
+    pub(crate) fn side_for(
+        self: &Arc<Self>,
+        slots: usize,
+        shift: u32,
+        base: usize,
+        len: usize,
+    ) -> Side {
+        let table = self.tables.acquire(slots, shift, base, len);
         Side {
             observer: self.clone(),
             table: NonNull::from(table),
@@ -318,13 +321,13 @@ impl Drop for SideCell {
     }
 }
 
-/// The owner-only side data of the draft owning `span`, made if needed (for `set_name` and
-/// `set_eh_frame`).
-pub(crate) fn draft_extra(span: &mut Span) -> &mut Extra {
-    span.mark_announced();
-    let side = span.side_or_attach();
+/// Calls `f` with the owner-only side data of the draft whose span starts at chunk `first` of
+/// `side`'s pack, made if needed (for `set_name` and `set_eh_frame`).
+///
+/// Only the draft's owner calls this (`Span::with_record_extra`, which takes the span
+/// mutably): no other reference to the record's side data is alive then, nor after `f`.
+pub(crate) fn with_extra_at(side: &Side, first: usize, f: impl FnOnce(&mut Extra)) {
     let table = side.table();
-    let first = span.first_chunk();
     let record = match table.get(first) {
         Some(r) => r,
         None => {
@@ -333,16 +336,17 @@ pub(crate) fn draft_extra(span: &mut Span) -> &mut Extra {
             r
         }
     };
-    // SAFETY: the caller holds the draft (`&mut Span`), the only owner of this record.
+    // SAFETY: the caller owns the draft, the only owner of this record (see above); the
+    // reference does not outlive `f`.
     let extra = unsafe { record.extra() };
-    extra.get_or_insert_with(Box::default)
+    f(extra.get_or_insert_with(Box::default));
 }
 
-/// The name given to the program or draft owning `span`, or its default `jit_<addr>`.
-pub(crate) fn name_of(span: &Span) -> Cow<'_, str> {
-    let given = span
-        .side()
-        .and_then(|side| side.table().get(span.first_chunk()))
+/// The name given to the program or draft whose span starts at chunk `first` of `side`'s pack
+/// (if it has a side table), or its default `jit_<addr>` from `addr`, where its code runs.
+pub(crate) fn name_at(side: Option<&Side>, first: usize, addr: usize) -> Cow<'_, str> {
+    let given = side
+        .and_then(|side| side.table().get(first))
         // SAFETY: the caller holds a reference to the span's owner and only reads; the owner's
         // writes (set_name before finalize) happened before this reference existed, and the
         // extra is freed only when the span drops.
@@ -350,52 +354,32 @@ pub(crate) fn name_of(span: &Span) -> Cow<'_, str> {
         .and_then(|e| e.name.as_deref());
     match given {
         Some(n) => String::from_utf8_lossy(n),
-        None => Cow::Owned(names::default_name(span.exec_addr())),
+        None => Cow::Owned(names::default_name(addr)),
     }
 }
 
-/// Announces programs just placed (a draft, a batch, `finalize_all`): records published,
-/// unwind information registered, debugger entries, perf map lines and jitdump records.
-/// `meta` carries a batch's per-slot side data, by index into `programs`.
+/// Gives the program whose span starts at chunk `first` of `side`'s pack its record (with
+/// `given`, a batch slot's side data) if it is named or its allocator announces every
+/// program; `None` if it has no record. `side` is the pack's table if it has one, `attach`
+/// makes one (a slot given side data in a pack without a table). The result says whether its
+/// unwind information fits its `len` bytes of code.
 ///
-/// Fails only if a program's unwind information no longer fits its code (a draft shrunk
-/// after it was given); nothing is announced then, and the caller drops the programs.
-pub(crate) fn announce(programs: &mut [Program], mut meta: Option<&mut BatchMeta>) -> Result<()> {
-    // Attach records and check everything first, so that a failure announces nothing.
-    for (i, p) in programs.iter_mut().enumerate() {
-        let given = meta.as_deref_mut().and_then(|m| m.take(i));
-        let Some(fits) = attach(p.span(), given) else {
-            continue;
-        };
-        // Recorded: its free must retire the record, whatever happens next.
-        p.span_mut().mark_announced();
-        fits?;
-    }
-    // Then publish and announce each program that has a record now.
-    let mut out = Outputs::default();
-    for p in programs {
-        let span = p.span();
-        let Some(side) = span.side() else { continue };
-        let Some(record) = side.table().get(span.first_chunk()) else {
-            continue;
-        };
-        publish(p, side, record, &mut out);
-    }
-    out.flush();
-    Ok(())
-}
-
-/// Gives the program of `span` its record (with `given`, a batch slot's side data) if it is
-/// named or its allocator announces every program; `None` if it has no record. The result
-/// says whether its unwind information fits its code.
-fn attach(span: &Span, given: Option<Box<Extra>>) -> Option<Result<()>> {
-    let side = match (span.side(), &given) {
+/// Only the program's owner calls this (`Span::attach_record`, which takes the span
+/// mutably, while the program is being finalized): no other reference to the record's side
+/// data is alive then.
+pub(crate) fn attach<'a>(
+    side: Option<&'a Side>,
+    attach: impl FnOnce() -> &'a Side,
+    first: usize,
+    len: usize,
+    given: Option<Box<Extra>>,
+) -> Option<Result<()>> {
+    let side = match (side, &given) {
         (Some(s), _) => s,
-        (None, Some(_)) => span.side_or_attach(),
+        (None, Some(_)) => attach(),
         (None, None) => return None,
     };
     let table = side.table();
-    let first = span.first_chunk();
     let record = match table.get(first) {
         Some(r) => r,
         None if given.is_none() && !side.observer.announce => return None,
@@ -405,24 +389,41 @@ fn attach(span: &Span, given: Option<Box<Extra>>) -> Option<Result<()>> {
             r
         }
     };
-    // SAFETY: the caller owns the program (it is finalizing it); no other reference to this
-    // record's extra is alive.
+    // SAFETY: the caller owns the program (see above).
     let extra = unsafe { record.extra() };
     if let Some(g) = given {
         *extra = Some(g);
     }
     Some(match extra.as_ref().and_then(|e| e.frames.as_ref()) {
-        Some(frames) => frames.check_fits(span.len()),
+        Some(frames) => frames.check_fits(len),
         None => Ok(()),
     })
 }
 
-/// Publishes one program's record and gathers its announcements into `out`.
-fn publish<'a>(p: &Program, side: &'a Side, record: &Record, out: &mut Outputs<'a>) {
-    let span = p.span();
-    let (addr, len) = (p.addr(), p.len());
-    // SAFETY: the caller owns the program being finalized; no other reference to this
-    // record's extra is alive.
+/// A program just placed, as [`publish`] needs it.
+pub(crate) struct Placed<'a> {
+    /// First chunk of its span in the pack, and the span's chunks.
+    pub first: usize,
+    /// Chunks of its span.
+    pub chunks: usize,
+    /// Where its code runs.
+    pub addr: usize,
+    /// Its code.
+    pub bytes: &'a [u8],
+}
+
+/// Publishes the record of a program just placed, if it has one (after [`attach`]), and
+/// gathers its announcements into `out`.
+///
+/// Only the finalize that placed the program calls this (`program::announce`, which holds
+/// the programs mutably): no other reference to the record's side data is alive then.
+pub(crate) fn publish<'a>(side: Option<&'a Side>, p: &Placed<'_>, out: &mut Outputs<'a>) {
+    let Some(side) = side else { return };
+    let Some(record) = side.table().get(p.first) else {
+        return;
+    };
+    let (addr, len) = (p.addr, p.bytes.len());
+    // SAFETY: the caller owns the program being finalized (see above).
     let extra = unsafe { record.extra() };
     if let Some(e) = extra.as_deref_mut() {
         if let Some(frames) = e.frames.take() {
@@ -431,15 +432,14 @@ fn publish<'a>(p: &Program, side: &'a Side, record: &Record, out: &mut Outputs<'
     }
     let name = extra.as_deref().and_then(|e| e.name.as_deref());
     record.publish(addr, len, name);
-    side.table()
-        .set(span.first_chunk(), span.chunk_count(), Some(record));
+    side.table().set(p.first, p.chunks, Some(record));
     let obs = &*side.observer;
     out.switch_to(obs);
     if obs.perf_map.is_some() {
         perf_map::PerfMap::line(&mut out.perf_lines, addr, len, name);
     }
     if let Some(records) = out.records.as_mut() {
-        records.load(addr, p.bytes(), name);
+        records.load(addr, p.bytes, name);
     }
     #[cfg(feature = "gdb-jit")]
     if obs.gdb {
@@ -465,9 +465,10 @@ fn gdb_entry(
     Some(gdb_jit::register(image))
 }
 
-/// Perf map lines and jitdump records being gathered for one observer.
+/// Perf map lines and jitdump records being gathered for one observer; written by
+/// [`Outputs::flush`] (one write per file for a whole finalize).
 #[derive(Default)]
-struct Outputs<'a> {
+pub(crate) struct Outputs<'a> {
     observer: Option<&'a Observer>,
     perf_lines: Vec<u8>,
     records: Option<jitdump::Records>,
@@ -484,7 +485,8 @@ impl<'a> Outputs<'a> {
         self.records = obs.jitdump.as_ref().map(|d| d.records());
     }
 
-    fn flush(&mut self) {
+    /// Writes what was gathered.
+    pub(crate) fn flush(&mut self) {
         let Some(obs) = self.observer else { return };
         if let Some(m) = &obs.perf_map {
             m.append(&self.perf_lines);
@@ -512,20 +514,22 @@ pub(crate) fn freeing(side: &Side, first: usize, chunks: usize) {
     side.observer.records.give_back(record);
 }
 
-/// The live programs recorded in `pack`, in address order (for snapshots).
-pub(crate) fn programs_in(pack: &Pack) -> Vec<ProgramInfo> {
-    let Some(side) = pack.side() else {
-        return Vec::new();
-    };
+/// The live programs recorded in `side` (the table of a pack at `base` with chunks of
+/// `1 << shift` bytes; `dedicated` for a mapping of its own), in address order.
+pub(crate) fn programs_in(
+    side: &Side,
+    base: usize,
+    shift: u32,
+    dedicated: bool,
+) -> Vec<ProgramInfo> {
     let table = side.table();
-    let shift = pack.chunk_size.trailing_zeros();
     let mut out = Vec::new();
     for chunk in 0..table.slots() {
         let Some(seen) = table.get(chunk).and_then(Record::read) else {
             continue;
         };
         // Once per program: at the chunk its code starts in.
-        let starts_here = pack.dedicated || (seen.start - pack.base) >> shift == chunk;
+        let starts_here = dedicated || (seen.start - base) >> shift == chunk;
         if starts_here {
             out.push(ProgramInfo::from_seen(&seen));
         }

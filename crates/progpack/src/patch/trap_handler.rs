@@ -281,6 +281,15 @@ extern "C" fn on_sigtrap(sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
     unsafe { sys::chain_signal(PREVIOUS.get(), sig, info, ctx, code == libc::SI_KERNEL) }
 }
 
+/// Forgets the patch sites inside a program being dropped, before its bytes become traps and
+/// its chunks can be reused: a trap there is no longer a patch's. (Called by the span's free,
+/// which sits below the patching API: this file imports nothing above the packs.)
+#[cold]
+#[inline(never)]
+pub(crate) fn forget_sites(addr: usize, len: usize) {
+    state().sites.forget_range(addr, addr + len);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -148,13 +148,18 @@ impl Batch {
                 _ => self.push_alone(len, align)?,
             }
         };
+        Ok(self.slot_mut(index))
+    }
+
+    /// The handle of slot `index`, just pushed.
+    fn slot_mut(&mut self, index: usize) -> SlotMut<'_> {
         let exec_addr = self.exec_addr(index).expect("just pushed");
         let image = self.image_mut(index).expect("just pushed");
-        Ok(SlotMut {
+        SlotMut {
             index,
             exec_addr,
             image,
-        })
+        }
     }
 
     /// A slot of `n` chunks in the last segment, growing it or starting a new one.
@@ -289,13 +294,7 @@ impl Batch {
         crate::observe::names::check(name)?;
         let index = self.push(len, align)?.index;
         self.meta.extra(index).set_name(name);
-        let exec_addr = self.exec_addr(index).expect("just pushed");
-        let image = self.image_mut(index).expect("just pushed");
-        Ok(SlotMut {
-            index,
-            exec_addr,
-            image,
-        })
+        Ok(self.slot_mut(index))
     }
 
     /// Names the program slot `index` will become, as

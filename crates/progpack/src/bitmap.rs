@@ -7,7 +7,14 @@
 //!   the bitmap can still grow), so a search never runs past the end and a partial word is
 //!   never "free"; [`Bitmap::grow`] clears them as `len` grows;
 //! - `ones` is the number of set bits below `len`;
-//! - summary bit `w` is set iff word `w` is zero, and `free_words` counts them.
+//! - summary bit `w` is set iff word `w` is zero, and `free_words` counts them;
+//! - bounds from failed searches: no clean word (`dirty` bit clear) holds a run of more than
+//!   `word_cap` clear bits inside it, and no run of clear bits that touches only clean words is
+//!   longer than `run_cap`. A failed search lowers its bound; clearing bits marks their words
+//!   dirty (one `or`, and only while a bound is kept), so a later search that a bound would
+//!   refuse first measures the runs at the dirty words alone ("folds" them into the bounds),
+//!   never the whole bitmap. Frees stay a few word operations; searches in a fragmented bitmap
+//!   are not repeated in full after every free.
 //!
 //! The longest run of clear bits is bounded without a scan: a run of `L` clear bits contains at
 //! least `(L - 126) / 64` whole free words, so `L <= 64 * free_words + 126` (and `L <= zeros`).
@@ -28,6 +35,21 @@ pub struct Bitmap {
     /// Where the last search for a run inside a word ended (next fit: a fragmented bitmap is
     /// not rescanned from its start every time).
     cursor: usize,
+    /// No clean word holds a run of clear bits longer than this inside it (`WORD`: unknown).
+    word_cap: usize,
+    /// No run of clear bits touching only clean words is longer than this (`usize::MAX`:
+    /// unknown).
+    run_cap: usize,
+    /// Bit `w` set iff word `w` had bits cleared since the bounds were last folded.
+    dirty: Vec<u64>,
+    /// Some bit of `dirty` is set.
+    dirty_any: bool,
+    /// A bound is kept (`word_cap < WORD` or `run_cap < usize::MAX`): frees mark words dirty.
+    bounded: bool,
+    /// What the bounds say for the whole bitmap: `word_cap` and `run_cap` while no word is
+    /// dirty, else `WORD` and `usize::MAX` (kept so that reading them is two loads).
+    word_bound: usize,
+    run_bound: usize,
 }
 
 impl Bitmap {
@@ -57,6 +79,7 @@ impl Bitmap {
                 free_words += 1;
             }
         }
+        let dirty = vec![0u64; summary.len()];
         Bitmap {
             words,
             summary,
@@ -65,6 +88,13 @@ impl Bitmap {
             free_words,
             first_maybe_free: 0,
             cursor: 0,
+            word_cap: WORD,
+            run_cap: usize::MAX,
+            dirty,
+            dirty_any: false,
+            bounded: false,
+            word_bound: WORD,
+            run_bound: usize::MAX,
         }
     }
 
@@ -94,6 +124,135 @@ impl Bitmap {
         }
         self.len = new_len;
         self.first_maybe_free = self.first_maybe_free.min(old / WORD);
+        self.forget_bounds();
+    }
+
+    /// Sets the bounds of failed searches, every word clean (`WORD` and `usize::MAX`: nothing
+    /// known).
+    fn set_bounds(&mut self, word_cap: usize, run_cap: usize) {
+        if self.dirty_any {
+            self.dirty.fill(0);
+            self.dirty_any = false;
+        }
+        self.word_cap = word_cap;
+        self.run_cap = run_cap;
+        self.word_bound = word_cap;
+        self.run_bound = run_cap;
+        self.bounded = word_cap < WORD || run_cap < usize::MAX;
+    }
+
+    /// Drops the bounds of failed searches (nothing is known).
+    fn forget_bounds(&mut self) {
+        self.set_bounds(WORD, usize::MAX);
+    }
+
+    /// Marks word `w` dirty: it had bits cleared (only while a bound is kept).
+    #[inline(always)]
+    fn mark_dirty(&mut self, w: usize) {
+        if self.bounded {
+            self.dirty[w / WORD] |= 1 << (w % WORD);
+            self.dirty_any = true;
+            self.word_bound = WORD;
+            self.run_bound = usize::MAX;
+        }
+    }
+
+    /// Raises the bounds to cover the runs at the dirty words, measured, and cleans them.
+    #[cold]
+    fn fold_dirty(&mut self) {
+        let (mut word_cap, mut run_cap) = (self.word_cap, self.run_cap);
+        for d in 0..self.dirty.len() {
+            let mut bits = std::mem::take(&mut self.dirty[d]);
+            while bits != 0 {
+                let w = d * WORD + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                word_cap = word_cap.max(longest_clear_in(self.words[w]));
+                run_cap = run_cap.max(self.longest_run_touching(w));
+            }
+        }
+        self.set_bounds(word_cap, run_cap);
+    }
+
+    /// The longest run of clear bits that has a bit in word `w`.
+    fn longest_run_touching(&self, w: usize) -> usize {
+        let word = self.words[w];
+        // Clear bits just below the word (the top of the words before it), and just above.
+        let below = || {
+            let mut n = 0;
+            for &x in self.words[..w].iter().rev() {
+                n += x.leading_zeros() as usize;
+                if x != 0 {
+                    break;
+                }
+            }
+            n
+        };
+        let above = || {
+            let mut n = 0;
+            for &x in &self.words[w + 1..] {
+                n += x.trailing_zeros() as usize;
+                if x != 0 {
+                    break;
+                }
+            }
+            n
+        };
+        if word == 0 {
+            return below() + WORD + above();
+        }
+        let (low, high) = (
+            word.trailing_zeros() as usize,
+            word.leading_zeros() as usize,
+        );
+        let from_below = if low > 0 { below() + low } else { 0 };
+        let to_above = if high > 0 { high + above() } else { 0 };
+        longest_clear_in(word).max(from_below).max(to_above)
+    }
+
+    /// An upper bound on the longest run of clear bits inside one word, without a scan.
+    #[inline(always)]
+    pub fn word_run_bound(&self) -> usize {
+        if self.free_words > 0 {
+            WORD
+        } else {
+            self.word_bound
+        }
+    }
+
+    /// An upper bound on the longest run of clear bits, without a scan: from the counts, and
+    /// from the failed searches since the last free into a word.
+    #[inline(always)]
+    pub fn run_bound(&self) -> usize {
+        self.longest_bound().min(self.run_bound)
+    }
+
+    /// Takes the first run of `n` clear bits starting at a multiple of `step` (see
+    /// [`Bitmap::find_clear_run_aligned`]), keeping the bound a failed search gives.
+    pub fn take_first_fit(&mut self, n: usize, step: usize) -> Option<usize> {
+        if n > self.run_cap {
+            // Only a run at a word freed into since the last failed search can be that long.
+            if !self.dirty_any {
+                return None;
+            }
+            self.fold_dirty();
+            if n > self.run_cap {
+                return None;
+            }
+        }
+        match self.find_clear_run_aligned(n, step) {
+            Some(first) => {
+                self.set_range(first, n);
+                Some(first)
+            }
+            None => {
+                if step == 1 && n > 0 {
+                    // Every run was looked at: none is `n` long.
+                    self.fold_dirty();
+                    self.set_bounds(self.word_cap, self.run_cap.min(n - 1));
+                }
+                None
+            }
+        }
     }
 
     /// Number of set bits.
@@ -107,6 +266,7 @@ impl Bitmap {
     }
 
     /// Number of words whose 64 bits are all clear.
+    #[cfg(test)]
     pub fn free_words(&self) -> usize {
         self.free_words
     }
@@ -294,6 +454,16 @@ impl Bitmap {
         if min > self.count_zeros() {
             return None;
         }
+        if min > self.word_cap {
+            // Only words freed into since the last failed search can hold such a run.
+            if !self.dirty_any {
+                return None;
+            }
+            self.fold_dirty();
+            if min > self.word_cap {
+                return None;
+            }
+        }
         let nwords = self.words.len();
         let from = self.cursor.clamp(self.first_maybe_free, nwords.max(1) - 1);
         let order = (from..nwords).chain(self.first_maybe_free..from);
@@ -319,6 +489,9 @@ impl Bitmap {
                 return Some((wi * WORD + bit, run));
             }
         }
+        // Every word was looked at: none holds `min` clear bits in a row.
+        self.fold_dirty();
+        self.set_bounds(self.word_cap.min(min - 1), self.run_cap);
         None
     }
 
@@ -371,6 +544,7 @@ impl Bitmap {
                 self.summary[w / WORD] |= 1 << (w % WORD);
                 self.free_words += 1;
             }
+            self.mark_dirty(w);
         } else {
             for (i, m) in word_masks(start, n) {
                 self.words[i] &= !m;
@@ -378,6 +552,7 @@ impl Bitmap {
                     self.summary[i / WORD] |= 1 << (i % WORD);
                     self.free_words += 1;
                 }
+                self.mark_dirty(i);
             }
         }
         self.ones -= n;
@@ -425,6 +600,54 @@ impl Bitmap {
         if self.words[..self.first_maybe_free].iter().any(|&w| w != !0) {
             return Err("a word before the search start is not full".into());
         }
+        if self.dirty_any != self.dirty.iter().any(|&d| d != 0) {
+            return Err(format!(
+                "dirty_any is {} and the dirty bits disagree",
+                self.dirty_any
+            ));
+        }
+        if self.bounded != (self.word_cap < WORD || self.run_cap < usize::MAX) {
+            return Err("`bounded` disagrees with the bounds".into());
+        }
+        let want = if self.dirty_any {
+            (WORD, usize::MAX)
+        } else {
+            (self.word_cap, self.run_cap)
+        };
+        if (self.word_bound, self.run_bound) != want {
+            return Err(format!(
+                "bounds read {:?}, should be {want:?}",
+                (self.word_bound, self.run_bound)
+            ));
+        }
+        let dirty = |w: usize| self.dirty[w / WORD] >> (w % WORD) & 1 == 1;
+        for (w, &word) in self.words.iter().enumerate() {
+            let longest = longest_clear_in(word);
+            if !dirty(w) && longest > self.word_cap {
+                return Err(format!(
+                    "clean word {w} ({word:#x}) has a run of {longest} clear bits, bound {}",
+                    self.word_cap
+                ));
+            }
+        }
+        // Every maximal run of clear bits that touches no dirty word is within `run_cap`.
+        let mut run = 0usize;
+        let mut touches_dirty = false;
+        for i in 0..=self.len {
+            if i < self.len && !self.get(i) {
+                run += 1;
+                touches_dirty |= dirty(i / WORD);
+                continue;
+            }
+            if run > self.run_cap && !touches_dirty {
+                return Err(format!(
+                    "a clean run of {run} clear bits ends at {i}, bound {}",
+                    self.run_cap
+                ));
+            }
+            run = 0;
+            touches_dirty = false;
+        }
         Ok(())
     }
 }
@@ -442,6 +665,17 @@ fn word_masks(start: usize, n: usize) -> impl Iterator<Item = (usize, u64)> {
             item
         })
     })
+}
+
+/// The longest run of clear bits in `word`.
+fn longest_clear_in(word: u64) -> usize {
+    let mut free = !word;
+    let mut n = 0;
+    while free != 0 {
+        free &= free >> 1;
+        n += 1;
+    }
+    n
 }
 
 /// The low `k` bits set (`1 <= k <= 64`).
@@ -660,6 +894,108 @@ mod tests {
                 assert_eq!(b.count_ones(), model.iter().filter(|x| **x).count());
                 b.check().unwrap();
             }
+        }
+    }
+
+    /// A failed search for a run inside one word keeps its bound until a free; then only the
+    /// words freed into are looked at, and a run there is found.
+    #[test]
+    fn a_failed_word_search_is_not_repeated_until_a_free() {
+        let mut b = Bitmap::new(8 * WORD);
+        b.set_range(0, 8 * WORD);
+        for w in 0..8 {
+            b.clear_range(w * WORD + 10, 3); // every word: one run of 3
+        }
+        assert_eq!(b.take_word_run(5, WORD, None), None);
+        assert_eq!(b.word_run_bound(), 4);
+        b.check().unwrap();
+        // A free into word 5 next to its run: 3 + 4 = 7 clear bits in a row.
+        b.clear_range(5 * WORD + 13, 4);
+        assert_eq!(b.word_run_bound(), WORD, "a dirty word may hold anything");
+        b.check().unwrap();
+        assert_eq!(b.take_word_run(5, 5, None), Some((5 * WORD + 10, 5)));
+        b.check().unwrap();
+        // Nothing of 5 is left anywhere: refused again, and the bound says so without a scan.
+        assert_eq!(b.take_word_run(5, WORD, None), None);
+        assert_eq!(b.word_run_bound(), 4);
+        b.check().unwrap();
+    }
+
+    /// Random takes and frees: `take_word_run` finds a run inside one word exactly when one
+    /// exists, whatever bound and dirty words it keeps, and the invariants hold throughout.
+    #[test]
+    fn word_runs_are_found_iff_they_exist() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |bound: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % bound as u64) as usize
+        };
+        let mut b = Bitmap::new(16 * WORD);
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        for step in 0..20_000 {
+            if next(3) == 0 && !taken.is_empty() {
+                let (start, n) = taken.swap_remove(next(taken.len()));
+                b.clear_range(start, n);
+            } else {
+                let min = 1 + next(WORD);
+                let exists = (0..16).any(|w| longest_clear_in(b.words[w]) >= min);
+                match b.take_word_run(min, min, None) {
+                    Some((start, n)) => {
+                        assert!(exists, "step {step}: took a run that did not exist");
+                        assert_eq!(n, min);
+                        assert_eq!(start / WORD, (start + n - 1) / WORD, "inside one word");
+                        taken.push((start, n));
+                    }
+                    None => assert!(!exists, "step {step}: missed a run of {min}"),
+                }
+            }
+            b.check().unwrap_or_else(|e| panic!("step {step}: {e}"));
+        }
+    }
+
+    /// Random takes (inside one word, and first fit of up to three words, aligned or not) and
+    /// frees: a run is found exactly when one exists, whatever bounds and dirty words the
+    /// bitmap keeps, and its invariants hold throughout.
+    #[test]
+    fn bounded_searches_find_runs_iff_they_exist() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |bound: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % bound as u64) as usize
+        };
+        let len = 16 * WORD - 5;
+        let mut b = Bitmap::new(len);
+        let mut taken: Vec<(usize, usize)> = Vec::new();
+        for step in 0..30_000 {
+            let bits: Vec<bool> = (0..len).map(|i| b.get(i)).collect();
+            match next(4) {
+                0 if !taken.is_empty() => {
+                    let (start, n) = taken.swap_remove(next(taken.len()));
+                    b.clear_range(start, n);
+                }
+                1 => {
+                    let min = 1 + next(WORD);
+                    let exists = (0..16).any(|w| longest_clear_in(b.words[w]) >= min);
+                    let got = b.take_word_run(min, min, None);
+                    assert_eq!(got.is_some(), exists, "step {step}: word run of {min}");
+                    taken.extend(got);
+                }
+                _ => {
+                    let n = 1 + next(3 * WORD);
+                    let align = [1, 1, 1, 4][next(4)];
+                    let want = (0..len)
+                        .step_by(align)
+                        .find(|&i| i + n <= len && bits[i..i + n].iter().all(|&x| !x));
+                    let got = b.take_first_fit(n, align);
+                    assert_eq!(got, want, "step {step}: first fit of {n}, step {align}");
+                    taken.extend(got.map(|f| (f, n)));
+                }
+            }
+            b.check().unwrap_or_else(|e| panic!("step {step}: {e}"));
         }
     }
 }

@@ -5,10 +5,11 @@
 //!   thread's run or a batch's run;
 //! - every clear chunk holds only trap instructions; a freed span is trap-filled before its bits
 //!   are cleared (quarantined spans, whose fill failed, keep their bits for good);
-//! - `fits` equals `min(longest_bound, cap)`: an upper bound on the longest run of clear
-//!   chunks, read without the lock to skip full or too fragmented packs (`cap` is lowered by a
-//!   failed first-fit search and lifted by the next free); `run_fits` likewise bounds the
-//!   longest run inside one bitmap word (`word_cap` is lowered by a failed run search);
+//! - `fits` equals [`Bitmap::run_bound`]: an upper bound on the longest run of clear chunks,
+//!   read without the lock to skip full or too fragmented packs; `run_fits` likewise bounds
+//!   the longest run inside one bitmap word ([`Bitmap::word_run_bound`]). Both are lowered by
+//!   failed searches and raised by frees only as far as the words freed into allow, measured
+//!   by the next search that needs it, not at free time;
 //! - the pack is read+execute for its whole life and never writable at any user-space address
 //!   (procmem), or writable only through a separate non-executable alias (dualmap);
 //! - a pack is unmapped only when no span, run or batch owns a chunk in it: while any chunk is
@@ -127,10 +128,6 @@ pub(crate) struct PackState {
     pub(crate) listed: bool,
     /// The pack is empty and counted in the allocator's reserve of empty packs.
     pub(crate) kept_empty: bool,
-    /// Bound set by a failed first-fit search (no run longer than this); lifted by a free.
-    cap: usize,
-    /// Bound set by a failed run search (no run inside one word longer than this).
-    word_cap: usize,
     /// What was freed here.
     pub(crate) freed: Freed,
     /// The pack holds a strong reference to itself for the owners of its chunks.
@@ -222,8 +219,6 @@ impl Pack {
                 bitmap,
                 listed: true,
                 kept_empty: false,
-                cap: usize::MAX,
-                word_cap: usize::MAX,
                 freed: Freed::default(),
                 pinned: false,
             }),
@@ -311,23 +306,10 @@ impl Pack {
     }
 
     fn publish(&self, st: &PackState) {
-        let longest = st.bitmap.longest_bound().min(st.cap);
+        let longest = st.bitmap.run_bound();
         self.fits.store(longest, Ordering::Relaxed);
-        let in_word = if st.bitmap.free_words() > 0 {
-            64
-        } else {
-            longest.min(st.word_cap).min(64)
-        };
+        let in_word = longest.min(st.bitmap.word_run_bound());
         self.run_fits.store(in_word, Ordering::Relaxed);
-    }
-
-    /// Lifts the bounds a failed search set: a free may have merged a longer run. (Bounding
-    /// the merged run instead, from the words around the freed range, costs about 25
-    /// instructions per free and measured no faster under churn.)
-    #[inline]
-    fn lift(st: &mut PackState) {
-        st.cap = usize::MAX;
-        st.word_cap = usize::MAX;
     }
 
     /// Leaves the reserve of empty packs, if this pack was in it (`reserve` is the allocator's
@@ -363,8 +345,8 @@ impl Pack {
                 Some(run)
             }
             None => {
-                // No run of `min` inside any word: skip this pack for runs until a free.
-                st.word_cap = min - 1;
+                // No run of `min` inside any word (the bitmap keeps that bound until a free
+                // into a word, and then looks at those words only).
                 self.publish(&st);
                 None
             }
@@ -385,15 +367,12 @@ impl Pack {
         if !st.listed {
             return None;
         }
-        let Some(first) = st.bitmap.find_clear_run_aligned(n, step) else {
-            if step == 1 {
-                // No run of n at all: skip this pack for such requests until a free.
-                st.cap = st.cap.min(n - 1);
-                self.publish(&st);
-            }
+        let Some(first) = st.bitmap.take_first_fit(n, step) else {
+            // No run of n (the bitmap keeps that bound until a free into a word, and then
+            // measures the runs there only).
+            self.publish(&st);
             return None;
         };
-        st.bitmap.set_range(first, n);
         Self::unreserve(&mut st, reserve);
         self.pin(&mut st);
         self.publish(&st);
@@ -462,7 +441,6 @@ impl Pack {
         st.freed.requested += less as u64;
         if n > 0 {
             st.bitmap.clear_range(first, n);
-            Self::lift(&mut st);
         }
         self.publish(&st);
         (st.bitmap.count_ones() == 0, Self::unpin(&mut st))
@@ -517,7 +495,6 @@ impl Pack {
         let (empty, unpin) = {
             let mut st = self.lock();
             st.bitmap.clear_range(first, n);
-            Self::lift(&mut st);
             st.freed.spans += 1;
             st.freed.requested += requested as u64;
             st.freed.programs += u64::from(program);
@@ -756,7 +733,6 @@ impl Pack {
         }
         let mut st = self.lock();
         st.bitmap.grow(target);
-        Self::lift(&mut st);
         self.publish(&st);
         self.ready.store(target, Ordering::Relaxed);
         Ok(())
@@ -772,7 +748,7 @@ impl Pack {
         {
             return Err(at("ready chunks out of step with the mapping".into()));
         }
-        if self.fits_hint() != st.bitmap.longest_bound().min(st.cap) {
+        if self.fits_hint() != st.bitmap.run_bound() {
             return Err(at("fits hint out of date".into()));
         }
         let longest = st.bitmap.longest_run();

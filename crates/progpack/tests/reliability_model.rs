@@ -7,7 +7,7 @@
 mod model;
 mod support;
 
-use model::{BackendKind, Op, Setup, Tally};
+use model::{BackendKind, Op, Reader, Setup, Tally};
 use support::Rng;
 
 const OPS_PER_SETUP: usize = 4000;
@@ -157,4 +157,27 @@ fn model_detects_a_changed_program() {
     // Put it back so the allocator's own checks are happy when it drops.
     std::os::unix::fs::FileExt::write_at(&f, &[old], (at + 17) as u64).expect("poke back");
     m.verify().expect("restored");
+}
+
+/// Inputs the `alloc_model` fuzz target found, replayed as its driver reads them (setup, then
+/// operations). Each failed once:
+/// - a thread loading programs into a code range of 3 tiny packs met `CodeRangeFull`; the
+///   model judged it after the thread had dropped the programs it loaded before the error, so
+///   it saw room that was not there when the error happened (the thread now hands back what it
+///   loaded, alive, with the error).
+#[test]
+fn inputs_the_fuzz_target_found_replay_cleanly() {
+    let inputs: [&[u8]; 1] = [&[
+        0x64, 0x63, 0x7a, 0x08, 0x00, 0x40, 0x00, 0x00, 0x08, 0x00, 0x5b, 0xff, 0x6e, 0x91, 0x7d,
+        0xf5, 0x9e,
+    ]];
+    for data in inputs {
+        let mut r = Reader::new(data);
+        let setup = Setup::from_bytes(&mut r);
+        let mut ops = Vec::new();
+        while !r.is_empty() {
+            ops.push(Op::from_bytes(&mut r, &setup));
+        }
+        model::run(setup, ops).unwrap_or_else(|e| panic!("{data:x?}: {e}"));
+    }
 }

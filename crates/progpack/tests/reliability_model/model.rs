@@ -818,28 +818,33 @@ impl Model {
                 let contents: Vec<(Vec<u8>, Option<u64>)> =
                     (0..count).map(|_| self.content(len, true)).collect();
                 let alloc = self.alloc.clone();
-                let loaded = std::thread::spawn(move || {
-                    contents
-                        .into_iter()
-                        .map(|(content, value)| {
-                            let mut d = alloc.draft(len, 1)?;
+                // The thread stops at its first error and hands back what it loaded before
+                // it, alive: the error is judged against the packs as they were when it
+                // happened (dropping those programs would free chunks after the fact).
+                let (progs, error) = std::thread::spawn(move || {
+                    let mut progs = Vec::new();
+                    for (content, value) in contents {
+                        let loaded = alloc.draft(len, 1).and_then(|mut d| {
                             d.image_mut().copy_from_slice(&content);
                             let addr = d.exec_addr();
-                            Ok((d.finalize()?, addr, content, value))
-                        })
-                        .collect::<Result<Vec<_>, Error>>()
+                            Ok((d.finalize()?, addr))
+                        });
+                        match loaded {
+                            Ok((p, addr)) => progs.push((p, addr, content, value)),
+                            Err(e) => return (progs, Some(e)),
+                        }
+                    }
+                    (progs, None)
                 })
                 .join()
                 .map_err(|_| "loading thread panicked".to_string())?;
-                match loaded {
-                    Ok(progs) => {
-                        // The thread exited: its run came back (only this thread may cache).
-                        for (p, addr, content, value) in progs {
-                            let item = Item::new(&s, addr, len, content, value);
-                            self.adopt(p, item)?;
-                        }
-                    }
-                    Err(e) => self.expect_error(len, 1, &e, "thread draft")?,
+                // The thread exited: its run came back (only this thread may cache).
+                for (p, addr, content, value) in progs {
+                    let item = Item::new(&s, addr, len, content, value);
+                    self.adopt(p, item)?;
+                }
+                if let Some(e) = error {
+                    self.expect_error(len, 1, &e, "thread draft")?;
                 }
             }
             Op::DropAll => {

@@ -39,13 +39,19 @@ pub fn shared_stats() -> StatsC {
 /// True if PCRE2 was built with progpack's sljit hooks: JIT-compiling a pattern adds a live
 /// program to the shared allocator. (A build without them, `CFLAGS= cargo ...`, uses sljit's
 /// own allocator and this is false.)
+///
+/// The count is of live programs, which other threads may free meanwhile, so the probe is
+/// tried up to 100 times: one rise is proof (without the hooks nothing ever adds a program),
+/// and 100 misses in a row mean no hooks.
 pub fn hooks_active() -> bool {
-    let before = shared_stats().programs;
-    let re = pcre2::bytes::RegexBuilder::new()
-        .jit(true)
-        .build("progpack-probe-[0-9]+")
-        .expect("a JIT-compilable pattern");
-    let during = shared_stats().programs;
-    drop(re);
-    during > before
+    (0..100).any(|_| {
+        let before = shared_stats().programs;
+        let re = pcre2::bytes::RegexBuilder::new()
+            .jit(true)
+            .build("progpack-probe-[0-9]+")
+            .expect("a JIT-compilable pattern");
+        let during = shared_stats().programs;
+        drop(re);
+        during > before
+    })
 }

@@ -226,18 +226,25 @@ impl Bitmap {
         self.longest_bound().min(self.run_bound)
     }
 
+    /// True if the bound `cap` (`word_cap` or `run_cap`) refuses a run of `need` bits, once the
+    /// dirty words are measured if they could change the answer: only a run at a word freed
+    /// into since the last failed search can be longer than the bound.
+    fn refuses(&mut self, need: usize, cap: fn(&Bitmap) -> usize) -> bool {
+        if need <= cap(self) {
+            return false;
+        }
+        if !self.dirty_any {
+            return true;
+        }
+        self.fold_dirty();
+        need > cap(self)
+    }
+
     /// Takes the first run of `n` clear bits starting at a multiple of `step` (see
     /// [`Bitmap::find_clear_run_aligned`]), keeping the bound a failed search gives.
     pub fn take_first_fit(&mut self, n: usize, step: usize) -> Option<usize> {
-        if n > self.run_cap {
-            // Only a run at a word freed into since the last failed search can be that long.
-            if !self.dirty_any {
-                return None;
-            }
-            self.fold_dirty();
-            if n > self.run_cap {
-                return None;
-            }
+        if self.refuses(n, |b| b.run_cap) {
+            return None;
         }
         match self.find_clear_run_aligned(n, step) {
             Some(first) => {
@@ -454,15 +461,8 @@ impl Bitmap {
         if min > self.count_zeros() {
             return None;
         }
-        if min > self.word_cap {
-            // Only words freed into since the last failed search can hold such a run.
-            if !self.dirty_any {
-                return None;
-            }
-            self.fold_dirty();
-            if min > self.word_cap {
-                return None;
-            }
+        if self.refuses(min, |b| b.word_cap) {
+            return None;
         }
         let nwords = self.words.len();
         let from = self.cursor.clamp(self.first_maybe_free, nwords.max(1) - 1);

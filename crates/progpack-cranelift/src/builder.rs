@@ -103,12 +103,13 @@ impl ProgpackBuilder {
     /// The progpack configuration of the module's own allocator. The default is
     /// `Config::default()` with a [`CodeRange::near_this_binary`] (of 128 MiB on aarch64, where
     /// `bl` reaches ±128 MiB), so that calls between JIT functions and into this binary are
-    /// direct calls.
+    /// direct calls, and [`DEFAULT_CHUNK`] (32-byte) chunks.
     ///
-    /// Density: progpack rounds each function up to whole chunks (64 bytes by default; the
-    /// random start offset lives in that rounding), so a 32-byte function takes 64 bytes where
-    /// `JITModule` packs two in 64. For many tiny functions called at random,
-    /// `.chunk_size(32)` packs as densely as `JITModule`; see the crate's benchmark.
+    /// Density: progpack rounds each function up to whole chunks (the random start offset
+    /// lives in that rounding). With 32-byte chunks a 32-byte function takes 32 bytes, as in
+    /// `JITModule`; with progpack's general 64 it would take 64, and tiny functions called at
+    /// random run a few percent slower (see the crate's benchmark). A configuration given here
+    /// replaces the whole default, chunk size included.
     pub fn allocator_config(&mut self, config: Config) -> &mut Self {
         self.placement = Placement::Config(config);
         self
@@ -174,8 +175,15 @@ impl ProgpackBuilder {
 
 /// The allocator configuration a builder starts with: a code range near this binary, no larger
 /// than a colocated call reaches (aarch64's `bl`: 128 MiB), so that any two functions of the
-/// module can call each other colocated.
+/// module can call each other colocated; and 32-byte chunks, since Cranelift functions are
+/// often a few dozen bytes (with progpack's general 64, a 32-byte function takes a whole
+/// cache line and random-order calls are a few percent slower than `JITModule`'s dense layout).
 fn default_config() -> Config {
     let size = CodeRange::DEFAULT_SIZE.min(crate::define::COLOCATED_REACH);
-    Config::default().code_range(CodeRange::near_this_binary().size(size))
+    Config::default()
+        .code_range(CodeRange::near_this_binary().size(size))
+        .chunk_size(DEFAULT_CHUNK)
 }
+
+/// The chunk size of a builder's own allocator (see [`default_config`]).
+pub const DEFAULT_CHUNK: usize = 32;

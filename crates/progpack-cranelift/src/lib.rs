@@ -95,7 +95,7 @@ mod reloc;
 mod state;
 mod symbols;
 
-pub use builder::{LibcallNames, ProgpackBuilder};
+pub use builder::{LibcallNames, ProgpackBuilder, DEFAULT_CHUNK};
 pub use error::Error;
 pub use module::{FinalizedFunction, ProgpackModule};
 pub use symbols::{lookup_with_dlsym, LookupFn};

@@ -185,5 +185,5 @@ fn default_config() -> Config {
         .chunk_size(DEFAULT_CHUNK)
 }
 
-/// The chunk size of a builder's own allocator (see [`default_config`]).
+/// The chunk size of a builder's own allocator (see [`ProgpackBuilder::allocator_config`]).
 pub const DEFAULT_CHUNK: usize = 32;

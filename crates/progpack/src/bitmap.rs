@@ -688,6 +688,16 @@ fn low_bits(k: usize) -> u64 {
 mod tests {
     use super::*;
 
+    /// A xorshift64 generator from `seed`: deterministic test inputs.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     /// The obvious bit-at-a-time search, as the oracle.
     fn naive(bits: &[bool], n: usize) -> Option<usize> {
         if n == 0 {
@@ -794,13 +804,7 @@ mod tests {
 
     #[test]
     fn longest_bound_is_never_below_the_truth() {
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
         for _ in 0..200 {
             let len = (next() % 700 + 1) as usize;
             let mut b = Bitmap::new(len);
@@ -810,7 +814,7 @@ mod tests {
                 if b.is_clear(at, n) {
                     b.set_range(at, n);
                 }
-                if next() % 4 == 0 && b.is_set(at, 1) {
+                if next().is_multiple_of(4) && b.is_set(at, 1) {
                     b.clear_range(at, 1);
                 }
                 assert!(b.longest_bound() >= b.longest_run(), "len {len}");
@@ -821,13 +825,7 @@ mod tests {
 
     #[test]
     fn long_runs_match_naive_search() {
-        let mut seed = 0x5eed_1234_5678_9abcu64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x5eed_1234_5678_9abcu64);
         for _ in 0..200 {
             let len = (next() % 2000 + 64) as usize;
             let mut b = Bitmap::new(len);
@@ -848,13 +846,7 @@ mod tests {
 
     #[test]
     fn matches_naive_search_on_random_patterns() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
         for _ in 0..300 {
             let len = (next() % 300 + 1) as usize;
             let mut b = Bitmap::new(len);
@@ -868,7 +860,7 @@ mod tests {
                 } else {
                     assert_eq!(naive(&model, n), None);
                 }
-                if next() % 3 == 0 {
+                if next().is_multiple_of(3) {
                     // free a random used run of length 1..=4
                     let i = (next() as usize) % len;
                     let k = (1..=4)
@@ -925,13 +917,8 @@ mod tests {
     /// exists, whatever bound and dirty words it keeps, and the invariants hold throughout.
     #[test]
     fn word_runs_are_found_iff_they_exist() {
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |bound: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % bound as u64) as usize
-        };
+        let mut rng = xorshift(0x9e37_79b9_7f4a_7c15u64);
+        let mut next = |bound: usize| (rng() % bound as u64) as usize;
         let mut b = Bitmap::new(16 * WORD);
         let mut taken: Vec<(usize, usize)> = Vec::new();
         for step in 0..20_000 {
@@ -960,13 +947,8 @@ mod tests {
     /// bitmap keeps, and its invariants hold throughout.
     #[test]
     fn bounded_searches_find_runs_iff_they_exist() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |bound: usize| {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            (rng % bound as u64) as usize
-        };
+        let mut rng = xorshift(0x2545_f491_4f6c_dd1du64);
+        let mut next = |bound: usize| (rng() % bound as u64) as usize;
         let len = 16 * WORD - 5;
         let mut b = Bitmap::new(len);
         let mut taken: Vec<(usize, usize)> = Vec::new();

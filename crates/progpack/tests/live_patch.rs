@@ -364,16 +364,10 @@ fn install_handler_by_patching(alloc: &Allocator) {
     assert_eq!(unsafe { p.as_fn::<Fn0>() }(), 2);
 }
 
-#[test]
-fn a_real_int3_still_takes_the_default_action() {
-    let out = run_in_child(|| {
-        let alloc = Allocator::new(Config::default()).map_err(|e| e.to_string())?;
-        install_handler_by_patching(&alloc);
-        let p = real_int3(&alloc);
-        // SAFETY: deliberately runs a breakpoint: the default action must kill the child.
-        let _ = unsafe { p.as_fn::<Fn0>() }();
-        Err("the int3 was swallowed".into())
-    });
+/// Runs `body` in a child process, which must die of SIGTRAP (the default action) before
+/// `body` returns.
+fn dies_of_sigtrap(body: impl FnOnce() -> Result<(), String>) {
+    let out = run_in_child(body);
     assert_eq!(
         out.exit,
         ChildExit::Signaled(libc::SIGTRAP),
@@ -383,8 +377,20 @@ fn a_real_int3_still_takes_the_default_action() {
 }
 
 #[test]
+fn a_real_int3_still_takes_the_default_action() {
+    dies_of_sigtrap(|| {
+        let alloc = Allocator::new(Config::default()).map_err(|e| e.to_string())?;
+        install_handler_by_patching(&alloc);
+        let p = real_int3(&alloc);
+        // SAFETY: deliberately runs a breakpoint: the default action must kill the child.
+        let _ = unsafe { p.as_fn::<Fn0>() }();
+        Err("the int3 was swallowed".into())
+    });
+}
+
+#[test]
 fn an_int3_patched_in_is_a_real_breakpoint() {
-    let out = run_in_child(|| {
+    dies_of_sigtrap(|| {
         let alloc = Allocator::new(Config::default()).map_err(|e| e.to_string())?;
         let mut p = ret_program(&alloc, 3);
         // The site goes through the trap protocol, and ends up holding a real int3.
@@ -394,17 +400,11 @@ fn an_int3_patched_in_is_a_real_breakpoint() {
         let _ = unsafe { p.as_fn::<Fn0>() }();
         Err("the int3 was swallowed".into())
     });
-    assert_eq!(
-        out.exit,
-        ChildExit::Signaled(libc::SIGTRAP),
-        "{}",
-        out.message
-    );
 }
 
 #[test]
 fn freed_patched_code_still_traps() {
-    let out = run_in_child(|| {
+    dies_of_sigtrap(|| {
         let alloc = Allocator::new(Config::default()).map_err(|e| e.to_string())?;
         let mut p = ret_program(&alloc, 3);
         p.patch(0, &[0xb8, 4, 0, 0, 0]).map_err(|e| e.to_string())?;
@@ -417,29 +417,17 @@ fn freed_patched_code_still_traps() {
         f();
         Err("freed code ran".into())
     });
-    assert_eq!(
-        out.exit,
-        ChildExit::Signaled(libc::SIGTRAP),
-        "{}",
-        out.message
-    );
 }
 
 #[test]
 fn a_sigtrap_sent_by_raise_takes_the_default_action() {
-    let out = run_in_child(|| {
+    dies_of_sigtrap(|| {
         let alloc = Allocator::new(Config::default()).map_err(|e| e.to_string())?;
         install_handler_by_patching(&alloc);
         // SAFETY: raises a signal whose default action ends the child.
         unsafe { libc::raise(libc::SIGTRAP) };
         Err("SIGTRAP was swallowed".into())
     });
-    assert_eq!(
-        out.exit,
-        ChildExit::Signaled(libc::SIGTRAP),
-        "{}",
-        out.message
-    );
 }
 
 static EARLIER_HANDLER_RAN: AtomicU64 = AtomicU64::new(0);

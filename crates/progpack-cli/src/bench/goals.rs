@@ -78,31 +78,36 @@ fn ratio_goal(text: &str, num: Option<(f64, &str)>, den: Option<(f64, &str)>, ta
 
 /// A goal "`value <= limit`" on one row.
 fn at_most_goal(text: &str, v: Option<f64>, limit: f64, what: &str) -> Goal {
-    match v {
-        Some(v) => Goal {
-            text: text.to_string(),
-            measured: format!("{what} {}", fmt_value(v)),
-            verdict: if v <= limit {
-                Verdict::Met
-            } else {
-                Verdict::Missed
-            },
-        },
-        None => Goal {
-            text: text.to_string(),
-            measured: "not measured".into(),
-            verdict: Verdict::NotMeasured,
-        },
-    }
+    one_row_goal(
+        text,
+        v,
+        |v| v <= limit,
+        |v| format!("{what} {}", fmt_value(v)),
+    )
 }
 
 /// A goal "`value >= floor`" on one row.
 fn at_least_goal(text: &str, v: Option<f64>, floor: f64, what: &str) -> Goal {
+    one_row_goal(
+        text,
+        v,
+        |v| v >= floor,
+        |v| format!("{what} {}", fmt_ratio(v)),
+    )
+}
+
+/// A goal on one row's value `v`: met if `met(v)`, shown as `shown(v)`.
+fn one_row_goal(
+    text: &str,
+    v: Option<f64>,
+    met: impl Fn(f64) -> bool,
+    shown: impl Fn(f64) -> String,
+) -> Goal {
     match v {
         Some(v) => Goal {
             text: text.to_string(),
-            measured: format!("{what} {}", fmt_ratio(v)),
-            verdict: if v >= floor {
+            measured: shown(v),
+            verdict: if met(v) {
                 Verdict::Met
             } else {
                 Verdict::Missed

@@ -147,6 +147,10 @@ impl Program {
     /// keep running. On x86-64 patches are serialized process-wide. Patching the same bytes
     /// again is a no-op.
     ///
+    /// A program recorded in a jitdump ([`Observe::jitdump`](crate::Observe::jitdump)) gets
+    /// another record there with its new bytes, so `perf inject` shows the code as it was
+    /// when each sample was taken.
+    ///
     /// Errors, with nothing written: [`Error::EmptyPatch`], [`Error::PatchTooLong`] (more
     /// than [`MAX_PATCH`] bytes), [`Error::PatchOutOfRange`] (the offset is past the end, or
     /// the patch crosses it), [`Error::PatchNotConcurrent`] (aarch64), or [`Error::Os`] if
@@ -186,7 +190,9 @@ impl Program {
         if x86_64::needs_trap(before, bytes) {
             self.span_mut().mark_patched();
         }
-        live(&Site::of(self, offset), before, bytes)
+        live(&Site::of(self, offset), before, bytes)?;
+        crate::program::code_changed(self);
+        Ok(())
     }
 
     /// Replaces `bytes.len()` bytes at `offset` with one backend write and no protocol, then
@@ -203,7 +209,9 @@ impl Program {
     #[allow(unsafe_code)]
     pub unsafe fn patch_quiescent(&mut self, offset: usize, bytes: &[u8]) -> Result<()> {
         check(offset, bytes.len(), self.len(), usize::MAX)?;
-        quiescent(&Site::of(self, offset), bytes)
+        quiescent(&Site::of(self, offset), bytes)?;
+        crate::program::code_changed(self);
+        Ok(())
     }
 }
 

@@ -113,6 +113,20 @@ impl Program {
     }
 }
 
+/// Tells the observers that `program`'s code changed in place (a live patch): see
+/// [`crate::observe::code_changed`].
+pub(crate) fn code_changed(program: &mut Program) {
+    if !program.span.announced() {
+        return;
+    }
+    crate::observe::code_changed(
+        program.span.side(),
+        program.span.first_chunk(),
+        program.addr(),
+        program.bytes(),
+    );
+}
+
 /// Announces programs just placed (a draft, a batch, `finalize_all`): records published,
 /// unwind information registered, debugger entries, perf map lines and jitdump records.
 /// `meta` carries a batch's per-slot side data, by index into `programs`.

@@ -2,7 +2,8 @@
 //! loop runs in named JIT functions, then `perf report` with the perf map, and `perf inject
 //! --jit` + `perf report` with the jitdump, attribute most samples to those names. A second
 //! workload frees a function and places another at the same address: the jitdump, whose
-//! records are timed, attributes each phase's samples to its own name.
+//! records are timed, attributes each phase's samples to its own name. A third patches a
+//! function live: `perf inject` then holds its code as loaded and as patched.
 //!
 //! Without `perf` (or where `perf record` is not permitted) the tests print SKIPPED.
 #![cfg(all(target_os = "linux", target_arch = "x86_64"))]
@@ -42,6 +43,20 @@ fn spin_for(programs: &[&Program], busy: Duration) {
     assert!(calls > 0);
 }
 
+/// What `patched_spin` returns before and after its live patch.
+const OLD_ID: u32 = 0x1111_1111;
+const NEW_ID: u32 = 0x2222_2222;
+
+/// Calls `p` until `busy` has passed, checking it returns `id`.
+fn spin_for_id(p: &Program, id: u32, busy: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < busy {
+        // SAFETY: `spin` code of this signature, alive while `p` is.
+        let f = unsafe { p.as_fn::<extern "C" fn() -> u32>() };
+        assert_eq!(f(), id);
+    }
+}
+
 /// The child workloads (run by the tests below; nothing without `PROGPACK_TEST_CHILD`).
 #[test]
 fn child_workload() {
@@ -75,6 +90,16 @@ fn child_workload() {
             println!("ADDR_A={at:#x}\nADDR_B={:#x}", b.addr());
             assert_eq!(b.addr(), at, "the address was not reused");
             spin_for(&[&b], BUSY / 2);
+        }
+        "patch" => {
+            // Runs the old code, patches its `mov eax, imm32` (offset 9) live, runs the new.
+            let alloc = Allocator::new(Config::default()).unwrap();
+            let mut p = load_spin(&alloc, "patched_spin", OLD_ID);
+            spin_for_id(&p, OLD_ID, BUSY / 2);
+            let mut mov = vec![0xb8];
+            mov.extend_from_slice(&NEW_ID.to_le_bytes());
+            p.patch(9, &mov).unwrap();
+            spin_for_id(&p, NEW_ID, BUSY / 2);
         }
         other => panic!("unknown workload {other}"),
     }
@@ -223,4 +248,62 @@ fn a_reused_address_gets_each_name_in_its_time() {
         "phase_one {one:.1}%, phase_two {two:.1}%:\n{report}"
     );
     eprintln!("one address, two names: phase_one {one:.1}%, phase_two {two:.1}%");
+}
+
+/// The `.text` of every ELF file `perf inject --jit` wrote for the jitdump in `dir`
+/// (`jitted-<pid>-<index>.so`), in index order.
+fn jitted_texts(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    use object::{Object, ObjectSection};
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(dir)
+        .expect("the jitdump directory")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let name = path.file_name()?.to_str()?.to_owned();
+            let index = name
+                .strip_prefix("jitted-")?
+                .strip_suffix(".so")?
+                .rsplit_once('-')?
+                .1
+                .parse()
+                .ok()?;
+            Some((index, path))
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|(_, path)| {
+            let data = std::fs::read(path).expect("a jitted ELF file");
+            let elf = object::File::parse(&*data).expect("perf writes ELF");
+            let text = elf.section_by_name(".text").expect("a .text section");
+            text.data().expect(".text is in the file").to_vec()
+        })
+        .collect()
+}
+
+#[test]
+fn a_live_patch_gives_perf_the_new_code() {
+    if !perf_works("a_live_patch_gives_perf_the_new_code") {
+        return;
+    }
+    let _one = one_at_a_time();
+    let dir = TempDir::new("jitdump-patch");
+    let (report, _) = record_with_jitdump("patch", &dir);
+    assert!(
+        perf_share(&report, |n| n == "patched_spin") > 50.0,
+        "samples not named patched_spin:\n{report}"
+    );
+    // perf wrote one ELF file per load record: the program as loaded, then as patched.
+    let texts = jitted_texts(dir.path());
+    // The patch turned `spin(.., OLD_ID)` into exactly `spin(.., NEW_ID)`.
+    let (old, new) = (spin(200_000, OLD_ID), spin(200_000, NEW_ID));
+    assert_eq!(texts.len(), 2, "{} jitted files, not 2", texts.len());
+    assert!(
+        texts[0].starts_with(&old),
+        "the first record is not the loaded code"
+    );
+    assert!(
+        texts[1].starts_with(&new),
+        "the second record is not the patched code"
+    );
 }

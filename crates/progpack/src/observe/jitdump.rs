@@ -1,7 +1,7 @@
 //! The jitdump: `<dir>/jit-<pid>.dump` in the format `perf inject --jit` reads (Linux
 //! `tools/perf/util/jitdump.h`): a header, then one `JIT_CODE_LOAD` record per program with
-//! its name, address and code bytes, each timestamped with the clock `perf record` samples
-//! with. The file's first page is mapped read+execute once ([`super::os::map_marker`]): that
+//! its name, address and code bytes (and another after each live patch of it, with the new
+//! bytes), each timestamped with the clock `perf record` samples with. The file's first page is mapped read+execute once ([`super::os::map_marker`]): that
 //! mapping, seen by `perf record`, is how `perf inject` finds the file.
 //!
 //! Use: `perf record -k mono -e cpu-clock ./app` (with `PROGPACK_JITDUMP=DIR`), then

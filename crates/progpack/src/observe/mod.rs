@@ -448,6 +448,30 @@ pub(crate) fn publish<'a>(side: Option<&'a Side>, p: &Placed<'_>, out: &mut Outp
     }
 }
 
+/// The code of a recorded program changed in place (a live patch): the jitdump gets another
+/// load record of the same address, length and name with the new bytes. `perf inject` then
+/// shows each sample with the code that ran when it was taken (records are timed, as for an
+/// address reused by a new program). The perf map and the debugger's entry hold no code
+/// bytes: they stay as they are.
+///
+/// Only the owner of the program calls this (holding it mutably, as a patch does): no other
+/// reference to the record's side data is alive then.
+pub(crate) fn code_changed(side: Option<&Side>, first: usize, addr: usize, bytes: &[u8]) {
+    let Some(side) = side else { return };
+    let Some(dump) = side.observer.jitdump.as_ref() else {
+        return;
+    };
+    let Some(record) = side.table().get(first) else {
+        return;
+    };
+    // SAFETY: the caller owns the program (see above).
+    let extra = unsafe { record.extra() };
+    let name = extra.as_deref().and_then(|e| e.name.as_deref());
+    let mut records = dump.records();
+    records.load(addr, bytes, name);
+    dump.append(records);
+}
+
 /// The debugger's object file for a program, registered.
 #[cfg(feature = "gdb-jit")]
 fn gdb_entry(

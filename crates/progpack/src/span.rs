@@ -209,7 +209,6 @@ fn from_run(
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, first, n, offset, len);
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
-    // The user writes straight into the pack's chunks: they must be trap-filled when freed.
     span.mark_written(in_alias);
     Ok(Fresh { span, image })
 }

@@ -16,6 +16,7 @@
 
 use super::names;
 use super::os::{self, JitdumpClock};
+use super::pid_file::PidFile;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -41,19 +42,13 @@ const ELF_MACH: u32 = 0; // EM_NONE
 /// One process's jitdump in one directory.
 #[derive(Debug)]
 pub(crate) struct Jitdump {
-    dir: PathBuf,
+    file: PidFile<NextIndex>,
     clock: JitdumpClock,
-    state: Mutex<State>,
 }
 
+/// The `code_index` of the next record in the file (they count up from 0 in each file).
 #[derive(Debug, Default)]
-struct State {
-    /// The open file and the process it belongs to.
-    file: Option<(File, u32)>,
-    /// Next `code_index`.
-    index: u64,
-    disabled: bool,
-}
+struct NextIndex(u64);
 
 /// Records being prepared for one write, with the clock to stamp them.
 pub(crate) struct Records {
@@ -69,13 +64,12 @@ impl Jitdump {
     pub(crate) fn shared(dir: &Path, clock: JitdumpClock) -> Arc<Jitdump> {
         static DUMPS: Mutex<Vec<Arc<Jitdump>>> = Mutex::new(Vec::new());
         let mut dumps = DUMPS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = dumps.iter().find(|d| d.dir == dir) {
+        if let Some(d) = dumps.iter().find(|d| d.file.dir() == dir) {
             return d.clone();
         }
         let d = Arc::new(Jitdump {
-            dir: dir.to_path_buf(),
+            file: PidFile::new(dir, |pid| format!("jit-{pid}.dump"), "jitdump"),
             clock,
-            state: Mutex::new(State::default()),
         });
         dumps.push(d.clone());
         d
@@ -83,7 +77,7 @@ impl Jitdump {
 
     /// The file this process writes.
     pub(crate) fn path(&self) -> PathBuf {
-        self.dir.join(format!("jit-{}.dump", std::process::id()))
+        self.file.path()
     }
 
     /// An empty set of records.
@@ -102,42 +96,31 @@ impl Jitdump {
         if records.count == 0 {
             return;
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.disabled {
-            return;
-        }
-        let pid = std::process::id();
-        if st.file.as_ref().is_none_or(|(_, p)| *p != pid) {
-            match self.create(pid) {
-                Ok(f) => {
-                    st.file = Some((f, pid));
-                    st.index = 0;
+        self.file.write(
+            |path, pid| self.create(path, pid),
+            |file, next| {
+                // Number the records in file order (`code_index` is at offset 48 of each).
+                let mut at = 0;
+                while at < records.bytes.len() {
+                    let size =
+                        u32::from_le_bytes(records.bytes[at + 4..at + 8].try_into().unwrap());
+                    records.bytes[at + 48..at + 56].copy_from_slice(&next.0.to_le_bytes());
+                    next.0 += 1;
+                    at += size as usize;
                 }
-                Err(e) => return self.disable(&mut st, &e),
-            }
-        }
-        // Number the records in file order (`code_index` is at offset 48 of each record).
-        let mut at = 0;
-        while at < records.bytes.len() {
-            let size = u32::from_le_bytes(records.bytes[at + 4..at + 8].try_into().unwrap());
-            records.bytes[at + 48..at + 56].copy_from_slice(&st.index.to_le_bytes());
-            st.index += 1;
-            at += size as usize;
-        }
-        let (file, _) = st.file.as_mut().expect("created above");
-        if let Err(e) = file.write_all(&records.bytes) {
-            self.disable(&mut st, &e);
-        }
+                file.write_all(&records.bytes)
+            },
+        );
     }
 
     /// Creates the file, writes the header and maps the marker page.
-    fn create(&self, pid: u32) -> std::io::Result<File> {
+    fn create(&self, path: &Path, pid: u32) -> std::io::Result<File> {
         let mut f = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(true)
-            .open(self.path())?;
+            .open(path)?;
         let mut h = Vec::with_capacity(HEADER_SIZE as usize);
         h.extend_from_slice(&MAGIC.to_le_bytes());
         h.extend_from_slice(&VERSION.to_le_bytes());
@@ -152,22 +135,9 @@ impl Jitdump {
         Ok(f)
     }
 
-    #[cold]
-    fn disable(&self, st: &mut State, e: &std::io::Error) {
-        st.disabled = true;
-        st.file = None;
-        eprintln!(
-            "progpack: jitdump disabled: cannot write {}: {e}",
-            self.path().display()
-        );
-    }
-
     /// True once a failure disabled the dump.
     pub(crate) fn is_disabled(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .disabled
+        self.file.is_disabled()
     }
 }
 

@@ -38,6 +38,7 @@ mod lookup;
 pub(crate) mod names;
 mod os;
 mod perf_map;
+mod pid_file;
 mod side;
 mod unwind;
 

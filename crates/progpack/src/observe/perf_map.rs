@@ -14,7 +14,7 @@
 //! the names for both. The jitdump (see [`super::jitdump`]) is timed and has no such problem.
 
 use super::names;
-use std::fs::{File, OpenOptions};
+use super::pid_file::PidFile;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,16 +25,7 @@ pub const DEFAULT_DIR: &str = "/tmp";
 /// One process's perf map in one directory.
 #[derive(Debug)]
 pub(crate) struct PerfMap {
-    dir: PathBuf,
-    state: Mutex<State>,
-}
-
-#[derive(Debug, Default)]
-struct State {
-    /// The open file and the process it was opened by.
-    file: Option<(File, u32)>,
-    /// A write failed: nothing more is written.
-    disabled: bool,
+    file: PidFile<()>,
 }
 
 impl PerfMap {
@@ -42,12 +33,11 @@ impl PerfMap {
     pub(crate) fn shared(dir: &Path) -> Arc<PerfMap> {
         static MAPS: Mutex<Vec<Arc<PerfMap>>> = Mutex::new(Vec::new());
         let mut maps = MAPS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = maps.iter().find(|m| m.dir == dir) {
+        if let Some(m) = maps.iter().find(|m| m.file.dir() == dir) {
             return m.clone();
         }
         let m = Arc::new(PerfMap {
-            dir: dir.to_path_buf(),
-            state: Mutex::new(State::default()),
+            file: PidFile::new(dir, |pid| format!("perf-{pid}.map"), "perf map"),
         });
         maps.push(m.clone());
         m
@@ -55,7 +45,7 @@ impl PerfMap {
 
     /// The file this process writes (`<dir>/perf-<pid>.map`).
     pub(crate) fn path(&self) -> PathBuf {
-        self.dir.join(format!("perf-{}.map", std::process::id()))
+        self.file.path()
     }
 
     /// Appends one program's line to `out`: `START SIZE name\n`, the name escaped, or
@@ -79,42 +69,21 @@ impl PerfMap {
         if lines.is_empty() {
             return;
         }
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.disabled {
-            return;
-        }
-        let pid = std::process::id();
-        if st.file.as_ref().is_none_or(|(_, p)| *p != pid) {
-            let path = self.path();
-            match OpenOptions::new().append(true).create(true).open(&path) {
-                Ok(f) => st.file = Some((f, pid)),
-                Err(e) => return disable(&mut st, &path, &e),
-            }
-        }
-        let (file, _) = st.file.as_mut().expect("opened above");
-        if let Err(e) = file.write_all(lines) {
-            let path = self.path();
-            disable(&mut st, &path, &e);
-        }
+        self.file.write(
+            |path, _| {
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)
+            },
+            |file, ()| file.write_all(lines),
+        );
     }
 
     /// True once a failure disabled the map.
     pub(crate) fn is_disabled(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .disabled
+        self.file.is_disabled()
     }
-}
-
-#[cold]
-fn disable(st: &mut State, path: &Path, e: &std::io::Error) {
-    st.disabled = true;
-    st.file = None;
-    eprintln!(
-        "progpack: perf map disabled: cannot write {}: {e}",
-        path.display()
-    );
 }
 
 #[cfg(test)]

@@ -7,11 +7,6 @@
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
 #![allow(unsafe_code)]
 
-use gimli::write::{
-    Address, CallFrameInstruction, CommonInformationEntry, EhFrame, EndianVec,
-    FrameDescriptionEntry, FrameTable,
-};
-use gimli::{Encoding, Format, LittleEndian, Register};
 use progpack::{Allocator, Config, Error, Observe, Program};
 
 extern "C" {
@@ -25,22 +20,11 @@ fn unwinder_knows(addr: usize) -> bool {
     !unsafe { _Unwind_Find_FDE(addr as *const u8, &mut bases) }.is_null()
 }
 
-/// An `.eh_frame` with one FDE covering `0..len` of the image (a frame-pointer-free function).
+mod eh_frame;
+
+/// An `.eh_frame` with one FDE covering `0..len` of the image.
 fn eh_frame(len: u32) -> Vec<u8> {
-    let enc = Encoding {
-        address_size: 8,
-        format: Format::Dwarf32,
-        version: 1,
-    };
-    let mut cie = CommonInformationEntry::new(enc, 1, -8, Register(16));
-    cie.add_instruction(CallFrameInstruction::Cfa(Register(7), 8));
-    cie.add_instruction(CallFrameInstruction::Offset(Register(16), -8));
-    let mut table = FrameTable::default();
-    let id = table.add_cie(cie);
-    table.add_fde(id, FrameDescriptionEntry::new(Address::Constant(0), len));
-    let mut out = EhFrame(EndianVec::new(LittleEndian));
-    table.write_eh_frame(&mut out).unwrap();
-    out.0.into_vec()
+    eh_frame::eh_frame(&[(0, len)])
 }
 
 fn alloc() -> Allocator {

@@ -318,32 +318,18 @@ extern "C" {
 mod tests {
     use super::*;
     use gimli::write::{
-        Address, CallFrameInstruction, CommonInformationEntry, EhFrame, EndianVec,
-        FrameDescriptionEntry, FrameTable,
+        Address, CommonInformationEntry, EhFrame, EndianVec, FrameDescriptionEntry, FrameTable,
     };
     use gimli::{Encoding, Format, LittleEndian, Register};
 
-    /// An .eh_frame with one CIE and FDEs at the given (offset, length) pairs.
-    fn eh_frame(fdes: &[(u64, u32)]) -> Vec<u8> {
-        let enc = Encoding {
-            address_size: 8,
-            format: Format::Dwarf32,
-            version: 1,
-        };
-        let mut cie = CommonInformationEntry::new(enc, 1, -8, Register(16));
-        cie.add_instruction(CallFrameInstruction::Cfa(Register(7), 8));
-        cie.add_instruction(CallFrameInstruction::Offset(Register(16), -8));
-        let mut table = FrameTable::default();
-        let id = table.add_cie(cie);
-        for &(at, len) in fdes {
-            let mut fde = FrameDescriptionEntry::new(Address::Constant(at), len);
-            fde.add_instruction(1, CallFrameInstruction::CfaOffset(16));
-            table.add_fde(id, fde);
-        }
-        let mut out = EhFrame(EndianVec::new(LittleEndian));
-        table.write_eh_frame(&mut out).unwrap();
-        out.0.into_vec()
+    /// The `.eh_frame` builder the integration tests use too.
+    mod builder {
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/eh_frame/mod.rs"
+        ));
     }
+    use builder::eh_frame;
 
     #[test]
     fn gimli_output_is_parsed_and_relocated() {

@@ -106,11 +106,7 @@ extern "C" fn map_update_elem(
             UpdateFlag::from_u64(flags).and_then(|f| map.update(k, v, f))
         })
     });
-    match r.flatten() {
-        None => err(EFAULT),
-        Some(Ok(())) => 0,
-        Some(Err(e)) => err(e.errno()),
-    }
+    status(r.flatten())
 }
 
 extern "C" fn map_delete_elem(
@@ -124,7 +120,15 @@ extern "C" fn map_delete_elem(
     let Some(map) = cx.map(m) else {
         return err(EINVAL);
     };
-    match with_bytes(cx, key, map.def().key_size as u64, |k| map.delete(k)) {
+    status(with_bytes(cx, key, map.def().key_size as u64, |k| {
+        map.delete(k)
+    }))
+}
+
+/// What a map helper returns: 0, the map's error as a negated errno, or `-EFAULT` if a
+/// pointer it was given was not the program's memory (`None`).
+fn status(r: Option<Result<(), crate::maps::MapError>>) -> u64 {
+    match r {
         None => err(EFAULT),
         Some(Ok(())) => 0,
         Some(Err(e)) => err(e.errno()),

@@ -21,6 +21,20 @@
 
 const WORD: usize = 64;
 
+/// Bit `i` of the result is set iff bits `i..i + n` of `x` are all set (`1 <= n <= 64`):
+/// shift-and by doubling distances, O(log n).
+#[inline]
+fn run_starts(x: u64, n: usize) -> u64 {
+    let mut starts = x;
+    let mut have = 1;
+    while have < n {
+        let step = have.min(n - have);
+        starts &= starts >> step;
+        have += step;
+    }
+    starts
+}
+
 /// A bitmap of `len` bits, all clear at creation.
 #[derive(Clone, Debug)]
 pub struct Bitmap {
@@ -297,6 +311,9 @@ impl Bitmap {
         if n >= 2 * WORD - 1 {
             return self.find_long_run(n);
         }
+        // A constant number of word operations per word, however fragmented: the run that
+        // reaches this word's low end from the words before, then the first run of `n` inside
+        // the word (shift-and), then the clear bits at its high end carried into the next.
         let mut run_start = 0;
         let mut run_len = 0;
         for (wi, &w) in self.words.iter().enumerate().skip(self.first_maybe_free) {
@@ -310,36 +327,18 @@ impl Bitmap {
                 }
                 continue;
             }
-            if w == !0 {
-                run_len = 0;
-                continue;
+            let low = w.trailing_zeros() as usize;
+            if run_len + low >= n {
+                return Some(if run_len == 0 { wi * WORD } else { run_start });
             }
-            let mut bit = 0;
-            while bit < WORD {
-                let rest = w >> bit;
-                // Clear bits from `bit` up to the next set bit (or the end of the word).
-                let zeros = if rest == 0 {
-                    WORD - bit
-                } else {
-                    rest.trailing_zeros() as usize
-                };
-                if zeros > 0 {
-                    if run_len == 0 {
-                        run_start = wi * WORD + bit;
-                    }
-                    run_len += zeros;
-                    if run_len >= n {
-                        return Some(run_start);
-                    }
-                    bit += zeros;
-                    if bit == WORD {
-                        break;
-                    }
+            if n <= WORD {
+                let starts = run_starts(!w, n);
+                if starts != 0 {
+                    return Some(wi * WORD + starts.trailing_zeros() as usize);
                 }
-                // A set bit ends the run; skip the whole block of set bits.
-                run_len = 0;
-                bit += (!(w >> bit)).trailing_zeros() as usize;
             }
+            run_len = w.leading_zeros() as usize;
+            run_start = (wi + 1) * WORD - run_len;
         }
         None
     }
@@ -473,15 +472,7 @@ impl Bitmap {
                 continue;
             }
             let free = !w;
-            // Bit i of `starts` is set iff bits i..i+min of `free` are all set: shift-and by
-            // doubling distances, O(log min).
-            let mut starts = free;
-            let mut have = 1;
-            while have < min {
-                let step = have.min(min - have);
-                starts &= starts >> step;
-                have += step;
-            }
+            let starts = run_starts(free, min);
             if starts != 0 {
                 let bit = starts.trailing_zeros() as usize;
                 let run = ((free >> bit).trailing_ones() as usize).min(max);

@@ -123,6 +123,9 @@ pub(crate) struct LocalState {
     pub(crate) run: Option<Run>,
     /// The last run's staging block, reused by the next run once no image of it is left.
     pub(crate) spare: Option<Arc<Block>>,
+    /// The staging block of the last draft off the fast path (larger than a run), reused by
+    /// the next one once no image of it is left (see [`Block::image`]).
+    pub(crate) slow_spare: Option<Arc<Block>>,
     /// xorshift64* state for image offsets and run positions.
     pub(crate) rng: u64,
     /// [`crate::backend::sys::process_epoch`] when this state was last used: a mismatch means
@@ -136,6 +139,7 @@ impl LocalState {
         LocalState {
             run: None,
             spare: None,
+            slow_spare: None,
             rng: seed | 1,
             epoch,
         }

@@ -274,11 +274,19 @@ fn refill<'a>(
 #[cold]
 fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Result<Fresh> {
     let mut fallback = LocalState::new(crate::run::seed(), 0);
+    let mut spare = None;
     let shard = thread_cache::with_state(shared, |local, st| {
         fallback.rng = st.random() | 1;
+        spare = st.slow_spare.take();
         local.shard
     })
     .unwrap_or(0);
+    // The image first, so that the thread's spare block goes back on every path.
+    let image = Block::image(len, &mut spare);
+    if spare.is_some() {
+        thread_cache::with_state(shared, |_, st| st.slow_spare = spare);
+    }
+    let image = image?;
     let span = match req.chunks {
         Some(n) => {
             let step = (align >> shared.chunk_shift).max(1);
@@ -299,7 +307,6 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
         }
     };
     count_made(shared, len);
-    let image = Block::image(len)?;
     Ok(Fresh { span, image })
 }
 

@@ -40,25 +40,41 @@ impl fmt::Debug for Block {
 }
 
 impl Block {
-    /// A block of `len` bytes (filled with traps where images are carved), or
-    /// [`Error::OutOfMemory`].
+    /// A block of `len` trap bytes, or [`Error::OutOfMemory`].
     pub(crate) fn new(len: usize) -> Result<Arc<Block>> {
         let mut buf = Vec::new();
         buf.try_reserve_exact(len)
             .map_err(|_| Error::OutOfMemory(len))?;
-        buf.resize(len, 0);
+        crate::arch::extend_traps(&mut buf, len);
         let boxed = buf.into_boxed_slice();
         let len = boxed.len();
         let ptr = NonNull::new(Box::into_raw(boxed).cast::<u8>()).expect("Box is non-null");
         Ok(Arc::new(Block { ptr, len }))
     }
 
-    /// A block of `len` trap bytes that is one image (for a draft off the fast path).
-    pub(crate) fn image(len: usize) -> Result<Image> {
+    /// An image of `len` trap bytes for a draft off the fast path: carved from `spare` when no
+    /// image of that block is left and it is large enough, else from a new block, which becomes
+    /// the spare if it is at most [`Block::SPARE_MAX`] bytes. A thread that drafts large
+    /// programs one after the other reuses one buffer instead of allocating each time.
+    pub(crate) fn image(len: usize, spare: &mut Option<Arc<Block>>) -> Result<Image> {
+        if let Some(block) = spare.as_mut() {
+            // `get_mut` (an acquire) proves no image of it is left anywhere.
+            if Arc::get_mut(block).is_some() && block.len >= len {
+                // SAFETY: no image of the block is left, and this is the only one carved now.
+                return Ok(unsafe { block.carve(0, len) });
+            }
+        }
         let block = Block::new(len)?;
-        // SAFETY: the block is new and this is the only image carved from it.
-        Ok(unsafe { block.carve(0, len) })
+        // SAFETY: the block is new (and trap-filled) and this is the only image carved from it.
+        let image = unsafe { block.carve_filled(0, len) };
+        if len <= Self::SPARE_MAX {
+            *spare = Some(block);
+        }
+        Ok(image)
     }
+
+    /// The largest block kept as a thread's spare for drafts off the fast path.
+    pub(crate) const SPARE_MAX: usize = 64 << 10;
 
     /// The block's size in bytes.
     pub(crate) fn len(&self) -> usize {
@@ -75,20 +91,30 @@ impl Block {
     /// If the range is not inside the block.
     #[inline(always)]
     pub(crate) unsafe fn carve(self: &Arc<Self>, at: usize, len: usize) -> Image {
+        // SAFETY: the caller's contract.
+        let mut image = unsafe { self.carve_filled(at, len) };
+        crate::arch::fill_traps(image.bytes_mut());
+        image
+    }
+
+    /// [`Block::carve`] of bytes that hold traps already (a block just made): nothing filled.
+    ///
+    /// # Safety
+    /// As for [`Block::carve`]; and `at..at + len` holds traps.
+    #[inline(always)]
+    unsafe fn carve_filled(self: &Arc<Self>, at: usize, len: usize) -> Image {
         assert!(
             at.checked_add(len).is_some_and(|end| end <= self.len),
             "image outside its staging block"
         );
         // SAFETY: `at + len` is inside the block (checked above).
         let ptr = unsafe { NonNull::new_unchecked(self.ptr.as_ptr().add(at)) };
-        let mut image = Image {
+        Image {
             ptr,
             len,
             block: Some(self.clone()),
             epoch: 0,
-        };
-        crate::arch::fill_traps(image.bytes_mut());
-        image
+        }
     }
 }
 
@@ -202,7 +228,7 @@ impl Image {
         if self.block.is_some() {
             return Ok(());
         }
-        let mut moved = Block::image(self.len)?;
+        let mut moved = Block::image(self.len, &mut None)?;
         moved.bytes_mut().copy_from_slice(self.bytes());
         *self = moved;
         Ok(())
@@ -233,5 +259,43 @@ pub(crate) fn push_traps(parts: &mut Vec<&[u8]>, addr: usize, len: usize) {
         parts.push(&TRAPS[phase..phase + take]);
         at += take;
         left -= take;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_traps(bytes: &[u8]) -> bool {
+        bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| *b == crate::arch::TRAP[i % crate::arch::TRAP.len()])
+    }
+
+    #[test]
+    fn a_spare_block_is_reused_only_when_no_image_of_it_is_left() {
+        let mut spare = None;
+        let mut a = Block::image(5000, &mut spare).unwrap();
+        assert!(is_traps(a.bytes()));
+        let first = a.bytes().as_ptr();
+        a.bytes_mut().fill(0x90);
+        // `a` is alive: the next image gets a buffer of its own.
+        let b = Block::image(3000, &mut spare).unwrap();
+        assert!(is_traps(b.bytes()));
+        assert_ne!(b.bytes().as_ptr(), first);
+        drop(b);
+        drop(a);
+        // The spare (`b`'s block now) is free again and large enough: reused, and its bytes are
+        // traps again, not what the earlier image wrote.
+        let spare_at = spare.as_ref().unwrap().ptr.as_ptr().cast_const();
+        let c = Block::image(2000, &mut spare).unwrap();
+        assert_eq!(c.bytes().as_ptr(), spare_at);
+        assert!(is_traps(c.bytes()));
+        drop(c);
+        // Too large for the spare: a new block, and too large to be kept.
+        let big = Block::image(Block::SPARE_MAX + 1, &mut spare).unwrap();
+        assert!(is_traps(big.bytes()));
+        assert_eq!(spare.as_ref().unwrap().ptr.as_ptr().cast_const(), spare_at);
     }
 }

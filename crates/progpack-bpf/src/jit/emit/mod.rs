@@ -143,13 +143,14 @@ pub(crate) struct RunNeeds {
 /// Out-of-line code after the body.
 #[derive(Clone, Copy, Debug)]
 enum Stub {
-    /// Raise fault `word` (no detail).
-    Fault { at: Label, word: u32 },
-    /// An access that missed the input memory: recompute its address, try the live frames
-    /// (performing the access there and going back to `back`), else fault.
+    /// Raise fault `word` (no detail); reached by the rel32 jump ending at `end`.
+    Fault { end: u32, word: u32 },
+    /// An access that missed the input memory (reached by the rel32 jump ending at `end`):
+    /// recompute its address, try the live frames (performing the access there and going
+    /// back to offset `back`), else fault.
     Access {
-        at: Label,
-        back: Label,
+        end: u32,
+        back: u32,
         base: u8,
         off: i32,
         size: usize,
@@ -565,14 +566,12 @@ impl Cx<'_> {
         self.a.jmp(f, false);
     }
 
-    /// A new out-of-line stub raising `kind` at `pc`.
-    fn stub(&mut self, pc: usize, kind: u32) -> Label {
-        let at = self.a.label();
+    /// An out-of-line stub raising `kind` at `pc`, reached by the rel32 jump ending at `end`.
+    fn stub(&mut self, end: u32, pc: usize, kind: u32) {
         self.stubs.push(Stub::Fault {
-            at,
+            end,
             word: word(pc, kind),
         });
-        at
     }
 
     // ---- body ----
@@ -621,12 +620,14 @@ impl Cx<'_> {
         if c == 0 {
             return;
         }
-        let stub = self.stub(pc, FAULT_BUDGET);
-        match self.lay.budget.expect("budget location") {
-            Loc::Reg(r) => self.a.alu_ri(true, Alu::Sub, r, c as i32),
-            s => self.a.alu_mi(Alu::Sub, s.mem().expect("slot"), c as i32),
-        }
-        self.a.jcc(Cond::B, stub, false);
+        let end = match self.lay.budget.expect("budget location") {
+            Loc::Reg(r) => self.a.sub_jb_out(r, c as i32),
+            s => {
+                self.a.alu_mi(Alu::Sub, s.mem().expect("slot"), c as i32);
+                self.a.jcc_out(Cond::B)
+            }
+        };
+        self.stub(end, pc, FAULT_BUDGET);
     }
 
     /// Fall-off-the-end guard, the fault exit (without local calls) and the stubs.
@@ -645,21 +646,20 @@ impl Cx<'_> {
         // (Emitting a stub never adds one.)
         for k in 0..self.stubs.len() {
             match self.stubs[k] {
-                Stub::Fault { at, word } => {
-                    self.a.bind(at);
-                    self.a.mov_imm32(R::Rdx, word);
+                Stub::Fault { end, word } => {
+                    self.a.patch_here(end);
                     let f = self.fault;
-                    self.a.jmp(f, false);
+                    self.a.fault_stub(word, f);
                 }
                 Stub::Access {
-                    at,
+                    end,
                     back,
                     base,
                     off,
                     size,
                     acc,
                     word,
-                } => self.access_stub(at, back, base, off, size, acc, word),
+                } => self.access_stub(end, back, base, off, size, acc, word),
             }
         }
         self.stubs.clear();

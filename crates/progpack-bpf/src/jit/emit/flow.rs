@@ -23,7 +23,7 @@ impl Cx<'_> {
                 let rel = if j32 { i.imm as i64 } else { i.off as i64 };
                 let t = self.target(pc, rel)?;
                 if rel != 0 {
-                    let merged = self.an.flags[pc] & MERGED_JA != 0;
+                    let merged = self.an.flags(pc) & MERGED_JA != 0;
                     let l = if merged {
                         self.charged_label(t)
                     } else {

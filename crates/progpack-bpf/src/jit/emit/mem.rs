@@ -108,11 +108,10 @@ impl Cx<'_> {
             return;
         }
         let log = size.trailing_zeros() as usize;
-        let lay = self.lay;
         let (end, m) = if base == 1 && !self.an.usage.writes(1) && off >= 0 {
             // [r1 + off] with r1 = start: in bounds iff off + size <= len.
             let end = off32 + size as i32;
-            match lay.len.expect("input length with checks") {
+            match self.lay.len.expect("input length with checks") {
                 Loc::Reg(r) => self.a.alu_ri(true, Alu::Cmp, r, end),
                 s => self.a.alu_mi(Alu::Cmp, s.mem().expect("slot"), end),
             }
@@ -125,19 +124,19 @@ impl Cx<'_> {
                 self.a
                     .alu_ri(true, Alu::Sub, R::R11, crate::vaddr::INPUT as i32);
             } else {
-                match lay.mem.expect("input start with checks") {
+                match self.lay.mem.expect("input start with checks") {
                     Loc::Reg(r) => self.a.alu_rr(true, Alu::Sub, R::R11, r),
                     s => self.a.alu_rm(Alu::Sub, R::R11, s.mem().expect("slot")),
                 }
             }
-            match lay.cnt[log].expect("limit for this size") {
+            match self.lay.cnt[log].expect("limit for this size") {
                 Loc::Reg(r) => self.a.alu_rr(true, Alu::Cmp, R::R11, r),
                 s => self.a.alu_rm(Alu::Cmp, R::R11, s.mem().expect("slot")),
             }
             let end = self.a.jcc_out(Cond::Ae);
             let m = if self.opts.hide {
                 // r11 = offset into the input: the host address is start + r11.
-                match lay.mem.expect("input start with hidden addresses") {
+                match self.lay.mem.expect("input start with hidden addresses") {
                     Loc::Reg(r) => Mem::indexed(r, R::R11, 0),
                     s => {
                         self.a.alu_rm(Alu::Add, R::R11, s.mem().expect("slot"));

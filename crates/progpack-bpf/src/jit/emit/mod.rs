@@ -304,7 +304,7 @@ fn translate_with(
         extra_regions: opts.extra_regions,
         hide: opts.hide,
     });
-    let size_hint = an.size_before[insns.len()] as usize + 256;
+    let size_hint = an.code_bound() as usize + 256;
     let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
     let pcs = a.labels(insns.len());
     let charged = if an.merged {
@@ -532,11 +532,13 @@ impl Cx<'_> {
 
     /// Restores the host's registers and returns (rax and rdx hold the result).
     fn epilogue(&mut self) {
-        let lay = self.lay;
-        if lay.frame_bytes != 0 {
-            self.a.alu_ri(true, Alu::Add, R::Rsp, lay.frame_bytes);
+        // (Field by field: copying the whole layout costs more than this usually emits.)
+        let frame_bytes = self.lay.frame_bytes;
+        if frame_bytes != 0 {
+            self.a.alu_ri(true, Alu::Add, R::Rsp, frame_bytes);
         }
-        for &r in lay.saved.as_slice().iter().rev() {
+        let saved = self.lay.saved;
+        for &r in saved.as_slice().iter().rev() {
             self.a.pop(r);
         }
         self.a.ret();
@@ -582,7 +584,7 @@ impl Cx<'_> {
         while pc < n {
             let l = self.pc_label(pc);
             self.a.bind(l);
-            let f = self.an.flags[pc];
+            let f = self.an.flags(pc);
             if f & LEADER != 0 && self.opts.budget {
                 self.charge(pc);
             }
@@ -607,16 +609,13 @@ impl Cx<'_> {
             }
             pc += 1;
         }
-        debug_assert!(self.an.flags[..n]
-            .iter()
-            .enumerate()
-            .all(|(pc, f)| f & START != 0 || pc > 0));
+        debug_assert!(self.an.flags(0) & START != 0);
         Ok(())
     }
 
     /// Charges the block starting at `pc`.
     fn charge(&mut self, pc: usize) {
-        let c = self.an.charges[pc];
+        let c = self.an.charge(pc);
         if c == 0 {
             return;
         }
@@ -633,7 +632,7 @@ impl Cx<'_> {
     /// Fall-off-the-end guard, the fault exit (without local calls) and the stubs.
     fn tail(&mut self) {
         let last = self.insns.len() - 1;
-        let ends = self.an.flags[last] & START != 0 && {
+        let ends = self.an.flags(last) & START != 0 && {
             let i = self.insns[last];
             i.opc == EXIT || analysis::is_ja(i)
         };
@@ -718,7 +717,7 @@ impl Cx<'_> {
         if t < 0 || t as usize >= self.insns.len() {
             return Err(JitError::JumpOutOfRange { pc, target: t });
         }
-        if self.an.flags[t as usize] & START == 0 {
+        if self.an.flags(t as usize) & START == 0 {
             return Err(JitError::JumpIntoLddw {
                 pc,
                 target: t as usize,

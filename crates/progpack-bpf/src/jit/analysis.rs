@@ -107,6 +107,10 @@ pub(crate) struct Analysis {
     pub usage: Usage,
     /// Whether some `ja` is merged with its target (so labels past charges are needed).
     pub merged: bool,
+    /// Whether blocks charge the budget (see [`Analysis::run`]).
+    pub counted: bool,
+    /// Number of instructions (an `lddw` is one).
+    pub count: u32,
 }
 
 // ---- per-opcode facts ----
@@ -291,13 +295,16 @@ impl Analysis {
         span <= 127
     }
 
-    /// Runs the pre-pass over `insns`. `budget`: compute block charges. `helpers`: number of
-    /// registered helpers (a `callx` is a compare chain over them). `blind`: constants are
-    /// blinded (longer code).
+    /// Runs the pre-pass over `insns`. `budget`: compute block charges, only for programs
+    /// with a backward jump or a local call if `loops_only` (any other program runs each
+    /// instruction at most once per run: at most [`Analysis::count`] in all). `helpers`:
+    /// number of registered helpers (a `callx` is a compare chain over them). `blind`:
+    /// constants are blinded (longer code).
     pub(crate) fn run(
         &mut self,
         insns: &[Insn],
         budget: bool,
+        loops_only: bool,
         helpers: usize,
         blind: bool,
     ) -> Result<(), JitError> {
@@ -318,8 +325,10 @@ impl Analysis {
         let blind_extra: u32 = if blind { 24 } else { 0 };
         let mut size = 0u32;
         let mut has_ja = false;
+        let mut count = 0u32;
         let mut pc = 0;
         while pc < n {
+            count += 1;
             let i = insns[pc];
             let p = PROPS[i.opc as usize];
             self.slots[pc].flags |= START;
@@ -382,7 +391,9 @@ impl Analysis {
         u.len_read = first_reads & (1 << 2) != 0;
         self.usage = u;
         self.merged = false;
-        if budget {
+        self.count = count;
+        self.counted = budget && (!loops_only || u.backward || u.calls);
+        if self.counted {
             self.block_charges(insns, has_ja);
         }
         Ok(())
@@ -487,7 +498,8 @@ impl Analysis {
         u.general_sizes = 0;
         for (pc, i) in insns.iter().enumerate() {
             let p = PROPS[i.opc as usize];
-            if self.slots[pc].flags & START == 0 || p.f & MEM == 0 || proven.get(pc) == Some(&true) {
+            if self.slots[pc].flags & START == 0 || p.f & MEM == 0 || proven.get(pc) == Some(&true)
+            {
                 continue;
             }
             let base = if p.f & LOAD != 0 { i.src } else { i.dst };

@@ -111,6 +111,10 @@ const ARG_ENV: R = R::R8;
 pub(crate) struct Options {
     /// Count executed instructions against the budget argument.
     pub budget: bool,
+    /// With `budget`: count only in programs with a backward jump or a local call. The
+    /// others run at most [`RunNeeds::floor`] instructions, so their code ignores the budget
+    /// argument and the caller runs lower limits elsewhere (the interpreter).
+    pub loops_only: bool,
     /// Reach helpers with `call rel32` (else `mov rax, imm64; call rax`).
     pub rel_calls: bool,
     /// Blind the program's immediates with keys derived from this (non-zero) key.
@@ -138,6 +142,10 @@ pub(crate) struct RunNeeds {
     pub proven: u32,
     /// The code hides addresses: it must run in an environment that does.
     pub hide: bool,
+    /// Non-zero when the budget was asked for but the code does not count
+    /// ([`Options::loops_only`] on a program without loops): the most instructions a run
+    /// executes. A run with a lower limit must not use this code.
+    pub floor: u32,
 }
 
 /// Out-of-line code after the body.
@@ -280,6 +288,7 @@ fn translate_with(
     an.run(
         insns,
         opts.budget,
+        opts.loops_only,
         helpers.iter().count(),
         opts.blind.is_some(),
     )?;
@@ -299,7 +308,7 @@ fn translate_with(
     }
     let lay = Layout::new(Needs {
         usage,
-        budget: opts.budget,
+        budget: an.counted,
         env: context_calls || opts.extra_regions,
         extra_regions: opts.extra_regions,
         hide: opts.hide,
@@ -353,6 +362,11 @@ fn translate_with(
         env: lay.env.is_some(),
         proven,
         hide: opts.hide,
+        floor: if opts.budget && !an.counted {
+            an.count
+        } else {
+            0
+        },
     })
 }
 
@@ -585,7 +599,7 @@ impl Cx<'_> {
             let l = self.pc_label(pc);
             self.a.bind(l);
             let f = self.an.flags(pc);
-            if f & LEADER != 0 && self.opts.budget {
+            if f & LEADER != 0 && self.an.counted {
                 self.charge(pc);
             }
             if f & MERGED_TARGET != 0 {

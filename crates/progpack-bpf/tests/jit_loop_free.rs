@@ -146,3 +146,23 @@ fn limits_below_the_length_run_in_the_interpreter() {
         Error::Run(RunError::InstructionLimit { limit: 3 })
     ));
 }
+
+#[test]
+fn the_largest_limit_runs_every_kind_of_program() {
+    // u64::MAX as the limit: programs with a stack (an environment to build), without, with
+    // a loop, on the JIT path they take.
+    let mut vm = Vm::new(progpack_bpf::Helpers::new());
+    vm.enable_jit(shared_allocator().unwrap(), JitOptions::default());
+    let max = RunOptions {
+        instruction_limit: u64::MAX,
+    };
+    for (src, want) in [
+        ("mov %r0, 5\nexit", 5),
+        ("stdw [%r10-8], 7\nldxdw %r0, [%r10-8]\nexit", 7),
+        ("mov %r0, 0\nl:\nadd %r0, 1\njlt %r0, 9, l\nexit", 9),
+    ] {
+        let p = vm.load_asm(src).unwrap();
+        assert_eq!(p.run_jit_with(&mut [], &max).unwrap(), want, "{src}");
+        assert_eq!(p.run_interp_with(&mut [], &max).unwrap(), want, "{src}");
+    }
+}

@@ -56,9 +56,6 @@ pub struct JitProgram {
     entry: EntryFn,
     /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
     simple: bool,
-    /// The lowest limit a [`BpfProgram`](crate::BpfProgram) runs with one call of `entry`:
-    /// the floor if `simple`, else `u64::MAX` (one compare decides both).
-    direct_from: u64,
     needs: RunNeeds,
     counted: bool,
     /// Compiled to check extra regions (see [`EnvShape`]).
@@ -245,15 +242,9 @@ impl JitProgram {
         // helpers, safe `extern "C"` functions of five `u64`s (and the `HelperContext` the run
         // owns), and `extra_region_check`.
         let entry = unsafe { prog.as_fn::<EntryFn>() };
-        let simple = needs.stack_bytes == 0 && !needs.env && !extra.hide;
         JitProgram {
             entry,
-            simple,
-            direct_from: if simple {
-                u64::from(needs.floor)
-            } else {
-                u64::MAX
-            },
+            simple: needs.stack_bytes == 0 && !needs.env && !extra.hide,
             needs,
             counted: counted && needs.floor == 0,
             extra,
@@ -394,7 +385,7 @@ impl JitProgram {
     /// `limit`.
     #[inline(always)]
     pub(crate) fn runs_directly(&self, limit: u64) -> bool {
-        limit >= self.direct_from
+        self.simple & (limit >= u64::from(self.needs.floor))
     }
 
     /// The lowest instruction limit this code can run with exactly (0: any).

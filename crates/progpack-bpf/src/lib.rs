@@ -326,25 +326,34 @@ impl BpfProgram {
         Ok(r0)
     }
 
+    #[inline(always)]
     fn run_jit_once(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
         let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
         if limit < jit.floor() {
-            // Code without loops counts nothing (it runs at most `floor` instructions): a
-            // limit it could reach runs in the interpreter, which stops exactly there.
-            let options = RunOptions {
-                instruction_limit: limit,
-            };
-            return Ok(interp::run_env(
-                &self.checked,
-                &self.helpers,
-                &self.env,
-                mem,
-                &options,
-                tail_calls,
-            )?);
+            return self.run_below_floor(mem, limit, tail_calls);
         }
         jit.run_env(mem, limit, &self.env, tail_calls)
             .map_err(|f| jit::fault_to_run_error(f, limit).into())
+    }
+
+    /// A JIT run whose limit the code cannot honour: code without loops counts nothing (it
+    /// runs at most its floor of instructions), so a limit it could reach runs in the
+    /// interpreter, which stops exactly there.
+    #[cold]
+    #[inline(never)]
+    fn run_below_floor(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
+        let options = RunOptions {
+            instruction_limit: limit,
+        };
+        let (r0, next) = interp::run_env(
+            &self.checked,
+            &self.helpers,
+            &self.env,
+            mem,
+            &options,
+            tail_calls,
+        )?;
+        Ok((r0, next))
     }
 
     /// The program's environment (maps' regions, host data).

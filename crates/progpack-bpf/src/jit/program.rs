@@ -56,6 +56,9 @@ pub struct JitProgram {
     entry: EntryFn,
     /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
     simple: bool,
+    /// What [`runs_directly`](Self::runs_directly) compares with: the floor (see
+    /// [`RunNeeds::floor`]) if `simple`, else `u64::MAX` (never direct).
+    direct_floor: u64,
     needs: RunNeeds,
     counted: bool,
     /// Compiled to check extra regions (see [`EnvShape`]).
@@ -242,9 +245,15 @@ impl JitProgram {
         // helpers, safe `extern "C"` functions of five `u64`s (and the `HelperContext` the run
         // owns), and `extra_region_check`.
         let entry = unsafe { prog.as_fn::<EntryFn>() };
+        let simple = needs.stack_bytes == 0 && !needs.env && !extra.hide;
         JitProgram {
             entry,
-            simple: needs.stack_bytes == 0 && !needs.env && !extra.hide,
+            simple,
+            direct_floor: if simple {
+                u64::from(needs.floor)
+            } else {
+                u64::MAX
+            },
             needs,
             counted: counted && needs.floor == 0,
             extra,
@@ -385,7 +394,10 @@ impl JitProgram {
     /// `limit`.
     #[inline(always)]
     pub(crate) fn runs_directly(&self, limit: u64) -> bool {
-        self.simple & (limit >= u64::from(self.needs.floor))
+        // `simple && limit >= floor` in one compare, as `limit + 1 > direct_floor`: never
+        // for `u64::MAX` (not simple); a limit of `u64::MAX` wraps to 0 and takes the other
+        // path, which is as exact, only not direct.
+        limit.wrapping_add(1) > self.direct_floor
     }
 
     /// The lowest instruction limit this code can run with exactly (0: any).

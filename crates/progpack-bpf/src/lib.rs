@@ -190,6 +190,7 @@ impl Vm {
                 &self.helpers,
                 self.jit_options(*o),
                 jit::EnvShape::of(&env),
+                true,
             )?)),
             None => None,
         };
@@ -216,11 +217,18 @@ impl Vm {
             Some((alloc, o)) => {
                 let slots = checked.iter().map(|c| &c.slots[..]);
                 let extra = jit::EnvShape::of(&self.env);
-                JitProgram::new_batch_with(alloc, slots, &self.helpers, self.jit_options(*o), extra)
-                    .map_err(|(_, e)| e)?
-                    .into_iter()
-                    .map(|j| Some(Arc::new(j)))
-                    .collect()
+                JitProgram::new_batch_with(
+                    alloc,
+                    slots,
+                    &self.helpers,
+                    self.jit_options(*o),
+                    extra,
+                    true,
+                )
+                .map_err(|(_, e)| e)?
+                .into_iter()
+                .map(|j| Some(Arc::new(j)))
+                .collect()
             }
             None => checked.iter().map(|_| None).collect(),
         };
@@ -288,13 +296,22 @@ impl BpfProgram {
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
         let limit = options.instruction_limit;
         match &self.jit {
-            // No environment to build and no tail call possible: one call of the code.
-            Some(j) if !j.needs_env() => match j.run_limited(mem, limit) {
+            // No environment to build, no tail call possible, and a limit the code honours:
+            // one call of the code.
+            Some(j) if j.runs_directly(limit) => match j.run_direct(mem, limit) {
                 Ok(v) => Ok(v),
                 Err(e) => Err(Error::Run(e)),
             },
-            _ => self.run_jit_in_env(mem, limit),
+            _ => self.run_jit_other(mem, limit),
         }
+    }
+
+    /// [`run_jit_in_env`](Self::run_jit_in_env), marked cold so that the direct run above
+    /// stays the straight path of callers' loops.
+    #[cold]
+    #[inline(never)]
+    fn run_jit_other(&self, mem: &mut [u8], limit: u64) -> Result<u64> {
+        self.run_jit_in_env(mem, limit)
     }
 
     /// A JIT run with the program's environment, and the tail calls it makes.
@@ -309,10 +326,34 @@ impl BpfProgram {
         Ok(r0)
     }
 
+    #[inline(always)]
     fn run_jit_once(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
         let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        if limit < jit.floor() {
+            return self.run_below_floor(mem, limit, tail_calls);
+        }
         jit.run_env(mem, limit, &self.env, tail_calls)
             .map_err(|f| jit::fault_to_run_error(f, limit).into())
+    }
+
+    /// A JIT run whose limit the code cannot honour: code without loops counts nothing (it
+    /// runs at most its floor of instructions), so a limit it could reach runs in the
+    /// interpreter, which stops exactly there.
+    #[cold]
+    #[inline(never)]
+    fn run_below_floor(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
+        let options = RunOptions {
+            instruction_limit: limit,
+        };
+        let (r0, next) = interp::run_env(
+            &self.checked,
+            &self.helpers,
+            &self.env,
+            mem,
+            &options,
+            tail_calls,
+        )?;
+        Ok((r0, next))
     }
 
     /// The program's environment (maps' regions, host data).
@@ -323,7 +364,14 @@ impl BpfProgram {
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
         let extra = jit::EnvShape::of(&self.env);
-        let j = JitProgram::new_with(alloc, &self.checked.slots, &self.helpers, options, extra)?;
+        let j = JitProgram::new_with(
+            alloc,
+            &self.checked.slots,
+            &self.helpers,
+            options,
+            extra,
+            true,
+        )?;
         self.jit = Some(Arc::new(j));
         Ok(())
     }

@@ -180,6 +180,7 @@ fn helper_calls_reach_the_helper() {
         CompileOptions {
             rel_calls: false,
             budget: false,
+            budget_loops_only: false,
             blind_constants: false,
             hide_addresses: false,
         },
@@ -256,6 +257,7 @@ fn a_stackless_filter_compiles_to_compact_code() {
     let opts = CompileOptions {
         rel_calls: true,
         budget: false,
+        budget_loops_only: false,
         blind_constants: false,
         hide_addresses: false,
     };

@@ -114,6 +114,7 @@ fn opts(blind: bool) -> CompileOptions {
     CompileOptions {
         rel_calls: false,
         budget: true,
+        budget_loops_only: false,
         blind_constants: blind,
         hide_addresses: false,
     }

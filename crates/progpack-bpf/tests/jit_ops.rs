@@ -388,6 +388,7 @@ fn helper_calls_pass_arguments_and_keep_r1_to_r5() {
         progpack_bpf::jit::CompileOptions {
             rel_calls: false,
             budget: false,
+            budget_loops_only: false,
             blind_constants: false,
             hide_addresses: false,
         },

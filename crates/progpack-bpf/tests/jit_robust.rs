@@ -11,6 +11,7 @@ use progpack_bpf::jit::{compile, CompileOptions, Fault, JitError};
 const OPTS: CompileOptions = CompileOptions {
     rel_calls: true,
     budget: true,
+    budget_loops_only: false,
     blind_constants: false,
     hide_addresses: false,
 };

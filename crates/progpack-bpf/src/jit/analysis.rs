@@ -4,12 +4,12 @@
 //! bound of the code size of every slot (so forward jumps can be emitted short in one pass).
 //! Per-opcode facts come from a table built at compile time ([`PROPS`]).
 //!
-//! Invariants:
+//! Invariants (per slot, fields of one vector of `Slot`s):
 //! - `flags[pc] & START` iff slot `pc` begins an instruction (not the second slot of `lddw`).
 //! - A slot is a `LEADER` iff it begins a basic block: slot 0, every jump or local-call
 //!   target, the slot after every jump, call and exit. A block, once entered, runs to its end
 //!   unless an access faults.
-//! - `charges[pc]` (budget on) is what entering the block at `pc` charges: its instruction
+//! - `charge[pc]` (budget on) is what entering the block at `pc` charges: its instruction
 //!   count (an `lddw` counts once), plus, when the block ends in `ja T` that is *merged*, the
 //!   count of `T`'s block; a merged `ja` jumps past `T`'s own charge, and a block reached by a
 //!   merged jump never merges itself (so nothing is charged twice and no merge chains).
@@ -85,21 +85,32 @@ impl Usage {
     }
 }
 
-/// The pre-pass results, in vectors kept between compiles.
+/// What the pre-pass knows of one slot (one vector of these, so one reset per compile).
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    /// Code-size bound of the slots before this one.
+    size_before: u32,
+    /// The charge of the block starting here (budget on; 0 elsewhere).
+    charge: u32,
+    /// Registers that may hold their initial zero on entry (forward programs).
+    undef_in: u16,
+    /// [`START`], [`LEADER`], [`MERGED_TARGET`], [`MERGED_JA`].
+    flags: u8,
+}
+
+/// The pre-pass results, in a vector kept between compiles.
 #[derive(Default)]
 pub(crate) struct Analysis {
-    /// Per slot: [`START`], [`LEADER`], [`MERGED_TARGET`], [`MERGED_JA`].
-    pub flags: Vec<u8>,
-    /// Per slot: the charge of the block starting there (budget on; 0 elsewhere).
-    pub charges: Vec<u32>,
-    /// Per slot (and one past the end): code-size bound of the slots before it.
-    pub size_before: Vec<u32>,
-    /// Per slot: registers that may hold their initial zero on entry (forward programs).
-    undef_in: Vec<u16>,
+    /// Per slot, and one past the end.
+    slots: Vec<Slot>,
     /// What the program uses.
     pub usage: Usage,
     /// Whether some `ja` is merged with its target (so labels past charges are needed).
     pub merged: bool,
+    /// Whether blocks charge the budget (see [`Analysis::run`]).
+    pub counted: bool,
+    /// Number of instructions (an `lddw` is one).
+    pub count: u32,
 }
 
 // ---- per-opcode facts ----
@@ -253,10 +264,24 @@ static PROPS: [Props; 256] = {
 impl Analysis {
     /// Capacity kept, in bytes.
     pub(crate) fn capacity(&self) -> usize {
-        self.flags.capacity()
-            + 4 * self.charges.capacity()
-            + 4 * self.size_before.capacity()
-            + 2 * self.undef_in.capacity()
+        std::mem::size_of::<Slot>() * self.slots.capacity()
+    }
+
+    /// Per-slot flags: [`START`], [`LEADER`], [`MERGED_TARGET`], [`MERGED_JA`].
+    #[inline]
+    pub(crate) fn flags(&self, pc: usize) -> u8 {
+        self.slots[pc].flags
+    }
+
+    /// What entering the block at `pc` charges (budget on; 0 elsewhere).
+    #[inline]
+    pub(crate) fn charge(&self, pc: usize) -> u32 {
+        self.slots[pc].charge
+    }
+
+    /// Upper bound of the bytes of code of the whole program's body.
+    pub(crate) fn code_bound(&self) -> u32 {
+        self.slots.last().map_or(0, |s| s.size_before)
     }
 
     /// Whether a forward jump from the end of slot `from` to the start of slot `to` (past
@@ -265,29 +290,28 @@ impl Analysis {
         if to <= from {
             return false;
         }
-        let span = self.size_before[to] - self.size_before[from + 1]
+        let span = self.slots[to].size_before - self.slots[from + 1].size_before
             + if past_charge { CHARGE_SIZE } else { 0 };
         span <= 127
     }
 
-    /// Runs the pre-pass over `insns`. `budget`: compute block charges. `helpers`: number of
-    /// registered helpers (a `callx` is a compare chain over them). `blind`: constants are
-    /// blinded (longer code).
+    /// Runs the pre-pass over `insns`. `budget`: compute block charges, only for programs
+    /// with a backward jump or a local call if `loops_only` (any other program runs each
+    /// instruction at most once per run: at most [`Analysis::count`] in all). `helpers`:
+    /// number of registered helpers (a `callx` is a compare chain over them). `blind`:
+    /// constants are blinded (longer code).
     pub(crate) fn run(
         &mut self,
         insns: &[Insn],
         budget: bool,
+        loops_only: bool,
         helpers: usize,
         blind: bool,
     ) -> Result<(), JitError> {
         let n = insns.len();
-        self.flags.clear();
-        self.flags.resize(n + 1, 0);
-        self.flags[0] = LEADER;
-        self.size_before.clear();
-        self.size_before.resize(n + 1, 0);
-        self.undef_in.clear();
-        self.undef_in.resize(n + 1, 0);
+        self.slots.clear();
+        self.slots.resize(n + 1, Slot::default());
+        self.slots[0].flags = LEADER;
         let mut w = Walk {
             u: Usage::default(),
             read: 0,
@@ -301,12 +325,14 @@ impl Analysis {
         let blind_extra: u32 = if blind { 24 } else { 0 };
         let mut size = 0u32;
         let mut has_ja = false;
+        let mut count = 0u32;
         let mut pc = 0;
         while pc < n {
+            count += 1;
             let i = insns[pc];
             let p = PROPS[i.opc as usize];
-            self.flags[pc] |= START;
-            self.size_before[pc] = size;
+            self.slots[pc].flags |= START;
+            self.slots[pc].size_before = size;
             has_ja |= p.f & (JUMP | NO_FALL) == JUMP | NO_FALL;
             let d = 1u16 << (i.dst & 15);
             let s = 1u16 << (i.src & 15);
@@ -333,21 +359,21 @@ impl Analysis {
             size += bytes;
             if p.f & WIDE != 0 {
                 pc += 1;
-                self.size_before[pc] = size;
+                self.slots[pc].size_before = size;
             }
             pc += 1;
             if pc < n {
-                w.undef |= self.undef_in[pc];
+                w.undef |= self.slots[pc].undef_in;
             }
         }
-        self.size_before[n] = size;
+        self.slots[n].size_before = size;
         let mut u = w.u;
         u.regs = w.regs & 0x7ff;
         u.written = w.written & 0x7ff;
         u.stack = w.read & (1 << FRAME_REG) != 0;
         if u.any_checks && u.writes(1) {
             // Accesses [r1 + off] need the general check after all.
-            for pc in (0..n).filter(|&pc| self.flags[pc] & START != 0) {
+            for pc in (0..n).filter(|&pc| self.slots[pc].flags & START != 0) {
                 let i = insns[pc];
                 let p = PROPS[i.opc as usize];
                 let base = if p.f & LOAD != 0 { i.src } else { i.dst };
@@ -364,9 +390,10 @@ impl Analysis {
         u.zero_on_entry = first_reads & ZERO_AT_ENTRY & u.regs;
         u.len_read = first_reads & (1 << 2) != 0;
         self.usage = u;
-        self.charges.clear();
         self.merged = false;
-        if budget {
+        self.count = count;
+        self.counted = budget && (!loops_only || u.backward || u.calls);
+        if self.counted {
             self.block_charges(insns, has_ja);
         }
         Ok(())
@@ -446,17 +473,17 @@ impl Analysis {
             });
         }
         if p.f & (JUMP | CALL_ANY | NO_FALL) != 0 {
-            self.flags[pc + 1] |= LEADER;
+            self.slots[pc + 1].flags |= LEADER;
         }
         if let Some(rel) = target {
             let t = pc as i64 + 1 + rel;
             if (0..n as i64).contains(&t) {
                 let t = t as usize;
-                self.flags[t] |= LEADER;
+                self.slots[t].flags |= LEADER;
                 if t <= pc {
                     u.backward = true;
                 } else {
-                    self.undef_in[t] |= w.undef & !wr;
+                    self.slots[t].undef_in |= w.undef & !wr;
                 }
             }
         }
@@ -471,7 +498,8 @@ impl Analysis {
         u.general_sizes = 0;
         for (pc, i) in insns.iter().enumerate() {
             let p = PROPS[i.opc as usize];
-            if self.flags[pc] & START == 0 || p.f & MEM == 0 || proven.get(pc) == Some(&true) {
+            if self.slots[pc].flags & START == 0 || p.f & MEM == 0 || proven.get(pc) == Some(&true)
+            {
                 continue;
             }
             let base = if p.f & LOAD != 0 { i.src } else { i.dst };
@@ -489,28 +517,27 @@ impl Analysis {
     /// the size bounds.
     fn block_charges(&mut self, insns: &[Insn], has_ja: bool) {
         let n = insns.len();
-        self.charges.resize(n, 0);
         let mut current = 0;
         let mut extra = 0;
         for pc in 0..n {
-            let f = self.flags[pc];
-            self.size_before[pc] += extra;
+            let f = self.slots[pc].flags;
+            self.slots[pc].size_before += extra;
             if f & LEADER != 0 {
                 current = pc;
                 extra += CHARGE_SIZE;
             }
             if f & START != 0 {
-                self.charges[current] += 1;
+                self.slots[current].charge += 1;
             }
         }
-        self.size_before[n] += extra;
+        self.slots[n].size_before += extra;
         if !has_ja {
             return;
         }
         // Merge `ja T` into its block's charge when T's block does not end in a `ja`.
         let mut leader = 0;
         for pc in 0..n {
-            let f = self.flags[pc];
+            let f = self.slots[pc].flags;
             if f & LEADER != 0 {
                 leader = pc;
             }
@@ -530,15 +557,15 @@ impl Analysis {
             let t = t as usize;
             if t == leader
                 || t == pc + 1
-                || self.flags[t] & MERGED_JA != 0
+                || self.slots[t].flags & MERGED_JA != 0
                 || self.ends_in_ja(insns, t)
             {
                 continue;
             }
-            self.charges[leader] += self.charges[t];
+            self.slots[leader].charge += self.slots[t].charge;
             self.merged = true;
-            self.flags[pc] |= MERGED_JA;
-            self.flags[t] |= MERGED_TARGET;
+            self.slots[pc].flags |= MERGED_JA;
+            self.slots[t].flags |= MERGED_TARGET;
         }
     }
 
@@ -547,7 +574,7 @@ impl Analysis {
         let n = insns.len();
         let mut pc = t;
         loop {
-            if self.flags[pc] & START != 0 {
+            if self.slots[pc].flags & START != 0 {
                 let i = insns[pc];
                 let cls = i.class();
                 if cls == CLS_JMP || cls == CLS_JMP32 {
@@ -555,7 +582,7 @@ impl Analysis {
                 }
             }
             pc += 1;
-            if pc >= n || self.flags[pc] & LEADER != 0 {
+            if pc >= n || self.slots[pc].flags & LEADER != 0 {
                 return false;
             }
         }

@@ -25,6 +25,14 @@
 //! and the interpreter the access.) Without counting, a program that loops forever runs
 //! forever.
 //!
+//! A [`BpfProgram`](crate::BpfProgram)'s code counts only when the program can run an
+//! instruction twice (a backward jump or a local call; [`CompileOptions::budget_loops_only`]).
+//! Any other program executes at most its number of instructions
+//! ([`JitProgram::max_instructions`]), so a limit at or above that cannot be reached and the
+//! code has no charge at all; a run with a lower limit goes to the interpreter, which stops
+//! exactly where the limit says (for these runs the access-or-budget case above gives the
+//! interpreter's answer).
+//!
 //! Constant blinding ([`CompileOptions::blind_constants`], [`JitOptions::blind_constants`]):
 //! every immediate of the program (ALU, jump and store immediates, `lddw` constants) is
 //! emitted as `value ^ key` and XORed back with `key` at run time, with a fresh key per
@@ -161,6 +169,11 @@ pub struct CompileOptions {
     /// Count executed instructions; the run fails with [`Fault::Budget`] when the budget
     /// given to the run is used up.
     pub budget: bool,
+    /// With `budget`: count only in programs that can run an instruction twice (a backward
+    /// jump or a local call). The code of any other program counts nothing: a run executes
+    /// at most [`JitCode::max_instructions`] instructions, and the caller must run lower
+    /// limits elsewhere (a [`BpfProgram`](crate::BpfProgram) runs them in the interpreter).
+    pub budget_loops_only: bool,
     /// Blind the program's immediates with a random key (see the module documentation).
     pub blind_constants: bool,
     /// The program sees virtual addresses instead of host ones ([`crate::vaddr`]); the code
@@ -173,6 +186,7 @@ impl Default for CompileOptions {
         CompileOptions {
             rel_calls: true,
             budget: false,
+            budget_loops_only: false,
             blind_constants: false,
             hide_addresses: false,
         }
@@ -204,6 +218,7 @@ impl CompileOptions {
     pub(crate) fn emit_options(self, shape: EnvShape) -> emit::Options {
         emit::Options {
             budget: self.budget,
+            loops_only: self.budget_loops_only,
             rel_calls: self.rel_calls,
             blind: self.blind_constants.then(blinding_key),
             extra_regions: shape.extra_regions,
@@ -294,6 +309,13 @@ impl JitCode {
     /// their addresses with the end of the input first) and emitted without a run-time check.
     pub fn proven_accesses(&self) -> usize {
         self.needs.proven as usize
+    }
+
+    /// For code compiled with [`CompileOptions::budget_loops_only`] from a program without
+    /// loops: the most instructions a run executes (its code counts nothing, so it must not
+    /// run with a lower instruction limit). `None` when the code counts, or was not asked to.
+    pub fn max_instructions(&self) -> Option<u64> {
+        (self.needs.floor != 0).then_some(u64::from(self.needs.floor))
     }
 
     /// Whether helper calls depend on the final address (`call rel32`).

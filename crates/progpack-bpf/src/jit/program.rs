@@ -56,6 +56,9 @@ pub struct JitProgram {
     entry: EntryFn,
     /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
     simple: bool,
+    /// What [`runs_directly`](Self::runs_directly) compares with: the floor (see
+    /// [`RunNeeds::floor`]) if `simple`, else `u64::MAX` (never direct).
+    direct_floor: u64,
     needs: RunNeeds,
     counted: bool,
     /// Compiled to check extra regions (see [`EnvShape`]).
@@ -71,17 +74,19 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<JitProgram, JitError> {
-        Self::new_with(alloc, slots, helpers, options, EnvShape::default())
+        Self::new_with(alloc, slots, helpers, options, EnvShape::default(), false)
     }
 
     /// [`new`](Self::new) for an environment of shape `extra` (extra regions, hidden
-    /// addresses).
+    /// addresses). `loops_only`: see [`CompileOptions::budget_loops_only`] (for callers that
+    /// run limits below [`max_instructions`](Self::max_instructions) in the interpreter).
     pub(crate) fn new_with(
         alloc: &Allocator,
         slots: &[Insn],
         helpers: &Helpers,
         options: JitOptions,
         extra: EnvShape,
+        loops_only: bool,
     ) -> Result<JitProgram, JitError> {
         if !super::available() {
             return Err(JitError::unsupported_arch());
@@ -89,6 +94,7 @@ impl JitProgram {
         let mut opts = CompileOptions {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
+            budget_loops_only: loops_only,
             blind_constants: options.blind_constants,
             hide_addresses: false,
         };
@@ -126,6 +132,7 @@ impl JitProgram {
         let opts = CompileOptions {
             rel_calls: false,
             budget: false,
+            budget_loops_only: false,
             blind_constants: false,
             hide_addresses: false,
         };
@@ -148,16 +155,25 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
-        Self::new_batch_with(alloc, programs, helpers, options, EnvShape::default())
+        Self::new_batch_with(
+            alloc,
+            programs,
+            helpers,
+            options,
+            EnvShape::default(),
+            false,
+        )
     }
 
-    /// [`new_batch`](Self::new_batch) for an environment of shape `extra`.
+    /// [`new_batch`](Self::new_batch) for an environment of shape `extra`; `loops_only` as
+    /// in [`new_with`](Self::new_with).
     pub(crate) fn new_batch_with<'s>(
         alloc: &Allocator,
         programs: impl IntoIterator<Item = &'s [Insn]>,
         helpers: &Helpers,
         options: JitOptions,
         extra: EnvShape,
+        loops_only: bool,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
         if !super::available() {
             return Err((0, JitError::unsupported_arch()));
@@ -165,6 +181,7 @@ impl JitProgram {
         let opts = CompileOptions {
             rel_calls: range_reaches_helpers(alloc, helpers),
             budget: options.count_instructions,
+            budget_loops_only: loops_only,
             blind_constants: options.blind_constants,
             hide_addresses: false,
         };
@@ -228,11 +245,17 @@ impl JitProgram {
         // helpers, safe `extern "C"` functions of five `u64`s (and the `HelperContext` the run
         // owns), and `extra_region_check`.
         let entry = unsafe { prog.as_fn::<EntryFn>() };
+        let simple = needs.stack_bytes == 0 && !needs.env && !extra.hide;
         JitProgram {
             entry,
-            simple: needs.stack_bytes == 0 && !needs.env && !extra.hide,
+            simple,
+            direct_floor: if simple {
+                u64::from(needs.floor)
+            } else {
+                u64::MAX
+            },
             needs,
-            counted,
+            counted: counted && needs.floor == 0,
             extra,
             prog,
         }
@@ -246,8 +269,8 @@ impl JitProgram {
         self.run_limited(mem, crate::interp::DEFAULT_INSTRUCTION_LIMIT)
     }
 
-    /// Runs the program with an instruction limit of `limit` (ignored unless compiled with
-    /// [`JitOptions::count_instructions`]).
+    /// Runs the program with an instruction limit of `limit` (ignored unless the code
+    /// [counts instructions](Self::counts_instructions)).
     #[inline]
     pub fn run_limited(&self, mem: &mut [u8], limit: u64) -> Result<u64, RunError> {
         match self.run_fault(mem, limit) {
@@ -279,13 +302,6 @@ impl JitProgram {
             &EMPTY
         };
         self.run_env(mem, limit, env, 0).map(|(r0, _)| r0)
-    }
-
-    /// Whether a run needs more than one call of the code: a stack, a `HelperContext`
-    /// (context helpers, extra regions, tail calls) or hidden addresses.
-    #[inline]
-    pub(crate) fn needs_env(&self) -> bool {
-        !self.simple
     }
 
     /// A run in environment `env` (maps, host data), as the `tail_calls`-th tail call of its
@@ -347,9 +363,47 @@ impl JitProgram {
         Ok((r0, hcx.tail_call.take()))
     }
 
-    /// Whether runs count instructions.
+    /// Whether runs count instructions (not when the code has no loops and leaves the
+    /// limit to its caller: see [`max_instructions`](Self::max_instructions)).
     pub fn counts_instructions(&self) -> bool {
         self.counted
+    }
+
+    /// For code that was asked to count but has no loops and leaves the instruction limit to
+    /// its caller (a [`BpfProgram`](crate::BpfProgram)'s code, see
+    /// [`CompileOptions::budget_loops_only`]): the most instructions a run executes. A limit
+    /// at or above it cannot be reached; runs of this code ignore lower ones, which its
+    /// `BpfProgram` runs in the interpreter instead.
+    pub fn max_instructions(&self) -> Option<u64> {
+        (self.needs.floor != 0).then_some(u64::from(self.needs.floor))
+    }
+
+    /// One call of the code, for runs where [`runs_directly`](Self::runs_directly) holds.
+    #[inline(always)]
+    pub(crate) fn run_direct(&self, mem: &mut [u8], limit: u64) -> Result<u64, RunError> {
+        debug_assert!(self.runs_directly(limit));
+        let (r1, len) = entry_memory(mem);
+        match (self.entry)(r1, len, limit, 0, std::ptr::null_mut()).result() {
+            Ok(v) => Ok(v),
+            Err(f) => Err(fault_to_run_error(f, limit)),
+        }
+    }
+
+    /// Whether a run with `limit` is one call of the code ([`run_limited`](Self::run_limited)
+    /// gives the `BpfProgram`'s answer): no environment needed, and the code can honour
+    /// `limit`.
+    #[inline(always)]
+    pub(crate) fn runs_directly(&self, limit: u64) -> bool {
+        // `simple && limit >= floor` in one compare, as `limit + 1 > direct_floor`: never
+        // for `u64::MAX` (not simple); a limit of `u64::MAX` wraps to 0 and takes the other
+        // path, which is as exact, only not direct.
+        limit.wrapping_add(1) > self.direct_floor
+    }
+
+    /// The lowest instruction limit this code can run with exactly (0: any).
+    #[inline(always)]
+    pub(crate) fn floor(&self) -> u64 {
+        u64::from(self.needs.floor)
     }
 
     /// The placed code.

@@ -433,7 +433,7 @@ impl Ranges {
         loop {
             let mut changed = false;
             for pc in 0..n {
-                if an.flags[pc] & LEADER == 0 {
+                if an.flags(pc) & LEADER == 0 {
                     continue;
                 }
                 let Some(st) = self.states[pc] else { continue };
@@ -449,7 +449,7 @@ impl Ranges {
             }
         }
         for pc in 0..n {
-            if an.flags[pc] & LEADER == 0 {
+            if an.flags(pc) & LEADER == 0 {
                 continue;
             }
             if let Some(st) = self.states[pc] {
@@ -516,7 +516,7 @@ impl Ranges {
             if pc >= n {
                 return changed;
             }
-            if an.flags[pc] & START != 0 && an.flags[pc] & LEADER != 0 {
+            if an.flags(pc) & START != 0 && an.flags(pc) & LEADER != 0 {
                 if !record {
                     changed |= self.flow(pc, &st, widen);
                 }

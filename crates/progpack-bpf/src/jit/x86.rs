@@ -713,6 +713,99 @@ impl Asm {
         });
     }
 
+    /// `jcc rel32` to a place not known yet, without a label: returns the offset of the
+    /// jump's end, for [`Asm::patch_here`] once the target is emitted.
+    #[inline]
+    pub(crate) fn jcc_out(&mut self, c: Cond) -> u32 {
+        self.put(|e| {
+            e.u8(0x0f);
+            e.u8(0x80 | c as u8);
+            e.d32(0);
+        });
+        self.len
+    }
+
+    /// `sub r, imm` then `jb rel32` to a place not known yet (one instruction budget charge):
+    /// returns the offset of the jump's end, for [`Asm::patch_here`].
+    #[inline]
+    pub(crate) fn sub_jb_out(&mut self, r: R, imm: i32) -> u32 {
+        self.put(|e| {
+            if let Ok(i) = i8::try_from(imm) {
+                e.rr(W::B64, &[0x83], Alu::Sub.imm_digit(), r, false);
+                e.u8(i as u8);
+            } else {
+                e.rr(W::B64, &[0x81], Alu::Sub.imm_digit(), r, false);
+                e.d32(imm);
+            }
+            e.u8(0x0f);
+            e.u8(0x80 | Cond::B as u8);
+            e.d32(0);
+        });
+        self.len
+    }
+
+    /// Points the rel32 jump ending at `end` (from [`Asm::jcc_out`], [`Asm::sub_jb_out`]) at
+    /// the current offset.
+    #[inline]
+    pub(crate) fn patch_here(&mut self, end: u32) {
+        let d = (self.len - end) as i32;
+        let e = end as usize;
+        if let Some(b) = self.buf.get_mut(e - 4..e) {
+            b.copy_from_slice(&d.to_le_bytes());
+        } else {
+            self.broken = true;
+        }
+    }
+
+    /// `jmp` back to offset `target` (already emitted), short when it fits.
+    #[inline]
+    pub(crate) fn jmp_back(&mut self, target: u32) {
+        let d = target as i64 - (self.len as i64 + 2);
+        match i8::try_from(d) {
+            Ok(d) => self.put(|e| {
+                e.u8(0xeb);
+                e.u8(d as u8);
+            }),
+            Err(_) => {
+                let d = (target as i64 - (self.len as i64 + 5)) as i32;
+                self.put(|e| {
+                    e.u8(0xe9);
+                    e.d32(d);
+                });
+            }
+        }
+    }
+
+    /// A fault stub: `mov edx, word` then `jmp` back to the bound label `l`.
+    #[inline]
+    pub(crate) fn fault_stub(&mut self, word: u32, l: Label) {
+        let target = self.labels[l.0 as usize];
+        if target == UNBOUND {
+            // (The fault exit is always bound before the stubs; never taken.)
+            self.mov_imm32_full(R::Rdx, word);
+            self.jmp(l, false);
+            return;
+        }
+        let d = target as i64 - (self.len as i64 + 7);
+        match i8::try_from(d) {
+            Ok(d) => self.put(|e| {
+                e.u8(0xba);
+                e.d32(word as i32);
+                e.u8(0xeb);
+                e.u8(d as u8);
+            }),
+            Err(_) => {
+                let d = (target as i64 - (self.len as i64 + 10)) as i32;
+                self.put(|e| {
+                    e.u8(0xba);
+                    e.d32(word as i32);
+                    e.u8(0xe9);
+                    e.d32(d);
+                });
+            }
+        }
+    }
+
     /// `jmp label` (a forward jump is short if `near`).
     #[inline]
     pub(crate) fn jmp(&mut self, l: Label, near: bool) {

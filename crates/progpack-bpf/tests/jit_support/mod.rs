@@ -53,6 +53,7 @@ pub fn jit_with(insns: &[Insn], helpers: &Helpers, budget: bool) -> Mapped {
         CompileOptions {
             rel_calls: true,
             budget,
+            budget_loops_only: false,
             blind_constants: false,
             hide_addresses: false,
         },

@@ -184,11 +184,13 @@ impl Engine {
     }
 }
 
-/// How the load breakdowns compile: as `progpack-bpf-jit` does (instruction counting on),
-/// helpers by absolute address.
+/// How the load breakdowns compile: as `progpack-bpf-jit` does (instruction counting on,
+/// in the code of programs with loops: a `BpfProgram` runs a loop-free program's limits
+/// below its length in the interpreter), helpers by absolute address.
 const COMPILE: progpack_bpf::jit::CompileOptions = progpack_bpf::jit::CompileOptions {
     rel_calls: false,
     budget: true,
+    budget_loops_only: true,
     blind_constants: false,
     hide_addresses: false,
 };

@@ -23,7 +23,7 @@ impl Cx<'_> {
                 let rel = if j32 { i.imm as i64 } else { i.off as i64 };
                 let t = self.target(pc, rel)?;
                 if rel != 0 {
-                    let merged = self.an.flags[pc] & MERGED_JA != 0;
+                    let merged = self.an.flags(pc) & MERGED_JA != 0;
                     let l = if merged {
                         self.charged_label(t)
                     } else {
@@ -126,7 +126,6 @@ impl Cx<'_> {
     /// zeroed frame.
     fn call_local(&mut self, pc: usize, t: usize) {
         let u = self.an.usage;
-        let stub = self.stub(pc, FAULT_DEPTH);
         // Without a stack window no frame can be read: nothing to zero.
         let zero = u.stack.then(|| match self.zero_frame {
             Some(l) => l,
@@ -160,7 +159,8 @@ impl Cx<'_> {
                 self.a.alu_ri(true, Alu::Cmp, MAP[10], deepest as i32);
             }
         }
-        self.a.jcc(Cond::Be, stub, false);
+        let end = self.a.jcc_out(Cond::Be);
+        self.stub(end, pc, FAULT_DEPTH);
         for &r in saved.as_slice() {
             self.a.push(r);
         }

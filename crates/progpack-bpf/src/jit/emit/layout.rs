@@ -155,10 +155,10 @@ impl Layout {
         if uses_rbp {
             unused &= !(1 << 10);
         }
-        for (r, &x) in MAP.iter().enumerate().skip(3) {
-            if unused & (1 << r) != 0 {
-                free |= 1 << x as u32;
-            }
+        let mut m = unused & 0x7f8;
+        while m != 0 {
+            free |= 1 << MAP[m.trailing_zeros() as usize] as u32;
+            m &= m - 1;
         }
         if !u.needs_r9 && !n.extra_regions {
             free |= 1 << R::R9 as u32;
@@ -186,10 +186,11 @@ impl Layout {
         let mut locs = [None; 10];
         let mut order = 0;
         let mut saved_values = Regs::default();
-        for (k, loc) in locs.iter_mut().enumerate() {
-            if wanted & (1 << k) == 0 {
-                continue;
-            }
+        let mut w = wanted;
+        while w != 0 {
+            let k = w.trailing_zeros() as usize;
+            w &= w - 1;
+            let loc = &mut locs[k];
             while order < ORDER.len() && free & (1 << ORDER[order] as u32) == 0 {
                 order += 1;
             }
@@ -220,10 +221,10 @@ impl Layout {
 
         // Callee-saved registers the code changes: r6-r9 in use, rbp for r10, r12 as frame,
         // and those holding values.
-        for (r, &x) in MAP.iter().enumerate().take(10).skip(6) {
-            if u.has(r) {
-                lay.saved.push(x);
-            }
+        let mut m = u.regs & 0x3c0;
+        while m != 0 {
+            lay.saved.push(MAP[m.trailing_zeros() as usize]);
+            m &= m - 1;
         }
         if uses_rbp {
             lay.saved.push(R::Rbp);

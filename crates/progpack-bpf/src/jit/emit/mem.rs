@@ -108,18 +108,15 @@ impl Cx<'_> {
             return;
         }
         let log = size.trailing_zeros() as usize;
-        let at = self.a.label();
-        let back = self.a.label();
-        let lay = self.lay;
-        let m = if base == 1 && !self.an.usage.writes(1) && off >= 0 {
+        let (end, m) = if base == 1 && !self.an.usage.writes(1) && off >= 0 {
             // [r1 + off] with r1 = start: in bounds iff off + size <= len.
             let end = off32 + size as i32;
-            match lay.len.expect("input length with checks") {
+            match self.lay.len.expect("input length with checks") {
                 Loc::Reg(r) => self.a.alu_ri(true, Alu::Cmp, r, end),
                 s => self.a.alu_mi(Alu::Cmp, s.mem().expect("slot"), end),
             }
-            self.a.jcc(Cond::B, at, false);
-            self.input_operand(base, off32)
+            let end = self.a.jcc_out(Cond::B);
+            (end, self.input_operand(base, off32))
         } else {
             // Offset into the input memory, against the count of valid start offsets.
             self.address(base, off32, R::R11);
@@ -127,19 +124,19 @@ impl Cx<'_> {
                 self.a
                     .alu_ri(true, Alu::Sub, R::R11, crate::vaddr::INPUT as i32);
             } else {
-                match lay.mem.expect("input start with checks") {
+                match self.lay.mem.expect("input start with checks") {
                     Loc::Reg(r) => self.a.alu_rr(true, Alu::Sub, R::R11, r),
                     s => self.a.alu_rm(Alu::Sub, R::R11, s.mem().expect("slot")),
                 }
             }
-            match lay.cnt[log].expect("limit for this size") {
+            match self.lay.cnt[log].expect("limit for this size") {
                 Loc::Reg(r) => self.a.alu_rr(true, Alu::Cmp, R::R11, r),
                 s => self.a.alu_rm(Alu::Cmp, R::R11, s.mem().expect("slot")),
             }
-            self.a.jcc(Cond::Ae, at, false);
-            if self.opts.hide {
+            let end = self.a.jcc_out(Cond::Ae);
+            let m = if self.opts.hide {
                 // r11 = offset into the input: the host address is start + r11.
-                match lay.mem.expect("input start with hidden addresses") {
+                match self.lay.mem.expect("input start with hidden addresses") {
                     Loc::Reg(r) => Mem::indexed(r, R::R11, 0),
                     s => {
                         self.a.alu_rm(Alu::Add, R::R11, s.mem().expect("slot"));
@@ -148,12 +145,13 @@ impl Cx<'_> {
                 }
             } else {
                 Mem::at(b, off32)
-            }
+            };
+            (end, m)
         };
         self.emit_access(acc, m);
-        self.a.bind(back);
+        let back = self.a.pos();
         self.stubs.push(Stub::Access {
-            at,
+            end,
             back,
             base,
             off: off32,
@@ -197,15 +195,15 @@ impl Cx<'_> {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn access_stub(
         &mut self,
-        at: Label,
-        back: Label,
+        end: u32,
+        back: u32,
         base: u8,
         off: i32,
         size: usize,
         acc: Access,
         word: u32,
     ) {
-        self.a.bind(at);
+        self.a.patch_here(end);
         self.address(base, off, R::R11);
         let in_region = self.a.label();
         if self.an.usage.stack {
@@ -244,7 +242,7 @@ impl Cx<'_> {
         if self.an.usage.stack || self.opts.extra_regions {
             self.a.bind(in_region);
             self.emit_access(acc, Mem::at(R::R11, 0));
-            self.a.jmp(back, false);
+            self.a.jmp_back(back);
         }
     }
 

@@ -111,6 +111,10 @@ const ARG_ENV: R = R::R8;
 pub(crate) struct Options {
     /// Count executed instructions against the budget argument.
     pub budget: bool,
+    /// With `budget`: count only in programs with a backward jump or a local call. The
+    /// others run at most [`RunNeeds::floor`] instructions, so their code ignores the budget
+    /// argument and the caller runs lower limits elsewhere (the interpreter).
+    pub loops_only: bool,
     /// Reach helpers with `call rel32` (else `mov rax, imm64; call rax`).
     pub rel_calls: bool,
     /// Blind the program's immediates with keys derived from this (non-zero) key.
@@ -138,18 +142,23 @@ pub(crate) struct RunNeeds {
     pub proven: u32,
     /// The code hides addresses: it must run in an environment that does.
     pub hide: bool,
+    /// Non-zero when the budget was asked for but the code does not count
+    /// ([`Options::loops_only`] on a program without loops): the most instructions a run
+    /// executes. A run with a lower limit must not use this code.
+    pub floor: u32,
 }
 
 /// Out-of-line code after the body.
 #[derive(Clone, Copy, Debug)]
 enum Stub {
-    /// Raise fault `word` (no detail).
-    Fault { at: Label, word: u32 },
-    /// An access that missed the input memory: recompute its address, try the live frames
-    /// (performing the access there and going back to `back`), else fault.
+    /// Raise fault `word` (no detail); reached by the rel32 jump ending at `end`.
+    Fault { end: u32, word: u32 },
+    /// An access that missed the input memory (reached by the rel32 jump ending at `end`):
+    /// recompute its address, try the live frames (performing the access there and going
+    /// back to offset `back`), else fault.
     Access {
-        at: Label,
-        back: Label,
+        end: u32,
+        back: u32,
         base: u8,
         off: i32,
         size: usize,
@@ -279,6 +288,7 @@ fn translate_with(
     an.run(
         insns,
         opts.budget,
+        opts.loops_only,
         helpers.iter().count(),
         opts.blind.is_some(),
     )?;
@@ -298,12 +308,12 @@ fn translate_with(
     }
     let lay = Layout::new(Needs {
         usage,
-        budget: opts.budget,
+        budget: an.counted,
         env: context_calls || opts.extra_regions,
         extra_regions: opts.extra_regions,
         hide: opts.hide,
     });
-    let size_hint = an.size_before[insns.len()] as usize + 256;
+    let size_hint = an.code_bound() as usize + 256;
     let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
     let pcs = a.labels(insns.len());
     let charged = if an.merged {
@@ -352,6 +362,11 @@ fn translate_with(
         env: lay.env.is_some(),
         proven,
         hide: opts.hide,
+        floor: if opts.budget && !an.counted {
+            an.count
+        } else {
+            0
+        },
     })
 }
 
@@ -531,11 +546,13 @@ impl Cx<'_> {
 
     /// Restores the host's registers and returns (rax and rdx hold the result).
     fn epilogue(&mut self) {
-        let lay = self.lay;
-        if lay.frame_bytes != 0 {
-            self.a.alu_ri(true, Alu::Add, R::Rsp, lay.frame_bytes);
+        // (Field by field: copying the whole layout costs more than this usually emits.)
+        let frame_bytes = self.lay.frame_bytes;
+        if frame_bytes != 0 {
+            self.a.alu_ri(true, Alu::Add, R::Rsp, frame_bytes);
         }
-        for &r in lay.saved.as_slice().iter().rev() {
+        let saved = self.lay.saved;
+        for &r in saved.as_slice().iter().rev() {
             self.a.pop(r);
         }
         self.a.ret();
@@ -565,14 +582,12 @@ impl Cx<'_> {
         self.a.jmp(f, false);
     }
 
-    /// A new out-of-line stub raising `kind` at `pc`.
-    fn stub(&mut self, pc: usize, kind: u32) -> Label {
-        let at = self.a.label();
+    /// An out-of-line stub raising `kind` at `pc`, reached by the rel32 jump ending at `end`.
+    fn stub(&mut self, end: u32, pc: usize, kind: u32) {
         self.stubs.push(Stub::Fault {
-            at,
+            end,
             word: word(pc, kind),
         });
-        at
     }
 
     // ---- body ----
@@ -583,8 +598,8 @@ impl Cx<'_> {
         while pc < n {
             let l = self.pc_label(pc);
             self.a.bind(l);
-            let f = self.an.flags[pc];
-            if f & LEADER != 0 && self.opts.budget {
+            let f = self.an.flags(pc);
+            if f & LEADER != 0 && self.an.counted {
                 self.charge(pc);
             }
             if f & MERGED_TARGET != 0 {
@@ -608,31 +623,30 @@ impl Cx<'_> {
             }
             pc += 1;
         }
-        debug_assert!(self.an.flags[..n]
-            .iter()
-            .enumerate()
-            .all(|(pc, f)| f & START != 0 || pc > 0));
+        debug_assert!(self.an.flags(0) & START != 0);
         Ok(())
     }
 
     /// Charges the block starting at `pc`.
     fn charge(&mut self, pc: usize) {
-        let c = self.an.charges[pc];
+        let c = self.an.charge(pc);
         if c == 0 {
             return;
         }
-        let stub = self.stub(pc, FAULT_BUDGET);
-        match self.lay.budget.expect("budget location") {
-            Loc::Reg(r) => self.a.alu_ri(true, Alu::Sub, r, c as i32),
-            s => self.a.alu_mi(Alu::Sub, s.mem().expect("slot"), c as i32),
-        }
-        self.a.jcc(Cond::B, stub, false);
+        let end = match self.lay.budget.expect("budget location") {
+            Loc::Reg(r) => self.a.sub_jb_out(r, c as i32),
+            s => {
+                self.a.alu_mi(Alu::Sub, s.mem().expect("slot"), c as i32);
+                self.a.jcc_out(Cond::B)
+            }
+        };
+        self.stub(end, pc, FAULT_BUDGET);
     }
 
     /// Fall-off-the-end guard, the fault exit (without local calls) and the stubs.
     fn tail(&mut self) {
         let last = self.insns.len() - 1;
-        let ends = self.an.flags[last] & START != 0 && {
+        let ends = self.an.flags(last) & START != 0 && {
             let i = self.insns[last];
             i.opc == EXIT || analysis::is_ja(i)
         };
@@ -645,21 +659,20 @@ impl Cx<'_> {
         // (Emitting a stub never adds one.)
         for k in 0..self.stubs.len() {
             match self.stubs[k] {
-                Stub::Fault { at, word } => {
-                    self.a.bind(at);
-                    self.a.mov_imm32(R::Rdx, word);
+                Stub::Fault { end, word } => {
+                    self.a.patch_here(end);
                     let f = self.fault;
-                    self.a.jmp(f, false);
+                    self.a.fault_stub(word, f);
                 }
                 Stub::Access {
-                    at,
+                    end,
                     back,
                     base,
                     off,
                     size,
                     acc,
                     word,
-                } => self.access_stub(at, back, base, off, size, acc, word),
+                } => self.access_stub(end, back, base, off, size, acc, word),
             }
         }
         self.stubs.clear();
@@ -718,7 +731,7 @@ impl Cx<'_> {
         if t < 0 || t as usize >= self.insns.len() {
             return Err(JitError::JumpOutOfRange { pc, target: t });
         }
-        if self.an.flags[t as usize] & START == 0 {
+        if self.an.flags(t as usize) & START == 0 {
             return Err(JitError::JumpIntoLddw {
                 pc,
                 target: t as usize,

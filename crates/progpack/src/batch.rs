@@ -21,7 +21,7 @@
 //! them, trap-filling first whatever a failed finalize wrote).
 
 use crate::error::{Error, Result};
-use crate::pack::{Pack, PackRef};
+use crate::pack::{Pack, PackRef, RunStart};
 use crate::program::Program;
 use crate::run::LocalState;
 use crate::shared::Shared;
@@ -237,9 +237,12 @@ impl Batch {
     fn new_segment(&mut self, n: usize) -> Result<()> {
         let shared = &self.shared;
         let shard = thread_cache::with_state(shared, |local, _| local.shard).unwrap_or(0);
-        let pick = shared.config.randomize.then(|| self.rng.random());
+        let start = match shared.config.randomize {
+            true => RunStart::Random(self.rng.random()),
+            false => RunStart::First,
+        };
         let (pack, first, got) = if n <= shared.run_chunks {
-            shared.take_run(shard, n, pick)?
+            shared.take_run(shard, n, start)?
         } else {
             let (pack, first) = shared.take_span(shard, n, 1)?;
             (pack, first, n)

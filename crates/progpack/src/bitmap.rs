@@ -409,29 +409,35 @@ impl Bitmap {
     /// Takes a run of at least `min` and at most `max` clear bits (`1 <= min <= max <= 64`)
     /// lying inside one word, sets it and returns `(start, len)`.
     ///
-    /// A whole free word is preferred: the first one, or with `pick = Some(r)` the first one
-    /// at or after a word drawn from `r` (wrapping around; a random start against JIT
-    /// spraying). Otherwise the first word holding `min` clear bits in a row gives its first
-    /// such run, extended as far as that word allows.
+    /// A whole free word is preferred: the first one, or with `from = Some(w)` the first one
+    /// at or after word `w` (wrapping around; a random `w` is a random start against JIT
+    /// spraying, see [`Bitmap::random_word`]). Otherwise the first word holding `min` clear
+    /// bits in a row gives its first such run, extended as far as that word allows.
     pub fn take_word_run(
         &mut self,
         min: usize,
         max: usize,
-        pick: Option<u64>,
+        from: Option<usize>,
     ) -> Option<(usize, usize)> {
         debug_assert!(1 <= min && min <= max && max <= WORD);
         let (start, len) = if self.free_words > 0 {
-            let from = match pick {
-                // Multiply-shift maps r onto 0..words without a division.
-                Some(r) => ((u128::from(r) * self.words.len() as u128) >> 64) as usize,
-                None => self.first_maybe_free,
-            };
+            let from = from.map_or(self.first_maybe_free, |w| w % self.words.len());
             (self.free_word_from(from) * WORD, max)
         } else {
             self.first_in_word_run(min, max)?
         };
         self.set_range(start, len);
         Some((start, len))
+    }
+
+    /// A word drawn from the random number `r`, uniformly (multiply-shift: no division).
+    pub fn random_word(&self, r: u64) -> usize {
+        ((u128::from(r) * self.words.len() as u128) >> 64) as usize
+    }
+
+    /// The word holding bit `i`.
+    pub fn word_of(i: usize) -> usize {
+        i / WORD
     }
 
     /// The first free word at or after word `from`, wrapping around (there is one).
@@ -777,7 +783,7 @@ mod tests {
         let mut b = Bitmap::new(192);
         assert_eq!(b.take_word_run(4, 64, None), Some((0, 64)));
         assert_eq!(
-            b.take_word_run(4, 64, Some(u64::MAX)),
+            b.take_word_run(4, 64, Some(b.random_word(u64::MAX))),
             Some((128, 64)),
             "last free word"
         );

@@ -51,7 +51,10 @@
 //! - starts each thread's run of chunks, and each batch's first segment, at a random free word
 //!   of its pack (a word covers 64 chunks, 4 KiB with 64-byte chunks: up to 9 bits in a fresh
 //!   2 MiB pack, fewer as the pack fills), so where a thread's next programs land is not known
-//!   from where its last ones landed once a run is used up;
+//!   from where its last ones landed once a run is used up. [`Config::scatter_runs`]`(false)`
+//!   keeps the random start only for a thread's first run in each pack and lays its next runs
+//!   after it: a compact layout for code finalized one by one (what `progpack-cranelift`
+//!   chooses), with less entropy;
 //! - starts each image at a random offset inside the slack that rounding up to whole chunks
 //!   leaves (a 40-byte program in a 64-byte chunk: 0..=24; an exact fit: none), at no cost in
 //!   memory;

@@ -72,6 +72,18 @@ const QUIRK_DEDICATED: u8 = 1;
 #[cfg(target_arch = "x86_64")]
 const QUIRK_SITES: u8 = 2;
 
+/// Where a new run starts looking for free chunks in a pack.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RunStart {
+    /// The first free word (placement not randomized).
+    First,
+    /// A word drawn from this random number.
+    Random(u64),
+    /// Chunk `next` of the pack at address `pack` (where the thread's previous run ended); a
+    /// word drawn from `r` in any other pack.
+    After { pack: usize, next: usize, r: u64 },
+}
+
 /// One pack (or one dedicated mapping: a pack of one chunk that no shard lists).
 pub(crate) struct Pack {
     pub(crate) region: Region,
@@ -322,12 +334,12 @@ impl Pack {
     }
 
     /// Takes a run of `min..=max` chunks inside one bitmap word for a thread or a batch (see
-    /// [`Bitmap::take_word_run`]; `pick` draws its position). Returns `(first, len)`.
+    /// [`Bitmap::take_word_run`]; `start` says where to look first). Returns `(first, len)`.
     pub(crate) fn take_run(
         self: &Arc<Self>,
         min: usize,
         max: usize,
-        pick: Option<u64>,
+        start: RunStart,
         reserve: &AtomicUsize,
     ) -> Option<(usize, usize)> {
         if self.run_fits.load(Ordering::Relaxed) < min {
@@ -337,7 +349,15 @@ impl Pack {
         if !st.listed {
             return None;
         }
-        match st.bitmap.take_word_run(min, max, pick) {
+        let from = match start {
+            RunStart::First => None,
+            RunStart::Random(r) => Some(st.bitmap.random_word(r)),
+            RunStart::After { pack, r, .. } if pack != Arc::as_ptr(self) as usize => {
+                Some(st.bitmap.random_word(r))
+            }
+            RunStart::After { next, .. } => Some(Bitmap::word_of(next)),
+        };
+        match st.bitmap.take_word_run(min, max, from) {
             Some(run) => {
                 Self::unreserve(&mut st, reserve);
                 self.pin(&mut st);

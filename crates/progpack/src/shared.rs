@@ -17,7 +17,7 @@ use crate::code_range::CodeRangeSpace;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::observe::Observer;
-use crate::pack::{Freed, Pack, PackOwner};
+use crate::pack::{Freed, Pack, PackOwner, RunStart};
 use crate::region::Region;
 use crate::run::{Local, LocalState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -264,17 +264,17 @@ impl Shared {
 
     /// A new run of `min..=run_chunks` chunks inside one bitmap word, for a thread (or batch)
     /// of shard `shard`: from the shard's packs (skipping those the hint says cannot fit),
-    /// then from the other shards without waiting, then from a new pack. `pick` draws the
-    /// run's position inside the pack. Returns `(pack, first, len)`.
+    /// then from the other shards without waiting, then from a new pack. `start` says where
+    /// each pack is looked at first. Returns `(pack, first, len)`.
     pub(crate) fn take_run(
         self: &Arc<Self>,
         shard: usize,
         min: usize,
-        pick: Option<u64>,
+        start: RunStart,
     ) -> Result<(Arc<Pack>, usize, usize)> {
         let max = self.run_chunks;
         let take = |pack: &Arc<Pack>| {
-            pack.take_run(min, max, pick, &self.kept_empty)
+            pack.take_run(min, max, start, &self.kept_empty)
                 .map(|(first, n)| (pack.clone(), first, n))
         };
         self.search(shard, &take)

@@ -29,7 +29,7 @@
 
 use crate::backend::Mapping;
 use crate::error::{Error, Result};
-use crate::pack::{Pack, PackRef};
+use crate::pack::{Pack, PackRef, RunStart};
 use crate::run::{Local, LocalState};
 use crate::shared::Shared;
 use crate::staging::{Block, Image};
@@ -224,6 +224,7 @@ fn refill<'a>(
     // The old run's unused chunks go back first (the new run may start right there), but its
     // pack, if that leaves it empty, is released only after the new run is found in it or
     // elsewhere: no pack is unmapped and mapped again for a thread moving on.
+    let mut previous = None;
     let emptied = st.run.take().and_then(|old| {
         local.made.cached.add((old.left() as u64).wrapping_neg());
         let crate::run::Run {
@@ -234,10 +235,19 @@ fn refill<'a>(
             ..
         } = old;
         st.spare = Some(block);
+        previous = Some((Arc::as_ptr(&pack) as usize, next));
         pack.give_back_quietly(next, end - next).then_some(pack)
     });
-    let pick = shared.config.randomize.then(|| st.random());
-    let taken = shared.take_run(local.shard, n, pick);
+    let start = match (shared.config.randomize, previous) {
+        (false, _) => RunStart::First,
+        (true, Some((pack, next))) if !shared.config.scatter_runs => RunStart::After {
+            pack,
+            next,
+            r: st.random(),
+        },
+        (true, _) => RunStart::Random(st.random()),
+    };
+    let taken = shared.take_run(local.shard, n, start);
     if let Some(pack) = emptied {
         pack.became_empty();
     }

@@ -1,6 +1,6 @@
-//! Where images land and what a failure writes: entry points on instruction boundaries, a fork
-//! child that draws its own random offsets, and a failed batch that trap-fills only what it
-//! wrote.
+//! Where images land and what a failure writes: entry points on instruction boundaries, runs
+//! that scatter or follow each other, a fork child that draws its own random offsets, and a
+//! failed batch that trap-fills only what it wrote.
 
 mod support;
 
@@ -42,6 +42,49 @@ fn images_start_on_instruction_boundaries() {
 /// The offsets a fork child draws are not the ones its parent draws after the fork: the child
 /// reseeds its random numbers (and drops the parent's run). Without the reseed both would draw
 /// the same sequence, give or take a draw or two for a new run.
+/// The chunk each of `n` one-chunk programs, finalized one by one on one thread, starts in.
+fn chunks_of_one_by_one(config: Config, n: usize) -> Vec<usize> {
+    let alloc = Allocator::new(config.chunk_size(64).shards(1)).unwrap();
+    let programs: Vec<_> = (0..n)
+        .map(|_| {
+            let mut d = alloc.draft(64, 64).unwrap();
+            d.image_mut().fill(0xc3);
+            d.finalize().unwrap()
+        })
+        .collect();
+    programs.iter().map(|p| p.addr() / 64).collect()
+}
+
+/// Each run of a thread holds one bitmap word of chunks (64): with runs that scatter (the
+/// default), a thread's next run starts at a random word; with `scatter_runs(false)` it starts
+/// right after the previous one, so programs finalized one by one lie together as a batch's
+/// do (and the first run still starts at a random word of the pack).
+#[test]
+fn runs_scatter_by_default_and_follow_each_other_when_asked() {
+    const RUNS: usize = 8;
+    let jumps = |chunks: &[usize]| chunks.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    // Following runs: one block, or two if the first run started so near the end of the pack's
+    // free space that the next ones wrapped around to its start.
+    let follow = chunks_of_one_by_one(Config::default().scatter_runs(false), 64 * RUNS);
+    assert!(jumps(&follow) <= 1, "not one block: {follow:?}");
+    // Scattered: each of the 7 later runs starts at a random word; fewer than 3 jumps would
+    // need 5 of them to land right after the run before.
+    let scattered = chunks_of_one_by_one(Config::default(), 64 * RUNS);
+    assert!(
+        jumps(&scattered) >= 3,
+        "scattered runs lie together: {scattered:?}"
+    );
+    // The first run of a following layout is random too: eight allocators do not all start
+    // at the same chunk of their pack (2 MiB of 64-byte chunks).
+    let firsts: std::collections::BTreeSet<usize> = (0..8)
+        .map(|_| chunks_of_one_by_one(Config::default().scatter_runs(false), 1)[0] % 32768)
+        .collect();
+    assert!(
+        firsts.len() > 1,
+        "every first run at chunk {firsts:?} of its pack"
+    );
+}
+
 #[test]
 fn a_child_draws_other_offsets_than_its_parent() {
     let alloc = Allocator::new(Config::default().min_slack(16)).unwrap();

@@ -86,6 +86,19 @@ fn jit(warm: bool) -> f64 {
 
 fn main() {
     let best = |f: &dyn Fn() -> f64| (0..REPEAT).map(|_| f()).fold(f64::MAX, f64::min);
+    // `-- progpack-fresh` (or `jit-fresh`, `progpack-warm`, `jit-warm`): that case alone, for
+    // a profiler.
+    if let Some(only) = std::env::args().nth(1) {
+        let t = match only.as_str() {
+            "progpack-fresh" => best(&|| progpack(false)),
+            "progpack-warm" => best(&|| progpack(true)),
+            "jit-fresh" => best(&|| jit(false)),
+            "jit-warm" => best(&|| jit(true)),
+            other => panic!("unknown case {other}"),
+        };
+        println!("{only} {t:.1}");
+        return;
+    }
     println!("ns per program, one by one, {N} programs of 64 B, fastest of {REPEAT}:");
     for warm in [false, true] {
         let what = if warm { "warm" } else { "fresh" };

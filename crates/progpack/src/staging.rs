@@ -265,13 +265,7 @@ pub(crate) fn push_traps(parts: &mut Vec<&[u8]>, addr: usize, len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn is_traps(bytes: &[u8]) -> bool {
-        bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| *b == crate::arch::TRAP[i % crate::arch::TRAP.len()])
-    }
+    use crate::arch::is_all_traps as is_traps;
 
     #[test]
     fn a_spare_block_is_reused_only_when_no_image_of_it_is_left() {

@@ -779,30 +779,11 @@ impl Asm {
     /// A fault stub: `mov edx, word` then `jmp` back to the bound label `l`.
     #[inline]
     pub(crate) fn fault_stub(&mut self, word: u32, l: Label) {
-        let target = self.labels[l.0 as usize];
-        if target == UNBOUND {
+        self.mov_imm32_full(R::Rdx, word);
+        match self.labels[l.0 as usize] {
             // (The fault exit is always bound before the stubs; never taken.)
-            self.mov_imm32_full(R::Rdx, word);
-            self.jmp(l, false);
-            return;
-        }
-        let d = target as i64 - (self.len as i64 + 7);
-        match i8::try_from(d) {
-            Ok(d) => self.put(|e| {
-                e.u8(0xba);
-                e.d32(word as i32);
-                e.u8(0xeb);
-                e.u8(d as u8);
-            }),
-            Err(_) => {
-                let d = (target as i64 - (self.len as i64 + 10)) as i32;
-                self.put(|e| {
-                    e.u8(0xba);
-                    e.d32(word as i32);
-                    e.u8(0xe9);
-                    e.d32(d);
-                });
-            }
+            UNBOUND => self.jmp(l, false),
+            target => self.jmp_back(target),
         }
     }
 

@@ -16,7 +16,7 @@
 
 use super::names;
 use super::os::{self, JitdumpClock};
-use super::pid_file::PidFile;
+use super::pid_file::{shared_in, PidFile};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -63,16 +63,15 @@ impl Jitdump {
     /// first one's clock is used).
     pub(crate) fn shared(dir: &Path, clock: JitdumpClock) -> Arc<Jitdump> {
         static DUMPS: Mutex<Vec<Arc<Jitdump>>> = Mutex::new(Vec::new());
-        let mut dumps = DUMPS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(d) = dumps.iter().find(|d| d.file.dir() == dir) {
-            return d.clone();
-        }
-        let d = Arc::new(Jitdump {
-            file: PidFile::new(dir, |pid| format!("jit-{pid}.dump"), "jitdump"),
-            clock,
-        });
-        dumps.push(d.clone());
-        d
+        shared_in(
+            &DUMPS,
+            dir,
+            |d| &d.file,
+            || Jitdump {
+                file: PidFile::new(dir, |pid| format!("jit-{pid}.dump"), "jitdump"),
+                clock,
+            },
+        )
     }
 
     /// The file this process writes.

@@ -14,7 +14,7 @@
 //! the names for both. The jitdump (see [`super::jitdump`]) is timed and has no such problem.
 
 use super::names;
-use super::pid_file::PidFile;
+use super::pid_file::{shared_in, PidFile};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -32,15 +32,14 @@ impl PerfMap {
     /// The perf map of this process in `dir`, shared by every allocator that uses it.
     pub(crate) fn shared(dir: &Path) -> Arc<PerfMap> {
         static MAPS: Mutex<Vec<Arc<PerfMap>>> = Mutex::new(Vec::new());
-        let mut maps = MAPS.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(m) = maps.iter().find(|m| m.file.dir() == dir) {
-            return m.clone();
-        }
-        let m = Arc::new(PerfMap {
-            file: PidFile::new(dir, |pid| format!("perf-{pid}.map"), "perf map"),
-        });
-        maps.push(m.clone());
-        m
+        shared_in(
+            &MAPS,
+            dir,
+            |m| &m.file,
+            || PerfMap {
+                file: PidFile::new(dir, |pid| format!("perf-{pid}.map"), "perf map"),
+            },
+        )
     }
 
     /// The file this process writes (`<dir>/perf-<pid>.map`).

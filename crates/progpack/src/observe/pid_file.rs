@@ -8,7 +8,24 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// The one value of `registry` (a process-wide list) for directory `dir`, made by `make` the
+/// first time; `file` says which [`PidFile`] a value writes.
+pub(crate) fn shared_in<T, U: Default>(
+    registry: &Mutex<Vec<Arc<T>>>,
+    dir: &Path,
+    file: fn(&T) -> &PidFile<U>,
+    make: impl FnOnce() -> T,
+) -> Arc<T> {
+    let mut all = registry.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(v) = all.iter().find(|v| file(v).dir() == dir) {
+        return v.clone();
+    }
+    let v = Arc::new(make());
+    all.push(v.clone());
+    v
+}
 
 /// One process's file of one kind in one directory, with per-file state `T` (reset when a
 /// new file is opened).

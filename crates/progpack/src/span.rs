@@ -284,19 +284,15 @@ fn refill<'a>(
 #[cold]
 fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Result<Fresh> {
     let mut fallback = LocalState::new(crate::run::seed(), 0);
-    let mut spare = None;
+    let mut image = None;
     let shard = thread_cache::with_state(shared, |local, st| {
         fallback.rng = st.random() | 1;
-        spare = st.slow_spare.take();
+        image = Some(Block::image(len, &mut st.slow_spare));
         local.shard
     })
     .unwrap_or(0);
-    // The image first, so that the thread's spare block goes back on every path.
-    let image = Block::image(len, &mut spare);
-    if spare.is_some() {
-        thread_cache::with_state(shared, |_, st| st.slow_spare = spare);
-    }
-    let image = image?;
+    // A thread without state here (its teardown) gets a buffer of its own.
+    let image = image.unwrap_or_else(|| Block::image(len, &mut None))?;
     let span = match req.chunks {
         Some(n) => {
             let step = (align >> shared.chunk_shift).max(1);

@@ -28,15 +28,15 @@ fn load_spin(alloc: &Allocator, name: &str, id: u32) -> Program {
     d.finalize().unwrap()
 }
 
-/// Calls `p` until `busy` has passed.
-fn spin_for(programs: &[&Program], busy: Duration) {
+/// Calls each program in turn until `busy` has passed, checking it returns its value.
+fn spin_for(programs: &[(&Program, u32)], busy: Duration) {
     let start = Instant::now();
     let mut calls = 0u64;
     while start.elapsed() < busy {
-        for (i, p) in programs.iter().enumerate() {
+        for &(p, value) in programs {
             // SAFETY: `spin` code of this signature, alive while `p` is.
             let f = unsafe { p.as_fn::<extern "C" fn() -> u32>() };
-            assert_eq!(f(), i as u32);
+            assert_eq!(f(), value);
             calls += 1;
         }
     }
@@ -46,16 +46,6 @@ fn spin_for(programs: &[&Program], busy: Duration) {
 /// What `patched_spin` returns before and after its live patch.
 const OLD_ID: u32 = 0x1111_1111;
 const NEW_ID: u32 = 0x2222_2222;
-
-/// Calls `p` until `busy` has passed, checking it returns `id`.
-fn spin_for_id(p: &Program, id: u32, busy: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < busy {
-        // SAFETY: `spin` code of this signature, alive while `p` is.
-        let f = unsafe { p.as_fn::<extern "C" fn() -> u32>() };
-        assert_eq!(f(), id);
-    }
-}
 
 /// The child workloads (run by the tests below; nothing without `PROGPACK_TEST_CHILD`).
 #[test]
@@ -69,7 +59,7 @@ fn child_workload() {
             let programs: Vec<Program> = (0..HOT)
                 .map(|i| load_spin(&alloc, &format!("hot_spin_{i}"), i as u32))
                 .collect();
-            spin_for(&programs.iter().collect::<Vec<_>>(), BUSY);
+            spin_for(&programs.iter().zip(0..).collect::<Vec<_>>(), BUSY);
         }
         "reuse" => {
             // First fit, no randomization, one shard, the empty pack kept: the second function
@@ -82,24 +72,24 @@ fn child_workload() {
             )
             .unwrap();
             let a = load_spin(&alloc, "phase_one", 0);
-            spin_for(&[&a], BUSY / 2);
+            spin_for(&[(&a, 0)], BUSY / 2);
             let at = a.addr();
             drop(a);
             alloc.trim();
             let b = load_spin(&alloc, "phase_two", 0);
             println!("ADDR_A={at:#x}\nADDR_B={:#x}", b.addr());
             assert_eq!(b.addr(), at, "the address was not reused");
-            spin_for(&[&b], BUSY / 2);
+            spin_for(&[(&b, 0)], BUSY / 2);
         }
         "patch" => {
             // Runs the old code, patches its `mov eax, imm32` (offset 9) live, runs the new.
             let alloc = Allocator::new(Config::default()).unwrap();
             let mut p = load_spin(&alloc, "patched_spin", OLD_ID);
-            spin_for_id(&p, OLD_ID, BUSY / 2);
+            spin_for(&[(&p, OLD_ID)], BUSY / 2);
             let mut mov = vec![0xb8];
             mov.extend_from_slice(&NEW_ID.to_le_bytes());
             p.patch(9, &mov).unwrap();
-            spin_for_id(&p, NEW_ID, BUSY / 2);
+            spin_for(&[(&p, NEW_ID)], BUSY / 2);
         }
         other => panic!("unknown workload {other}"),
     }

@@ -96,6 +96,14 @@ typedef struct progpack_config {
   uintptr_t code_range_near;
   // Address space reserved for the code range; 0 for the default (256 MiB).
   size_t code_range_size;
+  // Nonzero: a thread's runs of chunks in a pack follow each other (a compact layout for
+  // code finalized one program at a time, less entropy); zero (default): each run starts
+  // at a random free word of its pack. Only with randomization on.
+  uint32_t no_scatter_runs;
+  // Bytes added to every request before rounding to whole chunks, so that each image
+  // starts at a random offset of at least `0..=min_slack` (the kernel's BPF JIT uses 16);
+  // 0 (default): no footprint added. At most the chunk size.
+  size_t min_slack;
 } progpack_config;
 
 // Counters of an allocator at one moment (`progpack_stats`). Mirrors the Rust `Stats`.

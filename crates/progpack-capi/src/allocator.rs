@@ -46,6 +46,14 @@ pub struct ConfigC {
     pub code_range_near: usize,
     /// Address space reserved for the code range; 0 for the default (256 MiB).
     pub code_range_size: size_t,
+    /// Nonzero: a thread's runs of chunks in a pack follow each other (a compact layout for
+    /// code finalized one program at a time, less entropy); zero (default): each run starts
+    /// at a random free word of its pack. Only with randomization on.
+    pub no_scatter_runs: u32,
+    /// Bytes added to every request before rounding to whole chunks, so that each image
+    /// starts at a random offset of at least `0..=min_slack` (the kernel's BPF JIT uses 16);
+    /// 0 (default): no footprint added. At most the chunk size.
+    pub min_slack: size_t,
 }
 
 impl ConfigC {
@@ -65,7 +73,9 @@ impl ConfigC {
         };
         let mut config = Config::default()
             .backend(backend)
-            .randomize(self.no_randomize == 0);
+            .randomize(self.no_randomize == 0)
+            .scatter_runs(self.no_scatter_runs == 0)
+            .min_slack(self.min_slack);
         if self.chunk_size != 0 {
             config = config.chunk_size(self.chunk_size);
         }

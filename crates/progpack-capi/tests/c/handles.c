@@ -260,6 +260,57 @@ static void freed_code_traps(progpack_allocator *a) {
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP);
 }
 
+/* Loads `n` programs of 64 bytes one by one into a fresh allocator made with `cfg`; returns
+ * the chunks they use and the span of their addresses (first to last byte). */
+static void layout(const progpack_config *cfg, size_t n, size_t *chunks, size_t *span) {
+    progpack_allocator *a;
+    OK(progpack_allocator_new(cfg, &a));
+    progpack_program *programs[1000];
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (size_t i = 0; i < n; i++) {
+        progpack_draft *d;
+        uint8_t *image;
+        uintptr_t at;
+        OK(progpack_draft_new(a, 64, 1, &d, &image, &at));
+        memset(image, 0xcc, 64);
+        emit_ret_imm(image, (uint32_t)i);
+        OK(progpack_draft_finalize(d, &programs[i]));
+        lo = at < lo ? at : lo;
+        hi = at + 64 > hi ? at + 64 : hi;
+    }
+    progpack_stats s;
+    OK(progpack_allocator_stats(a, &s));
+    *chunks = s.chunks_used;
+    *span = hi - lo;
+    for (size_t i = 0; i < n; i++)
+        OK(progpack_program_free(programs[i]));
+    OK(progpack_allocator_free(a));
+}
+
+static void layout_settings(void) {
+    progpack_config cfg = {0};
+    size_t chunks, span;
+    /* The default adds no slack: a 64-byte program takes one 64-byte chunk. */
+    layout(&cfg, 10, &chunks, &span);
+    CHECK(chunks == 10);
+    /* The kernel's 16 bytes: two chunks each. */
+    cfg.min_slack = 16;
+    layout(&cfg, 10, &chunks, &span);
+    CHECK(chunks == 20);
+    /* Runs that follow each other: 1,000 chunks taken one thread's run (64 chunks) at a time
+     * stay within a few runs of each other, where scattered runs spread over the pack. */
+    cfg.min_slack = 0;
+    cfg.no_scatter_runs = 1;
+    layout(&cfg, 1000, &chunks, &span);
+    CHECK(chunks == 1000);
+    CHECK(span <= (1000 + 2 * 64) * 64);
+    /* More slack than a chunk is refused. */
+    progpack_allocator *b;
+    cfg.min_slack = 65;
+    CHECK(progpack_allocator_new(&cfg, &b) == PROGPACK_STATUS_INVALID_ARGUMENT);
+    CHECK(b == NULL);
+}
+
 int main(void) {
     progpack_allocator *a;
     OK(progpack_allocator_new(NULL, &a));
@@ -273,6 +324,7 @@ int main(void) {
     shrink(a);
     page_alignment(a);
     freed_code_traps(a);
+    layout_settings();
     progpack_stats s;
     OK(progpack_allocator_stats(a, &s));
     CHECK(s.programs == 0 && s.allocations == 0);

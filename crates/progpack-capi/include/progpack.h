@@ -29,7 +29,7 @@
 // `progpack_config.backend`: a memfd with a persistent writable alias.
 #define PROGPACK_BACKEND_DUALMAP 2
 
-// `progpack_config.backend`: a memfd with a writable alias mapped only around each write.
+// `progpack_config.backend`: a memfd written with `pwrite`, no lasting writable view.
 #define PROGPACK_BACKEND_DUALMAP_PER_WRITE 3
 
 // What a call did. `PROGPACK_STATUS_OK` (0) is success; every other value is a failure whose

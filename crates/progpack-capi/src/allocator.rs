@@ -24,7 +24,7 @@ pub const PROGPACK_BACKEND_DETECT: u32 = 0;
 pub const PROGPACK_BACKEND_PROCMEM: u32 = 1;
 /// `progpack_config.backend`: a memfd with a persistent writable alias.
 pub const PROGPACK_BACKEND_DUALMAP: u32 = 2;
-/// `progpack_config.backend`: a memfd with a writable alias mapped only around each write.
+/// `progpack_config.backend`: a memfd written with `pwrite`, no lasting writable view.
 pub const PROGPACK_BACKEND_DUALMAP_PER_WRITE: u32 = 3;
 
 /// Allocator configuration. A zeroed struct (`progpack_config cfg = {0};`) is the default

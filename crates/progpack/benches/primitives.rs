@@ -20,12 +20,14 @@ fn alloc(backend: BackendChoice) -> Allocator {
     Allocator::new(Config::default().backend(backend)).expect("allocator")
 }
 
-fn backends() -> [(&'static str, BackendChoice); 3] {
+fn backends() -> [(&'static str, BackendChoice); 4] {
     [
         ("procmem", BackendChoice::ProcMem),
         // No /proc/self/mem descriptor kept between writes: what that costs per write.
         ("procmem-per-write", BackendChoice::ProcMemPerWrite),
         ("dualmap", BackendChoice::DualMap),
+        // No writable view kept: a `pwrite` on the memfd per write.
+        ("dualmap-per-write", BackendChoice::DualMapPerWrite),
     ]
 }
 

@@ -20,7 +20,7 @@ pub enum BackendChoice {
     ProcMemPerWrite,
     /// memfd with a persistent writable alias.
     DualMap,
-    /// memfd with a writable alias mapped only around each write.
+    /// memfd written with `pwrite`, no lasting writable view ([`DualMap::per_write`]).
     DualMapPerWrite,
     /// A backend of your own (or a test double).
     Custom(Arc<dyn Backend>),

@@ -27,7 +27,7 @@
 //! | [`BackendChoice::ProcMem`] | Linux with `/proc/self/mem` writes allowed (the usual case) | one `pwrite` (about 1 µs): batch many programs per write | yes (THP, `madvise` mode is enough) | none |
 //! | [`BackendChoice::ProcMemPerWrite`] | as `ProcMem`, keeping no writable `/proc/self/mem` descriptor open between writes | `open` + `pwrite` + `close` (about 8 µs more): batch many programs per write | yes | none |
 //! | [`BackendChoice::DualMap`] | `/proc/self/mem` forbidden (`proc_mem.force_override=never`, some sandboxes) and loads are frequent | a `memcpy` (nanoseconds) | only with shmem THP enabled | yes, at an address the kernel chose, while the pack lives |
-//! | [`BackendChoice::DualMapPerWrite`] | `/proc/self/mem` forbidden and you want no lasting alias | `mmap` + `munmap` (about 6 µs) | only with shmem THP enabled | only during a write |
+//! | [`BackendChoice::DualMapPerWrite`] | `/proc/self/mem` forbidden and you want no lasting alias | a `pwrite` on the `memfd` (about 0.5 µs; `mmap` + `munmap`, about 6 µs, where `pwrite` is refused) | only with shmem THP enabled | none (only during a write where `pwrite` is refused) |
 //! | [`BackendChoice::Custom`] | other platforms (e.g. `MAP_JIT` on Apple silicon), tests | yours | yours | yours |
 //!
 //! [`Allocator::backend_report`] says which backend was picked and what each probe answered;

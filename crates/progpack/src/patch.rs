@@ -19,7 +19,7 @@
 //! |---|---|---|---|
 //! | x86-64 | `procmem` | `pwrite`s of `/proc/self/mem`, each followed by `membarrier` SYNC_CORE | any instruction, up to 16 bytes: the `text_poke_bp` protocol (below); a thread runs the old or the new instruction, never a mix |
 //! | x86-64 | `dualmap` | byte stores through the writable alias, each followed by `membarrier` SYNC_CORE | the same |
-//! | x86-64 | `dualmap-per-write` | a view mapped around each write | the same (slower: three `mmap` + `munmap`) |
+//! | x86-64 | `dualmap-per-write` | `pwrite`s of the `memfd` (or a view mapped around each write where `pwrite` is refused) | the same |
 //! | x86-64 | custom | [`Mapping::write`](crate::Mapping::write) | the same, if a 1-byte write is a single store (any copy is) |
 //! | aarch64 | `procmem` | one 4-byte `pwrite` (the kernel's `memcpy` stores an aligned word whole), cache maintenance, `membarrier` SYNC_CORE | one aligned instruction, old and new both among B, BL, BRK, HVC, ISB, NOP, SMC, SVC (Arm ARM B2.2.5); anything else is [`Error::PatchNotConcurrent`] |
 //! | aarch64 | `dualmap` | one atomic 32-bit store through the alias, cache maintenance, `membarrier` SYNC_CORE | the same |

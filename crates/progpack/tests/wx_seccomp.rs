@@ -4,6 +4,9 @@
 //! without a code range, and forks; it must exit cleanly. Sampling `/proc/self/maps`
 //! (`wx_scan.rs`) can miss a brief window; this cannot: the request itself is fatal.
 //!
+//! `dualmap-per-write` is also run under a filter that refuses every shared writable `mmap`:
+//! it writes its `memfd` with `pwrite` and never maps a writable view, not even for a moment.
+//!
 //! The filter is proven first: the same child asking once for a read+write+execute page with
 //! each of the three calls dies of SIGSYS, while read+write and read+execute requests pass.
 //! (The eBPF JIT runs under the same filter in progpack-bpf's tests.)
@@ -11,7 +14,7 @@
 mod support;
 
 use progpack::{Allocator, BackendChoice, CodeRange, Config, Error, Program};
-use support::seccomp::{install_kill_on_wx, request_wx};
+use support::seccomp::{install_kill_on_wx, install_refuse_shared_writable_mmap, request_wx};
 use support::{call_u64, ret_imm64, ret_imm64_len, run_in_child, ChildExit};
 
 const PACK: usize = 64 << 10;
@@ -120,6 +123,52 @@ fn workload(alloc: &Allocator, seed: u64) -> Result<usize, String> {
     }
     alloc.check_invariants()?;
     Ok(calls)
+}
+
+/// `dualmap-per-write` maps no writable view at any time: every load, batch, free, growth and
+/// new pack of the workload runs while a filter refuses each shared writable `mmap` (proven to
+/// refuse one first).
+#[test]
+fn dualmap_per_write_never_maps_a_writable_view() {
+    let out = run_in_child(|| {
+        install_refuse_shared_writable_mmap()?;
+        // The probe: a writable shared view of a memfd is refused with EPERM.
+        // SAFETY: a fresh memfd of one page, mapped (if at all) only to be unmapped again.
+        unsafe {
+            let fd = libc::memfd_create(c"probe".as_ptr(), libc::MFD_CLOEXEC);
+            if fd < 0 || libc::ftruncate(fd, 4096) != 0 {
+                return Err("memfd setup failed".into());
+            }
+            let view = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            );
+            let errno = std::io::Error::last_os_error().raw_os_error();
+            if view != libc::MAP_FAILED {
+                libc::munmap(view, 4096);
+                return Err("the filter let a shared writable view through".into());
+            }
+            if errno != Some(libc::EPERM) {
+                return Err(format!("the probe failed with {errno:?}, not EPERM"));
+            }
+            libc::close(fd);
+        }
+        let cfg = Config::default()
+            .backend(BackendChoice::DualMapPerWrite)
+            .pack_size(PACK)
+            .reserve_packs(0);
+        let alloc = Allocator::new(cfg).map_err(|e| e.to_string())?;
+        let calls = workload(&alloc, 1)?;
+        if calls == 0 {
+            return Err("no program was called".into());
+        }
+        Ok(())
+    });
+    out.assert_ok();
 }
 
 fn under_filter(backend: BackendChoice, code_range: bool) -> Result<String, String> {

@@ -31,8 +31,9 @@
 //!   backend that works.
 //! - [`DualMap::persistent`] keeps a **read+write alias** of every pack at an address the
 //!   kernel chose: a write through it changes code. An attacker needs that address (not
-//!   exported by progpack; visible in `/proc/self/maps`). [`DualMap::per_write`] maps the alias
-//!   only during each write.
+//!   exported by progpack; visible in `/proc/self/maps`). [`DualMap::per_write`] keeps no
+//!   alias: it writes the `memfd` with `pwrite` (a view mapped around each write only where
+//!   `pwrite` is refused).
 //! - Both: the executable pages hold JIT code, whose start inside its chunk is randomized
 //!   ([`Config::randomize`](crate::Config::randomize)) against JIT spraying; free space is
 //!   traps.

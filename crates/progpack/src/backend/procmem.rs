@@ -27,6 +27,10 @@ use crate::error::Result;
 use rustix::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
+/// What failed, in errors of writes.
+const PWRITE: &str = "pwrite /proc/self/mem";
+const PWRITEV: &str = "pwritev /proc/self/mem";
+
 /// Writes code through `/proc/self/mem`: the default backend, and the preferred one.
 ///
 /// Packs are private anonymous memory, advised `MADV_HUGEPAGE`, trap-filled and made
@@ -214,13 +218,13 @@ unsafe impl Mapping for ProcMemMapping {
     fn write(&self, offset: usize, bytes: &[u8]) -> Result<()> {
         check_range(offset, bytes.len(), self.len)?;
         self.file
-            .with_fd(|fd| sys::pwrite_all(fd, bytes, (self.base + offset) as u64))
+            .with_fd(|fd| sys::pwrite_all(fd, bytes, (self.base + offset) as u64, PWRITE))
     }
     fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
         let len = parts.iter().map(|p| p.len()).sum();
         check_range(offset, len, self.len)?;
         self.file
-            .with_fd(|fd| sys::pwritev_all(fd, parts, (self.base + offset) as u64))
+            .with_fd(|fd| sys::pwritev_all(fd, parts, (self.base + offset) as u64, PWRITEV))
     }
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         check_range(offset, len, self.len)?;

@@ -303,8 +303,8 @@ pub fn open_proc_mem() -> Result<OwnedFd> {
 }
 
 /// Writes all of `buf` at file offset `offset` with `pwrite`, retrying short writes;
-/// [`Error::ShortWrite`] if the file stops accepting bytes.
-pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64) -> Result<()> {
+/// [`Error::ShortWrite`] if the file stops accepting bytes. `op` names the call in errors.
+pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64, op: &'static str) -> Result<()> {
     let mut done = 0;
     while done < buf.len() {
         match rustix::io::pwrite(&fd, &buf[done..], offset + done as u64) {
@@ -323,7 +323,7 @@ pub fn pwrite_all(fd: impl AsFd, buf: &[u8], offset: u64) -> Result<()> {
                     written: done,
                 });
             }
-            Err(e) => return Err(Error::os("pwrite /proc/self/mem", e)),
+            Err(e) => return Err(Error::os(op, e)),
         }
     }
     Ok(())
@@ -341,7 +341,12 @@ pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
     let phase0 = offset as usize % crate::arch::TRAP.len();
     if len <= BUF {
         // The usual case (a program's bytes): one plain pwrite.
-        return pwrite_all(fd, &traps[phase0..phase0 + len], offset);
+        return pwrite_all(
+            fd,
+            &traps[phase0..phase0 + len],
+            offset,
+            "pwrite (trap fill)",
+        );
     }
     let mut done = 0usize;
     while done < len {
@@ -373,8 +378,8 @@ pub fn pwrite_traps(fd: impl AsFd, offset: u64, len: usize) -> Result<()> {
 
 /// Writes the concatenation of `parts` at file offset `offset` of `fd` with `pwritev`, as few
 /// calls as the kernel allows (at most `IOV_MAX` = 1024 iovecs per call), retrying short writes;
-/// [`Error::ShortWrite`] if the file stops accepting bytes.
-pub fn pwritev_all(fd: impl AsFd, parts: &[&[u8]], offset: u64) -> Result<()> {
+/// [`Error::ShortWrite`] if the file stops accepting bytes. `op` names the call in errors.
+pub fn pwritev_all(fd: impl AsFd, parts: &[&[u8]], offset: u64, op: &'static str) -> Result<()> {
     const IOVS: usize = 64;
     let wanted: usize = parts.iter().map(|p| p.len()).sum();
     let (mut part, mut within, mut done) = (0usize, 0usize, 0usize);
@@ -425,7 +430,7 @@ pub fn pwritev_all(fd: impl AsFd, parts: &[&[u8]], offset: u64) -> Result<()> {
                     written: done,
                 });
             }
-            Err(e) => return Err(Error::os("pwritev /proc/self/mem", e)),
+            Err(e) => return Err(Error::os(op, e)),
         }
     }
     Ok(())
@@ -937,12 +942,12 @@ mod tests {
             .map(|i| (0..(i % 7) as u8).map(|b| b ^ i as u8).collect())
             .collect();
         let refs: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
-        pwritev_all(&fd, &refs, 100).unwrap();
+        pwritev_all(&fd, &refs, 100, "test").unwrap();
         let want: Vec<u8> = parts.concat();
         let mut got = vec![0u8; want.len()];
         rustix::io::pread(&fd, &mut got, 100).unwrap();
         assert_eq!(got, want);
-        pwritev_all(&fd, &[], 0).unwrap();
-        pwritev_all(&fd, &[&[], &[]], 0).unwrap();
+        pwritev_all(&fd, &[], 0, "test").unwrap();
+        pwritev_all(&fd, &[&[], &[]], 0, "test").unwrap();
     }
 }

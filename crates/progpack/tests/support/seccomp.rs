@@ -54,10 +54,46 @@ pub fn kill_on_wx_filter() -> Vec<libc::sock_filter> {
     ]
 }
 
+/// A filter that makes every `mmap` asking for a shared writable view fail with `EPERM` (a
+/// writable alias of a `memfd`, say); everything else is allowed. Not a security boundary
+/// (other ABIs and `mremap` are not looked at): a probe for tests that a backend never maps
+/// such a view.
+pub fn refuse_shared_writable_mmap_filter() -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let jset = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let kill = libc::SECCOMP_RET_KILL_PROCESS;
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    vec![
+        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(jeq, ARCH, 1, 0), // this ABI: go to 3
+        /* 2 */ op(ret, kill, 0, 0),
+        /* 3 */ op(ld, 0, 0, 0), // seccomp_data.nr
+        /* 4 */ op(jeq, libc::SYS_mmap as u32, 0, 5), // mmap: go on; else allow (10)
+        /* 5 */ op(ld, ARG2, 0, 0), // the protection
+        /* 6 */ op(jset, libc::PROT_WRITE as u32, 0, 3), // writable: go on; else allow
+        /* 7 */ op(ld, ARG2 + 8, 0, 0), // the flags (args[3])
+        /* 8 */ op(jset, libc::MAP_SHARED as u32, 0, 1), // shared: refuse; else allow
+        /* 9 */ op(ret, eperm, 0, 0),
+        /* 10 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+    ]
+}
+
 /// Installs [`kill_on_wx_filter`] for this process and every child it makes from now on. For
 /// a test child only: it cannot be undone.
 pub fn install_kill_on_wx() -> Result<(), String> {
-    let filter = kill_on_wx_filter();
+    install(&kill_on_wx_filter())
+}
+
+/// Installs [`refuse_shared_writable_mmap_filter`], like [`install_kill_on_wx`].
+pub fn install_refuse_shared_writable_mmap() -> Result<(), String> {
+    install(&refuse_shared_writable_mmap_filter())
+}
+
+/// Installs `filter` for this process and its future children.
+fn install(filter: &[libc::sock_filter]) -> Result<(), String> {
     let prog = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_ptr().cast_mut(),

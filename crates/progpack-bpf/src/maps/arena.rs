@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::MapError;
 use crate::memory::{self, Region};
@@ -71,23 +72,63 @@ impl Arena {
     /// Copies `[off, off + dst.len())` out. Panics if out of range (a bug of the map).
     pub(crate) fn read(&self, off: usize, dst: &mut [u8]) {
         assert!(off + dst.len() <= self.len);
+        let mut done = 0;
+        if off.is_multiple_of(8) {
+            for d in dst.chunks_exact_mut(8) {
+                // SAFETY: `off + done` is 8-aligned (the arena is) and the word in range
+                // (checked above) of our live allocation; shared memory is accessed atomically.
+                let w = unsafe { AtomicU64::from_ptr(self.ptr.add(off + done).cast()) };
+                d.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+                done += 8;
+            }
+        }
         // SAFETY: in range (checked above) of our live allocation; shared accessors.
-        unsafe { memory::read_shared(self.ptr.add(off), dst) }
+        unsafe { memory::read_shared(self.ptr.add(off + done), &mut dst[done..]) }
     }
 
     /// Copies `src` to `[off, off + src.len())`. Panics if out of range (a bug of the map).
     pub(crate) fn write(&self, off: usize, src: &[u8]) {
         assert!(off + src.len() <= self.len);
+        let mut done = 0;
+        if off.is_multiple_of(8) {
+            for s in src.chunks_exact(8) {
+                let v = u64::from_le_bytes(s.try_into().unwrap_or_default());
+                // SAFETY: as in `read`.
+                let w = unsafe { AtomicU64::from_ptr(self.ptr.add(off + done).cast()) };
+                w.store(v, Ordering::Relaxed);
+                done += 8;
+            }
+        }
         // SAFETY: in range (checked above) of our live allocation; shared accessors.
-        unsafe { memory::write_shared(self.ptr.add(off), src) }
+        unsafe { memory::write_shared(self.ptr.add(off + done), &src[done..]) }
     }
 
-    /// Zeroes `[off, off + n)`.
+    /// Zeroes `[off, off + n)`. Panics if out of range (a bug of the map).
     pub(crate) fn zero(&self, off: usize, n: usize) {
-        for k in 0..n {
-            self.write(off + k, &[0]);
+        const ZEROS: [u8; 256] = [0; 256];
+        for k in (0..n).step_by(ZEROS.len()) {
+            self.write(off + k, &ZEROS[..(n - k).min(ZEROS.len())]);
         }
     }
+}
+
+/// `n` zeroed atomic words (allocated zeroed, so a large table costs no page until used).
+pub(crate) fn zeroed_words(n: usize) -> Box<[AtomicU64]> {
+    let Ok(layout) = Layout::array::<AtomicU64>(n) else {
+        // More than the address space: as `vec!` does.
+        panic!("capacity overflow");
+    };
+    if n == 0 {
+        return Box::new([]);
+    }
+    // SAFETY: `layout` has a non-zero size.
+    let ptr = unsafe { alloc_zeroed(layout) }.cast::<AtomicU64>();
+    if ptr.is_null() {
+        std::alloc::handle_alloc_error(layout);
+    }
+    // SAFETY: `ptr` is a live allocation of `n` words made with the global allocator and the
+    // layout `Box<[AtomicU64]>` frees it with, and all-zero bytes are a valid `AtomicU64`.
+    unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, n)) }
 }
 
 impl Drop for Arena {

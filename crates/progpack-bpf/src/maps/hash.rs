@@ -1,108 +1,82 @@
 //! Hash maps (plain, per-CPU, LRU, LRU per-CPU): at most `max_entries` keys, each owning a slot
 //! of a preallocated value arena (like the kernel's preallocated hash maps: a value's address
-//! never changes while its key is present). The key -> slot index is a `std` hash map behind a
-//! mutex; value bytes live in the arena and are read and written with atomic accessors, so
-//! programs on other threads may use a value pointer while the host or another program
-//! updates it.
+//! never changes while its key is present). Value bytes live in the arena and are read and
+//! written with atomic accessors, so programs on other threads may use a value pointer while
+//! the host or another program updates it.
 //!
-//! Keys of at most 8 bytes are stored as a `u64`, of at most [`INLINE_KEY`] inline in the index (no allocation, no
-//! pointer to chase on lookup); longer ones are boxed. Each slot's key is also kept in
-//! `slot_keys` (for LRU eviction and listings).
+//! # The index
+//! An open-addressing table with linear probing, allocated at creation with at least twice
+//! `max_entries` positions. Each position is one `AtomicU64`: [`EMPTY`], [`TOMB`] (a deleted
+//! entry probes go on past), or `tag << 32 | (slot + 1)`. Keys of at most 4 bytes are their own
+//! tag, so a lookup never reads anything but the table; longer keys are tagged with 32 bits of
+//! their hash and compared with the slot's key (`keys`: `words` little-endian, zero-padded
+//! `u64`s per slot).
 //!
-//! Invariants (under the lock): `index` and `slot_keys`/`used` agree (`used[s]` and
-//! `slot_keys[s] == k` iff `index[k] == s`); a slot is in `free` iff it is not used.
+//! Positions come from foldhash's quality variant, keyed per map (a seed derived from the
+//! standard library's randomly keyed SipHash, which draws on the OS's randomness): keys come
+//! from packets, and a keyed hash keeps an attacker who does not know the seed from choosing
+//! keys that pile up on one probe sequence.
+//!
+//! # Concurrency
+//! Lookups take no lock (like the kernel's RCU lookups): they load table entries and key words
+//! atomically. Insertions, replacements and deletions take the `writer` mutex (the kernel takes
+//! a bucket lock for each of these). A writer only changes one position at a time, each change
+//! one atomic store, and in ways a concurrent probe cannot be misled by:
+//! - an insertion writes the slot's value and key first and publishes the entry last
+//!   (release; lookups load entries with acquire);
+//! - a deletion turns the entry into [`TOMB`], or into [`EMPTY`] when the next position is
+//!   empty (no probe sequence then runs through it), turning the tombstones just before it
+//!   into [`EMPTY`] the same way.
+//!
+//! Only a *rebuild* (re-placing every entry to drop tombstones, when they fill a quarter of
+//! the table) moves entries. It runs under the `rebuilds` sequence lock: odd while it runs;
+//! a lookup that saw it odd, or changed, retries (under the mutex when odd, so it waits
+//! instead of spinning).
 //!
 //! A deleted (or, for LRU, evicted) key's slot is reused by the next insertion: a program
-//! still holding the old value pointer then reads or writes the new key's value. That is
-//! memory-safe (the arena is still the map's) and matches preallocated kernel maps without
-//! RCU-delayed reuse.
+//! still holding the old value pointer then reads or writes the new key's value, and a lookup
+//! racing with the deletion and the reuse may return the reused slot. That is memory-safe (the
+//! arena is still the map's) and matches preallocated kernel maps without RCU-delayed reuse.
 //!
-//! LRU: every lookup and update stamps the slot with a tick; inserting into a full map evicts
-//! the key with the oldest stamp (a scan over all slots, O(max_entries)).
+//! LRU: every lookup and update stamps the slot with a tick of a per-map counter; inserting
+//! into a full map evicts the key with the oldest stamp (a scan over all slots,
+//! O(max_entries)).
+//!
+//! Invariants (under the mutex): a slot is `used` iff exactly one table entry names it, and its
+//! `keys` words are then its key; a slot is in `free` iff it is not used; `live` and `tombs`
+//! count the table's entries and tombstones; `live + tombs` stays below three quarters of the
+//! table, so every probe meets an empty position.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use super::arena::Arena;
+use foldhash::quality::SeedableRandomState;
+use foldhash::SharedSeed;
+
+use super::arena::{zeroed_words, Arena};
 use super::{cpu, MapError, UpdateFlag};
 
 /// Most entries of a hash map (its index is allocated at creation).
 pub const MAX_ENTRIES: u32 = 1 << 22;
 
-/// Longest key stored inline.
-const INLINE_KEY: usize = 16;
+/// A table position never used.
+const EMPTY: u64 = 0;
+/// A table position whose entry was deleted.
+const TOMB: u64 = u32::MAX as u64;
 
-/// Key -> slot: keys of up to 8 bytes as a `u64`, up to [`INLINE_KEY`] inline, longer boxed
-/// (the smaller the entries, the more of a large map's index stays in cache).
+/// Longest key that is its own tag.
+const EXACT_KEY: usize = 4;
+
+/// What the mutex guards besides the right to change the table.
 #[derive(Debug)]
-enum Keys {
-    Word(HashMap<u64, u32>),
-    Inline(HashMap<[u8; INLINE_KEY], u32>),
-    Boxed(HashMap<Box<[u8]>, u32>),
-}
-
-impl Keys {
-    fn new(key_size: usize) -> Keys {
-        match key_size {
-            0..=8 => Keys::Word(HashMap::new()),
-            9..=INLINE_KEY => Keys::Inline(HashMap::new()),
-            _ => Keys::Boxed(HashMap::new()),
-        }
-    }
-
-    fn word(key: &[u8]) -> u64 {
-        let mut k = [0u8; 8];
-        k[..key.len()].copy_from_slice(key);
-        u64::from_le_bytes(k)
-    }
-
-    fn inline(key: &[u8]) -> [u8; INLINE_KEY] {
-        let mut k = [0u8; INLINE_KEY];
-        k[..key.len()].copy_from_slice(key);
-        k
-    }
-
-    fn get(&self, key: &[u8]) -> Option<u32> {
-        match self {
-            Keys::Word(m) => m.get(&Self::word(key)).copied(),
-            Keys::Inline(m) => m.get(&Self::inline(key)).copied(),
-            Keys::Boxed(m) => m.get(key).copied(),
-        }
-    }
-
-    fn insert(&mut self, key: &[u8], s: u32) {
-        match self {
-            Keys::Word(m) => m.insert(Self::word(key), s),
-            Keys::Inline(m) => m.insert(Self::inline(key), s),
-            Keys::Boxed(m) => m.insert(key.into(), s),
-        };
-    }
-
-    fn remove(&mut self, key: &[u8]) -> Option<u32> {
-        match self {
-            Keys::Word(m) => m.remove(&Self::word(key)),
-            Keys::Inline(m) => m.remove(&Self::inline(key)),
-            Keys::Boxed(m) => m.remove(key),
-        }
-    }
-}
-
-/// Index state, under the mutex.
-#[derive(Debug)]
-struct Index {
-    index: Keys,
-    /// `key_size` bytes per slot: the slot's key, if `used`.
-    slot_keys: Vec<u8>,
+struct Writer {
     used: Vec<bool>,
     free: Vec<u32>,
-    stamp: Vec<u64>,
-    tick: u64,
-}
-
-impl Index {
-    fn key(&self, s: u32, key_size: usize) -> &[u8] {
-        &self.slot_keys[s as usize * key_size..(s as usize + 1) * key_size]
-    }
+    /// Table entries.
+    live: usize,
+    /// Table tombstones.
+    tombs: usize,
 }
 
 /// A hash map of any of the four kinds.
@@ -115,7 +89,42 @@ pub(crate) struct HashMapImpl {
     max: u32,
     cpus: usize,
     lru: bool,
-    state: Mutex<Index>,
+    hasher: SeedableRandomState,
+    /// The index (see the module doc); its length is a power of two.
+    table: Box<[AtomicU64]>,
+    mask: usize,
+    /// `u64` words per key.
+    words: usize,
+    /// `words` words per slot: the slot's key, zero-padded.
+    keys: Box<[AtomicU64]>,
+    /// Sequence lock of rebuilds: odd while one runs.
+    rebuilds: AtomicU64,
+    /// LRU: the tick of each slot's last use.
+    stamp: Box<[AtomicU64]>,
+    tick: AtomicU64,
+    writer: Mutex<Writer>,
+}
+
+/// The hasher of a new map: foldhash keyed by a process-wide random seed and a per-map one,
+/// both drawn from the standard library's randomly keyed SipHash.
+fn new_hasher() -> SeedableRandomState {
+    static SHARED: OnceLock<SharedSeed> = OnceLock::new();
+    let random = || std::hash::RandomState::new().hash_one(0x6d61_7073u64);
+    let shared = SHARED.get_or_init(|| SharedSeed::from_u64(random()));
+    SeedableRandomState::with_seed(random(), shared)
+}
+
+/// The `u64` of up to 8 key bytes, zero-padded.
+#[inline]
+fn word(bytes: &[u8]) -> u64 {
+    // The common sizes without a call to `memcpy`.
+    if let Ok(b) = <[u8; 8]>::try_from(bytes) {
+        u64::from_le_bytes(b)
+    } else if let Ok(b) = <[u8; 4]>::try_from(bytes) {
+        u32::from_le_bytes(b) as u64
+    } else {
+        bytes.iter().rev().fold(0, |w, &b| (w << 8) | b as u64)
+    }
 }
 
 impl HashMapImpl {
@@ -138,15 +147,8 @@ impl HashMapImpl {
             });
         }
         let arena = Arena::new(bytes)?;
-        let index = Keys::new(key_size as usize);
-        let state = Index {
-            index,
-            slot_keys: vec![0; max as usize * key_size as usize],
-            used: vec![false; max as usize],
-            free: (0..max).rev().collect(),
-            stamp: vec![0; if lru { max as usize } else { 0 }],
-            tick: 0,
-        };
+        let words = (key_size as usize).div_ceil(8);
+        let positions = (max as usize * 2).next_power_of_two().max(8);
         Ok(HashMapImpl {
             arena,
             key_size: key_size as usize,
@@ -155,12 +157,25 @@ impl HashMapImpl {
             max,
             cpus,
             lru,
-            state: Mutex::new(state),
+            hasher: new_hasher(),
+            table: zeroed_words(positions),
+            mask: positions - 1,
+            words,
+            keys: zeroed_words(max as usize * words),
+            rebuilds: AtomicU64::new(0),
+            stamp: zeroed_words(if lru { max as usize } else { 0 }),
+            tick: AtomicU64::new(0),
+            writer: Mutex::new(Writer {
+                used: vec![false; max as usize],
+                free: (0..max).rev().collect(),
+                live: 0,
+                tombs: 0,
+            }),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn offset(&self, slot: u32, cpu: usize) -> usize {
@@ -175,19 +190,98 @@ impl HashMapImpl {
         }
     }
 
-    fn touch(&self, st: &mut Index, slot: u32) {
-        if self.lru {
-            st.tick += 1;
-            st.stamp[slot as usize] = st.tick;
+    /// The hash of `key` (`key_size` bytes).
+    #[inline]
+    fn hash(&self, key: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        if key.len() <= 8 {
+            h.write_u64(word(key));
+        } else {
+            h.write(key);
+        }
+        h.finish()
+    }
+
+    /// The tag of `key` in table entries.
+    #[inline]
+    fn tag(&self, key: &[u8], hash: u64) -> u64 {
+        if key.len() <= EXACT_KEY {
+            word(key)
+        } else {
+            hash >> 32
         }
     }
 
-    fn slot_of(&self, key: &[u8]) -> Option<u32> {
-        let key = key.get(..self.key_size)?;
-        let mut st = self.lock();
-        let s = st.index.get(key)?;
-        self.touch(&mut st, s);
+    /// Whether slot `s` holds `key`.
+    fn key_eq(&self, s: u32, key: &[u8]) -> bool {
+        let base = s as usize * self.words;
+        key.chunks(8)
+            .zip(&self.keys[base..base + self.words])
+            .all(|(c, w)| w.load(Ordering::Relaxed) == word(c))
+    }
+
+    /// Slot `s`'s key (under the mutex, or racing with its reuse).
+    fn slot_key(&self, s: u32) -> Vec<u8> {
+        let base = s as usize * self.words;
+        let mut k: Vec<u8> = self.keys[base..base + self.words]
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .collect();
+        k.truncate(self.key_size);
+        k
+    }
+
+    /// The position and slot of `key` (hash `hash`), probing at most once around the table.
+    #[inline]
+    fn find(&self, key: &[u8], hash: u64) -> Option<(usize, u32)> {
+        let tag = self.tag(key, hash);
+        let mut i = hash as usize & self.mask;
+        for _ in 0..=self.mask {
+            let e = self.table[i].load(Ordering::Acquire);
+            if e == EMPTY {
+                return None;
+            }
+            if e as u32 != u32::MAX && e >> 32 == tag {
+                let s = e as u32 - 1;
+                if key.len() <= EXACT_KEY || self.key_eq(s, key) {
+                    return Some((i, s));
+                }
+            }
+            i = (i + 1) & self.mask;
+        }
+        None
+    }
+
+    fn touch(&self, slot: u32) {
+        if self.lru {
+            let t = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+            self.stamp[slot as usize].store(t, Ordering::Relaxed);
+        }
+    }
+
+    /// The slot of `key` (`key_size` bytes), without the mutex unless a rebuild runs.
+    fn slot_of_key(&self, key: &[u8]) -> Option<u32> {
+        let hash = self.hash(key);
+        let found = loop {
+            let seq = self.rebuilds.load(Ordering::Acquire);
+            if seq & 1 == 1 {
+                // A rebuild is moving entries: wait for it.
+                let _w = self.lock();
+                break self.find(key, hash);
+            }
+            let found = self.find(key, hash);
+            fence(Ordering::Acquire);
+            if self.rebuilds.load(Ordering::Relaxed) == seq {
+                break found;
+            }
+        };
+        let (_, s) = found?;
+        self.touch(s);
         Some(s)
+    }
+
+    fn slot_of(&self, key: &[u8]) -> Option<u32> {
+        self.slot_of_key(key.get(..self.key_size)?)
     }
 
     /// Address of the calling thread's value for `key`.
@@ -224,34 +318,22 @@ impl HashMapImpl {
         let key = key.get(..self.key_size).ok_or(MapError::BadKey)?;
         let value = value.get(..self.value_size).ok_or(MapError::BadValue)?;
         let cpu = self.cpu();
-        let mut st = self.lock();
-        if let Some(s) = st.index.get(key) {
+        let hash = self.hash(key);
+        let mut w = self.lock();
+        if let Some((_, s)) = self.find(key, hash) {
             if flag == UpdateFlag::NoExist {
                 return Err(MapError::Exists);
             }
-            self.touch(&mut st, s);
+            self.touch(s);
             self.arena.write(self.offset(s, cpu), value);
             return Ok(());
         }
         if flag == UpdateFlag::Exist {
             return Err(MapError::NotFound);
         }
-        let s = match st.free.pop() {
+        let s = match w.free.pop() {
             Some(s) => s,
-            None if self.lru && self.max > 0 => {
-                // Evict the least recently used key.
-                let (victim, _) = st
-                    .stamp
-                    .iter()
-                    .enumerate()
-                    .min_by_key(|(_, &t)| t)
-                    .expect("a full map has slots");
-                let s = victim as u32;
-                let old = st.key(s, self.key_size).to_vec();
-                st.index.remove(&old);
-                st.used[s as usize] = false;
-                s
-            }
+            None if self.lru && self.max > 0 => self.evict(&mut w),
             None => return Err(MapError::Full),
         };
         for c in 0..self.cpus {
@@ -260,29 +342,213 @@ impl HashMapImpl {
             }
         }
         self.arena.write(self.offset(s, cpu), value);
-        st.index.insert(key, s);
-        let ks = self.key_size;
-        st.slot_keys[s as usize * ks..(s as usize + 1) * ks].copy_from_slice(key);
-        st.used[s as usize] = true;
-        self.touch(&mut st, s);
+        let base = s as usize * self.words;
+        for (c, k) in key.chunks(8).zip(&self.keys[base..base + self.words]) {
+            k.store(word(c), Ordering::Relaxed);
+        }
+        self.touch(s);
+        self.place(&mut w, hash, (self.tag(key, hash) << 32) | (s as u64 + 1));
+        w.used[s as usize] = true;
+        if (w.live + w.tombs) * 4 > self.table.len() * 3 {
+            self.rebuild(&mut w);
+        }
         Ok(())
+    }
+
+    /// Publishes `entry` (of a key hashing to `hash`, not in the table) at the first free
+    /// position of its probe sequence.
+    fn place(&self, w: &mut Writer, hash: u64, entry: u64) {
+        let mut i = hash as usize & self.mask;
+        loop {
+            let e = self.table[i].load(Ordering::Relaxed);
+            if e == EMPTY || e == TOMB {
+                if e == TOMB {
+                    w.tombs -= 1;
+                }
+                self.table[i].store(entry, Ordering::Release);
+                w.live += 1;
+                return;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// Removes the entry at position `i` (see the module doc for why probes stay right).
+    fn remove_at(&self, w: &mut Writer, i: usize) {
+        w.live -= 1;
+        if self.table[(i + 1) & self.mask].load(Ordering::Relaxed) != EMPTY {
+            self.table[i].store(TOMB, Ordering::Release);
+            w.tombs += 1;
+            return;
+        }
+        self.table[i].store(EMPTY, Ordering::Release);
+        let mut j = i.wrapping_sub(1) & self.mask;
+        while j != i && self.table[j].load(Ordering::Relaxed) == TOMB {
+            self.table[j].store(EMPTY, Ordering::Release);
+            w.tombs -= 1;
+            j = j.wrapping_sub(1) & self.mask;
+        }
+    }
+
+    /// LRU: frees the slot with the oldest stamp and returns it (the map is full).
+    fn evict(&self, w: &mut Writer) -> u32 {
+        let (victim, _) = self
+            .stamp
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, t)| t.load(Ordering::Relaxed))
+            .expect("a full map has slots");
+        let s = victim as u32;
+        let key = self.slot_key(s);
+        if let Some((i, _)) = self.find(&key, self.hash(&key)) {
+            self.remove_at(w, i);
+        }
+        w.used[s as usize] = false;
+        s
+    }
+
+    /// Re-places every entry, dropping the tombstones, under the sequence lock.
+    fn rebuild(&self, w: &mut Writer) {
+        // Only writers change `rebuilds`, under the mutex: it is even here.
+        let seq = self.rebuilds.fetch_add(1, Ordering::Acquire);
+        fence(Ordering::Release);
+        let entries: Vec<u64> = self
+            .table
+            .iter()
+            .map(|e| e.load(Ordering::Relaxed))
+            .filter(|&e| e != EMPTY && e != TOMB)
+            .collect();
+        for e in self.table.iter() {
+            e.store(EMPTY, Ordering::Relaxed);
+        }
+        w.live = 0;
+        w.tombs = 0;
+        for e in entries {
+            let key = self.slot_key(e as u32 - 1);
+            self.place(w, self.hash(&key), e);
+        }
+        self.rebuilds.store(seq + 2, Ordering::Release);
     }
 
     pub(crate) fn delete(&self, key: &[u8]) -> Result<(), MapError> {
         let key = key.get(..self.key_size).ok_or(MapError::BadKey)?;
-        let mut st = self.lock();
-        let s = st.index.remove(key).ok_or(MapError::NotFound)?;
-        st.used[s as usize] = false;
-        st.free.push(s);
+        let hash = self.hash(key);
+        let mut w = self.lock();
+        let (i, s) = self.find(key, hash).ok_or(MapError::NotFound)?;
+        self.remove_at(&mut w, i);
+        w.used[s as usize] = false;
+        w.free.push(s);
         Ok(())
     }
 
     /// Present keys, in no particular order.
     pub(crate) fn keys(&self) -> Vec<Vec<u8>> {
-        let st = self.lock();
+        let w = self.lock();
         (0..self.max)
-            .filter(|&s| st.used[s as usize])
-            .map(|s| st.key(s, self.key_size).to_vec())
+            .filter(|&s| w.used[s as usize])
+            .map(|s| self.slot_key(s))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(key_size: u32, max: u32, lru: bool) -> HashMapImpl {
+        HashMapImpl::new(key_size, 8, max, false, lru).unwrap()
+    }
+
+    fn key(i: u32, size: usize) -> Vec<u8> {
+        let mut k = vec![0xa5; size];
+        let b = i.to_le_bytes();
+        let n = size.min(4);
+        k[..n].copy_from_slice(&b[..n]);
+        k[size - n..].copy_from_slice(&b[..n]);
+        k
+    }
+
+    /// Churn (inserts and deletes well past the table size, so tombstones force rebuilds)
+    /// against a model, for exact-tag and compared keys.
+    #[test]
+    fn churn_matches_a_model() {
+        let mut rebuilds = 0;
+        for key_size in [1, 4, 5, 8, 13, 64] {
+            // Powers of two: a full map fills half the table, so tombstones pile up.
+            let max = if key_size == 1 { 128 } else { 256 };
+            let m = map(key_size, max, false);
+            let mut model = std::collections::HashMap::new();
+            let mut x = 0x1234_5678u64;
+            for step in 0..20_000u64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let k = key((x % (max as u64 * 2)) as u32, key_size as usize);
+                match x >> 60 {
+                    0..=6 => {
+                        let r = m.update(&k, &step.to_le_bytes(), UpdateFlag::Any);
+                        if model.len() < max as usize || model.contains_key(&k) {
+                            assert_eq!(r, Ok(()));
+                            model.insert(k, step);
+                        } else {
+                            assert_eq!(r, Err(MapError::Full));
+                        }
+                    }
+                    7..=12 => assert_eq!(m.delete(&k).is_ok(), model.remove(&k).is_some()),
+                    _ => {
+                        let got = m
+                            .lookup(&k)
+                            .map(|v| u64::from_le_bytes(v.try_into().unwrap()));
+                        assert_eq!(got, model.get(&k).copied(), "key size {key_size}");
+                    }
+                }
+                let w = m.lock();
+                assert_eq!(w.live, model.len());
+                assert!((w.live + w.tombs) * 4 <= m.table.len() * 3);
+            }
+            rebuilds += m.rebuilds.load(Ordering::Relaxed) / 2;
+            let mut keys = m.keys();
+            keys.sort();
+            let mut want: Vec<_> = model.keys().cloned().collect();
+            want.sort();
+            assert_eq!(keys, want);
+        }
+        assert!(rebuilds > 0, "the churn never rebuilt the table");
+    }
+
+    #[test]
+    fn a_rebuild_keeps_every_key_and_value() {
+        let m = map(8, 64, false);
+        for i in 0..64 {
+            m.update(&key(i, 8), &(i as u64).to_le_bytes(), UpdateFlag::NoExist)
+                .unwrap();
+        }
+        for i in (0..64).step_by(3) {
+            m.delete(&key(i, 8)).unwrap();
+        }
+        let addr = m.lookup_addr(&key(1, 8));
+        m.rebuild(&mut m.lock());
+        assert_eq!(m.rebuilds.load(Ordering::Relaxed), 2);
+        assert_eq!(m.lock().tombs, 0);
+        assert_eq!(m.lookup_addr(&key(1, 8)), addr, "values do not move");
+        for i in 0..64u32 {
+            let want = (i % 3 != 0).then(|| (i as u64).to_le_bytes().to_vec());
+            assert_eq!(m.lookup(&key(i, 8)), want);
+        }
+    }
+
+    #[test]
+    fn lru_eviction_keeps_the_index_right() {
+        let m = map(6, 16, true);
+        for i in 0..1000u32 {
+            m.update(&key(i, 6), &(i as u64).to_le_bytes(), UpdateFlag::Any)
+                .unwrap();
+            // The last 16 keys are present.
+            let lo = i.saturating_sub(15);
+            for j in lo..=i {
+                assert!(m.lookup(&key(j, 6)).is_some(), "{j} after {i}");
+            }
+        }
+        assert_eq!(m.keys().len(), 16);
     }
 }

@@ -12,6 +12,8 @@
 //! line to the environment's trace sink (see [`crate::ProgramEnv::set_trace_sink`]) and
 //! supports `%d %i %u %x %X %c %p %%` with `l`/`ll` length modifiers (`%s` prints `(str)`).
 
+#![allow(unsafe_code)]
+
 use std::cell::Cell;
 use std::fmt::Write;
 
@@ -64,9 +66,29 @@ fn read_vec(cx: &HelperContext, addr: u64, len: u64) -> Option<Vec<u8>> {
     cx.read(addr, &mut v).then_some(v)
 }
 
-/// Calls `f` with a copy of the `len` bytes of program memory at `addr` (on the stack when
-/// short), or returns `None` if the program could not read them.
+/// Calls `f` with the `len` bytes of program memory at `addr`, or returns `None` if the
+/// program could not read them. Bytes of the run's own input or stack are lent in place; bytes
+/// of shared memory (map values, which other threads may write) are copied atomically first
+/// (on the stack when short).
+#[inline]
 fn with_bytes<R>(cx: &HelperContext, addr: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
+    if len > MAX_COPY {
+        return None;
+    }
+    let (p, shared) = cx.translate(addr, len, false)?;
+    if !shared {
+        // SAFETY: `translate` found `[p, p + len)` in the run's input memory or live stack
+        // frames: initialised, exclusive to this run and alive for the whole helper call, and
+        // nothing writes them while the program is suspended in the call (`f` writes only map
+        // arenas, never program input or stack).
+        return Some(f(unsafe { std::slice::from_raw_parts(p, len as usize) }));
+    }
+    copy_bytes(cx, addr, len, f)
+}
+
+/// [`with_bytes`] of shared memory: a copy.
+#[cold]
+fn copy_bytes<R>(cx: &HelperContext, addr: u64, len: u64, f: impl FnOnce(&[u8]) -> R) -> Option<R> {
     let mut small = [0u8; 64];
     if len <= small.len() as u64 {
         let b = &mut small[..len as usize];

@@ -265,3 +265,106 @@ fn trace_printk_writes_to_the_sink() {
     assert_eq!(p.run_jit(&mut []).unwrap(), 5);
     assert_eq!(*lines.lock().unwrap(), ["n=-5", "n=-5"]);
 }
+
+/// Lookups take no lock: while other threads insert and delete (enough to force rebuilds of
+/// the index), keys that stay present are always found with their value, for keys that are
+/// their own tag (4 bytes) and keys compared in full (12 bytes).
+#[test]
+fn lookups_stay_right_while_other_threads_churn() {
+    for key_size in [4usize, 12] {
+        let m = Map::new("c", def(MapKind::Hash, key_size as u32, 8, 512)).unwrap();
+        let key = |i: u32| {
+            let mut k = vec![0x5a; key_size];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            k
+        };
+        for i in 0..32 {
+            m.update(&key(i), &(i as u64 * 3).to_le_bytes(), UpdateFlag::NoExist)
+                .unwrap();
+        }
+        std::thread::scope(|s| {
+            for t in 0..2u32 {
+                let (m, key) = (&m, &key);
+                s.spawn(move || {
+                    for round in 0..200u32 {
+                        let base = 1_000 + t * 1_000_000 + round * 200;
+                        for i in base..base + 200 {
+                            m.update(&key(i), &[1; 8], UpdateFlag::NoExist).unwrap();
+                        }
+                        for i in base..base + 200 {
+                            m.delete(&key(i)).unwrap();
+                        }
+                    }
+                });
+            }
+            for _ in 0..2 {
+                let (m, key) = (&m, &key);
+                s.spawn(move || {
+                    for _ in 0..2_000 {
+                        for i in 0..32 {
+                            let v = m.lookup(&key(i)).expect("a present key is found");
+                            assert_eq!(v, (i as u64 * 3).to_le_bytes());
+                        }
+                    }
+                });
+            }
+        });
+        let mut keys = m.keys();
+        keys.sort();
+        assert_eq!(keys, (0..32).map(key).collect::<Vec<_>>());
+    }
+}
+
+/// Programs on several threads counting into shared hash map values through
+/// `map_lookup_elem` pointers and `map_update_elem`: every update lands (updates of one key
+/// are serialised by the map; each thread counts its own keys).
+#[test]
+fn programs_on_many_threads_share_a_hash_map() {
+    let vm = vm();
+    let m = vec![Map::new("h", def(MapKind::Hash, 4, 8, 64)).unwrap()];
+    // key = first input byte; value += 1 via lookup (0 if absent) and update.
+    let p = load(
+        &vm,
+        "ldxb %r2, [%r1]
+         stxw [%r10-4], %r2
+         mov %r7, 0
+         lddw %r1, 0xfd0
+         mov %r2, %r10
+         add %r2, -4
+         call 1
+         jeq %r0, 0, +1
+         ldxdw %r7, [%r0]
+         add %r7, 1
+         stxdw [%r10-16], %r7
+         lddw %r1, 0xfd0
+         mov %r2, %r10
+         add %r2, -4
+         mov %r3, %r10
+         add %r3, -16
+         mov %r4, 0
+         call 2
+         exit",
+        &m,
+    );
+    std::thread::scope(|s| {
+        for t in 0..4u8 {
+            let p = &p;
+            s.spawn(move || {
+                for n in 0..2_000u32 {
+                    let mut input = [t * 8 + (n % 8) as u8];
+                    if n % 2 == 0 {
+                        assert_eq!(p.run_jit(&mut input).unwrap(), 0);
+                    } else {
+                        assert_eq!(p.run_interp(&mut input).unwrap(), 0);
+                    }
+                }
+            });
+        }
+    });
+    let mut keys = m[0].keys();
+    keys.sort();
+    assert_eq!(keys, (0..32u32).map(|i| k(i).to_vec()).collect::<Vec<_>>());
+    for i in 0..32 {
+        assert_eq!(m[0].lookup(&k(i)), Some(250u64.to_le_bytes().to_vec()));
+    }
+}

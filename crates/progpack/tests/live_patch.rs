@@ -157,8 +157,8 @@ fn retargeting_a_call_100000_times_under_running_threads_dualmap() {
 }
 
 #[test]
-fn retargeting_a_call_under_running_threads_dualmap_per_write() {
-    let (ones, twos) = retarget_under_calls(BackendChoice::DualMapPerWrite, 4_000);
+fn retargeting_a_call_100000_times_under_running_threads_dualmap_per_write() {
+    let (ones, twos) = retarget_under_calls(BackendChoice::DualMapPerWrite, 100_000);
     assert!(ones > 0 && twos > 0, "ones {ones}, twos {twos}");
 }
 

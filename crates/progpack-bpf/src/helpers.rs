@@ -133,6 +133,16 @@ impl Helpers {
         h
     }
 
+    /// Number of registered helpers (constant time, unlike counting [`iter`](Self::iter)).
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no helper is registered.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
     /// Iterates over the registered helpers in id order.
     pub fn iter(&self) -> impl Iterator<Item = (u32, Helper)> + '_ {
         self.map.iter().map(|(k, v)| (*k, *v))

@@ -289,7 +289,7 @@ fn translate_with(
         insns,
         opts.budget,
         opts.loops_only,
-        helpers.iter().count(),
+        helpers.len(),
         opts.blind.is_some(),
     )?;
     // Bounds proofs only where the program can have compared addresses with the end.

@@ -17,6 +17,8 @@
 //! It does not track values: memory accesses, `callx` targets and loop bounds are checked at
 //! run time by the engines.
 
+use std::cell::RefCell;
+
 use crate::decode::{decode_at, Instr};
 use crate::helpers::Helpers;
 use crate::insn::{Insn, FRAME_REG, MAX_CALL_DEPTH};
@@ -166,6 +168,18 @@ pub struct Checked {
     pub functions: Vec<usize>,
 }
 
+impl Checked {
+    /// Slots that passed [`validate`], without their decoded form (`instrs` and `functions`
+    /// empty): what a JIT-compiled [`BpfProgram`](crate::BpfProgram) keeps.
+    pub(crate) fn slots_only(slots: Vec<Insn>) -> Checked {
+        Checked {
+            slots,
+            instrs: Vec::new(),
+            functions: Vec::new(),
+        }
+    }
+}
+
 /// Checks `slots` against the rules in the module documentation. `helpers` decides which
 /// static `call` ids are known.
 pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
@@ -174,6 +188,44 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
 
 /// [`check`] of slots the caller hands over (no copy).
 pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, CheckError> {
+    let mut instrs = Vec::new();
+    let functions = check_into(&slots, helpers, &mut instrs)?.unwrap_or_else(|| vec![0]);
+    Ok(Checked {
+        slots,
+        instrs,
+        functions,
+    })
+}
+
+/// [`check`] without a [`Checked`] to show for it: for callers that keep only the slots (a
+/// JIT-compiled program decodes its instructions again if the interpreter ever needs them).
+/// Allocates nothing once the thread has checked a program of this size.
+pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckError> {
+    thread_local! {
+        static INSTRS: RefCell<Vec<Instr>> = const { RefCell::new(Vec::new()) };
+    }
+    /// Decoded instructions kept at most between checks (a huge program's are dropped).
+    const KEEP: usize = 1 << 14;
+    INSTRS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut instrs) => {
+            instrs.clear();
+            let r = check_into(slots, helpers, &mut instrs).map(drop);
+            if instrs.capacity() > KEEP {
+                *instrs = Vec::new();
+            }
+            r
+        }
+        Err(_) => check_into(slots, helpers, &mut Vec::new()).map(drop),
+    })
+}
+
+/// The checks of [`check`], decoding `slots` into `instrs` (empty on entry). Returns the
+/// function entries of a program with local calls (`None`: one function, at slot 0).
+fn check_into(
+    slots: &[Insn],
+    helpers: &Helpers,
+    instrs: &mut Vec<Instr>,
+) -> Result<Option<Vec<usize>>, CheckError> {
     if slots.is_empty() {
         return Err(CheckError::Empty);
     }
@@ -181,13 +233,13 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
         return Err(CheckError::TooLong { slots: slots.len() });
     }
     let n = slots.len();
+    instrs.reserve(n);
 
     // Pass 1: decode, registers, helpers; note whether there are local calls.
-    let mut instrs = Vec::with_capacity(n);
     let mut has_calls = false;
     let mut pc = 0;
     while pc < n {
-        let ins = decode_at(&slots, pc)?;
+        let ins = decode_at(slots, pc)?;
         if ins.written_regs().contains(&Some(FRAME_REG)) {
             return Err(CheckError::WriteToR10 { pc });
         }
@@ -210,14 +262,11 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
         }
         pc += ins.slots();
     }
+    let instrs = &instrs[..];
     if !has_calls {
         // One function: no function table, no call graph.
-        control_flow(&instrs, None, None)?;
-        return Ok(Checked {
-            slots,
-            instrs,
-            functions: vec![0],
-        });
+        control_flow(instrs, None, None)?;
+        return Ok(None);
     }
 
     let mut is_function = vec![false; n];
@@ -245,7 +294,7 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
     }
 
     // Pass 2: control flow.
-    control_flow(&instrs, Some(&is_function), Some(&func_of))?;
+    control_flow(instrs, Some(&is_function), Some(&func_of))?;
 
     // Pass 3: call depth over the function call graph, when acyclic.
     let mut callees: Vec<Vec<usize>> = vec![Vec::new(); functions.len()];
@@ -261,11 +310,7 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
         }
     }
 
-    Ok(Checked {
-        slots,
-        instrs,
-        functions,
-    })
+    Ok(Some(functions))
 }
 
 /// Pass 2: every jump lands on an instruction of its own function, and no function falls

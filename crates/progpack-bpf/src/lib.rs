@@ -50,7 +50,7 @@ pub mod memory;
 pub mod pseudo;
 pub mod vaddr;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 pub use check::{CheckError, Checked};
 pub use context::{HelperContext, ProgramEnv};
@@ -182,25 +182,38 @@ impl Vm {
 
     /// [`load_slots_in`](Self::load_slots_in) of slots handed over.
     fn load_vec_in(&self, slots: Vec<Insn>, env: Arc<ProgramEnv>) -> Result<BpfProgram> {
-        let checked = check::check_vec(slots, &self.helpers)?;
-        let jit = match &self.jit {
-            Some((alloc, o)) => Some(Arc::new(JitProgram::new_with(
-                alloc,
-                &checked.slots,
-                &self.helpers,
-                self.jit_options(*o),
-                jit::EnvShape::of(&env),
-                true,
-            )?)),
-            None => None,
+        let Some((alloc, o)) = &self.jit else {
+            let checked = check::check_vec(slots, &self.helpers)?;
+            return Ok(self.program(checked, env, None));
         };
-        Ok(BpfProgram {
+        // The JIT runs the program: keep only its slots (see `BpfProgram::checked`).
+        check::validate(&slots, &self.helpers)?;
+        let jit = JitProgram::new_with(
+            alloc,
+            &slots,
+            &self.helpers,
+            self.jit_options(*o),
+            jit::EnvShape::of(&env),
+            true,
+        )?;
+        Ok(self.program(Checked::slots_only(slots), env, Some(Arc::new(jit))))
+    }
+
+    /// A program of this VM.
+    fn program(
+        &self,
+        checked: Checked,
+        env: Arc<ProgramEnv>,
+        jit: Option<Arc<JitProgram>>,
+    ) -> BpfProgram {
+        BpfProgram {
             checked,
+            decoded: OnceLock::new(),
             helpers: Arc::clone(&self.helpers),
             env,
             options: self.options,
             jit,
-        })
+        }
     }
 
     /// Loads many programs (bytecode, as [`load`](Self::load)). With the JIT enabled they are
@@ -208,40 +221,38 @@ impl Vm {
     /// per program. All or nothing: the first program that fails fails the call.
     pub fn load_many(&self, codes: &[&[u8]]) -> Result<Vec<BpfProgram>> {
         let mut checked = Vec::with_capacity(codes.len());
+        let Some((alloc, o)) = &self.jit else {
+            for code in codes {
+                let slots =
+                    insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
+                checked.push(check::check_vec(slots, &self.helpers)?);
+            }
+            return Ok(checked
+                .into_iter()
+                .map(|c| self.program(c, Arc::clone(&self.env), None))
+                .collect());
+        };
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-            checked.push(check::check_vec(slots, &self.helpers)?);
+            check::validate(&slots, &self.helpers)?;
+            checked.push(Checked::slots_only(slots));
         }
-        let jits: Vec<Option<Arc<JitProgram>>> = match &self.jit {
-            Some((alloc, o)) => {
-                let slots = checked.iter().map(|c| &c.slots[..]);
-                let extra = jit::EnvShape::of(&self.env);
-                JitProgram::new_batch_with(
-                    alloc,
-                    slots,
-                    &self.helpers,
-                    self.jit_options(*o),
-                    extra,
-                    true,
-                )
-                .map_err(|(_, e)| e)?
-                .into_iter()
-                .map(|j| Some(Arc::new(j)))
-                .collect()
-            }
-            None => checked.iter().map(|_| None).collect(),
-        };
+        let slots = checked.iter().map(|c| &c.slots[..]);
+        let extra = jit::EnvShape::of(&self.env);
+        let jits = JitProgram::new_batch_with(
+            alloc,
+            slots,
+            &self.helpers,
+            self.jit_options(*o),
+            extra,
+            true,
+        )
+        .map_err(|(_, e)| e)?;
         Ok(checked
             .into_iter()
             .zip(jits)
-            .map(|(checked, jit)| BpfProgram {
-                checked,
-                helpers: Arc::clone(&self.helpers),
-                env: Arc::clone(&self.env),
-                options: self.options,
-                jit,
-            })
+            .map(|(c, j)| self.program(c, Arc::clone(&self.env), Some(Arc::new(j))))
             .collect())
     }
 
@@ -255,7 +266,11 @@ impl Vm {
 /// registry it was checked against); cheap to run many times, from any thread.
 #[derive(Clone, Debug)]
 pub struct BpfProgram {
+    /// The checked program. Of a program the JIT runs, only the slots (`instrs` empty): the
+    /// rest is decoded into `decoded` when first needed (see [`checked`](Self::checked)), so
+    /// that loading many JIT programs keeps no decoded copy of each.
     checked: Checked,
+    decoded: OnceLock<Box<Checked>>,
     helpers: Arc<Helpers>,
     env: Arc<ProgramEnv>,
     options: RunOptions,
@@ -273,11 +288,11 @@ impl BpfProgram {
     /// gets the whole instruction limit).
     pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
         let (mut r0, mut next) =
-            interp::run_env(&self.checked, &self.helpers, &self.env, mem, options, 0)?;
+            interp::run_env(self.checked(), &self.helpers, &self.env, mem, options, 0)?;
         let mut n = 0;
         while let Some(p) = next {
             n += 1;
-            (r0, next) = interp::run_env(&p.checked, &p.helpers, &p.env, mem, options, n)?;
+            (r0, next) = interp::run_env(p.checked(), &p.helpers, &p.env, mem, options, n)?;
         }
         Ok(r0)
     }
@@ -346,7 +361,7 @@ impl BpfProgram {
             instruction_limit: limit,
         };
         let (r0, next) = interp::run_env(
-            &self.checked,
+            self.checked(),
             &self.helpers,
             &self.env,
             mem,
@@ -381,9 +396,18 @@ impl BpfProgram {
         self.jit.as_deref()
     }
 
-    /// The checked program: raw slots, decoded instructions, function entries.
+    /// The checked program: raw slots, decoded instructions, function entries. (A program
+    /// loaded with the JIT decodes its instructions here on first use.)
     pub fn checked(&self) -> &Checked {
-        &self.checked
+        if !self.checked.instrs.is_empty() {
+            return &self.checked;
+        }
+        self.decoded.get_or_init(|| {
+            // The slots passed this check, against these helpers, when the program was loaded.
+            let full = check::check_vec(self.checked.slots.clone(), &self.helpers)
+                .expect("a loaded program passes the checker again");
+            Box::new(full)
+        })
     }
 
     /// The raw slots.

@@ -160,3 +160,31 @@ fn a_failing_batch_names_the_program_and_frees_everything() {
         "{s:?}"
     );
 }
+
+#[test]
+fn jit_programs_show_the_same_checked_program_as_the_checker() {
+    // With a local call (two functions) and an lddw (a second slot).
+    let text = "lddw %r0, 0x100000002\ncall local +1\nexit\nmov %r0, 3\nexit";
+    let slots = progpack_bpf::asm::assemble(text).expect("assembles");
+    let helpers = Helpers::conformance();
+    let want = progpack_bpf::check::check(&slots, &helpers).expect("checks");
+    let mut vm = Vm::new(helpers);
+    vm.enable_jit(
+        Allocator::new(Config::default()).expect("allocator"),
+        JitOptions::default(),
+    );
+    let bytes = progpack_bpf::insn::encode_slots(&slots);
+    let one = vm.load(&bytes).expect("loads");
+    let many = vm.load_many(&[&bytes, &bytes]).expect("loads");
+    for p in std::iter::once(&one).chain(&many) {
+        assert_eq!(p.slots(), &slots[..]);
+        assert_eq!(p.checked(), &want);
+        assert_eq!(p.checked().functions, vec![0, 4]);
+        // The interpreter (which runs the decoded form) and the JIT agree.
+        assert_eq!(p.run_interp(&mut []).unwrap(), 3);
+        assert_eq!(p.run_jit(&mut []).unwrap(), 3);
+        // A clone made before the first decode decodes on its own.
+        let q = p.clone();
+        assert_eq!(q.checked(), &want);
+    }
+}

@@ -168,18 +168,6 @@ pub struct Checked {
     pub functions: Vec<usize>,
 }
 
-impl Checked {
-    /// Slots that passed [`validate`], without their decoded form (`instrs` and `functions`
-    /// empty): what a JIT-compiled [`BpfProgram`](crate::BpfProgram) keeps.
-    pub(crate) fn slots_only(slots: Vec<Insn>) -> Checked {
-        Checked {
-            slots,
-            instrs: Vec::new(),
-            functions: Vec::new(),
-        }
-    }
-}
-
 /// Checks `slots` against the rules in the module documentation. `helpers` decides which
 /// static `call` ids are known.
 pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
@@ -188,7 +176,8 @@ pub fn check(slots: &[Insn], helpers: &Helpers) -> Result<Checked, CheckError> {
 
 /// [`check`] of slots the caller hands over (no copy).
 pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, CheckError> {
-    let mut instrs = Vec::new();
+    check_len(&slots)?;
+    let mut instrs = Vec::with_capacity(slots.len());
     let functions = check_into(&slots, helpers, &mut instrs)?.unwrap_or_else(|| vec![0]);
     Ok(Checked {
         slots,
@@ -201,6 +190,7 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
 /// JIT-compiled program decodes its instructions again if the interpreter ever needs them).
 /// Allocates nothing once the thread has checked a program of this size.
 pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckError> {
+    check_len(slots)?;
     thread_local! {
         static INSTRS: RefCell<Vec<Instr>> = const { RefCell::new(Vec::new()) };
     }
@@ -215,23 +205,31 @@ pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckErr
             }
             r
         }
-        Err(_) => check_into(slots, helpers, &mut Vec::new()).map(drop),
+        Err(_) => check_vec(slots.to_vec(), helpers).map(drop),
     })
 }
 
-/// The checks of [`check`], decoding `slots` into `instrs` (empty on entry). Returns the
-/// function entries of a program with local calls (`None`: one function, at slot 0).
-fn check_into(
-    slots: &[Insn],
-    helpers: &Helpers,
-    instrs: &mut Vec<Instr>,
-) -> Result<Option<Vec<usize>>, CheckError> {
+/// The first rule: 1..=[`MAX_SLOTS`] slots.
+fn check_len(slots: &[Insn]) -> Result<(), CheckError> {
     if slots.is_empty() {
         return Err(CheckError::Empty);
     }
     if slots.len() > MAX_SLOTS {
         return Err(CheckError::TooLong { slots: slots.len() });
     }
+    Ok(())
+}
+
+/// The checks of [`check`] after [`check_len`], decoding `slots` into `instrs` (empty on
+/// entry). Returns the function entries of a program with local calls (`None`: one
+/// function, at slot 0). Inlined into its two callers, so that each keeps `instrs` in
+/// registers.
+#[inline(always)]
+fn check_into(
+    slots: &[Insn],
+    helpers: &Helpers,
+    instrs: &mut Vec<Instr>,
+) -> Result<Option<Vec<usize>>, CheckError> {
     let n = slots.len();
     instrs.reserve(n);
 

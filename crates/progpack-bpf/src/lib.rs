@@ -184,7 +184,7 @@ impl Vm {
     fn load_vec_in(&self, slots: Vec<Insn>, env: Arc<ProgramEnv>) -> Result<BpfProgram> {
         let Some((alloc, o)) = &self.jit else {
             let checked = check::check_vec(slots, &self.helpers)?;
-            return Ok(self.program(checked, env, None));
+            return Ok(self.program(Code::Checked(checked), env, None));
         };
         // The JIT runs the program: keep only its slots (see `BpfProgram::checked`).
         check::validate(&slots, &self.helpers)?;
@@ -196,19 +196,18 @@ impl Vm {
             jit::EnvShape::of(&env),
             true,
         )?;
-        Ok(self.program(Checked::slots_only(slots), env, Some(Arc::new(jit))))
+        Ok(self.program(Code::slots(slots), env, Some(Arc::new(jit))))
     }
 
     /// A program of this VM.
     fn program(
         &self,
-        checked: Checked,
+        code: Code,
         env: Arc<ProgramEnv>,
         jit: Option<Arc<JitProgram>>,
     ) -> BpfProgram {
         BpfProgram {
-            checked,
-            decoded: OnceLock::new(),
+            code,
             helpers: Arc::clone(&self.helpers),
             env,
             options: self.options,
@@ -220,8 +219,8 @@ impl Vm {
     /// compiled and placed as one batch: one backend write per run of chunks instead of one
     /// per program. All or nothing: the first program that fails fails the call.
     pub fn load_many(&self, codes: &[&[u8]]) -> Result<Vec<BpfProgram>> {
-        let mut checked = Vec::with_capacity(codes.len());
         let Some((alloc, o)) = &self.jit else {
+            let mut checked = Vec::with_capacity(codes.len());
             for code in codes {
                 let slots =
                     insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
@@ -229,16 +228,17 @@ impl Vm {
             }
             return Ok(checked
                 .into_iter()
-                .map(|c| self.program(c, Arc::clone(&self.env), None))
+                .map(|c| self.program(Code::Checked(c), Arc::clone(&self.env), None))
                 .collect());
         };
+        let mut all = Vec::with_capacity(codes.len());
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
             check::validate(&slots, &self.helpers)?;
-            checked.push(Checked::slots_only(slots));
+            all.push(slots);
         }
-        let slots = checked.iter().map(|c| &c.slots[..]);
+        let slots = all.iter().map(|s| &s[..]);
         let extra = jit::EnvShape::of(&self.env);
         let jits = JitProgram::new_batch_with(
             alloc,
@@ -249,10 +249,10 @@ impl Vm {
             true,
         )
         .map_err(|(_, e)| e)?;
-        Ok(checked
+        Ok(all
             .into_iter()
             .zip(jits)
-            .map(|(c, j)| self.program(c, Arc::clone(&self.env), Some(Arc::new(j))))
+            .map(|(s, j)| self.program(Code::slots(s), Arc::clone(&self.env), Some(Arc::new(j))))
             .collect())
     }
 
@@ -262,15 +262,34 @@ impl Vm {
     }
 }
 
+/// What a [`BpfProgram`] keeps of its bytecode.
+#[derive(Clone, Debug)]
+enum Code {
+    /// The checked program (programs the interpreter runs).
+    Checked(Checked),
+    /// Slots that passed the checker, of a program the JIT runs: decoded into `decoded` when
+    /// first needed (see [`BpfProgram::checked`]), so that many JIT programs keep no decoded
+    /// copy each.
+    Slots {
+        slots: Vec<Insn>,
+        decoded: OnceLock<Box<Checked>>,
+    },
+}
+
+impl Code {
+    fn slots(slots: Vec<Insn>) -> Code {
+        Code::Slots {
+            slots,
+            decoded: OnceLock::new(),
+        }
+    }
+}
+
 /// A loaded, checked program. Independent of the [`Vm`] that loaded it (it keeps the helper
 /// registry it was checked against); cheap to run many times, from any thread.
 #[derive(Clone, Debug)]
 pub struct BpfProgram {
-    /// The checked program. Of a program the JIT runs, only the slots (`instrs` empty): the
-    /// rest is decoded into `decoded` when first needed (see [`checked`](Self::checked)), so
-    /// that loading many JIT programs keeps no decoded copy of each.
-    checked: Checked,
-    decoded: OnceLock<Box<Checked>>,
+    code: Code,
     helpers: Arc<Helpers>,
     env: Arc<ProgramEnv>,
     options: RunOptions,
@@ -379,14 +398,7 @@ impl BpfProgram {
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
         let extra = jit::EnvShape::of(&self.env);
-        let j = JitProgram::new_with(
-            alloc,
-            &self.checked.slots,
-            &self.helpers,
-            options,
-            extra,
-            true,
-        )?;
+        let j = JitProgram::new_with(alloc, self.slots(), &self.helpers, options, extra, true)?;
         self.jit = Some(Arc::new(j));
         Ok(())
     }
@@ -399,20 +411,23 @@ impl BpfProgram {
     /// The checked program: raw slots, decoded instructions, function entries. (A program
     /// loaded with the JIT decodes its instructions here on first use.)
     pub fn checked(&self) -> &Checked {
-        if !self.checked.instrs.is_empty() {
-            return &self.checked;
+        match &self.code {
+            Code::Checked(c) => c,
+            Code::Slots { slots, decoded } => decoded.get_or_init(|| {
+                // The slots passed this check, against these helpers, when they were loaded.
+                let full = check::check_vec(slots.clone(), &self.helpers)
+                    .expect("a loaded program passes the checker again");
+                Box::new(full)
+            }),
         }
-        self.decoded.get_or_init(|| {
-            // The slots passed this check, against these helpers, when the program was loaded.
-            let full = check::check_vec(self.checked.slots.clone(), &self.helpers)
-                .expect("a loaded program passes the checker again");
-            Box::new(full)
-        })
     }
 
     /// The raw slots.
     pub fn slots(&self) -> &[Insn] {
-        &self.checked.slots
+        match &self.code {
+            Code::Checked(c) => &c.slots,
+            Code::Slots { slots, .. } => slots,
+        }
     }
 
     /// The helper registry the program was checked against.

@@ -315,7 +315,7 @@ impl JitProgram {
         env: &ProgramEnv,
         tail_calls: u32,
     ) -> Result<Outcome, Fault> {
-        if self.needs.stack_bytes <= STACK_FRAME_SIZE {
+        if self.needs.stack_bytes as usize <= STACK_FRAME_SIZE {
             let mut frame = [0u8; STACK_FRAME_SIZE];
             self.run_on(mem, limit, env, tail_calls, &mut frame)
         } else {

@@ -134,7 +134,8 @@ pub(crate) struct Options {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct RunNeeds {
     /// Bytes of stack region to pass (0: none; else frame 0, or all frames with local calls).
-    pub stack_bytes: usize,
+    /// (32 bits keep a `JitProgram`, which holds these, small.)
+    pub stack_bytes: u32,
     /// Whether the code reads the environment argument (a `HelperContext`): it calls context
     /// helpers or checks extra regions.
     pub env: bool,
@@ -349,8 +350,8 @@ fn translate_with(
     patched?;
     let stack_bytes = match (usage.stack, usage.calls) {
         (false, _) => 0,
-        (true, false) => STACK_FRAME_SIZE,
-        (true, true) => STACK_SIZE,
+        (true, false) => STACK_FRAME_SIZE as u32,
+        (true, true) => STACK_SIZE as u32,
     };
     let proven = if prove {
         ranges.proven.iter().filter(|&&p| p).count() as u32

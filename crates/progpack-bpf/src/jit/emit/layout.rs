@@ -73,7 +73,7 @@ impl Regs {
 }
 
 /// What the layout is computed from.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Needs {
     /// The pre-pass results.
     pub usage: Usage,

@@ -201,6 +201,9 @@ pub(crate) struct Scratch {
     ranges: Ranges,
     stubs: Vec<Stub>,
     asm: AsmVecs,
+    /// The last layout computed and its needs: programs of one shape (many filters from one
+    /// template) get the same layout, which costs more to compute than to compare.
+    layout: Option<(Needs, Layout)>,
 }
 
 impl Scratch {
@@ -285,6 +288,7 @@ fn translate_with(
         ranges,
         stubs,
         asm,
+        layout,
     } = scratch;
     an.run(
         insns,
@@ -307,13 +311,21 @@ fn translate_with(
         usage.any_checks = false;
         usage.general_sizes = 0;
     }
-    let lay = Layout::new(Needs {
+    let needs = Needs {
         usage,
         budget: an.counted,
         env: context_calls || opts.extra_regions,
         extra_regions: opts.extra_regions,
         hide: opts.hide,
-    });
+    };
+    let lay = match layout {
+        Some((n, lay)) if *n == needs => *lay,
+        _ => {
+            let lay = Layout::new(needs);
+            *layout = Some((needs, lay));
+            lay
+        }
+    };
     let size_hint = an.code_bound() as usize + 256;
     let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
     let pcs = a.labels(insns.len());

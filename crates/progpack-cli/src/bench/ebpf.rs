@@ -15,6 +15,8 @@
 //!   compiled one by one, placed with one progpack `Batch` per group;
 //! - `progpack-bpf-jit-dualmap` (load only): one by one like `progpack-bpf-jit`, the allocator
 //!   on the dualmap backend (a write is a copy through the writable alias, no system call);
+//! - `progpack-bpf-jit-dualmap-per-write` (load only): the same on `dualmap-per-write` (a
+//!   `pwrite` on the pack's `memfd` per program: no writable view and no `/proc/self/mem`);
 //! - `progpack-bpf-jit-nocount`: the same as `progpack-bpf-jit` with `count_instructions: false` (like rbpf's JIT,
 //!   which has no instruction limit);
 //! - `progpack-bpf-jit-unplaced` (load only, a breakdown, not an engine): decode + check +
@@ -118,13 +120,15 @@ enum Engine {
     PpJitCompile,
     PpJitBatch,
     PpJitDualmap,
+    PpJitPerWrite,
 }
 
 impl Engine {
-    const ALL: [Engine; 9] = [
+    const ALL: [Engine; 10] = [
         Engine::PpJit,
         Engine::PpJitBatch,
         Engine::PpJitDualmap,
+        Engine::PpJitPerWrite,
         Engine::PpJitNoCount,
         Engine::PpJitUnplaced,
         Engine::PpJitCompile,
@@ -141,6 +145,7 @@ impl Engine {
                 | Engine::PpJitCompile
                 | Engine::PpJitBatch
                 | Engine::PpJitDualmap
+                | Engine::PpJitPerWrite
         )
     }
 
@@ -155,6 +160,7 @@ impl Engine {
             Engine::PpJitCompile => "progpack-bpf-jit-compile",
             Engine::PpJitBatch => "progpack-bpf-jit-batch",
             Engine::PpJitDualmap => "progpack-bpf-jit-dualmap",
+            Engine::PpJitPerWrite => "progpack-bpf-jit-dualmap-per-write",
         }
     }
 
@@ -162,13 +168,18 @@ impl Engine {
     fn vm(self) -> Result<Vm, String> {
         let mut vm = Vm::new(Helpers::new());
         let count_instructions = match self {
-            Engine::PpJit | Engine::PpJitBatch | Engine::PpJitDualmap => true,
+            Engine::PpJit | Engine::PpJitBatch | Engine::PpJitDualmap | Engine::PpJitPerWrite => {
+                true
+            }
             Engine::PpJitNoCount => false,
             _ => return Ok(vm), // interpreters, and the breakdowns (which compile themselves)
         };
         let config = match self {
             Engine::PpJitDualmap => {
                 progpack::Config::default().backend(progpack::BackendChoice::DualMap)
+            }
+            Engine::PpJitPerWrite => {
+                progpack::Config::default().backend(progpack::BackendChoice::DualMapPerWrite)
             }
             _ => progpack::Config::default(),
         };
@@ -223,7 +234,11 @@ fn load_all<'a>(
             }
             Ok((start.elapsed(), Box::new(vms)))
         }
-        Engine::PpInterp | Engine::PpJit | Engine::PpJitNoCount | Engine::PpJitDualmap => {
+        Engine::PpInterp
+        | Engine::PpJit
+        | Engine::PpJitNoCount
+        | Engine::PpJitDualmap
+        | Engine::PpJitPerWrite => {
             let vm = engine.vm()?;
             let mut loaded = Vec::with_capacity(progs.len());
             let start = Instant::now();
@@ -356,7 +371,8 @@ fn filter(
         Engine::PpJitUnplaced
         | Engine::PpJitCompile
         | Engine::PpJitBatch
-        | Engine::PpJitDualmap => Err("load only (runs the same code as progpack-bpf-jit)".into()),
+        | Engine::PpJitDualmap
+        | Engine::PpJitPerWrite => Err("load only (runs the same code as progpack-bpf-jit)".into()),
     }
 }
 

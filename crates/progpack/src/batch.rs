@@ -134,21 +134,22 @@ impl Batch {
     /// slot when the pack has room there (so the run stays one write).
     pub fn push(&mut self, len: usize, align: usize) -> Result<SlotMut<'_>> {
         let shared = &self.shared;
-        let index = if len.wrapping_sub(1) < shared.run_max_len
+        if len.wrapping_sub(1) < shared.run_max_len
             && align.is_power_of_two()
             && align <= shared.config.chunk_size
         {
             // Small (as in `span::allocate`): no need for the full checks.
             let n = (len + shared.config.min_slack + shared.config.chunk_size - 1)
                 >> shared.chunk_shift;
-            self.push_packed(n, len, align)?
-        } else {
-            match span::request(shared, len, align)?.chunks {
-                Some(n) if align <= shared.config.chunk_size => self.push_packed(n, len, align)?,
-                _ => self.push_alone(len, align)?,
+            return self.push_packed(n, len, align);
+        }
+        match span::request(shared, len, align)?.chunks {
+            Some(n) if align <= shared.config.chunk_size => self.push_packed(n, len, align),
+            _ => {
+                let index = self.push_alone(len, align)?;
+                Ok(self.slot_mut(index))
             }
-        };
-        Ok(self.slot_mut(index))
+        }
     }
 
     /// The handle of slot `index`, just pushed.
@@ -162,40 +163,21 @@ impl Batch {
         }
     }
 
-    /// A slot of `n` chunks in the last segment, growing it or starting a new one.
-    fn push_packed(&mut self, n: usize, len: usize, align: usize) -> Result<usize> {
+    /// A slot of `n` chunks in the last segment, growing it or starting a new one; its handle.
+    fn push_packed(&mut self, n: usize, len: usize, align: usize) -> Result<SlotMut<'_>> {
         let shift = self.shared.chunk_shift;
         if !self.last_has_room(n) {
             self.new_segment(n)?;
         }
+        self.stage(n)?;
         let seg_index = self.segments.len() - 1;
         let seg = self.segments.last_mut().expect("a segment exists");
         let first = seg.next;
-        // The slot's image must lie in one block: start a new block here if the last one ends
-        // before the slot does.
-        let in_last = seg
-            .blocks
-            .last()
-            .is_some_and(|b| (first + n - b.start) << shift <= b.buf.len());
-        if !in_last {
-            // Staging for this slot and what is reserved after it, at most a growth step.
-            let chunks = n.max((seg.end - first).min(GROW_CHUNKS));
-            match trap_buffer(chunks << shift) {
-                Ok(buf) => seg.blocks.push(Block { start: first, buf }),
-                Err(e) => {
-                    if seg.blocks.is_empty() {
-                        // A segment made for this slot: without it, it goes again.
-                        let seg = self.segments.pop().expect("a segment exists");
-                        self.give_back(seg, &[]);
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let block = seg.blocks.len() - 1;
         seg.next += n;
+        let block = seg.blocks.len() - 1;
+        let last = &mut seg.blocks[block];
         let at = span::image_offset(&self.shared, &mut self.rng, n << shift, len, align);
-        let block_at = ((first - seg.blocks[block].start) << shift) + at;
+        let block_at = ((first - last.start) << shift) + at;
         self.slots.push(Slot {
             seg: seg_index as u32,
             block: block as u32,
@@ -205,7 +187,46 @@ impl Batch {
             block_at: block_at as u32,
             len,
         });
-        Ok(self.slots.len() - 1)
+        // The last segment has a pack: `last_has_room` refuses one without (a slot of its own),
+        // and `new_segment` makes one with.
+        let base = seg.pack.as_ref().map_or(0, |p| p.base);
+        Ok(SlotMut {
+            index: self.slots.len() - 1,
+            exec_addr: base + (first << shift) + at,
+            image: &mut last.buf[block_at..block_at + len],
+        })
+    }
+
+    /// Makes sure the last segment's last block has staging for its next `n` chunks: a slot's
+    /// image must lie in one block, so a new block starts there if the last one ends before the
+    /// slot does.
+    fn stage(&mut self, n: usize) -> Result<()> {
+        let shift = self.shared.chunk_shift;
+        let seg = self.segments.last_mut().expect("a segment exists");
+        let first = seg.next;
+        let in_last = seg
+            .blocks
+            .last()
+            .is_some_and(|b| (first + n - b.start) << shift <= b.buf.len());
+        if in_last {
+            return Ok(());
+        }
+        // Staging for this slot and what is reserved after it, at most a growth step.
+        let chunks = n.max((seg.end - first).min(GROW_CHUNKS));
+        match trap_buffer(chunks << shift) {
+            Ok(buf) => {
+                seg.blocks.push(Block { start: first, buf });
+                Ok(())
+            }
+            Err(e) => {
+                if seg.blocks.is_empty() {
+                    // A segment made for this slot: without it, it goes again.
+                    let seg = self.segments.pop().expect("a segment exists");
+                    self.give_back(seg, &[]);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// True if the last segment has `n` chunks free after its used part, growing it into the

@@ -63,6 +63,12 @@ impl Program {
     }
 
     /// The code as placed (and patched), read back from executable memory.
+    ///
+    /// # Panics
+    ///
+    /// In a `fork()` child, for a program of a `dualmap` pack the child did not inherit (it
+    /// reads as traps there, from a read-only view of traps made on first use), if that view
+    /// cannot be mapped (out of memory or of mappings).
     pub fn bytes(&self) -> &[u8] {
         self.span.bytes()
     }

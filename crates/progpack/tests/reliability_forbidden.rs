@@ -57,6 +57,22 @@ fn falls_back() -> Result<String, String> {
             "explicit procmem error does not say what failed: {err}"
         ));
     }
+    // dualmap-per-write writes with pwrite where it can; here it must map a view per write.
+    let per_write = Allocator::new(Config::default().backend(BackendChoice::DualMapPerWrite))
+        .map_err(|e| e.to_string())?;
+    let mut progs = Vec::new();
+    for v in 0..100u64 {
+        let mut dr = per_write.draft(32, 16).map_err(|e| e.to_string())?;
+        dr.image_mut()[..ret_imm64(v).len()].copy_from_slice(&ret_imm64(v));
+        progs.push((dr.finalize().map_err(|e| e.to_string())?, v));
+    }
+    for (p, v) in &progs {
+        if call_u64(p) != *v {
+            return Err("wrong result on dualmap-per-write without pwrite".into());
+        }
+    }
+    progs.truncate(50); // frees trap-fill through a view too
+    per_write.check_invariants()?;
     Ok(format!("report: {}; explicit: {err}", d.report))
 }
 

@@ -301,9 +301,9 @@ impl DualMapping {
 }
 
 // SAFETY: in the maker, the executable view is read+execute for the mapping's life; writes go
-// through the separate writable view or `pwrite` on the file, inside the range (checked). In a child, nothing is
-// written, reads come from a view of traps (`read_base`), and the range is released only if
-// the child holds it.
+// through the separate writable view or `pwrite` on the file, inside the range (checked). In a
+// child, nothing is written, reads come from a view of traps (`read_base`), and the range is
+// released only if the child holds it.
 unsafe impl Mapping for DualMapping {
     fn base(&self) -> usize {
         self.base

@@ -21,7 +21,7 @@ use std::cell::RefCell;
 
 use crate::decode::{decode_at, Instr};
 use crate::helpers::Helpers;
-use crate::insn::{Insn, FRAME_REG, MAX_CALL_DEPTH};
+use crate::insn::*;
 
 /// Most slots a program may have.
 pub const MAX_SLOTS: usize = 1 << 20;
@@ -191,6 +191,9 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
 /// Allocates nothing once the thread has checked a program of this size.
 pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckError> {
     check_len(slots)?;
+    if quick_pass(slots, helpers) {
+        return Ok(());
+    }
     thread_local! {
         static INSTRS: RefCell<Vec<Instr>> = const { RefCell::new(Vec::new()) };
     }
@@ -207,6 +210,166 @@ pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckErr
         }
         Err(_) => check_vec(slots.to_vec(), helpers).map(drop),
     })
+}
+
+/// What [`quick_pass`] checks of one opcode: the largest `dst` and `src` it allows (0: the
+/// field must be zero), the fields that must be zero ([`Z_OFF`], [`Z_IMM`]), and what else to
+/// look at (`K_*`).
+#[derive(Clone, Copy)]
+struct Rule {
+    dst_max: u8,
+    src_max: u8,
+    zero: u8,
+    kind: u8,
+}
+
+/// `off` must be zero.
+const Z_OFF: u8 = 1;
+/// `imm` must be zero.
+const Z_IMM: u8 = 2;
+
+/// Not handled by [`quick_pass`]: an invalid opcode, or one it leaves to the full check
+/// (atomics, and the `off` forms of division, modulo and `mov`, which have `Z_OFF`).
+const K_SLOW: u8 = 0;
+/// Nothing more to check.
+const K_PLAIN: u8 = 1;
+/// A conditional jump to `pc + 1 + off`.
+const K_JUMP: u8 = 2;
+/// `ja` to `pc + 1 + off`.
+const K_JA: u8 = 3;
+/// `ja32` to `pc + 1 + imm`.
+const K_JA32: u8 = 4;
+/// `exit`.
+const K_EXIT: u8 = 5;
+/// `call` of helper `imm` (`src` 0: a local call goes to the full check).
+const K_CALL: u8 = 6;
+/// `lddw`: the next slot is its second half.
+const K_LDDW: u8 = 7;
+/// Byte order conversion: `imm` is 16, 32 or 64.
+const K_END: u8 = 8;
+
+/// The [`Rule`] of opcode `opc`, following [`decode_at`] (written registers at most r9:
+/// r10 is read-only).
+const fn rule(opc: u8) -> Rule {
+    const fn r(dst_max: u8, src_max: u8, zero: u8, kind: u8) -> Rule {
+        Rule {
+            dst_max,
+            src_max,
+            zero,
+            kind,
+        }
+    }
+    const SLOW: Rule = r(0, 0, 0, K_SLOW);
+    let x = opc & SRC_X != 0;
+    let code = opc & 0xf0;
+    match opc & 0x07 {
+        CLS_ALU | CLS_ALU64 => match code {
+            ALU_NEG if !x => r(9, 0, Z_OFF | Z_IMM, K_PLAIN),
+            ALU_END if !(x && opc & 0x07 == CLS_ALU64) => r(9, 0, Z_OFF, K_END),
+            ALU_NEG | ALU_END | 0xe0 | 0xf0 => SLOW,
+            _ if x => r(9, 10, Z_OFF | Z_IMM, K_PLAIN),
+            _ => r(9, 0, Z_OFF, K_PLAIN),
+        },
+        CLS_JMP | CLS_JMP32 => {
+            let jmp64 = opc & 0x07 == CLS_JMP;
+            match code {
+                JMP_JA if x => SLOW,
+                JMP_JA if jmp64 => r(0, 0, Z_IMM, K_JA),
+                JMP_JA => r(0, 0, Z_OFF, K_JA32),
+                JMP_CALL if jmp64 && x => r(10, 0, Z_OFF | Z_IMM, K_PLAIN),
+                JMP_CALL if jmp64 => r(0, 0, Z_OFF, K_CALL),
+                JMP_EXIT if jmp64 && !x => r(0, 0, Z_OFF | Z_IMM, K_EXIT),
+                JMP_CALL | JMP_EXIT | 0xe0 | 0xf0 => SLOW,
+                _ if x => r(10, 10, Z_IMM, K_JUMP),
+                _ => r(10, 0, 0, K_JUMP),
+            }
+        }
+        CLS_LD if opc == LD_DW_IMM => r(9, 0, Z_OFF, K_LDDW),
+        CLS_LD => SLOW,
+        CLS_LDX => match opc & 0xe0 {
+            MODE_MEM => r(9, 10, Z_IMM, K_PLAIN),
+            MODE_MEMSX if opc & 0x18 != SIZE_DW => r(9, 10, Z_IMM, K_PLAIN),
+            _ => SLOW,
+        },
+        CLS_ST => match opc & 0xe0 {
+            MODE_MEM => r(10, 0, 0, K_PLAIN),
+            _ => SLOW,
+        },
+        _ => match opc & 0xe0 {
+            MODE_MEM => r(10, 10, Z_IMM, K_PLAIN),
+            _ => SLOW,
+        },
+    }
+}
+
+/// [`rule`] of every opcode.
+static RULES: [Rule; 256] = {
+    let mut t = [rule(0); 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = rule(i as u8);
+        i += 1;
+    }
+    t
+};
+
+/// A quick pass for the common program: one function, no atomics, no `off` forms of
+/// arithmetic. `true` only if the full check accepts `slots` (1..=[`MAX_SLOTS`] of them);
+/// `false` says nothing (the full check decides, and names the error).
+///
+/// One walk, no decoding: every instruction's fields against its opcode's [`Rule`], every
+/// jump target in range and not a second `lddw` slot. Once every instruction passed, the
+/// slots with opcode 0 are exactly the second halves of `lddw`s (no instruction has opcode
+/// 0), so a target's opcode tells, even for a target further on that the walk has not
+/// checked yet.
+fn quick_pass(slots: &[Insn], helpers: &Helpers) -> bool {
+    let n = slots.len();
+    let mut kind = K_SLOW;
+    let mut pc = 0;
+    while pc < n {
+        let i = slots[pc];
+        let r = RULES[i.opc as usize];
+        kind = r.kind;
+        if i.dst > r.dst_max
+            || i.src > r.src_max
+            || (i.off != 0 && r.zero & Z_OFF != 0)
+            || (i.imm != 0 && r.zero & Z_IMM != 0)
+        {
+            return false;
+        }
+        match kind {
+            K_PLAIN | K_EXIT => {}
+            K_JUMP | K_JA | K_JA32 => {
+                let rel = if kind == K_JA32 {
+                    i.imm as i64
+                } else {
+                    i.off as i64
+                };
+                let t = pc as i64 + 1 + rel;
+                if t < 0 || t >= n as i64 || slots[t as usize].opc == 0 {
+                    return false;
+                }
+            }
+            K_CALL => {
+                if helpers.get(i.imm as u32).is_none() {
+                    return false;
+                }
+            }
+            K_LDDW => match slots.get(pc + 1) {
+                Some(hi) if hi.opc == 0 && hi.dst == 0 && hi.src == 0 && hi.off == 0 => pc += 1,
+                _ => return false,
+            },
+            K_END => {
+                if !matches!(i.imm, 16 | 32 | 64) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+        pc += 1;
+    }
+    // The last instruction must not fall through.
+    matches!(kind, K_JA | K_JA32 | K_EXIT)
 }
 
 /// The first rule: 1..=[`MAX_SLOTS`] slots.
@@ -379,7 +542,6 @@ fn max_depth(callees: &[Vec<usize>]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::insn::*;
 
     fn exit() -> Insn {
         Insn::new(EXIT, 0, 0, 0, 0)
@@ -449,6 +611,65 @@ mod tests {
         let mut hs = Helpers::new();
         hs.register(7, h);
         assert!(check(&p, &hs).is_ok());
+    }
+
+    #[test]
+    fn quick_pass_accepts_only_what_the_full_check_accepts() {
+        extern "C" fn h(a: u64, _: u64, _: u64, _: u64, _: u64) -> u64 {
+            a
+        }
+        let mut hs = Helpers::new();
+        hs.register(7, h);
+        let regs = [0u8, 1, 9, 10, 11, 15];
+        let offs = [0i16, 1, -1, 2, -3, 8, 16, 32];
+        let imms = [0i32, 1, -1, 2, 7, 16, 32, 64, 0xe1, 0xf1, 0x41, 0x50];
+        let mut quick = 0;
+        for opc in 0..=255u8 {
+            for &dst in &regs {
+                for &src in &regs {
+                    for &off in &offs {
+                        for &imm in &imms {
+                            let x = Insn::new(opc, dst, src, off, imm);
+                            // Room for short jumps either way, an lddw second slot, an exit.
+                            for p in [
+                                vec![x, Insn::new(0, 0, 0, 0, 5), exit(), exit(), exit()],
+                                vec![exit(), x, exit(), exit(), exit()],
+                                vec![x],
+                                vec![exit(), x],
+                            ] {
+                                if quick_pass(&p, &hs) {
+                                    quick += 1;
+                                    assert!(check(&p, &hs).is_ok(), "{p:?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(quick > 5_000, "{quick}");
+        // A program the quick pass takes: loads, arithmetic, jumps, lddw, a helper call.
+        let lddw = Instr::Lddw { dst: 3, imm: 7 }.encode();
+        let p = [
+            Insn::new(CLS_LDX | MODE_MEM | SIZE_H, 2, 1, 12, 0),
+            Insn::new(CLS_JMP | JMP_JNE, 2, 0, 3, 8),
+            lddw[0],
+            lddw[1],
+            Insn::new(CALL, 0, 0, 0, 7),
+            Insn::new(CLS_ALU | ALU_END | SRC_X, 0, 0, 0, 16),
+            exit(),
+        ];
+        assert!(quick_pass(&p, &hs));
+        // ... and leaves to the full check: an unknown helper, a jump into lddw, a fall
+        // through, a write to r10.
+        assert!(!quick_pass(&p, &Helpers::new()));
+        let mut q = p;
+        q[1].off = 1;
+        assert!(!quick_pass(&q, &hs));
+        assert!(!quick_pass(&p[..6], &hs));
+        let mut q = p;
+        q[0].dst = 10;
+        assert!(!quick_pass(&q, &hs));
     }
 
     #[test]

@@ -36,13 +36,16 @@ impl Insn {
     }
 
     /// Decodes one little-endian slot.
+    #[inline]
     pub fn from_bytes(b: [u8; INSN_SIZE]) -> Self {
+        // One 64-bit load, then the fields by shifts.
+        let w = u64::from_le_bytes(b);
         Insn {
-            opc: b[0],
-            dst: b[1] & 0x0f,
-            src: b[1] >> 4,
-            off: i16::from_le_bytes([b[2], b[3]]),
-            imm: i32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            opc: w as u8,
+            dst: (w >> 8) as u8 & 0x0f,
+            src: (w >> 12) as u8 & 0x0f,
+            off: (w >> 16) as u16 as i16,
+            imm: (w >> 32) as u32 as i32,
         }
     }
 
@@ -70,15 +73,11 @@ impl Insn {
 
 /// Decodes a byte string into slots; `None` if the length is not a multiple of 8.
 pub fn decode_slots(bytes: &[u8]) -> Option<Vec<Insn>> {
-    if !bytes.len().is_multiple_of(INSN_SIZE) {
+    let (slots, rest) = bytes.as_chunks::<INSN_SIZE>();
+    if !rest.is_empty() {
         return None;
     }
-    Some(
-        bytes
-            .chunks_exact(INSN_SIZE)
-            .map(|c| Insn::from_bytes(c.try_into().expect("chunks_exact yields 8 bytes")))
-            .collect(),
-    )
+    Some(slots.iter().map(|&b| Insn::from_bytes(b)).collect())
 }
 
 /// Encodes slots back to bytes.

@@ -145,15 +145,32 @@ const SPECIAL: u16 = MEM | JUMP | NO_FALL | CALL_ANY | R9 | ATOMIC_OP | WIDE;
 
 /// What the pre-pass carries from slot to slot.
 struct Walk {
-    u: Usage,
+    /// Registers read (explicitly, or implicitly by helper calls and `exit`).
     read: u16,
+    /// Registers written.
     written: u16,
-    regs: u16,
     /// Registers that may still hold their initial zero (exact for forward programs).
     undef: u16,
+    /// Registers that may be read while they still hold their initial zero.
     need_zero: u16,
-    helpers: usize,
+    /// `F_*` facts found so far.
+    facts: u8,
+    /// [`Usage::general_sizes`] so far.
+    general_sizes: u8,
 }
+
+/// Some instruction uses r9 as scratch.
+const F_R9: u8 = 1;
+/// Some access is not `r10 + off` inside the frame.
+const F_CHECKS: u8 = 2;
+/// A `call local`.
+const F_CALLS: u8 = 4;
+/// A helper call (`call` or `callx`).
+const F_HELPER_CALLS: u8 = 8;
+/// A jump or local call goes backwards.
+const F_BACKWARD: u8 = 16;
+/// A `ja`.
+const F_JA: u8 = 32;
 
 /// Facts about one opcode.
 #[derive(Clone, Copy)]
@@ -311,29 +328,26 @@ impl Analysis {
         let n = insns.len();
         self.slots.clear();
         self.slots.resize(n + 1, Slot::default());
-        self.slots[0].flags = LEADER;
+        let slots = &mut self.slots[..];
+        slots[0].flags = LEADER;
         let mut w = Walk {
-            u: Usage::default(),
             read: 0,
             written: 0,
-            regs: 1,
             // r2 tracked too: "still the input length".
             undef: ZERO_AT_ENTRY | 1 << 2,
             need_zero: 0,
-            helpers,
+            facts: 0,
+            general_sizes: 0,
         };
         let blind_extra: u32 = if blind { 24 } else { 0 };
         let mut size = 0u32;
-        let mut has_ja = false;
-        let mut count = 0u32;
+        let mut wide = 0u32;
         let mut pc = 0;
         while pc < n {
-            count += 1;
             let i = insns[pc];
             let p = PROPS[i.opc as usize];
-            self.slots[pc].flags |= START;
-            self.slots[pc].size_before = size;
-            has_ja |= p.f & (JUMP | NO_FALL) == JUMP | NO_FALL;
+            slots[pc].flags |= START;
+            slots[pc].size_before = size;
             let d = 1u16 << (i.dst & 15);
             let s = 1u16 << (i.src & 15);
             // Plain instructions read/write dst and src as the table says.
@@ -343,7 +357,7 @@ impl Analysis {
             let mut wr = (d & 0u16.wrapping_sub((p.f & WR_DST) >> 1)) | p.imp_wr;
             let mut bytes = p.size as u32 + blind_extra;
             if p.f & SPECIAL != 0 {
-                let (r2, w2, b2) = self.special(&mut w, insns, pc, i, p)?;
+                let (r2, w2, b2) = special(slots, &mut w, insns, pc, i, p, helpers)?;
                 r |= r2;
                 wr |= w2;
                 bytes += b2;
@@ -352,25 +366,39 @@ impl Analysis {
             w.undef &= !wr;
             w.read |= r;
             w.written |= wr;
-            w.regs |= r | wr;
             if p.f & NO_FALL != 0 {
                 w.undef = 0;
             }
             size += bytes;
             if p.f & WIDE != 0 {
                 pc += 1;
-                self.slots[pc].size_before = size;
+                wide += 1;
+                slots[pc].size_before = size;
             }
             pc += 1;
             if pc < n {
-                w.undef |= self.slots[pc].undef_in;
+                w.undef |= slots[pc].undef_in;
             }
         }
-        self.slots[n].size_before = size;
-        let mut u = w.u;
-        u.regs = w.regs & 0x7ff;
-        u.written = w.written & 0x7ff;
-        u.stack = w.read & (1 << FRAME_REG) != 0;
+        slots[n].size_before = size;
+        let facts = w.facts;
+        let calls = facts & F_CALLS != 0;
+        // The callee of a local call may read anything (the call itself names nothing).
+        let read = w.read | if calls { 0x3ff } else { 0 };
+        let mut u = Usage {
+            regs: (1 | w.read | w.written) & 0x7ff,
+            written: w.written & 0x7ff,
+            zero_on_entry: 0,
+            stack: read & (1 << FRAME_REG) != 0,
+            calls,
+            helper_calls: facts & F_HELPER_CALLS != 0,
+            backward: facts & F_BACKWARD != 0,
+            needs_r9: facts & F_R9 != 0,
+            general_sizes: w.general_sizes,
+            any_checks: facts & F_CHECKS != 0,
+            any_mem: facts & F_CHECKS != 0,
+            len_read: false,
+        };
         if u.any_checks && u.writes(1) {
             // Accesses [r1 + off] need the general check after all.
             for pc in (0..n).filter(|&pc| self.slots[pc].flags & START != 0) {
@@ -383,7 +411,7 @@ impl Analysis {
             }
         }
         let first_reads = if u.backward || u.calls {
-            w.read
+            read
         } else {
             w.need_zero
         };
@@ -391,103 +419,12 @@ impl Analysis {
         u.len_read = first_reads & (1 << 2) != 0;
         self.usage = u;
         self.merged = false;
-        self.count = count;
+        self.count = n as u32 - wide;
         self.counted = budget && (!loops_only || u.backward || u.calls);
         if self.counted {
-            self.block_charges(insns, has_ja);
+            self.block_charges(insns, facts & F_JA != 0);
         }
         Ok(())
-    }
-
-    /// The rarer facts of instruction `i` at `pc`: memory accesses, jumps, calls, atomics,
-    /// `lddw`, scratch needs. Returns extra registers read and written and extra code bytes.
-    #[inline(always)]
-    fn special(
-        &mut self,
-        w: &mut Walk,
-        insns: &[Insn],
-        pc: usize,
-        i: Insn,
-        p: Props,
-    ) -> Result<(u16, u16, u32), JitError> {
-        let n = insns.len();
-        let d = 1u16 << (i.dst & 15);
-        let s = 1u16 << (i.src & 15);
-        let (mut r, mut wr, mut bytes) = (0u16, 0u16, 0u32);
-        let u = &mut w.u;
-        if p.f & R9 != 0 {
-            u.needs_r9 = true;
-        }
-        if p.f & ATOMIC_OP != 0 {
-            if i.imm == ATOMIC_CMPXCHG {
-                r |= 1;
-                wr |= 1;
-            } else if i.imm & ATOMIC_FETCH != 0 {
-                wr |= s;
-                u.needs_r9 = true;
-            }
-        }
-        if p.f & MEM != 0 {
-            let base = if p.f & LOAD != 0 { i.src } else { i.dst };
-            if !in_frame(base, i.off, 1 << p.log) {
-                u.any_checks = true;
-                u.any_mem = true;
-                // Base r1 with a non-negative offset: decided once `written` is known.
-                if !(base == 1 && i.off >= 0) {
-                    u.general_sizes |= 1 << p.log;
-                }
-            }
-        }
-        if p.f & WIDE != 0 {
-            let next = insns.get(pc + 1).ok_or(JitError::IncompleteLddw { pc })?;
-            if next.opc != 0 || next.dst != 0 || next.src != 0 || next.off != 0 {
-                return Err(JitError::IncompleteLddw { pc });
-            }
-            // The second blinded half.
-            bytes += p.size as u32;
-        }
-        let mut target = None;
-        if p.f & CALL_ANY != 0 {
-            if i.opc == CALL && i.src == CALL_LOCAL {
-                u.calls = true;
-                // The callee may read anything; the call itself names nothing.
-                w.read |= 0x3ff;
-                w.need_zero |= w.undef;
-                target = Some(i.imm as i64);
-            } else {
-                u.helper_calls = true;
-                u.needs_r9 = true;
-                r |= 0x3e;
-                wr |= 1;
-                if i.opc == CALLX {
-                    r |= d;
-                    bytes += 128 * w.helpers as u32;
-                }
-            }
-        }
-        if p.f & JUMP != 0 {
-            target = Some(if p.f & JA32 != 0 {
-                i.imm as i64
-            } else {
-                i.off as i64
-            });
-        }
-        if p.f & (JUMP | CALL_ANY | NO_FALL) != 0 {
-            self.slots[pc + 1].flags |= LEADER;
-        }
-        if let Some(rel) = target {
-            let t = pc as i64 + 1 + rel;
-            if (0..n as i64).contains(&t) {
-                let t = t as usize;
-                self.slots[t].flags |= LEADER;
-                if t <= pc {
-                    u.backward = true;
-                } else {
-                    self.slots[t].undef_in |= w.undef & !wr;
-                }
-            }
-        }
-        Ok((r, wr, bytes))
     }
 
     /// Recomputes which checks remain once the accesses marked in `proven` need none:
@@ -587,6 +524,99 @@ impl Analysis {
             }
         }
     }
+}
+
+/// The rarer facts of instruction `i` at `pc` (for [`Analysis::run`]): memory accesses,
+/// jumps, calls, atomics, `lddw`, scratch needs. Marks the leaders it finds in `slots`;
+/// returns extra registers read and written and extra code bytes.
+#[inline(always)]
+fn special(
+    slots: &mut [Slot],
+    w: &mut Walk,
+    insns: &[Insn],
+    pc: usize,
+    i: Insn,
+    p: Props,
+    helpers: usize,
+) -> Result<(u16, u16, u32), JitError> {
+    let n = insns.len();
+    let d = 1u16 << (i.dst & 15);
+    let s = 1u16 << (i.src & 15);
+    let (mut r, mut wr, mut bytes) = (0u16, 0u16, 0u32);
+    if p.f & R9 != 0 {
+        w.facts |= F_R9;
+    }
+    if p.f & ATOMIC_OP != 0 {
+        if i.imm == ATOMIC_CMPXCHG {
+            r |= 1;
+            wr |= 1;
+        } else if i.imm & ATOMIC_FETCH != 0 {
+            wr |= s;
+            w.facts |= F_R9;
+        }
+    }
+    if p.f & MEM != 0 {
+        let base = if p.f & LOAD != 0 { i.src } else { i.dst };
+        if !in_frame(base, i.off, 1 << p.log) {
+            w.facts |= F_CHECKS;
+            // Base r1 with a non-negative offset: decided once `written` is known.
+            if !(base == 1 && i.off >= 0) {
+                w.general_sizes |= 1 << p.log;
+            }
+        }
+    }
+    if p.f & WIDE != 0 {
+        let next = insns.get(pc + 1).ok_or(JitError::IncompleteLddw { pc })?;
+        if next.opc != 0 || next.dst != 0 || next.src != 0 || next.off != 0 {
+            return Err(JitError::IncompleteLddw { pc });
+        }
+        // The second blinded half.
+        bytes += p.size as u32;
+    }
+    let mut target = None;
+    if p.f & CALL_ANY != 0 {
+        if i.opc == CALL && i.src == CALL_LOCAL {
+            w.facts |= F_CALLS;
+            // The callee may read anything (added at the end, see `run`); whatever may
+            // still be zero here may be read.
+            w.need_zero |= w.undef;
+            target = Some(i.imm as i64);
+        } else {
+            w.facts |= F_HELPER_CALLS | F_R9;
+            r |= 0x3e;
+            wr |= 1;
+            if i.opc == CALLX {
+                r |= d;
+                bytes += 128 * helpers as u32;
+            }
+        }
+    }
+    if p.f & JUMP != 0 {
+        if p.f & NO_FALL != 0 {
+            w.facts |= F_JA;
+        }
+        target = Some(if p.f & JA32 != 0 {
+            i.imm as i64
+        } else {
+            i.off as i64
+        });
+    }
+    if p.f & (JUMP | CALL_ANY | NO_FALL) != 0 {
+        slots[pc + 1].flags |= LEADER;
+    }
+    if let Some(rel) = target {
+        let t = pc as i64 + 1 + rel;
+        if (0..n as i64).contains(&t) {
+            let t = t as usize;
+            slots[t].flags |= LEADER;
+            if t <= pc {
+                w.facts |= F_BACKWARD;
+            } else {
+                slots[t].undef_in |= w.undef & !wr;
+            }
+        }
+    }
+    Ok((r, wr, bytes))
 }
 
 /// Whether `[r10 + off, +size)` lies inside the current 512-byte frame.

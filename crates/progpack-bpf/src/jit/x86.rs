@@ -676,41 +676,44 @@ impl Asm {
 
     // ---- control flow ----
 
-    /// Emits a jump to `l`: opcode bytes `short` (then rel8) or `long` (then rel32); a
-    /// forward jump is short only if `near` (the caller's proof that it reaches).
+    /// Emits a jump to `l`: opcode bytes `short` (then rel8) or the `long_len` first bytes
+    /// of `long` (then rel32); a forward jump is short only if `near` (the caller's proof
+    /// that it reaches).
     #[inline(always)]
-    fn jump(&mut self, short: &[u8], long: &[u8], l: Label, near: bool) {
+    fn jump(&mut self, short: u8, long: [u8; 2], long_len: usize, l: Label, near: bool) {
         let target = self.labels[l.0 as usize];
-        if target != UNBOUND {
-            let d = target as i64 - (self.len as i64 + short.len() as i64 + 1);
-            if let Ok(d) = i8::try_from(d) {
-                self.put(|e| {
-                    e.bytes(short);
-                    e.u8(d as u8);
-                });
-            } else {
-                let d = target as i64 - (self.len as i64 + long.len() as i64 + 4);
-                self.put(|e| {
-                    e.bytes(long);
-                    e.d32(d as i32);
-                });
+        // Displacement 0 for a forward jump (patched later).
+        let (short_form, disp) = if target != UNBOUND {
+            let d = target as i64 - (self.len as i64 + 2);
+            match i8::try_from(d) {
+                Ok(d) => (true, d as i32),
+                Err(_) => (
+                    false,
+                    (target as i64 - (self.len as i64 + long_len as i64 + 4)) as i32,
+                ),
             }
-            return;
-        }
+        } else {
+            (near, 0)
+        };
         self.put(|e| {
-            if near {
-                e.bytes(short);
-                e.u8(0);
+            if short_form {
+                e.u8(short);
+                e.u8(disp as u8);
             } else {
-                e.bytes(long);
-                e.d32(0);
+                e.u8(long[0]);
+                if long_len == 2 {
+                    e.u8(long[1]);
+                }
+                e.d32(disp);
             }
         });
-        self.fixups.push(Fixup {
-            label: l,
-            end: self.len,
-            short: near,
-        });
+        if target == UNBOUND {
+            self.fixups.push(Fixup {
+                label: l,
+                end: self.len,
+                short: near,
+            });
+        }
     }
 
     /// `jcc rel32` to a place not known yet, without a label: returns the offset of the
@@ -790,13 +793,13 @@ impl Asm {
     /// `jmp label` (a forward jump is short if `near`).
     #[inline]
     pub(crate) fn jmp(&mut self, l: Label, near: bool) {
-        self.jump(&[0xeb], &[0xe9], l, near);
+        self.jump(0xeb, [0xe9, 0], 1, l, near);
     }
 
     /// `jcc label` (a forward jump is short if `near`).
     #[inline]
     pub(crate) fn jcc(&mut self, c: Cond, l: Label, near: bool) {
-        self.jump(&[0x70 | c as u8], &[0x0f, 0x80 | c as u8], l, near);
+        self.jump(0x70 | c as u8, [0x0f, 0x80 | c as u8], 2, l, near);
     }
 
     /// `call label` (rel32).

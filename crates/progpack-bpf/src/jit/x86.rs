@@ -281,6 +281,32 @@ impl Asm {
         self.len
     }
 
+    /// The bytes emitted so far.
+    pub(crate) fn emitted(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// How many labels, jump fixups and helper-call sites there are so far: code emitted
+    /// while these stay the same refers to no label and needs no fixing up.
+    pub(crate) fn refs(&self) -> (usize, usize, usize) {
+        (self.labels.len(), self.fixups.len(), self.calls.len())
+    }
+
+    /// Appends `code` as it is (code emitted before by the same calls, see [`Asm::refs`]).
+    pub(crate) fn raw(&mut self, code: &[u8]) {
+        let at = self.len as usize;
+        if self.buf.len() < at + code.len() + WINDOW {
+            self.grow(at + code.len() + WINDOW);
+        }
+        match self.buf.get_mut(at..at + code.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(code);
+                self.len += code.len() as u32;
+            }
+            None => self.broken = true,
+        }
+    }
+
     /// A new, unbound label.
     #[inline]
     pub(crate) fn label(&mut self) -> Label {

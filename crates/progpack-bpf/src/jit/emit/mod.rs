@@ -54,7 +54,7 @@ pub(crate) use mem::extra_region_check;
 
 use std::cell::RefCell;
 
-use super::analysis::{self, Analysis, LEADER, MERGED_TARGET, START};
+use super::analysis::{self, Analysis, Usage, LEADER, MERGED_TARGET, START};
 use super::ranges::Ranges;
 use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Mem, R};
 use super::JitError;
@@ -204,6 +204,10 @@ pub(crate) struct Scratch {
     /// The last layout computed and its needs: programs of one shape (many filters from one
     /// template) get the same layout, which costs more to compute than to compare.
     layout: Option<(Needs, Layout)>,
+    /// The last prologue emitted, with what it was computed from (the needs and the
+    /// pre-pass usage; the layout follows from the needs): kept only when it refers to no
+    /// label, so that its bytes are the same for every program of that key.
+    prologue: Option<(Needs, Usage, Vec<u8>)>,
 }
 
 impl Scratch {
@@ -289,6 +293,7 @@ fn translate_with(
         stubs,
         asm,
         layout,
+        prologue,
     } = scratch;
     an.run(
         insns,
@@ -353,7 +358,7 @@ fn translate_with(
         extra_check: None,
         blinded: 0,
     };
-    let r = cx.emit();
+    let r = cx.emit(needs, prologue);
     let lay = cx.lay;
     *stubs = std::mem::take(&mut cx.stubs);
     let mut a = cx.a;
@@ -384,8 +389,27 @@ fn translate_with(
 }
 
 impl Cx<'_> {
-    fn emit(&mut self) -> Result<(), JitError> {
-        self.prologue();
+    fn emit(
+        &mut self,
+        needs: Needs,
+        cache: &mut Option<(Needs, Usage, Vec<u8>)>,
+    ) -> Result<(), JitError> {
+        let usage = self.an.usage;
+        match cache {
+            Some((n, u, code)) if *n == needs && *u == usage => self.a.raw(code),
+            _ => {
+                let before = self.a.refs();
+                self.prologue();
+                if self.a.refs() == before {
+                    let mut code = cache.take().map(|(_, _, c)| c).unwrap_or_default();
+                    code.clear();
+                    code.extend_from_slice(self.a.emitted());
+                    *cache = Some((needs, usage, code));
+                } else {
+                    *cache = None;
+                }
+            }
+        }
         self.body()?;
         self.tail();
         Ok(())

@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - Code is emitted in one pass into a buffer that is reused between compiles
-//!   ([`Asm::new`] takes the previous compile's vectors back).
+//!   ([`Asm::reset`] starts the next compile in the same allocations).
 //! - A jump to a label that is already bound (a backward jump) gets its exact displacement
 //!   at once, in the short form when it fits. A jump to a label not yet bound (a forward jump)
 //!   is recorded as a fixup, in the short form only when the caller proves that the distance
@@ -195,44 +195,9 @@ const WINDOW: usize = 32;
 /// An unbound label's offset.
 pub(crate) const UNBOUND: u32 = u32::MAX;
 
-/// The vectors of an [`Asm`], kept between compiles to save allocations.
+/// The code buffer with its labels and jump fixups. One is kept per thread between
+/// compiles ([`Asm::reset`] starts the next compile in the same allocations).
 #[derive(Default)]
-pub(crate) struct AsmVecs {
-    /// Code buffer (longer than the code: its length is kept between compiles).
-    buf: Vec<u8>,
-    /// Bytes of code in `buf`.
-    len: usize,
-    labels: Vec<u32>,
-    fixups: Vec<Fixup>,
-    calls: Vec<AbsCallSite>,
-}
-
-impl AsmVecs {
-    /// Total capacity, in bytes.
-    pub(crate) fn capacity(&self) -> usize {
-        self.buf.capacity()
-            + 4 * self.labels.capacity()
-            + 12 * self.fixups.capacity()
-            + 16 * self.calls.capacity()
-    }
-
-    /// The code of the last compile.
-    pub(crate) fn code(&self) -> &[u8] {
-        &self.buf[..self.len]
-    }
-
-    /// The helper-call sites of the last compile.
-    pub(crate) fn calls(&self) -> &[AbsCallSite] {
-        &self.calls
-    }
-
-    /// Offsets of the first `n` labels of the last compile (`UNBOUND` if unbound).
-    pub(crate) fn label_offsets(&self, n: usize) -> &[u32] {
-        &self.labels[..n.min(self.labels.len())]
-    }
-}
-
-/// The code buffer with its labels and jump fixups.
 pub(crate) struct Asm {
     /// The code; `buf.len()` is at least `len + WINDOW` once an instruction is emitted.
     buf: Vec<u8>,
@@ -249,41 +214,47 @@ pub(crate) struct Asm {
 }
 
 impl Asm {
-    /// A fresh assembler, reusing `reuse`'s allocations; `size_hint` is the expected code size.
-    pub(crate) fn new(rel_calls: bool, reuse: AsmVecs, size_hint: usize) -> Asm {
-        let AsmVecs {
-            mut buf,
-            len: _,
-            mut labels,
-            mut fixups,
-            mut calls,
-        } = reuse;
-        labels.clear();
-        fixups.clear();
-        calls.clear();
+    /// Starts a new compile in this assembler's allocations; `size_hint` is the expected
+    /// code size.
+    pub(crate) fn reset(&mut self, rel_calls: bool, size_hint: usize) {
+        self.labels.clear();
+        self.fixups.clear();
+        self.calls.clear();
         let want = size_hint + WINDOW;
-        if buf.len() < want {
-            buf.resize(want.max(256), 0);
+        if self.buf.len() < want {
+            self.buf.resize(want.max(256), 0);
         }
-        Asm {
-            buf,
-            len: 0,
-            labels,
-            fixups,
-            calls,
-            rel_calls,
-            broken: false,
-        }
+        self.len = 0;
+        self.rel_calls = rel_calls;
+        self.broken = false;
+    }
+
+    /// Total capacity, in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+            + 4 * self.labels.capacity()
+            + 12 * self.fixups.capacity()
+            + 16 * self.calls.capacity()
+    }
+
+    /// The code emitted so far (after [`Asm::patch_jumps`]: the compile's code).
+    pub(crate) fn code(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// The helper-call sites so far.
+    pub(crate) fn calls(&self) -> &[AbsCallSite] {
+        &self.calls
+    }
+
+    /// Offsets of the first `n` labels (`UNBOUND` if unbound).
+    pub(crate) fn label_offsets(&self, n: usize) -> &[u32] {
+        &self.labels[..n.min(self.labels.len())]
     }
 
     /// Current offset.
     pub(crate) fn pos(&self) -> u32 {
         self.len
-    }
-
-    /// The bytes emitted so far.
-    pub(crate) fn emitted(&self) -> &[u8] {
-        &self.buf[..self.len as usize]
     }
 
     /// How many labels, jump fixups and helper-call sites there are so far: code emitted
@@ -354,18 +325,6 @@ impl Asm {
             }
         }
         Ok(())
-    }
-
-    /// Ends the compile: the code (truncated to its length) and the other vectors, to read
-    /// the results from and to reuse.
-    pub(crate) fn finish(self) -> AsmVecs {
-        AsmVecs {
-            len: self.len as usize,
-            buf: self.buf,
-            labels: self.labels,
-            fixups: self.fixups,
-            calls: self.calls,
-        }
     }
 
     // ---- committing instructions ----

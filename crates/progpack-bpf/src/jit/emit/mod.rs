@@ -56,7 +56,7 @@ use std::cell::RefCell;
 
 use super::analysis::{self, Analysis, Usage, LEADER, MERGED_TARGET, START};
 use super::ranges::Ranges;
-use super::x86::{AbsCallSite, Alu, Asm, AsmVecs, Cond, Label, Mem, R};
+use super::x86::{AbsCallSite, Alu, Asm, Cond, Label, Mem, R};
 use super::JitError;
 use crate::helpers::Helpers;
 use crate::insn::*;
@@ -170,7 +170,7 @@ enum Stub {
 
 /// Translation state.
 struct Cx<'a> {
-    a: Asm,
+    a: &'a mut Asm,
     insns: &'a [Insn],
     an: &'a Analysis,
     /// Per slot: the access there is proven in bounds (empty: no proofs).
@@ -200,7 +200,7 @@ pub(crate) struct Scratch {
     an: Analysis,
     ranges: Ranges,
     stubs: Vec<Stub>,
-    asm: AsmVecs,
+    asm: Asm,
     /// The last layout computed and its needs: programs of one shape (many filters from one
     /// template) get the same layout, which costs more to compute than to compare.
     layout: Option<(Needs, Layout)>,
@@ -332,17 +332,17 @@ fn translate_with(
         }
     };
     let size_hint = an.code_bound() as usize + 256;
-    let mut a = Asm::new(opts.rel_calls, std::mem::take(asm), size_hint);
-    let pcs = a.labels(insns.len());
+    asm.reset(opts.rel_calls, size_hint);
+    let pcs = asm.labels(insns.len());
     let charged = if an.merged {
-        a.labels(insns.len())
+        asm.labels(insns.len())
     } else {
         Label::default()
     };
-    let fault = a.label();
+    let fault = asm.label();
     stubs.clear();
     let mut cx = Cx {
-        a,
+        a: asm,
         insns,
         an,
         proven: if prove { &ranges.proven } else { &[] },
@@ -361,10 +361,7 @@ fn translate_with(
     let r = cx.emit(needs, prologue);
     let lay = cx.lay;
     *stubs = std::mem::take(&mut cx.stubs);
-    let mut a = cx.a;
-    let patched = r.and_then(|()| a.patch_jumps().map_err(JitError::Internal));
-    *asm = a.finish();
-    patched?;
+    r.and_then(|()| asm.patch_jumps().map_err(JitError::Internal))?;
     let stack_bytes = match (usage.stack, usage.calls) {
         (false, _) => 0,
         (true, false) => STACK_FRAME_SIZE as u32,
@@ -403,7 +400,7 @@ impl Cx<'_> {
                 if self.a.refs() == before {
                     let mut code = cache.take().map(|(_, _, c)| c).unwrap_or_default();
                     code.clear();
-                    code.extend_from_slice(self.a.emitted());
+                    code.extend_from_slice(self.a.code());
                     *cache = Some((needs, usage, code));
                 } else {
                     *cache = None;

@@ -9,7 +9,7 @@
 //! | backend | how code is written | writable alias | huge pages |
 //! |---|---|---|---|
 //! | [`ProcMem`] | `pwrite` on `/proc/self/mem` (the kernel writes through its own mapping) | none | transparent huge pages (anonymous memory) |
-//! | [`DualMap`] | a `memfd` mapped read+execute, written through a read+write view elsewhere | persistent, or only during each write | only with shmem THP enabled by the administrator |
+//! | [`DualMap`] | a `memfd` mapped read+execute, written through a read+write view elsewhere ([`DualMap::persistent`]) or with `pwrite` on the `memfd` ([`DualMap::per_write`]) | persistent, or none (a view per write only where `pwrite` is refused) | only with shmem THP enabled by the administrator |
 //! | [`NotSupported`] | nothing: every call fails | – | – |
 //!
 //! # Security: what each backend leaves open

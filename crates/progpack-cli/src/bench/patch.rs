@@ -247,13 +247,21 @@ fn busy_pinned(system: &str, n: usize) -> Result<Busy, String> {
     const CALLERS: usize = 1;
     let mut t = Target::new(system)?;
     let stop = AtomicBool::new(false);
-    let calls = AtomicU64::new(0);
+    // Each caller's count of calls, stored after every call (a plain store: exact, and no
+    // read-modify-write on the callers' path).
+    let counts: Vec<AtomicU64> = (0..CALLERS).map(|_| AtomicU64::new(0)).collect();
+    let calls = || {
+        counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum::<u64>()
+    };
     let wrong = AtomicU64::new(0);
     let start = Barrier::new(CALLERS + 1);
     let measured = std::thread::scope(|s| {
-        for _ in 0..CALLERS {
+        for count in &counts {
             let caller = t.caller();
-            let (stop, calls, wrong, start) = (&stop, &calls, &wrong, &start);
+            let (stop, wrong, start) = (&stop, &wrong, &start);
             s.spawn(move || {
                 let _ = pin_to(1);
                 start.wait();
@@ -263,15 +271,13 @@ fn busy_pinned(system: &str, n: usize) -> Result<Busy, String> {
                         wrong.fetch_add(1, Ordering::Relaxed);
                     }
                     local += 1;
-                    if local.is_multiple_of(256) {
-                        calls.fetch_add(256, Ordering::Relaxed);
-                    }
+                    count.store(local, Ordering::Relaxed);
                 }
             });
         }
         start.wait();
         std::thread::sleep(Duration::from_millis(20)); // the callers are running
-        let before = calls.load(Ordering::Relaxed);
+        let before = calls();
         let resumed_before = progpack::patch::threads_resumed();
         let began = Instant::now();
         let mut result = Ok(());
@@ -283,11 +289,11 @@ fn busy_pinned(system: &str, n: usize) -> Result<Busy, String> {
         }
         let patching = began.elapsed();
         let resumed = progpack::patch::threads_resumed() - resumed_before;
-        let during = calls.load(Ordering::Relaxed) - before;
-        let quiet_from = calls.load(Ordering::Relaxed);
+        let during = calls() - before;
+        let quiet_from = calls();
         let quiet_began = Instant::now();
         std::thread::sleep(patching);
-        let quiet = calls.load(Ordering::Relaxed) - quiet_from;
+        let quiet = calls() - quiet_from;
         let quiet_time = quiet_began.elapsed();
         stop.store(true, Ordering::Relaxed);
         result.map(|()| Busy {

@@ -19,31 +19,8 @@ use progpack_bpf::{asm, BpfProgram, Helpers, JitOptions, Map, MapDef, MapKind, U
 /// Bytes between packet starts.
 const STRIDE: usize = 128;
 
-/// The CLI workload's program: lookup, then update with count + 1.
-const PROGRAM: &str = "
-    mov %r6, %r1
-    mov %r0, 0
-    jlt %r2, 38, +20
-    ldxh %r2, [%r6+34]
-    stxw [%r10-4], %r2
-    mov %r7, 0
-    lddw %r1, 0
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, +1
-    ldxdw %r7, [%r0]
-    add %r7, 1
-    stxdw [%r10-16], %r7
-    lddw %r1, 0
-    mov %r2, %r10
-    add %r2, -4
-    mov %r3, %r10
-    add %r3, -16
-    mov %r4, 0
-    call 2
-    mov %r0, %r7
-    exit";
+/// The CLI workload's program (shared with it): lookup, then update with count + 1.
+const PROGRAM: &str = include_str!("flow_counter.s");
 
 /// Packets of 64..=128 bytes with a uniformly random source port at bytes 34..36.
 fn packets(n: usize) -> (Vec<u8>, Vec<usize>) {

@@ -25,31 +25,9 @@ use super::gen::SEED;
 use super::report::Report;
 use super::{Scale, REPEAT};
 
-/// The flow counter (see the module doc); the two `lddw`s load map fd 0.
-const PROGRAM: &str = "
-    mov %r6, %r1
-    mov %r0, 0
-    jlt %r2, 38, +20
-    ldxh %r2, [%r6+34]
-    stxw [%r10-4], %r2
-    mov %r7, 0
-    lddw %r1, 0
-    mov %r2, %r10
-    add %r2, -4
-    call 1
-    jeq %r0, 0, +1
-    ldxdw %r7, [%r0]
-    add %r7, 1
-    stxdw [%r10-16], %r7
-    lddw %r1, 0
-    mov %r2, %r10
-    add %r2, -4
-    mov %r3, %r10
-    add %r3, -16
-    mov %r4, 0
-    call 2
-    mov %r0, %r7
-    exit";
+/// The flow counter (see the module doc; the same file as progpack-bpf's `maps` bench); the
+/// two `lddw`s load map fd 0.
+const PROGRAM: &str = include_str!("../../../progpack-bpf/benches/flow_counter.s");
 
 fn flow_map() -> Result<Arc<Map>, String> {
     Map::new(

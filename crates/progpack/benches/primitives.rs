@@ -99,6 +99,35 @@ fn batch_finalize(c: &mut Criterion) {
     g.finish();
 }
 
+/// `finalize_all` of 64 drafts of 64 B made one after the other (neighbours in one run): one
+/// write of their images and the trap gaps between them.
+fn finalize_all(c: &mut Criterion) {
+    const N: usize = 64;
+    let image = code(64);
+    let mut g = c.benchmark_group("finalize_all");
+    g.throughput(Throughput::Elements(N as u64));
+    for (name, backend) in backends() {
+        let a = alloc(backend);
+        let _keep = a.draft(64, 16).and_then(|d| d.finalize()).expect("keep");
+        g.bench_function(format!("{name}/{N}x64B"), |b| {
+            b.iter_batched(
+                || {
+                    (0..N)
+                        .map(|_| {
+                            let mut d = a.draft(64, 16).expect("draft");
+                            d.image_mut().copy_from_slice(&image);
+                            d
+                        })
+                        .collect::<Vec<_>>()
+                },
+                |drafts| a.finalize_all(drafts).expect("finalize_all"),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
 /// Dropping a finalized program: trap fill of its range, then its bits cleared.
 fn free(c: &mut Criterion) {
     let mut g = c.benchmark_group("free");
@@ -165,6 +194,7 @@ criterion_group!(
     draft,
     finalize,
     batch_finalize,
+    finalize_all,
     free,
     bitmap_search
 );

@@ -194,6 +194,23 @@ impl ProcMem {
     }
 }
 
+/// Most bytes [`ProcMemMapping::write_parts`] gathers into one buffer.
+const GATHER_MAX: usize = 256 << 10;
+
+thread_local! {
+    /// The buffer small parts are gathered in (kept between writes, up to [`GATHER_MAX`]).
+    static GATHER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether `n` parts of `len` bytes in all are better copied into one buffer and written with
+/// one `pwrite`. `/proc/<pid>/mem` has no vectored write: the kernel runs its whole write path
+/// (a bounce page, the address space's lock, a page lookup) once per iovec element, so parts
+/// smaller than a page (drafts finalized together, with the trap gaps between them) cost that
+/// each, where one buffer costs it once per page. Parts of a page or more gain nothing.
+fn worth_gathering(n: usize, len: usize) -> bool {
+    n > 1 && len <= GATHER_MAX && len < n * sys::page_size()
+}
+
 #[derive(Debug)]
 struct ProcMemMapping {
     base: usize,
@@ -221,10 +238,29 @@ unsafe impl Mapping for ProcMemMapping {
             .with_fd(|fd| sys::pwrite_all(fd, bytes, (self.base + offset) as u64, PWRITE))
     }
     fn write_parts(&self, offset: usize, parts: &[&[u8]]) -> Result<()> {
-        let len = parts.iter().map(|p| p.len()).sum();
+        let len: usize = parts.iter().map(|p| p.len()).sum();
         check_range(offset, len, self.len)?;
-        self.file
-            .with_fd(|fd| sys::pwritev_all(fd, parts, (self.base + offset) as u64, PWRITEV))
+        let at = (self.base + offset) as u64;
+        if !worth_gathering(parts.len(), len) {
+            return self
+                .file
+                .with_fd(|fd| sys::pwritev_all(fd, parts, at, PWRITEV));
+        }
+        GATHER.with(|cell| {
+            let mut own = Vec::new();
+            let mut shared = cell.try_borrow_mut();
+            // A write from inside another on this thread (none today) gets a buffer of its own.
+            let buf = shared.as_deref_mut().unwrap_or(&mut own);
+            buf.clear();
+            for p in parts {
+                buf.extend_from_slice(p);
+            }
+            let written = self.file.with_fd(|fd| sys::pwrite_all(fd, buf, at, PWRITE));
+            if buf.capacity() > GATHER_MAX {
+                *buf = Vec::new();
+            }
+            written
+        })
     }
     fn fill_traps(&self, offset: usize, len: usize) -> Result<()> {
         check_range(offset, len, self.len)?;

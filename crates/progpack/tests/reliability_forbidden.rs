@@ -168,65 +168,10 @@ fn proc_mem_writes_vanish() {
     run_masked(false, "did not land");
 }
 
-/// A seccomp filter: `pwrite64`, `pwritev` and `pwritev2` fail with `EPERM`, everything else
-/// is allowed (on another architecture the filter allows everything and the test says so).
-fn forbid_pwrite() -> Result<(), String> {
-    #[cfg(target_arch = "x86_64")]
-    const ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
-    #[cfg(target_arch = "aarch64")]
-    const ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let stmt = |code, k| libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k, jt, jf| libc::sock_filter {
-        code: jeq,
-        jt,
-        jf,
-        k,
-    };
-    let deny = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
-    let filter = [
-        stmt(ld, 4), // seccomp_data.arch
-        jump(ARCH, 0, 5),
-        stmt(ld, 0), // seccomp_data.nr
-        jump(libc::SYS_pwrite64 as u32, 3, 0),
-        jump(libc::SYS_pwritev as u32, 2, 0),
-        jump(libc::SYS_pwritev2 as u32, 1, 0),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-        stmt(ret, deny),
-    ];
-    let prog = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_ptr().cast_mut(),
-    };
-    // SAFETY: prctl with a filter program that outlives the call; affects only this process.
-    unsafe {
-        check_os(
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
-            "PR_SET_NO_NEW_PRIVS",
-        )?;
-        check_os(
-            libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
-                &prog as *const libc::sock_fprog,
-            ),
-            "PR_SET_SECCOMP",
-        )?;
-    }
-    Ok(())
-}
-
 #[test]
 fn pwrite_filtered_by_seccomp() {
     let out = run_in_child(|| {
-        forbid_pwrite()?;
+        support::seccomp::install_refuse_pwrite()?;
         // The filter is real: a pwrite to a pipe fails with EPERM.
         let mut fds = [0; 2];
         // SAFETY: pipe fills two ints; pwrite on a pipe would fail with ESPIPE if not filtered.

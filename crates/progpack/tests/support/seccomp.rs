@@ -8,7 +8,8 @@
 //! above already made. System calls of another ABI (x86 `int 0x80`, x32) are killed outright:
 //! they would bypass the checks by number.
 //!
-//! Used by progpack's `wx_seccomp` test and, through `#[path]`, by progpack-bpf's.
+//! Used by progpack's `wx_seccomp` and `reliability_forbidden` tests and, through `#[path]`, by
+//! progpack-bpf's.
 #![allow(dead_code)]
 
 #[cfg(target_arch = "x86_64")]
@@ -81,10 +82,36 @@ pub fn refuse_shared_writable_mmap_filter() -> Vec<libc::sock_filter> {
     ]
 }
 
+/// A filter that makes `pwrite64`, `pwritev` and `pwritev2` fail with `EPERM`, as sandboxes
+/// that filter system calls do; everything else is allowed (on another ABI too: a probe for
+/// tests, not a security boundary).
+pub fn refuse_pwrite_filter() -> Vec<libc::sock_filter> {
+    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
+    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+    vec![
+        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(jeq, ARCH, 0, 5), // this ABI: go on; else allow (7)
+        /* 2 */ op(ld, 0, 0, 0), // seccomp_data.nr
+        /* 3 */ op(jeq, libc::SYS_pwrite64 as u32, 3, 0), // to 7
+        /* 4 */ op(jeq, libc::SYS_pwritev as u32, 2, 0), // to 7
+        /* 5 */ op(jeq, libc::SYS_pwritev2 as u32, 1, 0), // to 7
+        /* 6 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+        /* 7 */ op(ret, eperm, 0, 0),
+    ]
+}
+
 /// Installs [`kill_on_wx_filter`] for this process and every child it makes from now on. For
 /// a test child only: it cannot be undone.
 pub fn install_kill_on_wx() -> Result<(), String> {
     install(&kill_on_wx_filter())
+}
+
+/// Installs [`refuse_pwrite_filter`], like [`install_kill_on_wx`].
+pub fn install_refuse_pwrite() -> Result<(), String> {
+    install(&refuse_pwrite_filter())
 }
 
 /// Installs [`refuse_shared_writable_mmap_filter`], like [`install_kill_on_wx`].

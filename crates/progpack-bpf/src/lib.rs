@@ -63,6 +63,7 @@ pub use jit::{JitOptions, JitProgram};
 pub use maps::{Map, MapDef, MapError, MapKind, UpdateFlag};
 
 use insn::Insn;
+use jit::deferred::{Combiner, JitCell};
 
 /// A VM: a helper registry and run settings shared by the programs it loads.
 #[derive(Clone, Debug)]
@@ -71,6 +72,9 @@ pub struct Vm {
     env: Arc<ProgramEnv>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
+    /// Where programs loaded one by one wait to be written together (see
+    /// [`enable_jit`](Self::enable_jit)); `None`: each load writes its own.
+    combiner: Option<Arc<Combiner>>,
     hardening: Hardening,
 }
 
@@ -82,6 +86,7 @@ impl Vm {
             env: Arc::new(ProgramEnv::new()),
             options: RunOptions::default(),
             jit: None,
+            combiner: None,
             hardening: Hardening::NONE,
         }
     }
@@ -117,9 +122,32 @@ impl Vm {
     }
 
     /// JIT-compiles programs loaded from now on into `alloc` (see [`BpfProgram::run_jit`]).
+    ///
+    /// Where `alloc` pays a system call per write (its backend's
+    /// [`syscall_per_write`](progpack::Caps::syscall_per_write), as with the default
+    /// `procmem`), programs loaded one by one ([`load`](Self::load) and the other single
+    /// loads) are compiled at once but written to executable memory together, with one write
+    /// for up to 256 programs: when that many wait, when one of them first runs or its code
+    /// is asked for ([`BpfProgram::jit`]), or at [`flush`](Self::flush). Nothing runs before
+    /// it is written. A load's errors (the checker's, the compiler's, running out of memory)
+    /// still come from the load; if the write itself fails, those programs run in the
+    /// interpreter (same results). [`load_many`](Self::load_many) writes its batch at once.
     pub fn enable_jit(&mut self, alloc: progpack::Allocator, options: JitOptions) -> &mut Self {
+        self.combiner = alloc
+            .backend_caps()
+            .syscall_per_write
+            .then(|| Combiner::new(alloc.clone()));
         self.jit = Some((alloc, options));
         self
+    }
+
+    /// Writes every program this VM loaded that is still waiting to be written (see
+    /// [`enable_jit`](Self::enable_jit)) to executable memory now, so that their first runs
+    /// do not. Nothing to do without the JIT or when nothing waits.
+    pub fn flush(&self) {
+        if let Some(c) = &self.combiner {
+            c.flush();
+        }
     }
 
     /// The helper registry.
@@ -188,24 +216,23 @@ impl Vm {
         };
         // The JIT runs the program: keep only its slots (see `BpfProgram::checked`).
         check::validate(&slots, &self.helpers)?;
-        let jit = JitProgram::new_with(
-            alloc,
-            &slots,
-            &self.helpers,
-            self.jit_options(*o),
-            jit::EnvShape::of(&env),
-            true,
-        )?;
-        Ok(self.program(Code::slots(slots), env, Some(Arc::new(jit))))
+        let (options, extra) = (self.jit_options(*o), jit::EnvShape::of(&env));
+        let cell = match &self.combiner {
+            Some(c) => JitProgram::new_deferred(c, &slots, &self.helpers, options, extra, true)?,
+            None => Arc::new(JitCell::placed(JitProgram::new_with(
+                alloc,
+                &slots,
+                &self.helpers,
+                options,
+                extra,
+                true,
+            )?)),
+        };
+        Ok(self.program(Code::slots(slots), env, Some(cell)))
     }
 
     /// A program of this VM.
-    fn program(
-        &self,
-        code: Code,
-        env: Arc<ProgramEnv>,
-        jit: Option<Arc<JitProgram>>,
-    ) -> BpfProgram {
+    fn program(&self, code: Code, env: Arc<ProgramEnv>, jit: Option<Arc<JitCell>>) -> BpfProgram {
         BpfProgram {
             code,
             helpers: Arc::clone(&self.helpers),
@@ -252,7 +279,10 @@ impl Vm {
         Ok(all
             .into_iter()
             .zip(jits)
-            .map(|(s, j)| self.program(Code::slots(s), Arc::clone(&self.env), Some(Arc::new(j))))
+            .map(|(s, j)| {
+                let cell = Arc::new(JitCell::placed(j));
+                self.program(Code::slots(s), Arc::clone(&self.env), Some(cell))
+            })
             .collect())
     }
 
@@ -293,7 +323,8 @@ pub struct BpfProgram {
     helpers: Arc<Helpers>,
     env: Arc<ProgramEnv>,
     options: RunOptions,
-    jit: Option<Arc<JitProgram>>,
+    /// The JIT code (written, or waiting to be: see [`Vm::enable_jit`]).
+    jit: Option<Arc<JitCell>>,
 }
 
 impl BpfProgram {
@@ -329,9 +360,9 @@ impl BpfProgram {
     #[inline]
     pub fn run_jit_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64> {
         let limit = options.instruction_limit;
-        match &self.jit {
-            // No environment to build, no tail call possible, and a limit the code honours:
-            // one call of the code.
+        match self.jit.as_deref() {
+            // Written, no environment to build, no tail call possible, and a limit the code
+            // honours: one call of the code.
             Some(j) if j.runs_directly(limit) => match j.run_direct(mem, limit) {
                 Ok(v) => Ok(v),
                 Err(e) => Err(Error::Run(e)),
@@ -362,7 +393,13 @@ impl BpfProgram {
 
     #[inline(always)]
     fn run_jit_once(&self, mem: &mut [u8], limit: u64, tail_calls: u32) -> Result<jit::Outcome> {
-        let jit = self.jit.as_ref().ok_or(jit::JitError::NotCompiled)?;
+        let Some(jit) = self.jit() else {
+            return match self.jit {
+                // Its code could not be written: the interpreter gives the same results.
+                Some(_) => self.run_below_floor(mem, limit, tail_calls),
+                None => Err(jit::JitError::NotCompiled.into()),
+            };
+        };
         if limit < jit.floor() {
             return self.run_below_floor(mem, limit, tail_calls);
         }
@@ -399,13 +436,15 @@ impl BpfProgram {
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
         let extra = jit::EnvShape::of(&self.env);
         let j = JitProgram::new_with(alloc, self.slots(), &self.helpers, options, extra, true)?;
-        self.jit = Some(Arc::new(j));
+        self.jit = Some(Arc::new(JitCell::placed(j)));
         Ok(())
     }
 
-    /// The JIT code, if compiled.
+    /// The JIT code, if compiled (written to executable memory first if it is still waiting,
+    /// see [`Vm::enable_jit`]; `None` also if writing it failed).
+    #[inline(always)]
     pub fn jit(&self) -> Option<&JitProgram> {
-        self.jit.as_deref()
+        self.jit.as_deref().and_then(JitCell::get)
     }
 
     /// The checked program: raw slots, decoded instructions, function entries. (A program

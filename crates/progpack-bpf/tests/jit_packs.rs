@@ -21,6 +21,8 @@ fn thousands_of_programs_share_packs() {
     let progs: Vec<_> = (0..N)
         .map(|k| vm.load_asm(&source(k)).expect("loads"))
         .collect();
+    // Loads one by one wait in groups to be written together: write the last group now.
+    vm.flush();
     let s = alloc.stats();
     assert_eq!(s.programs, N as usize);
     let code_bytes: usize = progs.iter().map(|p| p.jit().unwrap().program().len()).sum();

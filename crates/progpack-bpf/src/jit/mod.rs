@@ -49,6 +49,7 @@
 //! crosses a cache line.
 
 mod analysis;
+pub(crate) mod deferred;
 mod emit;
 mod program;
 mod ranges;

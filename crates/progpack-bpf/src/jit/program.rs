@@ -12,10 +12,11 @@
 //! stack region) from a separate function, so that only they pay for it.
 
 use std::mem::MaybeUninit;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use progpack::{Allocator, CodeRange, Config, Program};
 
+use super::deferred::{Combiner, JitCell};
 use super::emit::{self, Output, RunNeeds, STACK_SIZE};
 use super::{link, reaches, CompileOptions, EntryFn, EnvShape, Fault, JitCode, JitError, Outcome};
 use crate::context::{HelperContext, ProgramEnv};
@@ -56,8 +57,8 @@ pub struct JitProgram {
     entry: EntryFn,
     /// A run is one call of `entry`: no stack, no `HelperContext`, addresses not hidden.
     simple: bool,
-    /// What [`runs_directly`](Self::runs_directly) compares with: the floor (see
-    /// [`RunNeeds::floor`]) if `simple`, else `u64::MAX` (never direct).
+    /// What a direct run compares its limit with (see [`JitCell::runs_directly`]): the floor
+    /// (see [`RunNeeds::floor`]) if `simple`, else `u64::MAX` (never direct).
     direct_floor: u64,
     needs: RunNeeds,
     counted: bool,
@@ -209,6 +210,45 @@ impl JitProgram {
             .collect())
     }
 
+    /// Compiles `slots` like [`new_with`](Self::new_with) into a slot of `combiner`'s open
+    /// batch, to be written with the other programs waiting there (see [`super::deferred`]).
+    pub(crate) fn new_deferred(
+        combiner: &Arc<Combiner>,
+        slots: &[Insn],
+        helpers: &Helpers,
+        options: JitOptions,
+        extra: EnvShape,
+        loops_only: bool,
+    ) -> Result<Arc<JitCell>, JitError> {
+        if !super::available() {
+            return Err(JitError::unsupported_arch());
+        }
+        let opts = CompileOptions {
+            rel_calls: range_reaches_helpers(combiner.allocator(), helpers),
+            budget: options.count_instructions,
+            budget_loops_only: loops_only,
+            blind_constants: options.blind_constants,
+            hide_addresses: false,
+        };
+        emit::translate(slots, helpers, opts.emit_options(extra), |out| {
+            let stage = |batch: &mut progpack::Batch| {
+                let slot = batch.push(out.code.len(), CODE_ALIGN)?;
+                slot.image.copy_from_slice(out.code);
+                // As in a batch: a rel32 call out of reach is an error, the slot is sized.
+                link(slot.image, out.calls, slot.exec_addr as u64)?;
+                #[allow(unsafe_code)]
+                // SAFETY: the slot's image holds code produced by the translator, linked for
+                // `exec_addr`, whose entry has the signature `EntryFn` (as in `from_program`).
+                // The pointer is kept in the program's `JitCell`, which calls it only once the
+                // batch holding the slot has been finalized and the code is there (see
+                // `deferred`); the cell then holds the program that keeps it mapped.
+                let entry = unsafe { std::mem::transmute::<usize, EntryFn>(slot.exec_addr) };
+                Ok::<_, JitError>((out.needs, extra, entry))
+            };
+            combiner.add(stage, options.count_instructions)
+        })?
+    }
+
     /// Like [`new`](Self::new) for code that is already compiled (and so already checked by
     /// [`compile`](super::compile)); links it for its place.
     pub fn place(
@@ -234,7 +274,12 @@ impl JitProgram {
     }
 
     /// A program around placed code whose entry has the [`EntryFn`] signature.
-    fn from_program(prog: Program, needs: RunNeeds, counted: bool, extra: EnvShape) -> JitProgram {
+    pub(super) fn from_program(
+        prog: Program,
+        needs: RunNeeds,
+        counted: bool,
+        extra: EnvShape,
+    ) -> JitProgram {
         #[allow(unsafe_code)]
         // SAFETY: `prog` holds code produced by the translator, linked for the address it was
         // placed at, whose entry has the signature `EntryFn`; the pointer is kept in `self`
@@ -378,32 +423,20 @@ impl JitProgram {
         (self.needs.floor != 0).then_some(u64::from(self.needs.floor))
     }
 
-    /// One call of the code, for runs where [`runs_directly`](Self::runs_directly) holds.
-    #[inline(always)]
-    pub(crate) fn run_direct(&self, mem: &mut [u8], limit: u64) -> Result<u64, RunError> {
-        debug_assert!(self.runs_directly(limit));
-        let (r1, len) = entry_memory(mem);
-        match (self.entry)(r1, len, limit, 0, std::ptr::null_mut()).result() {
-            Ok(v) => Ok(v),
-            Err(f) => Err(fault_to_run_error(f, limit)),
-        }
-    }
-
-    /// Whether a run with `limit` is one call of the code ([`run_limited`](Self::run_limited)
-    /// gives the `BpfProgram`'s answer): no environment needed, and the code can honour
-    /// `limit`.
-    #[inline(always)]
-    pub(crate) fn runs_directly(&self, limit: u64) -> bool {
-        // `simple && limit >= floor` in one compare, as `limit + 1 > direct_floor`: never
-        // for `u64::MAX` (not simple); a limit of `u64::MAX` wraps to 0 and takes the other
-        // path, which is as exact, only not direct.
-        limit.wrapping_add(1) > self.direct_floor
-    }
-
     /// The lowest instruction limit this code can run with exactly (0: any).
     #[inline(always)]
     pub(crate) fn floor(&self) -> u64 {
         u64::from(self.needs.floor)
+    }
+
+    /// The entry point.
+    pub(super) fn entry(&self) -> EntryFn {
+        self.entry
+    }
+
+    /// What a direct run compares its limit with (see [`JitCell::runs_directly`]).
+    pub(super) fn direct_floor(&self) -> u64 {
+        self.direct_floor
     }
 
     /// The placed code.
@@ -415,7 +448,7 @@ impl JitProgram {
 /// r1 and r2 at entry for input memory `mem`: its address and length, or 0 and 0 when it is
 /// empty (as the upstream conformance runner's plugins pass a null pointer).
 #[inline(always)]
-fn entry_memory(mem: &mut [u8]) -> (u64, u64) {
+pub(super) fn entry_memory(mem: &mut [u8]) -> (u64, u64) {
     let len = mem.len() as u64;
     let r1 = if len == 0 { 0 } else { mem.as_mut_ptr() as u64 };
     (r1, len)

@@ -7,10 +7,11 @@
 //! - `rbpf-jit`: `new` + `jit_compile` (a page per program from `std::alloc`, made
 //!   writable+executable with `mprotect`), runs with `execute_program_jit`;
 //! - `progpack-bpf-interp`: `Vm::load` without JIT (decode + check), runs with `run_interp`;
-//! - `progpack-bpf-jit`: `Vm::load` with JIT enabled (decode + check + compile + one
-//!   `draft`/`finalize` into progpack, procmem backend), runs with `run_jit`; default
-//!   `JitOptions` (instruction counting on, so a run stops at its instruction limit like the
-//!   interpreter);
+//! - `progpack-bpf-jit`: `Vm::load` with JIT enabled (decode + check + compile + a slot in
+//!   progpack, procmem backend: the VM writes the programs loaded one by one to executable
+//!   memory 256 at a time, and the timed region ends with `Vm::flush`, which writes the last
+//!   ones), runs with `run_jit`; default `JitOptions` (instruction counting on, so a run stops
+//!   at its instruction limit like the interpreter);
 //! - `progpack-bpf-jit-batch` (load only): `Vm::load_many` over groups of [`BATCH`] programs:
 //!   compiled one by one, placed with one progpack `Batch` per group;
 //! - `progpack-bpf-jit-dualmap` (load only): one by one like `progpack-bpf-jit`, the allocator
@@ -245,6 +246,9 @@ fn load_all<'a>(
             for p in progs {
                 loaded.push(vm.load(p).map_err(|e| e.to_string())?);
             }
+            // Programs still waiting to be written (see `Vm::enable_jit`) are written inside
+            // the timed region: the row is the whole cost of making them runnable.
+            vm.flush();
             Ok((start.elapsed(), Box::new((vm, loaded))))
         }
         Engine::PpJitBatch => {

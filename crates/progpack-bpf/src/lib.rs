@@ -349,7 +349,8 @@ impl BpfProgram {
 
     /// Runs the JIT-compiled program over `mem` (r1 = its address, r2 = its length); the
     /// program must have been loaded by a VM with [`Vm::enable_jit`] or compiled with
-    /// [`jit_compile`](Self::jit_compile).
+    /// [`jit_compile`](Self::jit_compile). If its code still waits to be written (see
+    /// [`Vm::enable_jit`]), this run writes it first, with the others waiting with it.
     #[inline]
     pub fn run_jit(&self, mem: &mut [u8]) -> Result<u64> {
         self.run_jit_with(mem, &self.options)

@@ -40,9 +40,14 @@
 //!
 //! LRU: every update advances a per-map tick and stamps its slot with it; every lookup stamps
 //! its slot with the current tick (without advancing it, so lookups need no read-modify-write).
-//! Inserting into a full map evicts the key with the oldest stamp (a scan over all slots,
-//! O(max_entries)): the least recently used one, where keys looked up since the same update
-//! count as equally recent (the kernel's LRU is coarser still).
+//! Inserting into a full map evicts the key with the oldest stamp: in a map of up to
+//! [`EXACT_LRU`] entries, the oldest of all (the least recently used key, where keys looked up
+//! since the same update count as equally recent); in a larger one, the oldest of the next
+//! [`LRU_SAMPLE`] slots from a hand that moves on by as many at each eviction, so an insertion
+//! costs a bounded scan however large the map (an approximation of LRU that Redis also uses;
+//! the kernel's LRU, per-CPU lists rotated in batches, is coarser still): a key is evicted
+//! only when it is the least recently used of the slots looked at, so keys in steady use
+//! stay.
 //!
 //! Invariants (under the mutex): a slot is `used` iff exactly one table entry names it, and its
 //! `keys` words are then its key; a slot is in `free` iff it is not used; `live` and `tombs`
@@ -70,6 +75,13 @@ const TOMB: u64 = u32::MAX as u64;
 /// Longest key that is its own tag.
 const EXACT_KEY: usize = 4;
 
+/// LRU maps of at most this many entries evict exactly the least recently used key (a scan
+/// of all their stamps); larger ones the least recently used of [`LRU_SAMPLE`] slots.
+const EXACT_LRU: usize = 1024;
+
+/// Slots a large LRU map looks at per eviction.
+const LRU_SAMPLE: usize = 64;
+
 /// What the mutex guards besides the right to change the table.
 #[derive(Debug)]
 struct Writer {
@@ -79,6 +91,8 @@ struct Writer {
     live: usize,
     /// Table tombstones.
     tombs: usize,
+    /// LRU maps larger than [`EXACT_LRU`]: the first slot the next eviction looks at.
+    hand: usize,
 }
 
 /// A hash map of any of the four kinds.
@@ -172,6 +186,7 @@ impl HashMapImpl {
                 free: (0..max).rev().collect(),
                 live: 0,
                 tombs: 0,
+                hand: 0,
             }),
         })
     }
@@ -413,14 +428,22 @@ impl HashMapImpl {
         }
     }
 
-    /// LRU: frees the slot with the oldest stamp and returns it (the map is full).
+    /// LRU: frees the slot with the oldest stamp (of all slots, or of the next
+    /// [`LRU_SAMPLE`] from the hand in a large map) and returns it (the map is full).
     fn evict(&self, w: &mut Writer) -> u32 {
-        let (victim, _) = self
-            .stamp
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, t)| t.load(Ordering::Relaxed))
-            .expect("a full map has slots");
+        let n = self.stamp.len();
+        let oldest = |slots: &mut dyn Iterator<Item = usize>| {
+            slots
+                .min_by_key(|&i| self.stamp[i].load(Ordering::Relaxed))
+                .expect("a full map has slots")
+        };
+        let victim = if n <= EXACT_LRU {
+            oldest(&mut (0..n))
+        } else {
+            let from = w.hand;
+            w.hand = (from + LRU_SAMPLE) % n;
+            oldest(&mut (from..from + LRU_SAMPLE).map(|i| i % n))
+        };
         let s = victim as u32;
         let key = self.slot_key(s);
         if let Some((i, _)) = self.find(&key, self.hash(&key)) {
@@ -558,6 +581,38 @@ mod tests {
             let want = (i % 3 != 0).then(|| (i as u64).to_le_bytes().to_vec());
             assert_eq!(m.lookup(&key(i, 8)), want);
         }
+    }
+
+    /// A large LRU map evicts from a bounded sample: keys in use are never the ones evicted,
+    /// the map stays full and consistent, and every key it lists is found.
+    #[test]
+    fn large_lru_maps_keep_the_keys_in_use() {
+        const MAX: u32 = 20_000;
+        let m = map(8, MAX, true);
+        let hot: Vec<u32> = (0..50).map(|i| i * 397).collect();
+        for i in 0..3 * MAX {
+            m.update(&key(i, 8), &(i as u64).to_le_bytes(), UpdateFlag::Any)
+                .unwrap();
+            if i >= hot[hot.len() - 1] {
+                // Once they are all in, the hot keys are used after every insertion.
+                for &h in &hot {
+                    assert!(m.lookup(&key(h, 8)).is_some(), "hot key {h} evicted at {i}");
+                }
+            }
+            assert!(m.lookup(&key(i, 8)).is_some(), "the key just inserted: {i}");
+        }
+        let keys = m.keys();
+        assert_eq!(keys.len(), MAX as usize);
+        for k in &keys {
+            assert!(m.lookup(k).is_some());
+        }
+        // Mostly recent keys: the oldest third of the insertions (but the hot keys) is gone.
+        let old = keys
+            .iter()
+            .map(|k| u32::from_le_bytes(k[..4].try_into().unwrap()))
+            .filter(|&i| i < MAX && !hot.contains(&i))
+            .count();
+        assert_eq!(old, 0, "keys of the first {MAX} insertions still present");
     }
 
     #[test]

@@ -154,6 +154,18 @@ extern "C" {
 // storage for a handle.
 enum progpack_status progpack_allocator_new(const struct progpack_config *config, struct progpack_allocator **out_allocator);
 
+// Like [`progpack_allocator_new`], for a caller built against a header whose
+// `progpack_config` may be older or newer than this library's: `config_size` is the caller's
+// `sizeof(progpack_config)`. Fields the caller's struct does not have take their defaults; a
+// larger struct is accepted if every field this library does not know is zero (else
+// `PROGPACK_STATUS_INVALID_ARGUMENT`: a setting would be silently ignored). Every field ever
+// added is zero by default, so zero-initialized configurations of any version mean the same.
+//
+// # Safety
+// `config` is NULL (then `config_size` is ignored) or readable for `config_size` bytes; `out`
+// points to writable storage for a handle.
+enum progpack_status progpack_allocator_new_sized(const struct progpack_config *config, size_t config_size, struct progpack_allocator **out_allocator);
+
 // The process-wide allocator with the default configuration, made on first use. Its handle
 // is the same on every call and stays valid for the life of the process; it cannot be freed.
 // Integrations that get no allocator from their host (sljit's `SLJIT_MALLOC_EXEC` called

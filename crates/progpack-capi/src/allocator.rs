@@ -4,7 +4,7 @@
 //! Invariant: the shared allocator is made once, on first use, and its handle stays live for
 //! the life of the process (freeing it is refused).
 
-use crate::args::{out, read_config};
+use crate::args::{out, read_config_sized};
 use crate::handles::{handle, id, table, Object};
 use crate::status::{guard, CResult, Failure, Status};
 use libc::size_t;
@@ -155,12 +155,32 @@ pub unsafe extern "C" fn progpack_allocator_new(
     config: *const ConfigC,
     out_allocator: *mut *mut AllocatorHandle,
 ) -> Status {
+    // SAFETY: forwarded from the caller: `config` is NULL or a whole `progpack_config`.
+    unsafe { progpack_allocator_new_sized(config, std::mem::size_of::<ConfigC>(), out_allocator) }
+}
+
+/// Like [`progpack_allocator_new`], for a caller built against a header whose
+/// `progpack_config` may be older or newer than this library's: `config_size` is the caller's
+/// `sizeof(progpack_config)`. Fields the caller's struct does not have take their defaults; a
+/// larger struct is accepted if every field this library does not know is zero (else
+/// `PROGPACK_STATUS_INVALID_ARGUMENT`: a setting would be silently ignored). Every field ever
+/// added is zero by default, so zero-initialized configurations of any version mean the same.
+///
+/// # Safety
+/// `config` is NULL (then `config_size` is ignored) or readable for `config_size` bytes; `out`
+/// points to writable storage for a handle.
+#[no_mangle]
+pub unsafe extern "C" fn progpack_allocator_new_sized(
+    config: *const ConfigC,
+    config_size: size_t,
+    out_allocator: *mut *mut AllocatorHandle,
+) -> Status {
     guard(|| {
         // SAFETY: the caller promises `out_allocator` is NULL or writable (checked inside).
         let out_allocator = unsafe { out(out_allocator) }?;
         out_allocator.set(std::ptr::null_mut());
-        // SAFETY: the caller promises `config` is NULL or readable.
-        let config = unsafe { read_config(config) }?.to_config()?;
+        // SAFETY: the caller promises `config` is NULL or readable for `config_size` bytes.
+        let config = unsafe { read_config_sized(config, config_size) }?.to_config()?;
         let alloc = Allocator::new(config)?;
         let id = table().insert(Object::Allocator {
             alloc,

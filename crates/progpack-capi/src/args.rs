@@ -48,11 +48,13 @@ pub(crate) unsafe fn out_opt<T>(p: *mut T) -> CResult<Option<Out<T>>> {
     }
 }
 
-/// Reads a configuration: the default for NULL.
+/// Reads a configuration of `size` bytes, the caller's `sizeof(progpack_config)`: the default
+/// for NULL; fields past `size` keep their defaults; bytes past this library's struct must be
+/// zero (settings this library does not know would be ignored).
 ///
 /// # Safety
-/// `p` is NULL or readable for a `progpack_config`.
-pub(crate) unsafe fn read_config(p: *const ConfigC) -> CResult<ConfigC> {
+/// `p` is NULL or readable for `size` bytes.
+pub(crate) unsafe fn read_config_sized(p: *const ConfigC, size: usize) -> CResult<ConfigC> {
     if p.is_null() {
         return Ok(ConfigC::default());
     }
@@ -62,7 +64,40 @@ pub(crate) unsafe fn read_config(p: *const ConfigC) -> CResult<ConfigC> {
             "misaligned progpack_config pointer",
         ));
     }
-    // SAFETY: non-NULL and aligned (checked); readable by the caller's promise; every bit
-    // pattern is a valid `ConfigC` (integers only).
-    Ok(unsafe { p.read() })
+    // The fields of the first published `progpack_config`: every caller's struct has them.
+    let first = std::mem::offset_of!(ConfigC, no_scatter_runs);
+    if size < first {
+        return Err(Failure::new(
+            Status::InvalidArgument,
+            format!("progpack_config size {size} is smaller than any version of it ({first})"),
+        ));
+    }
+    let ours = std::mem::size_of::<ConfigC>();
+    let bytes = p.cast::<u8>();
+    if size > ours {
+        // SAFETY: readable for `size` bytes by the caller's promise, and `ours < size`.
+        let newer = unsafe { std::slice::from_raw_parts(bytes.add(ours), size - ours) };
+        if newer.iter().any(|&b| b != 0) {
+            return Err(Failure::new(
+                Status::InvalidArgument,
+                format!(
+                    "progpack_config has settings past the {ours} bytes this library knows \
+                     (built against a newer header?)"
+                ),
+            ));
+        }
+    }
+    let mut config = ConfigC::default();
+    // SAFETY: `bytes` is readable for `size` bytes (the caller's promise) and the copy takes at
+    // most `ours` of them into a `ConfigC` of `ours` bytes, which does not overlap the caller's
+    // memory; every bit pattern is a valid `ConfigC` (integers only), so the fields the copy
+    // does not reach keep their defaults and a partial copy leaves no invalid value.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            bytes,
+            (&mut config as *mut ConfigC).cast::<u8>(),
+            size.min(ours),
+        );
+    }
+    Ok(config)
 }

@@ -16,6 +16,10 @@
 //! - Outputs are written only on success, except handle outputs, which are set to NULL first.
 //! - Thread-safe: any function may be called from any thread. The table's lock is never held
 //!   across a system call.
+//! - `progpack_config` grows only by fields appended at its end, each zero by default.
+//!   `progpack_allocator_new_sized` takes the caller's `sizeof(progpack_config)`, so a program
+//!   built against an older or newer header keeps its meaning (`progpack_allocator_new`
+//!   assumes this header's size).
 //!
 //! ## Lifecycle
 //! `progpack_allocator_new` → `progpack_draft_new` (a writable image that is never executable,
@@ -36,10 +40,10 @@ mod program;
 mod status;
 
 pub use allocator::{
-    progpack_allocator_free, progpack_allocator_new, progpack_allocator_shared,
-    progpack_allocator_stats, progpack_backend_report, progpack_code_range, AllocatorHandle,
-    ConfigC, StatsC, PROGPACK_BACKEND_DETECT, PROGPACK_BACKEND_DUALMAP,
-    PROGPACK_BACKEND_DUALMAP_PER_WRITE, PROGPACK_BACKEND_PROCMEM,
+    progpack_allocator_free, progpack_allocator_new, progpack_allocator_new_sized,
+    progpack_allocator_shared, progpack_allocator_stats, progpack_backend_report,
+    progpack_code_range, AllocatorHandle, ConfigC, StatsC, PROGPACK_BACKEND_DETECT,
+    PROGPACK_BACKEND_DUALMAP, PROGPACK_BACKEND_DUALMAP_PER_WRITE, PROGPACK_BACKEND_PROCMEM,
 };
 pub use batch::{
     progpack_batch_abandon, progpack_batch_finalize, progpack_batch_image, progpack_batch_len,

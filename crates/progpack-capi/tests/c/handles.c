@@ -4,6 +4,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include "check.h"
+#include <stddef.h>
+#include <stdint.h>
 
 static int mentions(const char *needle) { return strstr(progpack_last_error(), needle) != NULL; }
 
@@ -311,6 +313,37 @@ static void layout_settings(void) {
     CHECK(b == NULL);
 }
 
+/* progpack_allocator_new_sized: a caller built against an older header passes a shorter
+ * struct (the fields it lacks keep their defaults), one built against a newer header a longer
+ * one (accepted only if the settings this library does not know are zero). */
+static void sized_configs(void) {
+    progpack_allocator *a;
+    progpack_config cfg = {0};
+    /* An older struct ends before no_scatter_runs: what follows it is never read. */
+    cfg.min_slack = 65; /* refused if it were read */
+    OK(progpack_allocator_new_sized(&cfg, offsetof(progpack_config, no_scatter_runs), &a));
+    OK(progpack_allocator_free(a));
+    /* The same memory at today's size is read whole, and refused. */
+    CHECK(progpack_allocator_new_sized(&cfg, sizeof cfg, &a) == PROGPACK_STATUS_INVALID_ARGUMENT);
+    CHECK(a == NULL);
+    /* A newer struct: zero settings past ours are accepted, a set one is refused. */
+    struct {
+        progpack_config known;
+        uint64_t newer;
+    } big = {0};
+    OK(progpack_allocator_new_sized(&big.known, sizeof big, &a));
+    OK(progpack_allocator_free(a));
+    big.newer = 1;
+    CHECK(progpack_allocator_new_sized(&big.known, sizeof big, &a) ==
+          PROGPACK_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(progpack_last_error(), "newer header") != NULL);
+    /* Smaller than any version of the struct. */
+    CHECK(progpack_allocator_new_sized(&cfg, 4, &a) == PROGPACK_STATUS_INVALID_ARGUMENT);
+    /* NULL: the defaults, whatever the size. */
+    OK(progpack_allocator_new_sized(NULL, 0, &a));
+    OK(progpack_allocator_free(a));
+}
+
 int main(void) {
     progpack_allocator *a;
     OK(progpack_allocator_new(NULL, &a));
@@ -325,6 +358,7 @@ int main(void) {
     page_alignment(a);
     freed_code_traps(a);
     layout_settings();
+    sized_configs();
     progpack_stats s;
     OK(progpack_allocator_stats(a, &s));
     CHECK(s.programs == 0 && s.allocations == 0);

@@ -1,5 +1,6 @@
 /* handles.c: every misuse of a handle is a status code and a message, never a crash. */
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -262,28 +263,34 @@ static void freed_code_traps(progpack_allocator *a) {
     CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGTRAP);
 }
 
+static int by_address(const void *x, const void *y) {
+    uintptr_t a = *(const uintptr_t *)x, b = *(const uintptr_t *)y;
+    return (a > b) - (a < b);
+}
+
 /* Loads `n` programs of 64 bytes one by one into a fresh allocator made with `cfg`; returns
- * the chunks they use and the span of their addresses (first to last byte). */
-static void layout(const progpack_config *cfg, size_t n, size_t *chunks, size_t *span) {
+ * the chunks they use and how many breaks their addresses have, sorted (a break: the next
+ * program does not start in the chunk right after the previous one's). */
+static void layout(const progpack_config *cfg, size_t n, size_t *chunks, size_t *breaks) {
     progpack_allocator *a;
     OK(progpack_allocator_new(cfg, &a));
     progpack_program *programs[1000];
-    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    uintptr_t addrs[1000];
     for (size_t i = 0; i < n; i++) {
         progpack_draft *d;
         uint8_t *image;
-        uintptr_t at;
-        OK(progpack_draft_new(a, 64, 1, &d, &image, &at));
+        OK(progpack_draft_new(a, 64, 1, &d, &image, &addrs[i]));
         memset(image, 0xcc, 64);
         emit_ret_imm(image, (uint32_t)i);
         OK(progpack_draft_finalize(d, &programs[i]));
-        lo = at < lo ? at : lo;
-        hi = at + 64 > hi ? at + 64 : hi;
     }
     progpack_stats s;
     OK(progpack_allocator_stats(a, &s));
     *chunks = s.chunks_used;
-    *span = hi - lo;
+    qsort(addrs, n, sizeof addrs[0], by_address);
+    *breaks = 0;
+    for (size_t i = 1; i < n; i++)
+        *breaks += addrs[i] / 64 != addrs[i - 1] / 64 + 1;
     for (size_t i = 0; i < n; i++)
         OK(progpack_program_free(programs[i]));
     OK(progpack_allocator_free(a));
@@ -291,21 +298,26 @@ static void layout(const progpack_config *cfg, size_t n, size_t *chunks, size_t 
 
 static void layout_settings(void) {
     progpack_config cfg = {0};
-    size_t chunks, span;
+    size_t chunks, breaks;
     /* The default adds no slack: a 64-byte program takes one 64-byte chunk. */
-    layout(&cfg, 10, &chunks, &span);
+    layout(&cfg, 10, &chunks, &breaks);
     CHECK(chunks == 10);
     /* The kernel's 16 bytes: two chunks each. */
     cfg.min_slack = 16;
-    layout(&cfg, 10, &chunks, &span);
+    layout(&cfg, 10, &chunks, &breaks);
     CHECK(chunks == 20);
     /* Runs that follow each other: 1,000 chunks taken one thread's run (64 chunks) at a time
-     * stay within a few runs of each other, where scattered runs spread over the pack. */
+     * lie back to back (at most one break: the first run starts at a random word, and the
+     * runs wrap around to the pack's start at its end), where scattered runs start at a
+     * random word each (about one break per run). */
     cfg.min_slack = 0;
     cfg.no_scatter_runs = 1;
-    layout(&cfg, 1000, &chunks, &span);
+    layout(&cfg, 1000, &chunks, &breaks);
     CHECK(chunks == 1000);
-    CHECK(span <= (1000 + 2 * 64) * 64);
+    CHECK(breaks <= 1);
+    cfg.no_scatter_runs = 0;
+    layout(&cfg, 1000, &chunks, &breaks);
+    CHECK(breaks > 1);
     /* More slack than a chunk is refused. */
     progpack_allocator *b;
     cfg.min_slack = 65;

@@ -65,11 +65,18 @@ pub use maps::{Map, MapDef, MapError, MapKind, UpdateFlag};
 use insn::Insn;
 use jit::deferred::{Combiner, JitCell};
 
+/// What a program keeps of the VM that loaded it: the helper registry and the environment.
+/// One `Arc` of these per program (not one per field), so a load clones one reference.
+#[derive(Clone, Debug)]
+struct Shared {
+    helpers: Arc<Helpers>,
+    env: Arc<ProgramEnv>,
+}
+
 /// A VM: a helper registry and run settings shared by the programs it loads.
 #[derive(Clone, Debug)]
 pub struct Vm {
-    helpers: Arc<Helpers>,
-    env: Arc<ProgramEnv>,
+    shared: Arc<Shared>,
     options: RunOptions,
     jit: Option<(progpack::Allocator, JitOptions)>,
     /// Where programs loaded one by one wait to be written together (see
@@ -82,8 +89,10 @@ impl Vm {
     /// A VM whose programs may call `helpers`.
     pub fn new(helpers: Helpers) -> Self {
         Vm {
-            helpers: Arc::new(helpers),
-            env: Arc::new(ProgramEnv::new()),
+            shared: Arc::new(Shared {
+                helpers: Arc::new(helpers),
+                env: Arc::new(ProgramEnv::new()),
+            }),
             options: RunOptions::default(),
             jit: None,
             combiner: None,
@@ -107,8 +116,8 @@ impl Vm {
     /// Changes the protections applied to programs loaded from now on.
     pub fn set_hardening(&mut self, hardening: Hardening) -> &mut Self {
         self.hardening = hardening;
-        if self.env.hidden != hardening.hide_addresses {
-            Arc::make_mut(&mut self.env).hidden = hardening.hide_addresses;
+        if self.shared.env.hidden != hardening.hide_addresses {
+            self.env_mut().hidden = hardening.hide_addresses;
         }
         self
     }
@@ -152,18 +161,18 @@ impl Vm {
 
     /// The helper registry.
     pub fn helpers(&self) -> &Helpers {
-        &self.helpers
+        &self.shared.helpers
     }
 
     /// The environment given to programs loaded from now on (host data, trace sink; the
     /// maps a program references are added to it per program).
     pub fn env(&self) -> &ProgramEnv {
-        &self.env
+        &self.shared.env
     }
 
     /// Changes the environment given to programs loaded from now on.
     pub fn env_mut(&mut self) -> &mut ProgramEnv {
-        Arc::make_mut(&mut self.env)
+        Arc::make_mut(&mut Arc::make_mut(&mut self.shared).env)
     }
 
     /// Run settings given to programs loaded from now on.
@@ -180,12 +189,12 @@ impl Vm {
     /// Loads a program from its bytecode (8-byte little-endian slots): decode and check.
     pub fn load(&self, code: &[u8]) -> Result<BpfProgram> {
         let slots = insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        self.load_vec_in(slots, Arc::clone(&self.env))
+        self.load_vec_in(slots, Arc::clone(&self.shared))
     }
 
     /// Loads a program from raw slots.
     pub fn load_slots(&self, slots: &[Insn]) -> Result<BpfProgram> {
-        self.load_slots_in(slots, Arc::clone(&self.env))
+        self.load_vec_in(slots.to_vec(), Arc::clone(&self.shared))
     }
 
     /// Loads a program (bytecode) that references `maps`: an `lddw` with `src = 1` and
@@ -195,7 +204,7 @@ impl Vm {
     pub fn load_with_maps(&self, code: &[u8], maps: &[Arc<Map>]) -> Result<BpfProgram> {
         let mut slots =
             insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-        let mut env = (*self.env).clone();
+        let mut env = self.env().clone();
         for m in maps {
             env.add_map(Arc::clone(m));
         }
@@ -205,38 +214,37 @@ impl Vm {
 
     /// Loads `slots` to run in `env`.
     pub(crate) fn load_slots_in(&self, slots: &[Insn], env: Arc<ProgramEnv>) -> Result<BpfProgram> {
-        self.load_vec_in(slots.to_vec(), env)
+        let shared = Shared {
+            helpers: Arc::clone(&self.shared.helpers),
+            env,
+        };
+        self.load_vec_in(slots.to_vec(), Arc::new(shared))
     }
 
-    /// [`load_slots_in`](Self::load_slots_in) of slots handed over.
-    fn load_vec_in(&self, slots: Vec<Insn>, env: Arc<ProgramEnv>) -> Result<BpfProgram> {
+    /// Loads slots handed over, to run with `shared` (this VM's helpers, an environment).
+    fn load_vec_in(&self, slots: Vec<Insn>, shared: Arc<Shared>) -> Result<BpfProgram> {
+        let helpers = &self.shared.helpers;
         let Some((alloc, o)) = &self.jit else {
-            let checked = check::check_vec(slots, &self.helpers)?;
-            return Ok(self.program(Code::Checked(checked), env, None));
+            let checked = check::check_vec(slots, helpers)?;
+            return Ok(self.program(Code::Checked(checked), shared, None));
         };
         // The JIT runs the program: keep only its slots (see `BpfProgram::checked`).
-        check::validate(&slots, &self.helpers)?;
-        let (options, extra) = (self.jit_options(*o), jit::EnvShape::of(&env));
+        check::validate(&slots, helpers)?;
+        let (options, extra) = (self.jit_options(*o), jit::EnvShape::of(&shared.env));
         let cell = match &self.combiner {
-            Some(c) => JitProgram::new_deferred(c, &slots, &self.helpers, options, extra, true)?,
+            Some(c) => JitProgram::new_deferred(c, &slots, helpers, options, extra, true)?,
             None => Arc::new(JitCell::placed(JitProgram::new_with(
-                alloc,
-                &slots,
-                &self.helpers,
-                options,
-                extra,
-                true,
+                alloc, &slots, helpers, options, extra, true,
             )?)),
         };
-        Ok(self.program(Code::slots(slots), env, Some(cell)))
+        Ok(self.program(Code::slots(slots), shared, Some(cell)))
     }
 
     /// A program of this VM.
-    fn program(&self, code: Code, env: Arc<ProgramEnv>, jit: Option<Arc<JitCell>>) -> BpfProgram {
+    fn program(&self, code: Code, shared: Arc<Shared>, jit: Option<Arc<JitCell>>) -> BpfProgram {
         BpfProgram {
             code,
-            helpers: Arc::clone(&self.helpers),
-            env,
+            shared,
             options: self.options,
             jit,
         }
@@ -251,26 +259,26 @@ impl Vm {
             for code in codes {
                 let slots =
                     insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-                checked.push(check::check_vec(slots, &self.helpers)?);
+                checked.push(check::check_vec(slots, self.helpers())?);
             }
             return Ok(checked
                 .into_iter()
-                .map(|c| self.program(Code::Checked(c), Arc::clone(&self.env), None))
+                .map(|c| self.program(Code::Checked(c), Arc::clone(&self.shared), None))
                 .collect());
         };
         let mut all = Vec::with_capacity(codes.len());
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-            check::validate(&slots, &self.helpers)?;
+            check::validate(&slots, self.helpers())?;
             all.push(slots);
         }
         let slots = all.iter().map(|s| &s[..]);
-        let extra = jit::EnvShape::of(&self.env);
+        let extra = jit::EnvShape::of(self.env());
         let jits = JitProgram::new_batch_with(
             alloc,
             slots,
-            &self.helpers,
+            self.helpers(),
             self.jit_options(*o),
             extra,
             true,
@@ -281,7 +289,7 @@ impl Vm {
             .zip(jits)
             .map(|(s, j)| {
                 let cell = Arc::new(JitCell::placed(j));
-                self.program(Code::slots(s), Arc::clone(&self.env), Some(cell))
+                self.program(Code::slots(s), Arc::clone(&self.shared), Some(cell))
             })
             .collect())
     }
@@ -320,8 +328,7 @@ impl Code {
 #[derive(Clone, Debug)]
 pub struct BpfProgram {
     code: Code,
-    helpers: Arc<Helpers>,
-    env: Arc<ProgramEnv>,
+    shared: Arc<Shared>,
     options: RunOptions,
     /// The JIT code (written, or waiting to be: see [`Vm::enable_jit`]).
     jit: Option<Arc<JitCell>>,
@@ -338,11 +345,11 @@ impl BpfProgram {
     /// gets the whole instruction limit).
     pub fn run_interp_with(&self, mem: &mut [u8], options: &RunOptions) -> Result<u64, RunError> {
         let (mut r0, mut next) =
-            interp::run_env(self.checked(), &self.helpers, &self.env, mem, options, 0)?;
+            interp::run_env(self.checked(), self.helpers(), self.env(), mem, options, 0)?;
         let mut n = 0;
         while let Some(p) = next {
             n += 1;
-            (r0, next) = interp::run_env(p.checked(), &p.helpers, &p.env, mem, options, n)?;
+            (r0, next) = interp::run_env(p.checked(), p.helpers(), p.env(), mem, options, n)?;
         }
         Ok(r0)
     }
@@ -404,7 +411,7 @@ impl BpfProgram {
         if limit < jit.floor() {
             return self.run_below_floor(mem, limit, tail_calls);
         }
-        jit.run_env(mem, limit, &self.env, tail_calls)
+        jit.run_env(mem, limit, self.env(), tail_calls)
             .map_err(|f| jit::fault_to_run_error(f, limit).into())
     }
 
@@ -419,8 +426,8 @@ impl BpfProgram {
         };
         let (r0, next) = interp::run_env(
             self.checked(),
-            &self.helpers,
-            &self.env,
+            self.helpers(),
+            self.env(),
             mem,
             &options,
             tail_calls,
@@ -430,13 +437,13 @@ impl BpfProgram {
 
     /// The program's environment (maps' regions, host data).
     pub fn env(&self) -> &ProgramEnv {
-        &self.env
+        &self.shared.env
     }
 
     /// JIT-compiles the program into `alloc` (replacing earlier JIT code, if any).
     pub fn jit_compile(&mut self, alloc: &progpack::Allocator, options: JitOptions) -> Result<()> {
-        let extra = jit::EnvShape::of(&self.env);
-        let j = JitProgram::new_with(alloc, self.slots(), &self.helpers, options, extra, true)?;
+        let extra = jit::EnvShape::of(self.env());
+        let j = JitProgram::new_with(alloc, self.slots(), self.helpers(), options, extra, true)?;
         self.jit = Some(Arc::new(JitCell::placed(j)));
         Ok(())
     }
@@ -455,7 +462,7 @@ impl BpfProgram {
             Code::Checked(c) => c,
             Code::Slots { slots, decoded } => decoded.get_or_init(|| {
                 // The slots passed this check, against these helpers, when they were loaded.
-                let full = check::check_vec(slots.clone(), &self.helpers)
+                let full = check::check_vec(slots.clone(), self.helpers())
                     .expect("a loaded program passes the checker again");
                 Box::new(full)
             }),
@@ -472,7 +479,7 @@ impl BpfProgram {
 
     /// The helper registry the program was checked against.
     pub fn helpers(&self) -> &Helpers {
-        &self.helpers
+        &self.shared.helpers
     }
 
     /// Run settings.

@@ -266,32 +266,30 @@ impl Vm {
                 .map(|c| self.program(Code::Checked(c), Arc::clone(&self.shared), None))
                 .collect());
         };
-        let mut all = Vec::with_capacity(codes.len());
+        // Each program is made (without its code) where the caller will keep it, then its
+        // code is set once the batch is placed.
+        let mut progs = Vec::with_capacity(codes.len());
         for code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
             check::validate(&slots, self.helpers())?;
-            all.push(slots);
+            progs.push(self.program(Code::slots(slots), Arc::clone(&self.shared), None));
         }
-        let slots = all.iter().map(|s| &s[..]);
         let extra = jit::EnvShape::of(self.env());
-        let jits = JitProgram::new_batch_with(
+        let options = self.jit_options(*o);
+        let placed = JitProgram::place_batch(
             alloc,
-            slots,
+            progs.iter().map(BpfProgram::slots),
             self.helpers(),
-            self.jit_options(*o),
+            options,
             extra,
             true,
         )
         .map_err(|(_, e)| e)?;
-        Ok(all
-            .into_iter()
-            .zip(jits)
-            .map(|(s, j)| {
-                let cell = Arc::new(JitCell::placed(j));
-                self.program(Code::slots(s), Arc::clone(&self.shared), Some(cell))
-            })
-            .collect())
+        for (p, j) in progs.iter_mut().zip(placed) {
+            p.jit = Some(Arc::new(JitCell::placed(j)));
+        }
+        Ok(progs)
     }
 
     /// Assembles and loads a program ([`asm`] syntax).

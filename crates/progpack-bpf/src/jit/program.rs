@@ -156,7 +156,7 @@ impl JitProgram {
         helpers: &Helpers,
         options: JitOptions,
     ) -> Result<Vec<JitProgram>, (usize, JitError)> {
-        Self::new_batch_with(
+        Self::place_batch(
             alloc,
             programs,
             helpers,
@@ -164,18 +164,20 @@ impl JitProgram {
             EnvShape::default(),
             false,
         )
+        .map(|placed| placed.collect())
     }
 
     /// [`new_batch`](Self::new_batch) for an environment of shape `extra`; `loops_only` as
-    /// in [`new_with`](Self::new_with).
-    pub(crate) fn new_batch_with<'s>(
+    /// in [`new_with`](Self::new_with). Gives the placed programs as an iterator, in order, so
+    /// that a caller keeps each where it wants (no vector of them in between).
+    pub(crate) fn place_batch<'s>(
         alloc: &Allocator,
         programs: impl IntoIterator<Item = &'s [Insn]>,
         helpers: &Helpers,
         options: JitOptions,
         extra: EnvShape,
         loops_only: bool,
-    ) -> Result<Vec<JitProgram>, (usize, JitError)> {
+    ) -> Result<Placed, (usize, JitError)> {
         if !super::available() {
             return Err((0, JitError::unsupported_arch()));
         }
@@ -201,13 +203,12 @@ impl JitProgram {
         }
         let n = batch.len();
         let progs = batch.finalize().map_err(|e| (n, e.into()))?;
-        Ok(progs
-            .into_iter()
-            .zip(needs)
-            .map(|(prog, needs)| {
-                JitProgram::from_program(prog, needs, options.count_instructions, extra)
-            })
-            .collect())
+        Ok(Placed {
+            progs: progs.into_iter(),
+            needs: needs.into_iter(),
+            counted: options.count_instructions,
+            extra,
+        })
     }
 
     /// Compiles `slots` like [`new_with`](Self::new_with) into a slot of `combiner`'s open
@@ -452,6 +453,33 @@ pub(super) fn entry_memory(mem: &mut [u8]) -> (u64, u64) {
     let len = mem.len() as u64;
     let r1 = if len == 0 { 0 } else { mem.as_mut_ptr() as u64 };
     (r1, len)
+}
+
+/// The programs of a batch [`JitProgram::place_batch`] placed, in order.
+pub(crate) struct Placed {
+    progs: std::vec::IntoIter<Program>,
+    needs: std::vec::IntoIter<RunNeeds>,
+    counted: bool,
+    extra: EnvShape,
+}
+
+impl Iterator for Placed {
+    type Item = JitProgram;
+
+    fn next(&mut self) -> Option<JitProgram> {
+        let prog = self.progs.next()?;
+        let needs = self.needs.next()?;
+        Some(JitProgram::from_program(
+            prog,
+            needs,
+            self.counted,
+            self.extra,
+        ))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.progs.size_hint()
+    }
 }
 
 /// Places translated code with `alloc`; `Ok(None)` if it has relative helper calls that do

@@ -2,7 +2,9 @@
 //! basic blocks, the registers the program reads and writes, what it needs at run time
 //! (stack, local calls, helper calls), the instruction charge of every block, and an upper
 //! bound of the code size of every slot (so forward jumps can be emitted short in one pass).
-//! Per-opcode facts come from a table built at compile time ([`PROPS`]).
+//! Per-opcode facts come from a table built at compile time ([`PROPS`]). A program of the
+//! same shape as the last one analysed (the same slots but for immediates the walk does not
+//! read) with the same arguments reuses its results.
 //!
 //! Invariants (per slot, fields of one vector of `Slot`s):
 //! - `flags[pc] & START` iff slot `pc` begins an instruction (not the second slot of `lddw`).
@@ -111,6 +113,23 @@ pub(crate) struct Analysis {
     pub counted: bool,
     /// Number of instructions (an `lddw` is one).
     pub count: u32,
+    /// The slots of the last successful run, and what that run was given and found: a run
+    /// over a program of the same shape ([`shape`]) with the same arguments finds the same,
+    /// so it only restores `usage` (which callers may change after a run). Many programs
+    /// made from one template (filters that differ in a constant) are compiled one after
+    /// another.
+    last: Vec<Insn>,
+    last_args: Option<RunArgs>,
+    last_usage: Usage,
+}
+
+/// The arguments of [`Analysis::run`] besides the slots.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct RunArgs {
+    budget: bool,
+    loops_only: bool,
+    helpers: usize,
+    blind: bool,
 }
 
 // ---- per-opcode facts ----
@@ -282,6 +301,7 @@ impl Analysis {
     /// Capacity kept, in bytes.
     pub(crate) fn capacity(&self) -> usize {
         std::mem::size_of::<Slot>() * self.slots.capacity()
+            + std::mem::size_of::<Insn>() * self.last.capacity()
     }
 
     /// Per-slot flags: [`START`], [`LEADER`], [`MERGED_TARGET`], [`MERGED_JA`].
@@ -318,6 +338,35 @@ impl Analysis {
     /// number of registered helpers (a `callx` is a compare chain over them). `blind`:
     /// constants are blinded (longer code).
     pub(crate) fn run(
+        &mut self,
+        insns: &[Insn],
+        budget: bool,
+        loops_only: bool,
+        helpers: usize,
+        blind: bool,
+    ) -> Result<(), JitError> {
+        let args = RunArgs {
+            budget,
+            loops_only,
+            helpers,
+            blind,
+        };
+        if self.last_args == Some(args) && same_shape(&self.last, insns) {
+            // Everything the walk reads of the slots is in their shapes: the same results.
+            self.usage = self.last_usage;
+            return Ok(());
+        }
+        self.last_args = None;
+        self.walk(insns, budget, loops_only, helpers, blind)?;
+        self.last.clear();
+        self.last.extend_from_slice(insns);
+        self.last_args = Some(args);
+        self.last_usage = self.usage;
+        Ok(())
+    }
+
+    /// [`run`](Self::run) without the shape check.
+    fn walk(
         &mut self,
         insns: &[Insn],
         budget: bool,
@@ -617,6 +666,22 @@ fn special(
         }
     }
     Ok((r, wr, bytes))
+}
+
+/// What [`Analysis::run`] reads of slot `i`: all of it but the immediate, which it reads
+/// only for atomics, calls and 32-bit `ja` (set to 0 for the others).
+#[inline(always)]
+fn shape(i: Insn) -> Insn {
+    let uses_imm = PROPS[i.opc as usize].f & (ATOMIC_OP | CALL_ANY | JA32) != 0;
+    Insn {
+        imm: if uses_imm { i.imm } else { 0 },
+        ..i
+    }
+}
+
+/// Whether `a` and `b` have the same shape ([`shape`]).
+fn same_shape(a: &[Insn], b: &[Insn]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| shape(x) == shape(y))
 }
 
 /// Whether `[r10 + off, +size)` lies inside the current 512-byte frame.

@@ -191,15 +191,19 @@ impl JitProgram {
         let mut batch = alloc.batch();
         let mut needs = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
-            let r = emit::translate(slots, helpers, opts.emit_options(extra), |out| {
-                let slot = batch.push(out.code.len(), CODE_ALIGN)?;
-                slot.image.copy_from_slice(out.code);
-                // A rel32 call out of reach means the code range broke its promise: an error
-                // rather than a recompilation, since the slot is already sized.
-                link(slot.image, out.calls, slot.exec_addr as u64)?;
-                Ok::<_, JitError>(out.needs)
+            let mut failed = None;
+            let r = emit::translate_to(slots, helpers, opts.emit_options(extra), |out| {
+                match push_linked(&mut batch, &out) {
+                    Ok(()) => needs.push(out.needs),
+                    Err(e) => failed = Some(e),
+                }
             });
-            needs.push(r.and_then(|r| r).map_err(|e| (i, e))?);
+            if let Err(e) = r {
+                return Err((i, *e));
+            }
+            if let Some(e) = failed {
+                return Err((i, e));
+            }
         }
         let n = batch.len();
         let progs = batch.finalize().map_err(|e| (n, e.into()))?;
@@ -480,6 +484,15 @@ impl Iterator for Placed {
     fn size_hint(&self) -> (usize, Option<usize>) {
         self.progs.size_hint()
     }
+}
+
+/// Pushes translated code into `batch`, linked for where it will run.
+fn push_linked(batch: &mut progpack::Batch, out: &Output<'_>) -> Result<(), JitError> {
+    let slot = batch.push(out.code.len(), CODE_ALIGN)?;
+    slot.image.copy_from_slice(out.code);
+    // A rel32 call out of reach means the code range broke its promise: an error rather than
+    // a recompilation, since the slot is already sized.
+    link(slot.image, out.calls, slot.exec_addr as u64)
 }
 
 /// Places translated code with `alloc`; `Ok(None)` if it has relative helper calls that do

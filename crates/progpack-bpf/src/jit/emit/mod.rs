@@ -246,6 +246,20 @@ pub(crate) fn translate<T>(
     opts: Options,
     f: impl FnOnce(Output<'_>) -> T,
 ) -> Result<T, JitError> {
+    let mut out = None;
+    translate_to(insns, helpers, opts, |o| out = Some(f(o))).map_err(|e| *e)?;
+    out.ok_or(JitError::Internal("a translation without output"))
+}
+
+/// [`translate`] for an `f` that keeps what it makes of the output itself. The result is
+/// one word (the error is boxed), so that a caller's successful compile moves no error-sized
+/// value through these layers.
+pub(crate) fn translate_to(
+    insns: &[Insn],
+    helpers: &Helpers,
+    opts: Options,
+    f: impl FnOnce(Output<'_>),
+) -> Result<(), Box<JitError>> {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut scratch) => {
             let r = run_translation(&mut scratch, insns, helpers, opts, f);
@@ -259,20 +273,21 @@ pub(crate) fn translate<T>(
     })
 }
 
-fn run_translation<T>(
+fn run_translation(
     scratch: &mut Scratch,
     insns: &[Insn],
     helpers: &Helpers,
     opts: Options,
-    f: impl FnOnce(Output<'_>) -> T,
-) -> Result<T, JitError> {
-    let needs = translate_with(scratch, insns, helpers, opts)?;
-    Ok(f(Output {
+    f: impl FnOnce(Output<'_>),
+) -> Result<(), Box<JitError>> {
+    let needs = translate_with(scratch, insns, helpers, opts).map_err(Box::new)?;
+    f(Output {
         code: scratch.asm.code(),
         calls: scratch.asm.calls(),
         pc_offsets: scratch.asm.label_offsets(insns.len()),
         needs,
-    }))
+    });
+    Ok(())
 }
 
 fn translate_with(

@@ -192,12 +192,16 @@ impl JitProgram {
         let mut needs = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
             let mut failed = None;
-            let r = emit::translate_to(slots, helpers, opts.emit_options(extra), |out| {
-                match push_linked(&mut batch, &out) {
-                    Ok(()) => needs.push(out.needs),
-                    Err(e) => failed = Some(e),
-                }
-            });
+            let r =
+                emit::translate_to(
+                    slots,
+                    helpers,
+                    opts.emit_options(extra),
+                    |out| match push_linked(&mut batch, &out) {
+                        Ok(()) => needs.push(out.needs),
+                        Err(e) => failed = Some(e),
+                    },
+                );
             if let Err(e) = r {
                 return Err((i, *e));
             }
@@ -279,6 +283,7 @@ impl JitProgram {
     }
 
     /// A program around placed code whose entry has the [`EntryFn`] signature.
+    #[inline]
     pub(super) fn from_program(
         prog: Program,
         needs: RunNeeds,
@@ -470,6 +475,7 @@ pub(crate) struct Placed {
 impl Iterator for Placed {
     type Item = JitProgram;
 
+    #[inline]
     fn next(&mut self) -> Option<JitProgram> {
         let prog = self.progs.next()?;
         let needs = self.needs.next()?;

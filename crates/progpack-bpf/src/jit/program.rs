@@ -192,16 +192,13 @@ impl JitProgram {
         let mut needs = Vec::new();
         for (i, slots) in programs.into_iter().enumerate() {
             let mut failed = None;
-            let r =
-                emit::translate_to(
-                    slots,
-                    helpers,
-                    opts.emit_options(extra),
-                    |out| match push_linked(&mut batch, &out) {
-                        Ok(()) => needs.push(out.needs),
-                        Err(e) => failed = Some(e),
-                    },
-                );
+            let eo = opts.emit_options(extra);
+            let r = emit::translate_to(slots, helpers, eo, |out| {
+                match push_linked(&mut batch, &out) {
+                    Ok(()) => needs.push(out.needs),
+                    Err(e) => failed = Some(e),
+                }
+            });
             if let Err(e) = r {
                 return Err((i, *e));
             }

@@ -190,9 +190,15 @@ pub(crate) fn check_vec(slots: Vec<Insn>, helpers: &Helpers) -> Result<Checked, 
 /// JIT-compiled program decodes its instructions again if the interpreter ever needs them).
 /// Allocates nothing once the thread has checked a program of this size.
 pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckError> {
+    validate_quick(slots, helpers).map(drop)
+}
+
+/// [`validate`], also saying whether the quick pass took `slots`: then, with the same
+/// helpers, it takes every program of their shape (see [`same_quick_shape`]).
+pub(crate) fn validate_quick(slots: &[Insn], helpers: &Helpers) -> Result<bool, CheckError> {
     check_len(slots)?;
     if quick_pass(slots, helpers) {
-        return Ok(());
+        return Ok(true);
     }
     thread_local! {
         static INSTRS: RefCell<Vec<Instr>> = const { RefCell::new(Vec::new()) };
@@ -202,15 +208,46 @@ pub(crate) fn validate(slots: &[Insn], helpers: &Helpers) -> Result<(), CheckErr
     INSTRS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut instrs) => {
             instrs.clear();
-            let r = check_into(slots, helpers, &mut instrs).map(drop);
+            let r = check_into(slots, helpers, &mut instrs).map(|_| false);
             if instrs.capacity() > KEEP {
                 *instrs = Vec::new();
             }
             r
         }
-        Err(_) => check_vec(slots.to_vec(), helpers).map(drop),
+        Err(_) => check_vec(slots.to_vec(), helpers).map(|_| false),
     })
 }
+
+/// Whether [`quick_pass`] reads the same of the bytecode `a` and `b` (whole slots), so that,
+/// with the same helpers, it takes `b` if it took `a`: as many slots, each the same but for
+/// immediates the pass does not read. Many programs made from one template differ only in
+/// such constants. One compare per slot, on the bytes.
+pub(crate) fn same_quick_shape(a: &[u8], b: &[u8]) -> bool {
+    let (a, _) = a.as_chunks::<INSN_SIZE>();
+    let (b, _) = b.as_chunks::<INSN_SIZE>();
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let (x, y) = (u64::from_le_bytes(*x), u64::from_le_bytes(*y));
+            (x ^ y) & QUICK_READS[x as u8 as usize] == 0
+        })
+}
+
+/// Per opcode, the bits of a slot (as a little-endian `u64`) that [`quick_pass`] reads: the
+/// opcode, registers and offset, and the immediate (the high half) unless the pass does not
+/// read it (see [`quick_pass`]).
+static QUICK_READS: [u64; 256] = {
+    let mut t = [u64::MAX; 256];
+    let mut i = 0;
+    while i < 256 {
+        let r = RULES[i];
+        let plain = matches!(r.kind, K_PLAIN | K_JUMP | K_JA | K_EXIT | K_LDDW);
+        if plain && r.zero & Z_IMM == 0 {
+            t[i] = u32::MAX as u64;
+        }
+        i += 1;
+    }
+    t
+};
 
 /// What [`quick_pass`] checks of one opcode: the largest `dst` and `src` it allows (0: the
 /// field must be zero), the fields that must be zero ([`Z_OFF`], [`Z_IMM`]), and what else to
@@ -640,6 +677,17 @@ mod tests {
                                 if quick_pass(&p, &hs) {
                                     quick += 1;
                                     assert!(check(&p, &hs).is_ok(), "{p:?}");
+                                    // Programs of its shape pass too.
+                                    let pb = encode_slots(&p);
+                                    for &imm in &imms {
+                                        let q: Vec<Insn> = p
+                                            .iter()
+                                            .map(|&i| if i == x { Insn { imm, ..i } } else { i })
+                                            .collect();
+                                        if same_quick_shape(&pb, &encode_slots(&q)) {
+                                            assert!(quick_pass(&q, &hs), "{p:?} -> {q:?}");
+                                        }
+                                    }
                                 }
                             }
                         }

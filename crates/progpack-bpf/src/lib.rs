@@ -269,10 +269,16 @@ impl Vm {
         // Each program is made (without its code) where the caller will keep it, then its
         // code is set once the batch is placed.
         let mut progs = Vec::with_capacity(codes.len());
-        for code in codes {
+        // The last program, if the checker's quick pass took it: then it takes the next one
+        // too if that has the same shape (programs made from one template), unchecked.
+        let mut quick: Option<&[u8]> = None;
+        for &code in codes {
             let slots =
                 insn::decode_slots(code).ok_or(CheckError::PartialSlot { len: code.len() })?;
-            check::validate(&slots, self.helpers())?;
+            if !quick.is_some_and(|q| check::same_quick_shape(q, code)) {
+                let took = check::validate_quick(&slots, self.helpers())?;
+                quick = took.then_some(code);
+            }
             progs.push(self.program(Code::slots(slots), Arc::clone(&self.shared), None));
         }
         let extra = jit::EnvShape::of(self.env());

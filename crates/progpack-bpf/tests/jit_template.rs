@@ -168,3 +168,29 @@ fn an_atomic_that_fetches_is_not_one_that_does_not() {
         }
     }
 }
+
+#[test]
+fn load_many_checks_a_program_that_differs_from_the_last_in_what_the_checker_reads() {
+    use progpack_bpf::{JitOptions, Vm};
+    let mut vm = Vm::new(Helpers::new());
+    let alloc = progpack::Allocator::new(progpack::Config::default()).unwrap();
+    vm.enable_jit(alloc, JitOptions::default());
+    // r0 = k; r0 = be16(r0) (the width is an immediate the checker reads); exit.
+    let prog = |k: i32, width: i32| {
+        encode_slots(&[
+            Insn::new(CLS_ALU64 | ALU_MOV, 0, 0, 0, k),
+            Insn::new(CLS_ALU | ALU_END | SRC_X, 0, 0, 0, width),
+            Insn::new(EXIT, 0, 0, 0, 0),
+        ])
+    };
+    let (a, b, bad) = (prog(1, 16), prog(2, 16), prog(1, 17));
+    let loaded = vm.load_many(&[&a, &b]).unwrap();
+    let mut mem = [];
+    assert_eq!(loaded[1].run_jit(&mut mem).unwrap(), 0x200);
+    let want = format!("{:?}", vm.load(&bad).map(drop));
+    assert!(want.starts_with("Err"), "{want}");
+    for codes in [[&a[..], &bad], [&bad, &a]] {
+        let got = format!("{:?}", vm.load_many(&codes).map(drop));
+        assert_eq!(got, want);
+    }
+}

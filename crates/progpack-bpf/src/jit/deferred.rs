@@ -15,9 +15,10 @@
 //! [`JitCell::get`], which writes the open batch first if the program waits in it. Until then
 //! the slot's chunks hold traps, like any reserved chunk.
 //!
-//! Invariant (under the combiner's lock): a cell whose `generation` equals the combiner's
-//! waits in the open batch; every other cell's `placed` is set (to the program, or to `None`
-//! if writing failed, and the program then runs in the interpreter).
+//! Invariant (under the combiner's lock): a waiting cell ([`State::Later`]) whose `generation`
+//! equals the combiner's waits in the open batch; every other such cell's `placed` is set (to
+//! the program, or to `None` if writing failed, and the program then runs in the
+//! interpreter). A cell for code placed at once ([`State::Now`]) holds its program.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
@@ -60,9 +61,20 @@ pub(crate) struct JitCell {
     /// The code's entry point, known before the code is written (where its slot lies); called
     /// only once `direct_floor` (or `placed`) says the code is there.
     entry: EntryFn,
-    /// Set once the code is written: `Some` (runnable), or `None` if writing failed.
-    placed: OnceLock<Option<JitProgram>>,
-    waiting: Option<Waiting>,
+    state: State,
+}
+
+/// Where a cell's program is.
+#[derive(Debug)]
+enum State {
+    /// Placed when the cell was made (no lock, no once-cell: nothing to wait for).
+    Now(JitProgram),
+    /// In a combiner's batch.
+    Later {
+        /// Set once the code is written: `Some` (runnable), or `None` if writing failed.
+        placed: OnceLock<Option<JitProgram>>,
+        waiting: Waiting,
+    },
 }
 
 /// What a waiting program needs to become a [`JitProgram`] when its batch is written.
@@ -120,14 +132,16 @@ impl Combiner {
         let cell = Arc::new(JitCell {
             direct_floor: AtomicU64::new(u64::MAX),
             entry,
-            placed: OnceLock::new(),
-            waiting: Some(Waiting {
-                combiner: Arc::clone(self),
-                generation: open.generation,
-                needs,
-                counted,
-                extra,
-            }),
+            state: State::Later {
+                placed: OnceLock::new(),
+                waiting: Waiting {
+                    combiner: Arc::clone(self),
+                    generation: open.generation,
+                    needs,
+                    counted,
+                    extra,
+                },
+            },
         });
         open.members.push(Arc::downgrade(&cell));
         if open.members.len() >= FLUSH_AT {
@@ -156,11 +170,11 @@ impl Combiner {
                     let Some(cell) = member.upgrade() else {
                         continue;
                     };
-                    if let Some(w) = &cell.waiting {
+                    if let State::Later { placed, waiting: w } = &cell.state {
                         let jit = JitProgram::from_program(prog, w.needs, w.counted, w.extra);
                         debug_assert_eq!(jit.entry() as usize, cell.entry as usize);
                         let floor = jit.direct_floor();
-                        let _ = cell.placed.set(Some(jit));
+                        let _ = placed.set(Some(jit));
                         cell.direct_floor.store(floor, Ordering::Release);
                     }
                 }
@@ -169,7 +183,9 @@ impl Combiner {
                 // Nothing of the batch was made executable (its chunks are trap-filled and
                 // freed): its programs run in the interpreter.
                 for cell in members.iter().filter_map(Weak::upgrade) {
-                    let _ = cell.placed.set(None);
+                    if let State::Later { placed, .. } = &cell.state {
+                        let _ = placed.set(None);
+                    }
                 }
             }
         }
@@ -182,8 +198,7 @@ impl JitCell {
         JitCell {
             direct_floor: AtomicU64::new(jit.direct_floor()),
             entry: jit.entry(),
-            placed: OnceLock::from(Some(jit)),
-            waiting: None,
+            state: State::Now(jit),
         }
     }
 
@@ -213,9 +228,12 @@ impl JitCell {
     /// (the program then runs in the interpreter).
     #[inline(always)]
     pub(crate) fn get(&self) -> Option<&JitProgram> {
-        match self.placed.get() {
-            Some(p) => p.as_ref(),
-            None => self.write_now(),
+        match &self.state {
+            State::Now(jit) => Some(jit),
+            State::Later { placed, .. } => match placed.get() {
+                Some(p) => p.as_ref(),
+                None => self.write_now(),
+            },
         }
     }
 
@@ -223,14 +241,16 @@ impl JitCell {
     #[cold]
     #[inline(never)]
     fn write_now(&self) -> Option<&JitProgram> {
-        if let Some(w) = &self.waiting {
-            let mut open = w.combiner.lock();
-            if open.generation == w.generation {
-                Combiner::write(&mut open);
-            }
+        let State::Later { placed, waiting: w } = &self.state else {
+            return None;
+        };
+        let mut open = w.combiner.lock();
+        if open.generation == w.generation {
+            Combiner::write(&mut open);
         }
+        drop(open);
         // Set by the write above or an earlier one (module invariants).
-        self.placed.get().and_then(Option::as_ref)
+        placed.get().and_then(Option::as_ref)
     }
 }
 

@@ -159,7 +159,7 @@ const LOAD: u16 = 1024;
 /// `ja` of the 32-bit jump class (offset in imm).
 const JA32: u16 = 2048;
 
-/// Anything [`Analysis::special`] handles.
+/// Anything [`special`] handles.
 const SPECIAL: u16 = MEM | JUMP | NO_FALL | CALL_ANY | R9 | ATOMIC_OP | WIDE;
 
 /// What the pre-pass carries from slot to slot.

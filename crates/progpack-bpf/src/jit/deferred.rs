@@ -2,10 +2,11 @@
 //! but written to executable memory together.
 //!
 //! Where every write to executable memory costs a system call (progpack's default `procmem`
-//! backend: a `pwrite` of `/proc/self/mem`, about 1 µs here, more than the whole compile), a
-//! VM that loads programs one by one keeps an open progpack [`Batch`]: each load compiles its
-//! program into a slot of that batch (its address is known, so the code is linked for it) and
-//! returns. The batch is finalized, with one write per run of chunks, when
+//! backend: a `pwrite` of `/proc/self/mem`, about 1 µs on the machine of BENCHMARKS.md, more
+//! than the whole compile), a VM that loads programs one by one keeps an open progpack
+//! [`Batch`]: each load compiles its program into a slot of that batch (its address is known,
+//! so the code is linked for it) and returns. The batch is finalized, with one write per run
+//! of chunks, when
 //! - [`FLUSH_AT`] programs are waiting (inside the load that makes them that many),
 //! - any waiting program is about to run, or its code is asked for
 //!   ([`BpfProgram::jit`](crate::BpfProgram::jit)), or
@@ -30,7 +31,7 @@ use super::program::entry_memory;
 use super::{fault_to_run_error, EntryFn, EnvShape, JitProgram};
 use crate::error::RunError;
 
-/// Programs waiting at most, before the load that adds one more writes them all.
+/// Programs that wait at most: the load that makes this many wait writes them all.
 pub(crate) const FLUSH_AT: usize = 256;
 
 /// A VM's open batch of programs waiting to be written (shared by the VM and its waiting

@@ -195,7 +195,7 @@ impl JitProgram {
             let eo = opts.emit_options(extra);
             let r = emit::translate_to(slots, helpers, eo, |out| {
                 match push_linked(&mut batch, &out) {
-                    Ok(()) => needs.push(out.needs),
+                    Ok(_) => needs.push(out.needs),
                     Err(e) => failed = Some(e),
                 }
             });
@@ -238,17 +238,14 @@ impl JitProgram {
         };
         emit::translate(slots, helpers, opts.emit_options(extra), |out| {
             let stage = |batch: &mut progpack::Batch| {
-                let slot = batch.push(out.code.len(), CODE_ALIGN)?;
-                slot.image.copy_from_slice(out.code);
-                // As in a batch: a rel32 call out of reach is an error, the slot is sized.
-                link(slot.image, out.calls, slot.exec_addr as u64)?;
+                let exec_addr = push_linked(batch, &out)?;
                 #[allow(unsafe_code)]
                 // SAFETY: the slot's image holds code produced by the translator, linked for
                 // `exec_addr`, whose entry has the signature `EntryFn` (as in `from_program`).
                 // The pointer is kept in the program's `JitCell`, which calls it only once the
                 // batch holding the slot has been finalized and the code is there (see
                 // `deferred`); the cell then holds the program that keeps it mapped.
-                let entry = unsafe { std::mem::transmute::<usize, EntryFn>(slot.exec_addr) };
+                let entry = unsafe { std::mem::transmute::<usize, EntryFn>(exec_addr) };
                 Ok::<_, JitError>((out.needs, extra, entry))
             };
             combiner.add(stage, options.count_instructions)
@@ -489,13 +486,14 @@ impl Iterator for Placed {
     }
 }
 
-/// Pushes translated code into `batch`, linked for where it will run.
-fn push_linked(batch: &mut progpack::Batch, out: &Output<'_>) -> Result<(), JitError> {
+/// Pushes translated code into `batch`, linked for where it will run; returns that address.
+fn push_linked(batch: &mut progpack::Batch, out: &Output<'_>) -> Result<usize, JitError> {
     let slot = batch.push(out.code.len(), CODE_ALIGN)?;
     slot.image.copy_from_slice(out.code);
     // A rel32 call out of reach means the code range broke its promise: an error rather than
     // a recompilation, since the slot is already sized.
-    link(slot.image, out.calls, slot.exec_addr as u64)
+    link(slot.image, out.calls, slot.exec_addr as u64)?;
+    Ok(slot.exec_addr)
 }
 
 /// Places translated code with `alloc`; `Ok(None)` if it has relative helper calls that do

@@ -6,7 +6,7 @@
 #![allow(missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use progpack::{Allocator, BackendChoice, Config, Program};
+use progpack::{Allocator, BackendChoice, Config, Draft, Program};
 use std::hint::black_box;
 
 /// x86-64 `mov eax, 42; ret`, padded with int3 to `len`.
@@ -29,6 +29,13 @@ fn backends() -> [(&'static str, BackendChoice); 4] {
         // No writable view kept: a `pwrite` on the memfd per write.
         ("dualmap-per-write", BackendChoice::DualMapPerWrite),
     ]
+}
+
+/// A draft of `image.len()` bytes with `image` written into it.
+fn written(a: &Allocator, image: &[u8]) -> Draft {
+    let mut d = a.draft(image.len(), 16).expect("draft");
+    d.image_mut().copy_from_slice(image);
+    d
 }
 
 /// `draft` + dropping the unfinalized draft (the chunks go back untouched by the backend).
@@ -55,11 +62,7 @@ fn finalize(c: &mut Criterion) {
             let image = code(len);
             g.bench_function(format!("{name}/{len}B"), |b| {
                 b.iter_batched(
-                    || {
-                        let mut d = a.draft(len, 16).expect("draft");
-                        d.image_mut().copy_from_slice(&image);
-                        d
-                    },
+                    || written(&a, &image),
                     |d| d.finalize().expect("finalize"),
                     BatchSize::SmallInput,
                 )
@@ -111,15 +114,7 @@ fn finalize_all(c: &mut Criterion) {
         let _keep = a.draft(64, 16).and_then(|d| d.finalize()).expect("keep");
         g.bench_function(format!("{name}/{N}x64B"), |b| {
             b.iter_batched(
-                || {
-                    (0..N)
-                        .map(|_| {
-                            let mut d = a.draft(64, 16).expect("draft");
-                            d.image_mut().copy_from_slice(&image);
-                            d
-                        })
-                        .collect::<Vec<_>>()
-                },
+                || (0..N).map(|_| written(&a, &image)).collect::<Vec<_>>(),
                 |drafts| a.finalize_all(drafts).expect("finalize_all"),
                 BatchSize::SmallInput,
             )
@@ -138,11 +133,7 @@ fn free(c: &mut Criterion) {
             let image = code(len);
             g.bench_function(format!("{name}/{len}B"), |b| {
                 b.iter_batched(
-                    || {
-                        let mut d = a.draft(len, 16).expect("draft");
-                        d.image_mut().copy_from_slice(&image);
-                        d.finalize().expect("finalize")
-                    },
+                    || written(&a, &image).finalize().expect("finalize"),
                     drop::<Program>,
                     BatchSize::SmallInput,
                 )

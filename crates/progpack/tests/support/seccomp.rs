@@ -27,31 +27,39 @@ const FOREIGN_NR: u32 = u32::MAX;
 /// `nr` (4 bytes), `arch` (4), `instruction_pointer` (8), then `args[0..6]` of 8 bytes each.
 const ARG2: u32 = 16 + 2 * 8;
 
+/// The classic-BPF instructions the filters use (`k` is the operand, `jt`/`jf` the jumps).
+const LD: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGE: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const AND: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const RET: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+const KILL: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+const EPERM: u32 = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+
+/// One filter instruction.
+fn op(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
 /// The filter program, for inspection and for [`install_kill_on_wx`].
 pub fn kill_on_wx_filter() -> Vec<libc::sock_filter> {
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let jge = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
-    let and = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
-    let kill = libc::SECCOMP_RET_KILL_PROCESS;
     let wx = (libc::PROT_WRITE | libc::PROT_EXEC) as u32;
     vec![
-        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
-        /* 1 */ op(jeq, ARCH, 1, 0), // this ABI: go to 3
-        /* 2 */ op(ret, kill, 0, 0),
-        /* 3 */ op(ld, 0, 0, 0), // seccomp_data.nr
-        /* 4 */ op(jge, FOREIGN_NR, 0, 1), // x32: kill; else go to 6
-        /* 5 */ op(ret, kill, 0, 0),
-        /* 6 */ op(jeq, libc::SYS_mmap as u32, 2, 0), // to 9
-        /* 7 */ op(jeq, libc::SYS_mprotect as u32, 1, 0), // to 9
-        /* 8 */ op(jeq, libc::SYS_pkey_mprotect as u32, 0, 4), // to 9, else allow (13)
-        /* 9 */ op(ld, ARG2, 0, 0), // the protection
-        /* 10 */ op(and, wx, 0, 0),
-        /* 11 */ op(jeq, wx, 0, 1), // both bits: kill (12); else allow (13)
-        /* 12 */ op(ret, kill, 0, 0),
-        /* 13 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+        /* 0 */ op(LD, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(JEQ, ARCH, 1, 0), // this ABI: go to 3
+        /* 2 */ op(RET, KILL, 0, 0),
+        /* 3 */ op(LD, 0, 0, 0), // seccomp_data.nr
+        /* 4 */ op(JGE, FOREIGN_NR, 0, 1), // x32: kill; else go to 6
+        /* 5 */ op(RET, KILL, 0, 0),
+        /* 6 */ op(JEQ, libc::SYS_mmap as u32, 2, 0), // to 9
+        /* 7 */ op(JEQ, libc::SYS_mprotect as u32, 1, 0), // to 9
+        /* 8 */ op(JEQ, libc::SYS_pkey_mprotect as u32, 0, 4), // to 9, else allow (13)
+        /* 9 */ op(LD, ARG2, 0, 0), // the protection
+        /* 10 */ op(AND, wx, 0, 0),
+        /* 11 */ op(JEQ, wx, 0, 1), // both bits: kill (12); else allow (13)
+        /* 12 */ op(RET, KILL, 0, 0),
+        /* 13 */ op(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
     ]
 }
 
@@ -60,25 +68,18 @@ pub fn kill_on_wx_filter() -> Vec<libc::sock_filter> {
 /// (other ABIs and `mremap` are not looked at): a probe for tests that a backend never maps
 /// such a view.
 pub fn refuse_shared_writable_mmap_filter() -> Vec<libc::sock_filter> {
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let jset = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
-    let kill = libc::SECCOMP_RET_KILL_PROCESS;
-    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     vec![
-        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
-        /* 1 */ op(jeq, ARCH, 1, 0), // this ABI: go to 3
-        /* 2 */ op(ret, kill, 0, 0),
-        /* 3 */ op(ld, 0, 0, 0), // seccomp_data.nr
-        /* 4 */ op(jeq, libc::SYS_mmap as u32, 0, 5), // mmap: go on; else allow (10)
-        /* 5 */ op(ld, ARG2, 0, 0), // the protection
-        /* 6 */ op(jset, libc::PROT_WRITE as u32, 0, 3), // writable: go on; else allow
-        /* 7 */ op(ld, ARG2 + 8, 0, 0), // the flags (args[3])
-        /* 8 */ op(jset, libc::MAP_SHARED as u32, 0, 1), // shared: refuse; else allow
-        /* 9 */ op(ret, eperm, 0, 0),
-        /* 10 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
+        /* 0 */ op(LD, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(JEQ, ARCH, 1, 0), // this ABI: go to 3
+        /* 2 */ op(RET, KILL, 0, 0),
+        /* 3 */ op(LD, 0, 0, 0), // seccomp_data.nr
+        /* 4 */ op(JEQ, libc::SYS_mmap as u32, 0, 5), // mmap: go on; else allow (10)
+        /* 5 */ op(LD, ARG2, 0, 0), // the protection
+        /* 6 */ op(JSET, libc::PROT_WRITE as u32, 0, 3), // writable: go on; else allow
+        /* 7 */ op(LD, ARG2 + 8, 0, 0), // the flags (args[3])
+        /* 8 */ op(JSET, libc::MAP_SHARED as u32, 0, 1), // shared: refuse; else allow
+        /* 9 */ op(RET, EPERM, 0, 0),
+        /* 10 */ op(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
     ]
 }
 
@@ -86,20 +87,15 @@ pub fn refuse_shared_writable_mmap_filter() -> Vec<libc::sock_filter> {
 /// that filter system calls do; everything else is allowed (on another ABI too: a probe for
 /// tests, not a security boundary).
 pub fn refuse_pwrite_filter() -> Vec<libc::sock_filter> {
-    let ld = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
-    let jeq = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u16;
-    let op = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
-    let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
     vec![
-        /* 0 */ op(ld, 4, 0, 0), // seccomp_data.arch
-        /* 1 */ op(jeq, ARCH, 0, 5), // this ABI: go on; else allow (7)
-        /* 2 */ op(ld, 0, 0, 0), // seccomp_data.nr
-        /* 3 */ op(jeq, libc::SYS_pwrite64 as u32, 3, 0), // to 7
-        /* 4 */ op(jeq, libc::SYS_pwritev as u32, 2, 0), // to 7
-        /* 5 */ op(jeq, libc::SYS_pwritev2 as u32, 1, 0), // to 7
-        /* 6 */ op(ret, libc::SECCOMP_RET_ALLOW, 0, 0),
-        /* 7 */ op(ret, eperm, 0, 0),
+        /* 0 */ op(LD, 4, 0, 0), // seccomp_data.arch
+        /* 1 */ op(JEQ, ARCH, 0, 5), // this ABI: go on; else allow (7)
+        /* 2 */ op(LD, 0, 0, 0), // seccomp_data.nr
+        /* 3 */ op(JEQ, libc::SYS_pwrite64 as u32, 3, 0), // to 7
+        /* 4 */ op(JEQ, libc::SYS_pwritev as u32, 2, 0), // to 7
+        /* 5 */ op(JEQ, libc::SYS_pwritev2 as u32, 1, 0), // to 7
+        /* 6 */ op(RET, libc::SECCOMP_RET_ALLOW, 0, 0),
+        /* 7 */ op(RET, EPERM, 0, 0),
     ]
 }
 

@@ -170,11 +170,13 @@ pub(crate) fn allocate(shared: &Arc<Shared>, len: usize, align: usize) -> Result
 #[cold]
 #[inline(never)]
 fn allocate_slow(shared: &Arc<Shared>, len: usize, align: usize) -> Result<Fresh> {
-    let n = (len + shared.config.min_slack + shared.config.chunk_size - 1) >> shared.chunk_shift;
     if len.wrapping_sub(1) < shared.run_max_len
         && align.is_power_of_two()
         && align <= shared.config.chunk_size
     {
+        // Only here: `len` is small, so this cannot overflow.
+        let n =
+            (len + shared.config.min_slack + shared.config.chunk_size - 1) >> shared.chunk_shift;
         if let Some(fresh) = thread_cache::with_state(shared, |local, st| {
             from_run(shared, local, st, n, len, align)
         }) {

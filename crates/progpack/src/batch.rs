@@ -427,16 +427,11 @@ impl Batch {
                     packed += 1;
                     chunks += s.chunks as usize;
                     requested += s.len as u64;
+                    let start = ((s.first as usize) << pack.chunk_shift) + s.at as usize;
                     // SAFETY: the slot's chunks were taken by this batch and pass to the span.
                     #[allow(unsafe_code)]
                     let pack = unsafe { PackRef::new(pack) };
-                    Span::new(
-                        pack,
-                        s.first as usize,
-                        s.chunks as usize,
-                        s.at as usize,
-                        s.len,
-                    )
+                    Span::new(pack, start, s.chunks as usize, s.len)
                 }
                 None => self.alone[seg.first].take().expect("each slot once"),
             };

@@ -6,6 +6,10 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::sync::Arc;
 
+/// The largest pack: offsets in a pack, and its chunk count with a span's flags, fit 32 bits
+/// (which keeps a [`Program`](crate::Program) at 24 bytes).
+const MAX_PACK_SIZE: usize = 1 << 31;
+
 /// Which text poke backend the allocator uses.
 #[derive(Clone, Default)]
 pub enum BackendChoice {
@@ -143,7 +147,8 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Pack size in bytes (power of two, a multiple of the page size; default 2 MiB).
+    /// Pack size in bytes (power of two, a multiple of the page size, at most 2 GiB; default
+    /// 2 MiB).
     pub fn pack_size(mut self, bytes: usize) -> Self {
         self.pack_size = bytes;
         self
@@ -272,8 +277,11 @@ impl Config {
                 self.chunk_size, self.pack_size
             ));
         }
-        if self.pack_size / self.chunk_size > u32::MAX as usize {
-            return bad("too many chunks per pack".into());
+        if self.pack_size > MAX_PACK_SIZE {
+            return bad(format!(
+                "pack size {} is larger than {MAX_PACK_SIZE} (2 GiB)",
+                self.pack_size
+            ));
         }
         if self.shards == 0 || self.shards > 1024 {
             return bad(format!("shards {} must be between 1 and 1024", self.shards));
@@ -316,6 +324,7 @@ mod tests {
             Config::default().chunk_size(8),
             Config::default().pack_size(3 << 20),
             Config::default().pack_size(1024),
+            Config::default().pack_size(4 << 30),
             Config::default().pack_size(4096).chunk_size(8192),
             Config::default().shards(0),
             Config::default().max_len(0),

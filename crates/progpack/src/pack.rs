@@ -103,6 +103,9 @@ pub(crate) struct Pack {
     /// Index of the shard whose list holds this pack.
     pub(crate) shard: usize,
     pub(crate) chunk_size: usize,
+    /// `log2(chunk_size)`; in a dedicated mapping (one chunk, of any size) a shift past every
+    /// offset in it, so that an offset's chunk is 0.
+    pub(crate) chunk_shift: u32,
     /// The allocator listing the pack (gone if the allocator was dropped before its programs).
     owner: Weak<dyn PackOwner>,
     /// Mirror of `min(longest_bound, cap)`, for lock-free skipping.
@@ -220,6 +223,7 @@ impl Pack {
             region,
             shard,
             chunk_size,
+            chunk_shift: chunk_size.trailing_zeros(),
             owner,
             fits: AtomicUsize::new(bitmap.longest_bound()),
             run_fits: AtomicUsize::new(64),
@@ -244,6 +248,7 @@ impl Pack {
         let len = region.len();
         let mut pack = Pack::new(region, 0, len, owner, owner_id);
         pack.dedicated = true;
+        pack.chunk_shift = usize::BITS - 1;
         *pack.quirks.get_mut() |= QUIRK_DEDICATED;
         let st = pack.state.get_mut();
         st.bitmap.set_range(0, 1);

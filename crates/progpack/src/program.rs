@@ -24,6 +24,14 @@ const _: () = {
     assert_send_sync::<crate::Draft>();
 };
 
+// A program is three words (a pack, the image's offset and chunk count with the flags, the
+// length), and `Option<Program>` costs nothing more: keep it so.
+#[cfg(target_pointer_width = "64")]
+const _: () = {
+    assert!(std::mem::size_of::<Program>() == 24);
+    assert!(std::mem::size_of::<Option<Program>>() == 24);
+};
+
 impl fmt::Debug for Program {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Program")

@@ -38,31 +38,40 @@ use std::sync::Arc;
 
 /// Chunks owned by one draft, batch slot or program (a dedicated mapping is a pack of one
 /// chunk), and where in them the image lies. See the module docs for the drop contract.
+///
+/// 24 bytes (a [`Program`](crate::Program) is one): programs are kept by the thousand, and a
+/// handle that fits fewer cache lines and pages is cheaper to keep and to walk.
 #[derive(Debug)]
 pub(crate) struct Span {
     /// The pack (no count of its own: the pack keeps itself while the span owns chunks).
     pack: PackRef,
-    first: u32,
-    chunks: u32,
-    /// Where the image starts inside the span (below a chunk, or 0).
-    at: u32,
-    /// [`WRITTEN`], [`PROGRAM`], [`PATCHED`] and [`ANNOUNCED`].
-    flags: u8,
+    /// Offset of the image's first byte in the pack. The image starts less than a chunk into
+    /// the span, so the span's first chunk is `start >> chunk_shift` (0 in a dedicated
+    /// mapping, whose shift is larger than any offset).
+    start: u32,
+    /// The span's chunk count (bits below [`FLAG_SHIFT`]) and [`WRITTEN`], [`PROGRAM`],
+    /// [`PATCHED`] and [`ANNOUNCED`] (the bits above).
+    chunks_flags: u32,
     /// Length of the image: the bytes asked for, and the bytes trap-filled on drop once
     /// written.
     len: usize,
 }
 
+/// Where the flags start in [`Span::chunks_flags`]: a pack has fewer chunks than this
+/// (`Config` allows packs of at most 2 GiB, and chunks of at least 16 bytes).
+const FLAG_SHIFT: u32 = 28;
+/// The chunk count's bits of [`Span::chunks_flags`].
+const CHUNKS: u32 = (1 << FLAG_SHIFT) - 1;
 /// The image's bytes may hold code: trap-fill them on drop.
-const WRITTEN: u8 = 1;
+const WRITTEN: u32 = 1 << FLAG_SHIFT;
 /// A finalized program (for statistics).
-const PROGRAM: u8 = 2;
+const PROGRAM: u32 = 2 << FLAG_SHIFT;
 /// A live patch made a site of one of its instructions (see `patch::sites`): the program
 /// forgets its sites when dropped.
-const PATCHED: u8 = 4;
+const PATCHED: u32 = 4 << FLAG_SHIFT;
 /// The span (a draft being named, or a program) has a record in its pack's side table: its
 /// free retires it. Set on the cold paths that make records, so that a free tests one bit.
-const ANNOUNCED: u8 = 8;
+const ANNOUNCED: u32 = 8 << FLAG_SHIFT;
 
 /// A span just allocated, and its writable image.
 #[derive(Debug)]
@@ -209,7 +218,7 @@ fn from_run(
     local.made.cached.add((n as u64).wrapping_neg());
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
-    let mut span = Span::new(pack, first, n, offset, len);
+    let mut span = Span::new(pack, (first << shared.chunk_shift) + offset, n, len);
     // The user writes straight into the pack's chunks: they must be trap-filled when freed.
     span.mark_written(in_alias);
     Ok(Fresh { span, image })
@@ -303,7 +312,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             // SAFETY: the chunks were just taken for this span.
             #[allow(unsafe_code)]
             let pack = unsafe { PackRef::new(&pack) };
-            Span::new(pack, first, n, offset, len)
+            Span::new(pack, (first << shared.chunk_shift) + offset, n, len)
         }
         None => {
             let pack = shared.map_dedicated(req.bytes)?;
@@ -311,7 +320,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             // SAFETY: a dedicated pack's one chunk is owned from its making, by this span.
             #[allow(unsafe_code)]
             let pack = unsafe { PackRef::new(&pack) };
-            Span::new(pack, 0, 1, offset, len)
+            Span::new(pack, offset, 1, len)
         }
     };
     count_made(shared, len);
@@ -366,17 +375,23 @@ pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
 }
 
 impl Span {
-    /// A span of `chunks` chunks from `first` in `pack`, for an image of `len` bytes at `at`.
+    /// A span of `chunks` chunks in `pack` for an image of `len` bytes at offset `start` of the
+    /// pack, less than a chunk into the span's first chunk.
     #[inline]
-    pub(crate) fn new(pack: PackRef, first: usize, chunks: usize, at: usize, len: usize) -> Span {
+    pub(crate) fn new(pack: PackRef, start: usize, chunks: usize, len: usize) -> Span {
+        debug_assert!(start <= u32::MAX as usize && chunks <= CHUNKS as usize);
         Span {
             pack,
-            first: first as u32,
-            chunks: chunks as u32,
-            at: at as u32,
-            flags: 0,
+            start: start as u32,
+            chunks_flags: chunks as u32,
             len,
         }
+    }
+
+    /// The flag bits of [`chunks_flags`](Self::chunks_flags).
+    #[inline(always)]
+    fn flags(&self) -> u32 {
+        self.chunks_flags & !CHUNKS
     }
 
     /// The pack.
@@ -400,13 +415,20 @@ impl Span {
     /// does.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn mark_patched(&mut self) {
-        self.flags |= PATCHED;
+        self.chunks_flags |= PATCHED;
         self.pack().mark_patch_sites();
     }
 
+    /// Offset of the span's first chunk in the pack.
     #[inline]
     fn offset_in_pack(&self) -> usize {
-        self.first as usize * self.pack().chunk_size
+        self.first_chunk() * self.pack().chunk_size
+    }
+
+    /// Offset of the image's first byte in the pack.
+    #[inline(always)]
+    fn start(&self) -> usize {
+        self.start as usize
     }
 
     /// Address of the span's first byte.
@@ -418,13 +440,13 @@ impl Span {
     /// Where the image starts inside the span.
     #[inline]
     pub(crate) fn image_at(&self) -> usize {
-        self.at as usize
+        self.start() - self.offset_in_pack()
     }
 
     /// Address of the image's first byte: where the code runs.
     #[inline]
     pub(crate) fn exec_addr(&self) -> usize {
-        self.base() + self.image_at()
+        self.pack().base + self.start()
     }
 
     /// Length of the image.
@@ -437,7 +459,7 @@ impl Span {
     pub(crate) fn followed_by(&self, next: &Span) -> bool {
         !self.pack().dedicated
             && self.pack.same(&next.pack)
-            && self.first + self.chunks == next.first
+            && self.first_chunk() + self.chunk_count() == next.first_chunk()
     }
 
     /// True if the span has a mapping of its own.
@@ -447,9 +469,7 @@ impl Span {
 
     /// Reads the image's bytes in place (a program's code).
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.pack()
-            .region
-            .bytes(self.offset_in_pack() + self.image_at(), self.len)
+        self.pack().region.bytes(self.start(), self.len)
     }
 
     /// Records that the image's bytes may now hold code (before the write: a write that fails
@@ -457,9 +477,9 @@ impl Span {
     #[inline]
     pub(crate) fn mark_written(&mut self, written: bool) {
         if written {
-            self.flags |= WRITTEN;
+            self.chunks_flags |= WRITTEN;
         } else {
-            self.flags &= !WRITTEN;
+            self.chunks_flags &= !WRITTEN;
         }
     }
 
@@ -469,8 +489,8 @@ impl Span {
     #[inline]
     pub(crate) fn place(&mut self, image: &[u8]) -> Result<()> {
         debug_assert_eq!(image.len(), self.len);
-        self.flags |= WRITTEN;
-        let at = self.offset_in_pack() + self.image_at();
+        self.chunks_flags |= WRITTEN;
+        let at = self.start();
         self.pack().write(at, image)?;
         crate::arch::sync_icache(self.pack().base + at, image.len())
     }
@@ -479,13 +499,13 @@ impl Span {
     /// [`count_programs`]).
     #[inline]
     pub(crate) fn mark_program(&mut self) {
-        self.flags |= PROGRAM;
+        self.chunks_flags |= PROGRAM;
     }
 
     /// Counts this span as a finalized program, in the calling thread's counters.
     #[inline]
     pub(crate) fn became_program(&mut self) {
-        self.flags |= PROGRAM;
+        self.chunks_flags |= PROGRAM;
         if !thread_cache::with_counters(self.pack().owner_id, |l| l.made.programs.add(1)) {
             self.pack().count_programs(1);
         }
@@ -495,17 +515,17 @@ impl Span {
     /// first if the image lives in the pack and may have been written there). A dedicated
     /// mapping keeps its size.
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
-        if self.flags & WRITTEN != 0 && !self.pack().dedicated {
+        if self.flags() & WRITTEN != 0 && !self.pack().dedicated {
             // From the instruction boundary after the kept bytes (a whole pattern of traps).
-            let end = self.offset_in_pack() + self.image_at() + self.len;
-            let at = (self.offset_in_pack() + self.image_at() + len)
+            let end = self.start() + self.len;
+            let at = (self.start() + len)
                 .next_multiple_of(crate::arch::TRAP.len())
                 .min(end);
             self.pack().fill_traps(at, end - at)?;
         }
         let less = self.len - len;
         self.len = len;
-        let chunks = self.chunks as usize;
+        let chunks = self.chunk_count();
         let keep_chunks = if self.pack().dedicated {
             chunks
         } else {
@@ -513,24 +533,21 @@ impl Span {
                 .div_ceil(self.pack().chunk_size)
                 .clamp(1, chunks)
         };
-        self.pack().shrink_span(
-            self.first as usize + keep_chunks,
-            chunks - keep_chunks,
-            less,
-        );
-        self.chunks = keep_chunks as u32;
+        self.pack()
+            .shrink_span(self.first_chunk() + keep_chunks, chunks - keep_chunks, less);
+        self.chunks_flags = self.flags() | keep_chunks as u32;
         Ok(())
     }
 
     /// True if the span's program has a record in the side table (see [`ANNOUNCED`]).
     #[inline(always)]
     pub(crate) fn announced(&self) -> bool {
-        self.flags & ANNOUNCED != 0
+        self.chunks_flags & ANNOUNCED != 0
     }
 
     /// Marks the span's program as recorded in the side table (named, or announced).
     pub(crate) fn mark_announced(&mut self) {
-        self.flags |= ANNOUNCED;
+        self.chunks_flags |= ANNOUNCED;
     }
 
     /// The pack's side table (names, announcements), if it has one.
@@ -582,22 +599,24 @@ impl Span {
     }
 
     /// First chunk of the span in its pack.
+    #[inline(always)]
     pub(crate) fn first_chunk(&self) -> usize {
-        self.first as usize
+        self.start() >> self.pack().chunk_shift
     }
 
     /// Chunks in the span.
+    #[inline(always)]
     pub(crate) fn chunk_count(&self) -> usize {
-        self.chunks as usize
+        (self.chunks_flags & CHUNKS) as usize
     }
 
     /// The span's program stops being announced (its record retired, debugger and unwinder
     /// entries removed): the first step of a free, before the trap fill.
     #[inline(always)]
     pub(crate) fn unannounce(&self) {
-        if self.flags & ANNOUNCED != 0 {
+        if self.chunks_flags & ANNOUNCED != 0 {
             if let Some(side) = self.pack().side.get() {
-                crate::observe::freeing(side, self.first as usize, self.chunks as usize);
+                crate::observe::freeing(side, self.first_chunk(), self.chunk_count());
             }
         }
     }
@@ -606,9 +625,8 @@ impl Span {
     /// instruction fetch.
     #[inline]
     pub(crate) fn publish_in_place(&mut self) -> Result<()> {
-        self.flags |= WRITTEN;
-        let at = self.offset_in_pack() + self.image_at();
-        crate::arch::sync_icache(self.pack().base + at, self.len)
+        self.chunks_flags |= WRITTEN;
+        crate::arch::sync_icache(self.exec_addr(), self.len)
     }
 }
 
@@ -618,15 +636,16 @@ impl Span {
     /// trap-fills it if it is written in a pack. False if the fill failed (then quarantined).
     #[cold]
     fn drop_quirky(&mut self) -> bool {
-        if self.flags & PATCHED != 0 {
+        let flags = self.flags();
+        if flags & PATCHED != 0 {
             #[cfg(target_arch = "x86_64")]
             crate::patch::trap_handler::forget_sites(self.exec_addr(), self.len);
         }
         let pack = self.pack();
-        if self.flags & WRITTEN != 0 && !pack.dedicated {
-            let at = self.offset_in_pack() + self.image_at();
+        if flags & WRITTEN != 0 && !pack.dedicated {
+            let at = self.start();
             if pack.fill_traps(at, self.len).is_err() {
-                pack.quarantine(self.chunks as usize, self.len, self.flags & PROGRAM != 0);
+                pack.quarantine(self.chunk_count(), self.len, flags & PROGRAM != 0);
                 return false;
             }
             let _ = crate::arch::sync_icache(pack.base + at, self.len);
@@ -639,16 +658,16 @@ impl Drop for Span {
     fn drop(&mut self) {
         self.unannounce();
         let pack = self.pack.get();
-        let (first, chunks) = (self.first as usize, self.chunks as usize);
-        let program = self.flags & PROGRAM != 0;
+        let (first, chunks) = (self.first_chunk(), self.chunk_count());
+        let program = self.chunks_flags & PROGRAM != 0;
         // One test for the rare cases (a dedicated mapping, a pack with patch sites): they
         // take `drop_quirky`.
-        if self.flags & WRITTEN != 0 && !pack.has_quirks() {
+        if self.chunks_flags & WRITTEN != 0 && !pack.has_quirks() {
             // Traps first ("text invalidate"), bits cleared after: a chunk is never free while
             // it still holds code. Only a failed fill quarantines: the instruction-cache sync
             // after it was checked to work when the allocator was made. (A dedicated mapping
             // is unmapped instead, when the pack goes.)
-            let at = first * pack.chunk_size + self.image_at();
+            let at = self.start();
             if pack.fill_traps(at, self.len).is_err() {
                 pack.quarantine(chunks, self.len, program);
                 return;

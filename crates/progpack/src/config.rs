@@ -6,9 +6,9 @@ use crate::error::{Error, Result};
 use std::fmt;
 use std::sync::Arc;
 
-/// The largest pack: offsets in a pack, and its chunk count with a span's flags, fit 32 bits
-/// (which keeps a [`Program`](crate::Program) at 24 bytes).
-const MAX_PACK_SIZE: usize = 1 << 31;
+/// The largest pack: an offset in a pack and a span's four flags fit 32 bits (which keeps a
+/// [`Program`](crate::Program) at two words).
+const MAX_PACK_SIZE: usize = 1 << 28;
 
 /// Which text poke backend the allocator uses.
 #[derive(Clone, Default)]
@@ -147,7 +147,7 @@ impl Default for Config {
 }
 
 impl Config {
-    /// Pack size in bytes (power of two, a multiple of the page size, at most 2 GiB; default
+    /// Pack size in bytes (power of two, a multiple of the page size, at most 256 MiB; default
     /// 2 MiB).
     pub fn pack_size(mut self, bytes: usize) -> Self {
         self.pack_size = bytes;
@@ -279,7 +279,7 @@ impl Config {
         }
         if self.pack_size > MAX_PACK_SIZE {
             return bad(format!(
-                "pack size {} is larger than {MAX_PACK_SIZE} (2 GiB)",
+                "pack size {} is larger than {MAX_PACK_SIZE} (256 MiB)",
                 self.pack_size
             ));
         }
@@ -324,7 +324,7 @@ mod tests {
             Config::default().chunk_size(8),
             Config::default().pack_size(3 << 20),
             Config::default().pack_size(1024),
-            Config::default().pack_size(4 << 30),
+            Config::default().pack_size(512 << 20),
             Config::default().pack_size(4096).chunk_size(8192),
             Config::default().shards(0),
             Config::default().max_len(0),

@@ -106,6 +106,11 @@ pub(crate) struct Pack {
     /// `log2(chunk_size)`; in a dedicated mapping (one chunk, of any size) a shift past every
     /// offset in it, so that an offset's chunk is 0.
     pub(crate) chunk_shift: u32,
+    /// `min_slack + chunk_size - 1`: what [`chunks_for`](Self::chunks_for) adds before
+    /// shifting.
+    round_up: usize,
+    /// A dedicated mapping's image length (its one span's; 0 in a pack of many spans).
+    dedicated_len: AtomicUsize,
     /// The allocator listing the pack (gone if the allocator was dropped before its programs).
     owner: Weak<dyn PackOwner>,
     /// Mirror of `min(longest_bound, cap)`, for lock-free skipping.
@@ -206,6 +211,7 @@ impl Pack {
         region: Region,
         shard: usize,
         chunk_size: usize,
+        min_slack: usize,
         owner: Weak<dyn PackOwner>,
         owner_id: u64,
     ) -> Pack {
@@ -224,6 +230,8 @@ impl Pack {
             shard,
             chunk_size,
             chunk_shift: chunk_size.trailing_zeros(),
+            round_up: min_slack + chunk_size - 1,
+            dedicated_len: AtomicUsize::new(0),
             owner,
             fits: AtomicUsize::new(bitmap.longest_bound()),
             run_fits: AtomicUsize::new(64),
@@ -246,7 +254,7 @@ impl Pack {
     /// start, never listed.
     pub(crate) fn dedicated(region: Region, owner: Weak<dyn PackOwner>, owner_id: u64) -> Pack {
         let len = region.len();
-        let mut pack = Pack::new(region, 0, len, owner, owner_id);
+        let mut pack = Pack::new(region, 0, len, 0, owner, owner_id);
         pack.dedicated = true;
         pack.chunk_shift = usize::BITS - 1;
         *pack.quirks.get_mut() |= QUIRK_DEDICATED;
@@ -254,6 +262,25 @@ impl Pack {
         st.bitmap.set_range(0, 1);
         st.listed = false;
         pack
+    }
+
+    /// The chunks the allocator takes here for an image of `len` bytes: `len` plus the
+    /// allocator's `min_slack`, rounded up to chunks (not for a dedicated mapping).
+    #[inline(always)]
+    pub(crate) fn chunks_for(&self, len: usize) -> usize {
+        (len + self.round_up) >> self.chunk_shift
+    }
+
+    /// The length of a dedicated mapping's image.
+    pub(crate) fn dedicated_len(&self) -> usize {
+        self.dedicated_len.load(Ordering::Relaxed)
+    }
+
+    /// Sets the length of a dedicated mapping's image (by its span's owner: when made, and
+    /// when shrunk).
+    pub(crate) fn set_dedicated_len(&self, len: usize) {
+        debug_assert!(self.dedicated);
+        self.dedicated_len.store(len, Ordering::Relaxed);
     }
 
     /// Locks the state (a `parking_lot` mutex: one compare-and-swap each way, no poisoning;
@@ -517,6 +544,14 @@ impl Pack {
             self.after_release(false, unpin);
             return;
         }
+        self.free_packed_span(first, n, requested, program);
+    }
+
+    /// [`free_span`](Self::free_span) in a pack of many spans (not a dedicated mapping): the
+    /// free's common case, inlined into it.
+    #[inline(always)]
+    pub(crate) fn free_packed_span(&self, first: usize, n: usize, requested: usize, program: bool) {
+        debug_assert!(!self.dedicated);
         let (empty, unpin) = {
             let mut st = self.lock();
             st.bitmap.clear_range(first, n);

@@ -24,12 +24,12 @@ const _: () = {
     assert_send_sync::<crate::Draft>();
 };
 
-// A program is three words (a pack, the image's offset and chunk count with the flags, the
-// length), and `Option<Program>` costs nothing more: keep it so.
+// A program is two words (its pack; the image's offset, flags and length), and
+// `Option<Program>` costs nothing more: keep it so.
 #[cfg(target_pointer_width = "64")]
 const _: () = {
-    assert!(std::mem::size_of::<Program>() == 24);
-    assert!(std::mem::size_of::<Option<Program>>() == 24);
+    assert!(std::mem::size_of::<Program>() == 16);
+    assert!(std::mem::size_of::<Option<Program>>() == 16);
 };
 
 impl fmt::Debug for Program {

@@ -327,7 +327,14 @@ impl Shared {
         )?;
         self.packs_mapped.fetch_add(1, Ordering::Relaxed);
         let owner: Weak<dyn PackOwner> = Arc::downgrade(self) as Weak<dyn PackOwner>;
-        let pack = Pack::new(region, shard, self.config.chunk_size, owner, self.id);
+        let pack = Pack::new(
+            region,
+            shard,
+            self.config.chunk_size,
+            self.config.min_slack,
+            owner,
+            self.id,
+        );
         let pack = Arc::new(if self.announces() {
             pack.without_image_alias()
         } else {

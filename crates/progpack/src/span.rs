@@ -39,39 +39,54 @@ use std::sync::Arc;
 /// Chunks owned by one draft, batch slot or program (a dedicated mapping is a pack of one
 /// chunk), and where in them the image lies. See the module docs for the drop contract.
 ///
-/// 24 bytes (a [`Program`](crate::Program) is one): programs are kept by the thousand, and a
-/// handle that fits fewer cache lines and pages is cheaper to keep and to walk.
+/// Two words (a [`Program`](crate::Program) is one span): programs are kept by the thousand,
+/// and a handle that fits fewer cache lines and pages is cheaper to keep and to walk.
+///
+/// The chunk count is not stored whole: a span in a pack has the chunks the allocator takes
+/// for its image's length ([`Pack::chunks_for`]: `len + min_slack` rounded up to chunks), plus
+/// one if [`EXTRA`] says so (an image shrunk in place whose offset needs a chunk more than its
+/// new length does). A dedicated mapping is one chunk.
 #[derive(Debug)]
 pub(crate) struct Span {
     /// The pack (no count of its own: the pack keeps itself while the span owns chunks).
     pack: PackRef,
-    /// Offset of the image's first byte in the pack. The image starts less than a chunk into
-    /// the span, so the span's first chunk is `start >> chunk_shift` (0 in a dedicated
-    /// mapping, whose shift is larger than any offset).
-    start: u32,
-    /// The span's chunk count (bits below [`FLAG_SHIFT`]) and [`WRITTEN`], [`PROGRAM`],
-    /// [`PATCHED`] and [`ANNOUNCED`] (the bits above).
-    chunks_flags: u32,
-    /// Length of the image: the bytes asked for, and the bytes trap-filled on drop once
-    /// written.
-    len: usize,
+    /// The image's offset in the pack (bits below [`FLAG_SHIFT`]); the flags [`WRITTEN`],
+    /// [`PROGRAM`], [`PATCHED`] and [`ANNOUNCED`]; from [`LEN_SHIFT`] the image's length, or
+    /// [`LEN_IN_PACK`] for a dedicated mapping's image too long for the field (its pack keeps
+    /// the length); and [`EXTRA`].
+    ///
+    /// The image starts less than a chunk into the span, so the span's first chunk is the
+    /// offset shifted by the pack's chunk shift (0 in a dedicated mapping, whose shift is
+    /// larger than any offset). The length is the bytes asked for, and the bytes trap-filled
+    /// on drop once written.
+    word: u64,
 }
 
-/// Where the flags start in [`Span::chunks_flags`]: a pack has fewer chunks than this
-/// (`Config` allows packs of at most 2 GiB, and chunks of at least 16 bytes).
+/// Where the flags start in [`Span::word`]: offsets in a pack are below this (`Config`
+/// allows packs of at most 256 MiB).
 const FLAG_SHIFT: u32 = 28;
-/// The chunk count's bits of [`Span::chunks_flags`].
-const CHUNKS: u32 = (1 << FLAG_SHIFT) - 1;
-/// The image's bytes may hold code: trap-fill them on drop.
-const WRITTEN: u32 = 1 << FLAG_SHIFT;
+/// The offset's bits of [`Span::word`].
+const START: u64 = (1 << FLAG_SHIFT) - 1;
+/// The image's bytes may hold code: trap-fill them on drop. (The first flag: `from_run` sets
+/// it by shifting a `bool`.)
+const WRITTEN: u64 = 1 << FLAG_SHIFT;
 /// A finalized program (for statistics).
-const PROGRAM: u32 = 2 << FLAG_SHIFT;
+const PROGRAM: u64 = 2 << FLAG_SHIFT;
 /// A live patch made a site of one of its instructions (see `patch::sites`): the program
 /// forgets its sites when dropped.
-const PATCHED: u32 = 4 << FLAG_SHIFT;
+const PATCHED: u64 = 4 << FLAG_SHIFT;
 /// The span (a draft being named, or a program) has a record in its pack's side table: its
 /// free retires it. Set on the cold paths that make records, so that a free tests one bit.
-const ANNOUNCED: u32 = 8 << FLAG_SHIFT;
+const ANNOUNCED: u64 = 8 << FLAG_SHIFT;
+/// All the flags.
+const FLAGS: u64 = 15 << FLAG_SHIFT;
+/// Where the length starts in [`Span::word`] (31 bits, below [`EXTRA`]).
+const LEN_SHIFT: u32 = 32;
+/// The length field of a dedicated mapping's image too long for it (an image in a pack is
+/// never this long).
+const LEN_IN_PACK: u64 = (1 << 31) - 1;
+/// The span has one chunk more than [`Pack::chunks_for`] its length.
+const EXTRA: u64 = 1 << 63;
 
 /// A span just allocated, and its writable image.
 #[derive(Debug)]
@@ -219,8 +234,9 @@ fn from_run(
     local.made.spans.add(1);
     local.made.requested.add(len as u64);
     let mut span = Span::new(pack, (first << shared.chunk_shift) + offset, n, len);
-    // The user writes straight into the pack's chunks: they must be trap-filled when freed.
-    span.mark_written(in_alias);
+    // An image in the alias: the user writes straight into the pack's chunks, which must be
+    // trap-filled when freed. (`WRITTEN` is bit `FLAG_SHIFT`: no branch.)
+    span.word |= u64::from(in_alias) << FLAG_SHIFT;
     Ok(Fresh { span, image })
 }
 
@@ -320,7 +336,7 @@ fn slow_path(shared: &Arc<Shared>, req: Request, len: usize, align: usize) -> Re
             // SAFETY: a dedicated pack's one chunk is owned from its making, by this span.
             #[allow(unsafe_code)]
             let pack = unsafe { PackRef::new(&pack) };
-            Span::new(pack, offset, 1, len)
+            Span::dedicated(pack, offset, len)
         }
     };
     count_made(shared, len);
@@ -375,23 +391,52 @@ pub(crate) fn count_made(shared: &Arc<Shared>, len: usize) {
 }
 
 impl Span {
-    /// A span of `chunks` chunks in `pack` for an image of `len` bytes at offset `start` of the
-    /// pack, less than a chunk into the span's first chunk.
-    #[inline]
+    /// A span of `chunks` chunks in a pack of many spans for an image of `len` bytes at offset
+    /// `start` of the pack, less than a chunk into the span's first chunk. `chunks` is
+    /// [`Pack::chunks_for`] `len` (checked in debug builds).
+    #[inline(always)]
     pub(crate) fn new(pack: PackRef, start: usize, chunks: usize, len: usize) -> Span {
-        debug_assert!(start <= u32::MAX as usize && chunks <= CHUNKS as usize);
-        Span {
+        debug_assert!(start as u64 <= START && (len as u64) < LEN_IN_PACK);
+        let span = Span {
             pack,
-            start: start as u32,
-            chunks_flags: chunks as u32,
-            len,
-        }
+            word: start as u64 | (len as u64) << LEN_SHIFT,
+        };
+        debug_assert_eq!(
+            chunks,
+            span.chunk_count(),
+            "a span's chunks follow its length"
+        );
+        span
     }
 
-    /// The flag bits of [`chunks_flags`](Self::chunks_flags).
+    /// The span of a dedicated mapping (one chunk), for an image of `len` bytes at `at`: the
+    /// pack keeps the length too (the span's field holds lengths below 2 GiB).
+    fn dedicated(pack: PackRef, at: usize, len: usize) -> Span {
+        pack.get().set_dedicated_len(len);
+        let span = Span {
+            pack,
+            word: at as u64 | (len as u64).min(LEN_IN_PACK) << LEN_SHIFT,
+        };
+        debug_assert!(span.chunk_count() == 1 && span.len() == len);
+        span
+    }
+
+    /// The image's length, from the word of a span in a pack (never [`LEN_IN_PACK`] there).
     #[inline(always)]
-    fn flags(&self) -> u32 {
-        self.chunks_flags & !CHUNKS
+    fn packed_len(word: u64) -> usize {
+        ((word >> LEN_SHIFT) & LEN_IN_PACK) as usize
+    }
+
+    /// The chunks of a span in `pack` (not a dedicated mapping) whose word is `word`.
+    #[inline(always)]
+    fn packed_chunks(pack: &Pack, word: u64) -> usize {
+        pack.chunks_for(Self::packed_len(word)) + (word >> 63) as usize
+    }
+
+    /// The flag bits of [`word`](Self::word).
+    #[inline(always)]
+    fn flags(&self) -> u64 {
+        self.word & FLAGS
     }
 
     /// The pack.
@@ -415,7 +460,7 @@ impl Span {
     /// does.
     #[cfg(target_arch = "x86_64")]
     pub(crate) fn mark_patched(&mut self) {
-        self.chunks_flags |= PATCHED;
+        self.word |= PATCHED;
         self.pack().mark_patch_sites();
     }
 
@@ -428,7 +473,7 @@ impl Span {
     /// Offset of the image's first byte in the pack.
     #[inline(always)]
     fn start(&self) -> usize {
-        self.start as usize
+        (self.word & START) as usize
     }
 
     /// Address of the span's first byte.
@@ -452,7 +497,10 @@ impl Span {
     /// Length of the image.
     #[inline]
     pub(crate) fn len(&self) -> usize {
-        self.len
+        match Self::packed_len(self.word) {
+            len if len as u64 == LEN_IN_PACK => self.pack().dedicated_len(),
+            len => len,
+        }
     }
 
     /// True if `next` starts right where this span ends, in the same pack.
@@ -469,7 +517,7 @@ impl Span {
 
     /// Reads the image's bytes in place (a program's code).
     pub(crate) fn bytes(&self) -> &[u8] {
-        self.pack().region.bytes(self.start(), self.len)
+        self.pack().region.bytes(self.start(), self.len())
     }
 
     /// Records that the image's bytes may now hold code (before the write: a write that fails
@@ -477,9 +525,9 @@ impl Span {
     #[inline]
     pub(crate) fn mark_written(&mut self, written: bool) {
         if written {
-            self.chunks_flags |= WRITTEN;
+            self.word |= WRITTEN;
         } else {
-            self.chunks_flags &= !WRITTEN;
+            self.word &= !WRITTEN;
         }
     }
 
@@ -488,8 +536,8 @@ impl Span {
     /// image's bytes are written: the rest of the span holds traps already.
     #[inline]
     pub(crate) fn place(&mut self, image: &[u8]) -> Result<()> {
-        debug_assert_eq!(image.len(), self.len);
-        self.chunks_flags |= WRITTEN;
+        debug_assert_eq!(image.len(), self.len());
+        self.word |= WRITTEN;
         let at = self.start();
         self.pack().write(at, image)?;
         crate::arch::sync_icache(self.pack().base + at, image.len())
@@ -499,13 +547,13 @@ impl Span {
     /// [`count_programs`]).
     #[inline]
     pub(crate) fn mark_program(&mut self) {
-        self.chunks_flags |= PROGRAM;
+        self.word |= PROGRAM;
     }
 
     /// Counts this span as a finalized program, in the calling thread's counters.
     #[inline]
     pub(crate) fn became_program(&mut self) {
-        self.chunks_flags |= PROGRAM;
+        self.word |= PROGRAM;
         if !thread_cache::with_counters(self.pack().owner_id, |l| l.made.programs.add(1)) {
             self.pack().count_programs(1);
         }
@@ -517,37 +565,44 @@ impl Span {
     pub(crate) fn shrink(&mut self, len: usize) -> Result<()> {
         if self.flags() & WRITTEN != 0 && !self.pack().dedicated {
             // From the instruction boundary after the kept bytes (a whole pattern of traps).
-            let end = self.start() + self.len;
+            let end = self.start() + self.len();
             let at = (self.start() + len)
                 .next_multiple_of(crate::arch::TRAP.len())
                 .min(end);
             self.pack().fill_traps(at, end - at)?;
         }
-        let less = self.len - len;
-        self.len = len;
+        let less = self.len() - len;
         let chunks = self.chunk_count();
-        let keep_chunks = if self.pack().dedicated {
+        let pack = self.pack();
+        let mut word = self.word & (START | FLAGS) | (len as u64).min(LEN_IN_PACK) << LEN_SHIFT;
+        let keep_chunks = if pack.dedicated {
+            pack.set_dedicated_len(len);
             chunks
         } else {
-            (self.image_at() + len)
-                .div_ceil(self.pack().chunk_size)
-                .clamp(1, chunks)
+            // What the new length takes, or one chunk more where the image's offset needs it
+            // (never more than the span has: the image is shorter, at the same offset).
+            let rule = pack.chunks_for(len);
+            let keep = (self.image_at() + len).div_ceil(pack.chunk_size).max(rule);
+            debug_assert!(keep <= rule + 1 && keep <= chunks);
+            if keep > rule {
+                word |= EXTRA;
+            }
+            keep
         };
-        self.pack()
-            .shrink_span(self.first_chunk() + keep_chunks, chunks - keep_chunks, less);
-        self.chunks_flags = self.flags() | keep_chunks as u32;
+        pack.shrink_span(self.first_chunk() + keep_chunks, chunks - keep_chunks, less);
+        self.word = word;
         Ok(())
     }
 
     /// True if the span's program has a record in the side table (see [`ANNOUNCED`]).
     #[inline(always)]
     pub(crate) fn announced(&self) -> bool {
-        self.chunks_flags & ANNOUNCED != 0
+        self.word & ANNOUNCED != 0
     }
 
     /// Marks the span's program as recorded in the side table (named, or announced).
     pub(crate) fn mark_announced(&mut self) {
-        self.chunks_flags |= ANNOUNCED;
+        self.word |= ANNOUNCED;
     }
 
     /// The pack's side table (names, announcements), if it has one.
@@ -589,7 +644,7 @@ impl Span {
             self.side(),
             || self.side_or_attach(),
             self.first_chunk(),
-            self.len,
+            self.len(),
             given,
         );
         if fits.is_some() {
@@ -607,14 +662,17 @@ impl Span {
     /// Chunks in the span.
     #[inline(always)]
     pub(crate) fn chunk_count(&self) -> usize {
-        (self.chunks_flags & CHUNKS) as usize
+        if self.pack().dedicated {
+            return 1;
+        }
+        Self::packed_chunks(self.pack(), self.word)
     }
 
     /// The span's program stops being announced (its record retired, debugger and unwinder
     /// entries removed): the first step of a free, before the trap fill.
     #[inline(always)]
     pub(crate) fn unannounce(&self) {
-        if self.chunks_flags & ANNOUNCED != 0 {
+        if self.word & ANNOUNCED != 0 {
             if let Some(side) = self.pack().side.get() {
                 crate::observe::freeing(side, self.first_chunk(), self.chunk_count());
             }
@@ -625,8 +683,8 @@ impl Span {
     /// instruction fetch.
     #[inline]
     pub(crate) fn publish_in_place(&mut self) -> Result<()> {
-        self.chunks_flags |= WRITTEN;
-        crate::arch::sync_icache(self.exec_addr(), self.len)
+        self.word |= WRITTEN;
+        crate::arch::sync_icache(self.exec_addr(), self.len())
     }
 }
 
@@ -636,19 +694,19 @@ impl Span {
     /// trap-fills it if it is written in a pack. False if the fill failed (then quarantined).
     #[cold]
     fn drop_quirky(&mut self) -> bool {
-        let flags = self.flags();
+        let (flags, len) = (self.flags(), self.len());
         if flags & PATCHED != 0 {
             #[cfg(target_arch = "x86_64")]
-            crate::patch::trap_handler::forget_sites(self.exec_addr(), self.len);
+            crate::patch::trap_handler::forget_sites(self.exec_addr(), len);
         }
         let pack = self.pack();
         if flags & WRITTEN != 0 && !pack.dedicated {
             let at = self.start();
-            if pack.fill_traps(at, self.len).is_err() {
-                pack.quarantine(self.chunk_count(), self.len, flags & PROGRAM != 0);
+            if pack.fill_traps(at, len).is_err() {
+                pack.quarantine(self.chunk_count(), len, flags & PROGRAM != 0);
                 return false;
             }
-            let _ = crate::arch::sync_icache(pack.base + at, self.len);
+            let _ = crate::arch::sync_icache(pack.base + at, len);
         }
         true
     }
@@ -658,26 +716,31 @@ impl Drop for Span {
     fn drop(&mut self) {
         self.unannounce();
         let pack = self.pack.get();
-        let (first, chunks) = (self.first_chunk(), self.chunk_count());
-        let program = self.chunks_flags & PROGRAM != 0;
+        let word = self.word;
         // One test for the rare cases (a dedicated mapping, a pack with patch sites): they
         // take `drop_quirky`.
-        if self.chunks_flags & WRITTEN != 0 && !pack.has_quirks() {
+        if word & WRITTEN != 0 && !pack.has_quirks() {
+            // A span in a pack: everything is in the word.
+            let (at, len) = ((word & START) as usize, Self::packed_len(word));
+            let (first, chunks) = (at >> pack.chunk_shift, Self::packed_chunks(pack, word));
+            let program = word & PROGRAM != 0;
             // Traps first ("text invalidate"), bits cleared after: a chunk is never free while
             // it still holds code. Only a failed fill quarantines: the instruction-cache sync
             // after it was checked to work when the allocator was made. (A dedicated mapping
             // is unmapped instead, when the pack goes.)
-            let at = self.start();
-            if pack.fill_traps(at, self.len).is_err() {
-                pack.quarantine(chunks, self.len, program);
+            if pack.fill_traps(at, len).is_err() {
+                pack.quarantine(chunks, len, program);
                 return;
             }
-            let _ = crate::arch::sync_icache(pack.base + at, self.len);
-        } else if !self.drop_quirky() {
-            return;
+            let _ = crate::arch::sync_icache(pack.base + at, len);
+            pack.free_packed_span(first, chunks, len, program);
+        } else {
+            let (first, chunks, len) = (self.first_chunk(), self.chunk_count(), self.len());
+            if self.drop_quirky() {
+                let program = word & PROGRAM != 0;
+                self.pack.get().free_span(first, chunks, len, program);
+            }
         }
-        let pack = self.pack.get();
-        pack.free_span(first, chunks, self.len, program);
     }
 }
 

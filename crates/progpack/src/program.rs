@@ -11,6 +11,8 @@ use std::fmt;
 /// Finalized, executable code. `Send + Sync`: its bytes change only through
 /// [`Program::patch`] (or [`Program::patch_quiescent`]), which take `&mut self`, so no
 /// [`Program::bytes`] slice is alive while they do.
+///
+/// Two words on 64-bit targets, and `Option<Program>` too: keeping many is cheap.
 pub struct Program {
     /// The span; its written part is the code.
     span: Span,

@@ -11,6 +11,11 @@ const BUDGET: f64 = 200.0;
 
 #[test]
 fn a_load_and_a_free_cost_at_most_200_instructions() {
+    if cfg!(debug_assertions) {
+        // The budget is for the optimized build (`cargo test --release`, as CI runs it).
+        eprintln!("SKIPPED: instruction counts are for an optimized build");
+        return;
+    }
     if Command::new("valgrind").arg("--version").output().is_err() {
         eprintln!("SKIPPED: valgrind is not installed");
         return;

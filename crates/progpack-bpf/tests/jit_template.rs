@@ -194,3 +194,56 @@ fn load_many_checks_a_program_that_differs_from_the_last_in_what_the_checker_rea
         assert_eq!(got, want);
     }
 }
+
+/// A constant encoded like `v` (zero, one byte or four, the same sign) but most likely not
+/// `v`: the translator reuses the last program's code for such programs, patching in the
+/// constants.
+fn like(rng: &mut Rng, v: i32) -> i32 {
+    let small = i8::try_from(v).is_ok();
+    let m = match (v, small) {
+        (0, _) => return 0,
+        (_, true) => 1 + rng.below(127) as i32,
+        (_, false) => 128 + rng.below(i32::MAX as u64 - 128) as i32,
+    };
+    if v < 0 {
+        -m
+    } else {
+        m
+    }
+}
+
+#[test]
+fn a_compile_after_one_with_constants_of_the_same_sizes_is_the_same_as_a_cold_one() {
+    let mut helpers = Helpers::new();
+    helpers.register(MIX_HELPER_ID, mix_helper);
+    let mut rng = Rng::new(0x7e4);
+    for n in 0..800 {
+        let cfg = GenConfig {
+            body: 1 + n % 40,
+            rbpf_subset: n % 2 == 0,
+            ..GenConfig::default()
+        };
+        let p = generate(&mut rng, cfg).slots;
+        let q: Vec<Insn> = p
+            .iter()
+            .map(|&i| Insn {
+                imm: if control(i) {
+                    i.imm
+                } else {
+                    like(&mut rng, i.imm)
+                },
+                ..i
+            })
+            .collect();
+        let mut o = options(rng.below(8) as u32);
+        o.hide_addresses = rng.chance(1, 4);
+        let want = cold(&p, &helpers, o);
+        let _ = cold(&q, &helpers, o);
+        let _ = result(&q, &helpers, o);
+        assert_eq!(result(&p, &helpers, o), want, "program {n}: {p:?}");
+        // The same program twice, and back.
+        assert_eq!(result(&p, &helpers, o), want, "program {n} twice: {p:?}");
+        let _ = result(&q, &helpers, o);
+        assert_eq!(result(&p, &helpers, o), want, "program {n} again: {p:?}");
+    }
+}

@@ -327,6 +327,23 @@ impl Asm {
         Ok(())
     }
 
+    /// Writes `imm` over the immediate field of `wide` (4) or 1 byte at `pos` of the code
+    /// (the last compile's code reused for a program that differs from it only in
+    /// constants). `false` if `pos` is not inside the code.
+    pub(crate) fn set_imm(&mut self, pos: u32, wide: bool, imm: i32) -> bool {
+        let (p, n) = (pos as usize, if wide { 4 } else { 1 });
+        if p + n > self.len as usize {
+            return false;
+        }
+        match self.buf.get_mut(p..p + n) {
+            Some(d) => {
+                d.copy_from_slice(&imm.to_le_bytes()[..n]);
+                true
+            }
+            None => false,
+        }
+    }
+
     // ---- committing instructions ----
 
     /// Appends one instruction: `f` encodes it into a 32-byte window of the buffer at the

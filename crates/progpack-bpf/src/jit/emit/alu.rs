@@ -38,7 +38,10 @@ impl Cx<'_> {
                 Some(s) => self.a.alu_rr(w64, op, d, s),
                 None => match self.blinded_imm(w64, R::R10, i.imm) {
                     Some(r) => self.a.alu_rr(w64, op, d, r),
-                    None => self.a.alu_ri(w64, op, d, i.imm),
+                    None => {
+                        self.a.alu_ri(w64, op, d, i.imm);
+                        self.imm_site(pc, i, i8::try_from(i.imm).is_err());
+                    }
                 },
             }
             return Ok(());
@@ -85,7 +88,13 @@ impl Cx<'_> {
                 self.a.neg(w64, d);
             }
             ALU_MOV => match (s, i.off) {
-                (None, 0) => self.mov_const(w64, d, i.imm),
+                (None, 0) => {
+                    self.mov_const(w64, d, i.imm);
+                    if self.opts.blind.is_none() && i.imm != 0 {
+                        // `mov r32, imm32` or `mov r64, sext(imm32)`.
+                        self.imm_site(pc, i, true);
+                    }
+                }
                 (Some(s), 0) => {
                     if !(w64 && s == d) {
                         self.a.mov_rr(w64, d, s);

@@ -86,9 +86,15 @@ impl Cx<'_> {
         let a = &mut self.a;
         match (op == JMP_JSET, s) {
             (false, Some(s)) => a.alu_rr(w64, Alu::Cmp, d, s),
-            (false, None) => a.alu_ri(w64, Alu::Cmp, d, i.imm),
+            (false, None) => {
+                a.alu_ri(w64, Alu::Cmp, d, i.imm);
+                self.imm_site(pc, i, i8::try_from(i.imm).is_err());
+            }
             (true, Some(s)) => a.test_rr(w64, d, s),
-            (true, None) => a.test_ri(w64, d, i.imm),
+            (true, None) => {
+                a.test_ri(w64, d, i.imm);
+                self.imm_site(pc, i, true);
+            }
         }
         let l = self.pc_label(t);
         let near = self.an.near(pc, t, false);

@@ -107,7 +107,7 @@ const ARG_TOP: R = R::Rcx;
 const ARG_ENV: R = R::R8;
 
 /// Code generation options.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Options {
     /// Count executed instructions against the budget argument.
     pub budget: bool,
@@ -191,6 +191,92 @@ struct Cx<'a> {
     extra_check: Option<Label>,
     /// Blinding: constants blinded so far (mixed into each key).
     blinded: u64,
+    /// Where the code holds the program's plain constants (see [`Template`]).
+    sites: Vec<ImmSite>,
+}
+
+/// Where the code holds the immediate of slot `pc` as it is: its last byte (`wide`: four
+/// bytes, little-endian) ends an instruction encoded in a form chosen only by
+/// [`imm_class`] of the slot.
+#[derive(Clone, Copy, Debug)]
+struct ImmSite {
+    pc: u32,
+    pos: u32,
+    wide: bool,
+    class: u8,
+}
+
+/// What the encoders choose by the immediate of a slot that has an [`ImmSite`]: `mov`: zero
+/// (`xor`), positive, negative; `test`: nothing; `op r, imm` and `cmp`: one byte or four.
+/// Slots of the same instruction but for an immediate of the same class have code of the
+/// same bytes but for the immediate's own.
+fn imm_class(i: Insn) -> u8 {
+    let op = i.opc & 0xf0;
+    match i.class() {
+        CLS_ALU | CLS_ALU64 if op == ALU_MOV => match i.imm {
+            0 => 0,
+            x if x > 0 => 1,
+            _ => 2,
+        },
+        CLS_JMP | CLS_JMP32 if op == JMP_JSET => 3,
+        _ if i8::try_from(i.imm).is_ok() => 4,
+        _ => 5,
+    }
+}
+
+/// The last compile's code, kept for the next program if it is the same but for plain
+/// constants (many filters made from one template, compiled in a row): its code is then the
+/// same bytes but at the [`ImmSite`]s, so it is patched there instead of translated again.
+/// Kept only for code that depends on nothing but the slots and the options (no helper or
+/// local calls, no blinding, no bounds proofs, which follow constants).
+#[derive(Default)]
+struct Template {
+    /// Whether the assembler holds the code of `insns` compiled with `opts`.
+    valid: bool,
+    opts: Options,
+    insns: Vec<Insn>,
+    /// In slot order, at most one per slot.
+    sites: Vec<ImmSite>,
+    needs: RunNeeds,
+}
+
+impl Template {
+    /// Whether `insns` compiled with `opts` is the kept code with other constants at its
+    /// sites (of the same classes).
+    fn fits(&self, insns: &[Insn], opts: Options) -> bool {
+        if !self.valid || self.opts != opts || self.insns.len() != insns.len() {
+            return false;
+        }
+        let mut k = 0;
+        for (pc, (&a, &b)) in self.insns.iter().zip(insns).enumerate() {
+            if a == b {
+                continue;
+            }
+            if (Insn { imm: b.imm, ..a }) != b {
+                return false;
+            }
+            while self.sites.get(k).is_some_and(|s| (s.pc as usize) < pc) {
+                k += 1;
+            }
+            match self.sites.get(k) {
+                Some(s) if s.pc as usize == pc && s.class == imm_class(b) => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Writes the constants of `insns` (which [`fits`](Self::fits)) into the kept code.
+    fn apply(&mut self, insns: &[Insn], asm: &mut Asm) -> Result<RunNeeds, JitError> {
+        for s in &self.sites {
+            if !asm.set_imm(s.pos, s.wide, insns[s.pc as usize].imm) {
+                self.valid = false;
+                return Err(JitError::Internal("a constant's place outside the code"));
+            }
+        }
+        self.insns.copy_from_slice(insns);
+        Ok(self.needs)
+    }
 }
 
 /// Per-compile working vectors, kept per thread between compiles so that a compile
@@ -208,6 +294,8 @@ pub(crate) struct Scratch {
     /// pre-pass usage; the layout follows from the needs): kept only when it refers to no
     /// label, so that its bytes are the same for every program of that key.
     prologue: Option<(Needs, Usage, Vec<u8>)>,
+    /// The last compile's code, for a program that differs from it only in constants.
+    template: Template,
 }
 
 impl Scratch {
@@ -219,6 +307,8 @@ impl Scratch {
             + self.ranges.capacity()
             + 40 * self.stubs.capacity()
             + self.asm.capacity()
+            + 12 * self.template.insns.capacity()
+            + 16 * self.template.sites.capacity()
     }
 }
 
@@ -309,7 +399,12 @@ fn translate_with(
         asm,
         layout,
         prologue,
+        template,
     } = scratch;
+    if template.fits(insns, opts) {
+        return template.apply(insns, asm);
+    }
+    template.valid = false;
     an.run(
         insns,
         opts.budget,
@@ -372,10 +467,13 @@ fn translate_with(
         zero_frame: None,
         extra_check: None,
         blinded: 0,
+        sites: std::mem::take(&mut template.sites),
     };
+    cx.sites.clear();
     let r = cx.emit(needs, prologue);
     let lay = cx.lay;
     *stubs = std::mem::take(&mut cx.stubs);
+    template.sites = std::mem::take(&mut cx.sites);
     r.and_then(|()| asm.patch_jumps().map_err(JitError::Internal))?;
     let stack_bytes = match (usage.stack, usage.calls) {
         (false, _) => 0,
@@ -387,7 +485,7 @@ fn translate_with(
     } else {
         0
     };
-    Ok(RunNeeds {
+    let run_needs = RunNeeds {
         stack_bytes,
         env: lay.env.is_some(),
         proven,
@@ -397,7 +495,16 @@ fn translate_with(
         } else {
             0
         },
-    })
+    };
+    // Code that follows only from the slots and the options (see `Template`).
+    if opts.blind.is_none() && !prove && !usage.calls && !usage.helper_calls {
+        template.insns.clear();
+        template.insns.extend_from_slice(insns);
+        template.opts = opts;
+        template.needs = run_needs;
+        template.valid = true;
+    }
+    Ok(run_needs)
 }
 
 impl Cx<'_> {
@@ -827,6 +934,18 @@ impl Cx<'_> {
             }
             _ => self.a.mov_imm64(dst, v),
         }
+    }
+
+    /// Notes that the code just emitted for slot `pc` ends with the immediate of `i` as it
+    /// is (one byte or four, see [`ImmSite`]).
+    fn imm_site(&mut self, pc: usize, i: Insn, wide: bool) {
+        let n = if wide { 4 } else { 1 };
+        self.sites.push(ImmSite {
+            pc: pc as u32,
+            pos: self.a.pos() - n,
+            wide,
+            class: imm_class(i),
+        });
     }
 
     /// With hidden addresses, the program's value of r10 in scratch register `r`.

@@ -331,17 +331,17 @@ impl Asm {
     /// (the last compile's code reused for a program that differs from it only in
     /// constants). `false` if `pos` is not inside the code.
     pub(crate) fn set_imm(&mut self, pos: u32, wide: bool, imm: i32) -> bool {
-        let (p, n) = (pos as usize, if wide { 4 } else { 1 });
+        let p = pos as usize;
+        let n = if wide { 4 } else { 1 };
         if p + n > self.len as usize {
             return false;
         }
-        match self.buf.get_mut(p..p + n) {
-            Some(d) => {
-                d.copy_from_slice(&imm.to_le_bytes()[..n]);
-                true
-            }
-            None => false,
+        match self.buf.get_mut(p..p + 4) {
+            Some(d) if wide => d.copy_from_slice(&imm.to_le_bytes()),
+            Some(d) => d[0] = imm as u8,
+            None => return false,
         }
+        true
     }
 
     // ---- committing instructions ----

@@ -248,18 +248,20 @@ impl Template {
             return false;
         }
         let mut k = 0;
-        for (pc, (&a, &b)) in self.insns.iter().zip(insns).enumerate() {
-            if a == b {
-                continue;
-            }
-            if (Insn { imm: b.imm, ..a }) != b {
+        for (pc, (a, b)) in self.insns.iter().zip(insns).enumerate() {
+            // (Bitwise, without a branch per field.)
+            let head = (a.opc ^ b.opc) | (a.dst ^ b.dst) | (a.src ^ b.src);
+            if u16::from(head) | (a.off ^ b.off) as u16 != 0 {
                 return false;
+            }
+            if a.imm == b.imm {
+                continue;
             }
             while self.sites.get(k).is_some_and(|s| (s.pc as usize) < pc) {
                 k += 1;
             }
             match self.sites.get(k) {
-                Some(s) if s.pc as usize == pc && s.class == imm_class(b) => {}
+                Some(s) if s.pc as usize == pc && s.class == imm_class(*b) => {}
                 _ => return false,
             }
         }
@@ -268,13 +270,21 @@ impl Template {
 
     /// Writes the constants of `insns` (which [`fits`](Self::fits)) into the kept code.
     fn apply(&mut self, insns: &[Insn], asm: &mut Asm) -> Result<RunNeeds, JitError> {
+        // (Only the sites' slots can differ.)
         for s in &self.sites {
-            if !asm.set_imm(s.pos, s.wide, insns[s.pc as usize].imm) {
+            let pc = s.pc as usize;
+            let (Some(old), Some(new)) = (self.insns.get_mut(pc), insns.get(pc)) else {
                 self.valid = false;
-                return Err(JitError::Internal("a constant's place outside the code"));
+                return Err(JitError::Internal("a constant's slot outside the program"));
+            };
+            if old.imm != new.imm {
+                if !asm.set_imm(s.pos, s.wide, new.imm) {
+                    self.valid = false;
+                    return Err(JitError::Internal("a constant's place outside the code"));
+                }
+                old.imm = new.imm;
             }
         }
-        self.insns.copy_from_slice(insns);
         Ok(self.needs)
     }
 }

@@ -336,7 +336,8 @@ impl Analysis {
     /// with a backward jump or a local call if `loops_only` (any other program runs each
     /// instruction at most once per run: at most [`Analysis::count`] in all). `helpers`:
     /// number of registered helpers (a `callx` is a compare chain over them). `blind`:
-    /// constants are blinded (longer code).
+    /// constants are blinded (longer code). Returns whether `insns` had the shape of the
+    /// last program analysed (with the same arguments), whose results it reused.
     pub(crate) fn run(
         &mut self,
         insns: &[Insn],
@@ -344,7 +345,7 @@ impl Analysis {
         loops_only: bool,
         helpers: usize,
         blind: bool,
-    ) -> Result<(), JitError> {
+    ) -> Result<bool, JitError> {
         let args = RunArgs {
             budget,
             loops_only,
@@ -354,7 +355,7 @@ impl Analysis {
         if self.last_args == Some(args) && same_shape(&self.last, insns) {
             // Everything the walk reads of the slots is in their shapes: the same results.
             self.usage = self.last_usage;
-            return Ok(());
+            return Ok(true);
         }
         self.last_args = None;
         self.walk(insns, budget, loops_only, helpers, blind)?;
@@ -362,7 +363,7 @@ impl Analysis {
         self.last.extend_from_slice(insns);
         self.last_args = Some(args);
         self.last_usage = self.usage;
-        Ok(())
+        Ok(false)
     }
 
     /// [`run`](Self::run) without the shape check.

@@ -40,7 +40,7 @@ impl Cx<'_> {
                     Some(r) => self.a.alu_rr(w64, op, d, r),
                     None => {
                         self.a.alu_ri(w64, op, d, i.imm);
-                        self.imm_site(pc, i, i8::try_from(i.imm).is_err());
+                        self.imm_site(pc, i);
                     }
                 },
             }
@@ -92,7 +92,7 @@ impl Cx<'_> {
                     self.mov_const(w64, d, i.imm);
                     if self.opts.blind.is_none() && i.imm != 0 {
                         // `mov r32, imm32` or `mov r64, sext(imm32)`.
-                        self.imm_site(pc, i, true);
+                        self.imm_site(pc, i);
                     }
                 }
                 (Some(s), 0) => {

@@ -88,12 +88,12 @@ impl Cx<'_> {
             (false, Some(s)) => a.alu_rr(w64, Alu::Cmp, d, s),
             (false, None) => {
                 a.alu_ri(w64, Alu::Cmp, d, i.imm);
-                self.imm_site(pc, i, i8::try_from(i.imm).is_err());
+                self.imm_site(pc, i);
             }
             (true, Some(s)) => a.test_rr(w64, d, s),
             (true, None) => {
                 a.test_ri(w64, d, i.imm);
-                self.imm_site(pc, i, true);
+                self.imm_site(pc, i);
             }
         }
         let l = self.pc_label(t);

@@ -191,8 +191,10 @@ struct Cx<'a> {
     extra_check: Option<Label>,
     /// Blinding: constants blinded so far (mixed into each key).
     blinded: u64,
-    /// Where the code holds the program's plain constants (see [`Template`]).
-    sites: Vec<ImmSite>,
+    /// Where the code holds the program's plain constants (see [`Template`]), noted only
+    /// if `record`.
+    sites: &'a mut Vec<ImmSite>,
+    record: bool,
 }
 
 /// Where the code holds the immediate of slot `pc` as it is: its last byte (`wide`: four
@@ -242,9 +244,11 @@ struct Template {
 
 impl Template {
     /// Whether `insns` compiled with `opts` is the kept code with other constants at its
-    /// sites (of the same classes).
-    fn fits(&self, insns: &[Insn], opts: Options) -> bool {
-        if !self.valid || self.opts != opts || self.insns.len() != insns.len() {
+    /// sites (of the same classes). (Not inlined: the options stay in memory, compared as
+    /// they are, rather than taken apart into registers in the caller.)
+    #[inline(never)]
+    fn fits(&self, insns: &[Insn], opts: &Options) -> bool {
+        if self.opts != *opts || self.insns.len() != insns.len() {
             return false;
         }
         let mut k = 0;
@@ -411,11 +415,11 @@ fn translate_with(
         prologue,
         template,
     } = scratch;
-    if template.fits(insns, opts) {
+    if template.valid && template.fits(insns, &opts) {
         return template.apply(insns, asm);
     }
     template.valid = false;
-    an.run(
+    let same_shape = an.run(
         insns,
         opts.budget,
         opts.loops_only,
@@ -477,13 +481,16 @@ fn translate_with(
         zero_frame: None,
         extra_check: None,
         blinded: 0,
-        sites: std::mem::take(&mut template.sites),
+        sites: &mut template.sites,
+        // Code that follows only from the slots and the options, of a program of the same
+        // shape as the last one (the second of a run of programs from one template: the
+        // next ones may reuse its code).
+        record: same_shape && opts.blind.is_none() && !prove && !usage.calls && !usage.helper_calls,
     };
     cx.sites.clear();
     let r = cx.emit(needs, prologue);
-    let lay = cx.lay;
+    let (lay, record) = (cx.lay, cx.record);
     *stubs = std::mem::take(&mut cx.stubs);
-    template.sites = std::mem::take(&mut cx.sites);
     r.and_then(|()| asm.patch_jumps().map_err(JitError::Internal))?;
     let stack_bytes = match (usage.stack, usage.calls) {
         (false, _) => 0,
@@ -506,8 +513,7 @@ fn translate_with(
             0
         },
     };
-    // Code that follows only from the slots and the options (see `Template`).
-    if opts.blind.is_none() && !prove && !usage.calls && !usage.helper_calls {
+    if record {
         template.insns.clear();
         template.insns.extend_from_slice(insns);
         template.opts = opts;
@@ -947,14 +953,20 @@ impl Cx<'_> {
     }
 
     /// Notes that the code just emitted for slot `pc` ends with the immediate of `i` as it
-    /// is (one byte or four, see [`ImmSite`]).
-    fn imm_site(&mut self, pc: usize, i: Insn, wide: bool) {
+    /// is: one byte for a class-4 constant of `op r, imm` or `cmp`, else four (see
+    /// [`imm_class`]).
+    fn imm_site(&mut self, pc: usize, i: Insn) {
+        if !self.record {
+            return;
+        }
+        let class = imm_class(i);
+        let wide = class != 4;
         let n = if wide { 4 } else { 1 };
         self.sites.push(ImmSite {
             pc: pc as u32,
             pos: self.a.pos() - n,
             wide,
-            class: imm_class(i),
+            class,
         });
     }
 

@@ -20,6 +20,12 @@
 //! out-of-line stubs: fault words, the second half of bounds checks, the frame-zeroing
 //! subroutine of local calls.
 //!
+//! Programs made from one template (the same slots but for plain constants) are often
+//! compiled in a row: from the second of them on, the translator notes where the code holds
+//! each constant, and a next program that differs only there, by constants encoded in the
+//! same form, gets the kept code with its own constants written in ([`Template`]); its
+//! bytes are those a translation would emit.
+//!
 //! Invariants the emitted code keeps:
 //! - Every load, store and atomic goes through [`mem`]: the access `[a, a+n)` is allowed iff
 //!   it lies in the input memory or in the live frames `[r10 - 512, top)`, the interpreter's

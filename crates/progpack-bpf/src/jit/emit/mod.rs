@@ -422,7 +422,11 @@ fn translate_with(
         template,
     } = scratch;
     if template.valid && template.fits(insns, &opts) {
-        return template.apply(insns, asm);
+        if let Ok(needs) = template.apply(insns, asm) {
+            return Ok(needs);
+        }
+        // The kept code did not match its own notes (never expected): translate afresh,
+        // which resets the code below.
     }
     template.valid = false;
     let same_shape = an.run(

@@ -299,6 +299,50 @@ impl Template {
     }
 }
 
+/// The values computed last for a few keys: a lookup compares the keys, newest first; a new
+/// key takes the place of the oldest.
+struct Recent<K, V> {
+    entries: [Option<(K, V)>; RECENT],
+    /// The newest entry.
+    newest: usize,
+}
+
+/// Keys a [`Recent`] keeps.
+const RECENT: usize = 8;
+
+impl<K, V> Default for Recent<K, V> {
+    fn default() -> Self {
+        Recent {
+            entries: std::array::from_fn(|_| None),
+            newest: 0,
+        }
+    }
+}
+
+impl<K: PartialEq, V: Default> Recent<K, V> {
+    /// The value kept for `key`.
+    #[inline]
+    fn get(&self, key: &K) -> Option<&V> {
+        (0..RECENT).find_map(
+            |k| match &self.entries[(self.newest + RECENT - k) % RECENT] {
+                Some((x, v)) if x == key => Some(v),
+                _ => None,
+            },
+        )
+    }
+
+    /// The place of `key` (which [`get`](Self::get) did not find): the oldest entry's, with
+    /// its value to overwrite (its allocations reused).
+    fn slot(&mut self, key: K) -> &mut V {
+        self.newest = (self.newest + 1) % RECENT;
+        let v = match self.entries[self.newest].take() {
+            Some((_, v)) => v,
+            None => V::default(),
+        };
+        &mut self.entries[self.newest].insert((key, v)).1
+    }
+}
+
 /// Per-compile working vectors, kept per thread between compiles so that a compile
 /// allocates nothing once warm.
 #[derive(Default)]
@@ -307,13 +351,14 @@ pub(crate) struct Scratch {
     ranges: Ranges,
     stubs: Vec<Stub>,
     asm: Asm,
-    /// The last layout computed and its needs: programs of one shape (many filters from one
-    /// template) get the same layout, which costs more to compute than to compare.
-    layout: Option<(Needs, Layout)>,
-    /// The last prologue emitted, with what it was computed from (the needs and the
+    /// The last layouts computed and their needs: programs of one shape (many filters from
+    /// one template) get the same layout, and programs of different shapes often need the
+    /// same (a layout costs more to compute than to compare).
+    layout: Recent<Needs, Layout>,
+    /// The last prologues emitted, with what each was computed from (the needs and the
     /// pre-pass usage; the layout follows from the needs): kept only when it refers to no
     /// label, so that its bytes are the same for every program of that key.
-    prologue: Option<(Needs, Usage, Vec<u8>)>,
+    prologue: Recent<(Needs, Usage), Vec<u8>>,
     /// The last compile's code, for a program that differs from it only in constants.
     template: Template,
 }
@@ -457,11 +502,11 @@ fn translate_with(
         extra_regions: opts.extra_regions,
         hide: opts.hide,
     };
-    let lay = match layout {
-        Some((n, lay)) if *n == needs => *lay,
-        _ => {
+    let lay = match layout.get(&needs) {
+        Some(lay) => *lay,
+        None => {
             let lay = Layout::new(needs);
-            *layout = Some((needs, lay));
+            *layout.slot(needs) = lay;
             lay
         }
     };
@@ -537,21 +582,18 @@ impl Cx<'_> {
     fn emit(
         &mut self,
         needs: Needs,
-        cache: &mut Option<(Needs, Usage, Vec<u8>)>,
+        cache: &mut Recent<(Needs, Usage), Vec<u8>>,
     ) -> Result<(), JitError> {
-        let usage = self.an.usage;
-        match cache {
-            Some((n, u, code)) if *n == needs && *u == usage => self.a.raw(code),
-            _ => {
+        let key = (needs, self.an.usage);
+        match cache.get(&key) {
+            Some(code) => self.a.raw(code),
+            None => {
                 let before = self.a.refs();
                 self.prologue();
                 if self.a.refs() == before {
-                    let mut code = cache.take().map(|(_, _, c)| c).unwrap_or_default();
+                    let code = cache.slot(key);
                     code.clear();
                     code.extend_from_slice(self.a.code());
-                    *cache = Some((needs, usage, code));
-                } else {
-                    *cache = None;
                 }
             }
         }

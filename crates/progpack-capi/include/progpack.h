@@ -89,7 +89,8 @@ typedef struct progpack_config {
   uint32_t no_randomize;
   // Chunk size in bytes: a power of two, at least 16; 0 for the default (64).
   size_t chunk_size;
-  // Pack size in bytes: a power of two, at least a page; 0 for the default (2 MiB).
+  // Pack size in bytes: a power of two, at least a page, at most 256 MiB; 0 for the
+  // default (2 MiB).
   size_t pack_size;
   // Nonzero: keep all code within +-2 GiB of this address (e.g. a host function's), so
   // JIT code can `call rel32` it. Zero: code may go anywhere.

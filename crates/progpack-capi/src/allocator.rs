@@ -39,7 +39,8 @@ pub struct ConfigC {
     pub no_randomize: u32,
     /// Chunk size in bytes: a power of two, at least 16; 0 for the default (64).
     pub chunk_size: size_t,
-    /// Pack size in bytes: a power of two, at least a page; 0 for the default (2 MiB).
+    /// Pack size in bytes: a power of two, at least a page, at most 256 MiB; 0 for the
+    /// default (2 MiB).
     pub pack_size: size_t,
     /// Nonzero: keep all code within +-2 GiB of this address (e.g. a host function's), so
     /// JIT code can `call rel32` it. Zero: code may go anywhere.

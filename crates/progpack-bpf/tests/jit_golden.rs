@@ -5,6 +5,9 @@
 //! JIT or the checker faster must leave both hashes as they are; a change of the code on
 //! purpose updates them (and says why).
 
+mod jit_support;
+
+use jit_support::imm_is_control;
 use progpack_bpf::check::check;
 use progpack_bpf::gen::{generate, mix_helper, GenConfig, Rng, MIX_HELPER_ID};
 use progpack_bpf::insn::*;
@@ -81,11 +84,7 @@ fn constant(rng: &mut Rng) -> i32 {
 fn new_constants(rng: &mut Rng, p: &[Insn]) -> Vec<Insn> {
     p.iter()
         .map(|&i| {
-            let control = i.opc == CALL
-                || i.opc == CALLX
-                || i.opc == (CLS_JMP32 | JMP_JA)
-                || (i.class() == CLS_STX && i.opc & 0xe0 == MODE_ATOMIC);
-            if control || rng.chance(1, 2) {
+            if imm_is_control(i) || rng.chance(1, 2) {
                 i
             } else {
                 Insn {

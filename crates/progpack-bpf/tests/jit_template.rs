@@ -2,6 +2,9 @@
 //! the next program of the same shape (many filters made from one template differ only in
 //! their constants). A compile must give the same result whatever the thread compiled before.
 
+mod jit_support;
+
+use jit_support::imm_is_control as control;
 use progpack_bpf::gen::{generate, mix_helper, GenConfig, Rng, MIX_HELPER_ID};
 use progpack_bpf::insn::*;
 use progpack_bpf::jit::{compile, CompileOptions};
@@ -32,15 +35,6 @@ fn new_constants(rng: &mut Rng, p: &[Insn]) -> Vec<Insn> {
             }
         })
         .collect()
-}
-
-/// Whether the immediate of `i` is control flow or selects the operation (a call, an
-/// atomic, a 32-bit `ja`) rather than a plain operand.
-fn control(i: Insn) -> bool {
-    i.opc == CALL
-        || i.opc == CALLX
-        || i.opc == (CLS_JMP32 | JMP_JA)
-        || (i.class() == CLS_STX && i.opc & 0xe0 == MODE_ATOMIC)
 }
 
 /// `p` with one field of one slot changed: 0 offset, 1 dst, 2 src, 3 immediate (of a

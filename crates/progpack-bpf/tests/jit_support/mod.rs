@@ -340,3 +340,13 @@ pub fn random_helpers() -> Helpers {
         .set_unwind(Some(5));
     h
 }
+
+/// Whether the immediate of `i` is control flow or selects the operation (a call, an
+/// atomic, a 32-bit `ja`) rather than a plain operand: the tests that give a program new
+/// constants leave these alone.
+pub fn imm_is_control(i: Insn) -> bool {
+    i.opc == CALL
+        || i.opc == CALLX
+        || i.opc == (CLS_JMP32 | JMP_JA)
+        || (i.class() == CLS_STX && i.opc & 0xe0 == MODE_ATOMIC)
+}
